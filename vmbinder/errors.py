@@ -1,0 +1,65 @@
+"""One exception root for everything vmbinder refuses or fails at.
+
+Each error carries a message (what failed, which object), a hint (what to do
+next) and a class-level exit code. The CLI maps them to output in one place;
+the library never exits the process.
+"""
+
+from __future__ import annotations
+
+
+class VmbinderError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None, *, details: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = dict(details or {})
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class BadRequest(VmbinderError):
+    """The user asked for something that cannot be done as asked (exit 2)."""
+
+    exit_code = 2
+
+
+class ConfigError(VmbinderError):
+    """Cloud, image, flavor, network or key not found or not usable (exit 3)."""
+
+    exit_code = 3
+
+
+class CloudError(VmbinderError):
+    """The cloud refused or failed an operation (exit 4).
+
+    details may hold http_status, request_id and the server's fault text.
+    """
+
+    exit_code = 4
+
+
+class ReadinessTimeout(VmbinderError):
+    exit_code = 5
+
+
+class BuildFailed(VmbinderError):
+    exit_code = 6
+
+
+class CleanupFailed(VmbinderError):
+    """Rollback or delete left something behind (exit 7). details['leftovers']
+    lists (kind, id, command to remove it)."""
+
+    exit_code = 7
+
+
+class BatchPartlyFailed(VmbinderError):
+    exit_code = 10
+
+
+class Interrupted(VmbinderError):
+    exit_code = 130
