@@ -1,0 +1,1 @@
+"""Templates and guest scripts rendered into cloud-init user-data."""

@@ -1,0 +1,3 @@
+from vmbinder.cli import main
+
+main()

@@ -1,0 +1,205 @@
+"""Orchestration: launch, status, urls, delete. Takes a provider and a progress
+reporter; prints nothing and never exits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vmbinder import cloudinit, errors, interfaces, readiness
+from vmbinder.providers.base import ACTIVE, Ledger, Provider, Removed, Resolved, Server
+from vmbinder.spec import LaunchSpec
+
+log = logging.getLogger(__name__)
+
+# Phases of a launch, in order; every progress event is tagged with one.
+RESOLVE, CREATE, BOOT, ENVIRONMENT, READY, ROLLBACK = (
+    "resolve", "create", "boot", "environment", "ready", "rollback")
+PHASES = (RESOLVE, CREATE, BOOT, ENVIRONMENT, READY)
+
+
+class Reporter(Protocol):
+    def phase(self, phase: str, detail: str = "") -> None: ...
+
+
+class NullReporter:
+    def phase(self, phase: str, detail: str = "") -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Access:
+    """The URLs to print for a server, and the interfaces left out with why."""
+
+    base: str | None
+    urls: dict[str, str] = field(default_factory=dict)
+    absent: dict[str, str] = field(default_factory=dict)
+    open_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Launched:
+    server: Server
+    resolved: Resolved | None
+    access: Access
+    ready: bool
+
+
+def dry_run(spec: LaunchSpec) -> dict:
+    """Everything a launch would send, created nowhere."""
+    user_data = cloudinit.render(spec)
+    src = spec.source
+    return {
+        "repo": src.repo,
+        "kind": src.kind,
+        "ref": src.ref,
+        "subdir": src.subdir,
+        "open": src.open,
+        "name": spec.name,
+        "hostname": spec.hostname,
+        "tls": spec.tls,
+        "repo2docker_version": spec.repo2docker_version,
+        "user_data": user_data,
+        "user_data_b64_bytes": cloudinit.b64_size(user_data),
+    }
+
+
+def access(server: Server, detected: frozenset[str] | None = None) -> Access:
+    """URLs from what the cloud recorded: address, host name, TLS mode, token, open path."""
+    tls = server.meta("tls") or "acme"
+    base = interfaces.base_url(server.address, server.meta("hostname"), tls)
+    if base is None:
+        return Access(base=None)
+    token = server.meta("token")
+    shown = interfaces.available(detected)
+    urls = {i.key: interfaces.url_for(base, i.path, token) for i in shown}
+    absent = {i.key: i.absent_reason for i in interfaces.INTERFACES if i not in shown}
+    open_path = server.meta("open")
+    open_url = interfaces.url_for(base, open_path, token) if open_path else None
+    return Access(base=base, urls=urls, absent=absent, open_url=open_url)
+
+
+def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) -> str:
+    """One URL: the open path when no --ui is asked for, else that interface's."""
+    acc = access(server, detected)
+    if acc.base is None:
+        raise errors.BadRequest(
+            f"{server.name} has no public address yet (status {server.state})",
+            f"wait for it: vmbinder status {server.name}",
+        )
+    if ui is None:
+        return acc.open_url or acc.urls["lab"]
+    if ui not in acc.urls:
+        iface = interfaces.BY_KEY[ui]
+        raise errors.BadRequest(
+            f"{iface.label} is not known to be served by {server.name}: {iface.absent_reason}",
+            "use --ui tree or --ui lab",
+        )
+    return acc.urls[ui]
+
+
+def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, str]]:
+    """Remove what this attempt created, newest first. Returns the leftovers as
+    (kind, id, error, command to remove it)."""
+    leftovers = []
+    for item in reversed(ledger.items):
+        reporter.phase(ROLLBACK, f"removing {item.kind} {item.name}")
+        try:
+            item.remove()
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below
+            log.warning("could not remove %s %s: %s", item.kind, item.id, exc)
+            leftovers.append((item.kind, item.id, str(exc), item.command))
+    ledger.items.clear()
+    return leftovers
+
+
+def _ready_probes(provider: Provider, server: Server) -> list[readiness.Probe]:
+    acc = access(server)
+    probes = [readiness.console_probe(lambda: provider.console_log(server, lines=200))]
+    if acc.base:
+        status_url = interfaces.url_for(acc.base, "api/status", server.meta("token"))
+        probes.append(readiness.http_probe(status_url, verify=server.meta("tls") == "acme"))
+    return probes
+
+
+def launch(
+    provider: Provider,
+    spec: LaunchSpec,
+    reporter: Reporter | None = None,
+    *,
+    wait: bool = True,
+    active_timeout: float = 600,
+    ready_timeout: float = 1800,
+    keep_on_failure: bool = False,
+    clock: readiness.Clock = readiness.Clock(),
+) -> Launched:
+    """Create the server and (unless wait is False) wait for the environment.
+
+    On any failure or interrupt, everything this attempt created is removed
+    (unless keep_on_failure), and the error says so or names the leftovers."""
+    reporter = reporter or NullReporter()
+    ledger = Ledger()
+    try:
+        reporter.phase(RESOLVE, f"finding image, flavor and networks on {provider.kind}")
+        resolved = provider.prepare(spec, ledger)
+        user_data = cloudinit.render(spec, resolved.public_ip)
+        reporter.phase(CREATE, f"creating server {spec.name} ({resolved.flavor_name}, {resolved.image_name})")
+        server = provider.create(spec, resolved, user_data, ledger)
+        reporter.phase(BOOT, f"waiting for {spec.name} to become ACTIVE")
+        server = provider.wait(server, resolved, active_timeout, ledger)
+        if wait:
+            reporter.phase(ENVIRONMENT, "building the environment")
+            readiness.wait_until(
+                _ready_probes(provider, server), timeout=ready_timeout, clock=clock,
+                on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
+            )
+            reporter.phase(READY, "the environment answers")
+    except BaseException as exc:
+        if keep_on_failure and not isinstance(exc, KeyboardInterrupt) and ledger.items:
+            kept = ", ".join(f"{i.kind} {i.name}" for i in ledger.items)
+            if isinstance(exc, errors.VmbinderError):
+                exc.hint = f"{exc.hint or ''}\nkept for inspection: {kept}".strip()
+            raise
+        _roll_back_or_report(ledger, reporter, exc)
+        raise
+    return Launched(server=server, resolved=resolved, access=access(server), ready=wait)
+
+
+def _roll_back_or_report(ledger: Ledger, reporter: Reporter, exc: BaseException) -> None:
+    made = [f"{i.kind} {i.name}" for i in ledger.items]
+    leftovers = rollback(ledger, reporter)
+    if leftovers:
+        lines = [f"  {kind} {id_}: {err}\n    remove it with: {cmd}" for kind, id_, err, cmd in leftovers]
+        raise errors.CleanupFailed(
+            f"the launch failed ({_describe(exc)}) and cleaning up left these behind:\n"
+            + "\n".join(lines),
+            "run the commands above (with the same OS_CLOUD) to remove them",
+            details={"leftovers": leftovers},
+        ) from exc
+    cleaned = f"removed what it created: {', '.join(made)}" if made else "nothing had been created"
+    if isinstance(exc, KeyboardInterrupt):
+        raise errors.Interrupted(f"launch interrupted; {cleaned}") from exc
+    if isinstance(exc, errors.VmbinderError):
+        exc.hint = f"{exc.hint}\n{cleaned}" if exc.hint else cleaned
+    elif isinstance(exc, Exception):
+        raise errors.VmbinderError(f"launch failed: {_describe(exc)}; {cleaned}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
+
+
+def delete(provider: Provider, names: list[str], reporter: Reporter | None = None) -> list[Removed]:
+    """Delete each named server and its floating IP; all names are checked first."""
+    reporter = reporter or NullReporter()
+    servers = [provider.get(name) for name in names]
+    removed: list[Removed] = []
+    for server in servers:
+        reporter.phase("delete", f"deleting {server.name}")
+        removed += provider.delete(server)
+    return removed
+
+
+def is_running(server: Server) -> bool:
+    return server.state == ACTIVE

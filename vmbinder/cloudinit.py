@@ -1,0 +1,89 @@
+"""Find and render the cloud-init templates, then check the result."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+import yaml
+
+from vmbinder.errors import BadRequest
+from vmbinder.spec import LaunchSpec
+
+#: Nova refuses user_data longer than this once base64-encoded.
+NOVA_USER_DATA_LIMIT = 65535
+TEMPLATE = "user-data.yaml.j2"
+GUEST_SCRIPT = "vmbinder-guest.py"
+
+
+def _templates():
+    return resources.files("vmbinder.cloud_init")
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda name: _templates().joinpath(name).read_text()),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def launch_document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
+    """Everything the guest needs to know, as data: the guest reads it with a
+    JSON parser, so no user value is ever pasted into a shell command."""
+    src = spec.source
+    return {
+        "name": spec.name,
+        "repo": src.repo,
+        "ref": src.ref,
+        "subdir": src.subdir,
+        "open": src.open,
+        "token": spec.token,
+        "hostname": spec.hostname,
+        "public_ip": public_ip,
+        "tls": spec.tls,
+        "repo2docker_version": spec.repo2docker_version,
+        "vmbinder_version": spec.vmbinder_version,
+    }
+
+
+def _gz_b64(text: str) -> str:
+    return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
+
+
+def render(spec: LaunchSpec, public_ip: str | None = None) -> str:
+    guest = _templates().joinpath(GUEST_SCRIPT).read_text()
+    text = _environment().get_template(TEMPLATE).render(
+        vmbinder_version=spec.vmbinder_version,
+        launch_json=json.dumps(launch_document(spec, public_ip), indent=2, sort_keys=True),
+        guest_script_gz_b64=_gz_b64(guest),
+    )
+    check(text)
+    return text
+
+
+def b64_size(user_data: str) -> int:
+    return len(base64.b64encode(user_data.encode()))
+
+
+def check(user_data: str) -> None:
+    """Parse the rendered text back and enforce Nova's size limit."""
+    if not user_data.startswith("#cloud-config\n"):
+        raise AssertionError("rendered user-data lost its #cloud-config header")
+    doc = yaml.safe_load(user_data)
+    if not isinstance(doc, dict) or "write_files" not in doc:
+        raise AssertionError("rendered user-data is not a cloud-config mapping")
+    size = b64_size(user_data)
+    if size > NOVA_USER_DATA_LIMIT:
+        raise BadRequest(
+            f"the rendered user-data is {size} bytes once base64-encoded; "
+            f"Nova accepts at most {NOVA_USER_DATA_LIMIT}",
+            "shorten the values given on the command line (source, ref, subdir, open path, "
+            "host name)",
+        )

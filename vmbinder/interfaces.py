@@ -1,0 +1,78 @@
+"""The family of user interfaces an image can serve, and how to reach them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from urllib.parse import quote, urlencode
+
+#: Wildcard DNS service used to derive a host name from a floating IP.
+WILDCARD_DNS = "sslip.io"
+
+
+@dataclass(frozen=True)
+class Interface:
+    key: str
+    label: str
+    path: str
+    #: True when every repo2docker image serves it.
+    always: bool
+    #: Why it may be absent; shown instead of a URL that would not answer.
+    absent_reason: str
+
+
+INTERFACES: tuple[Interface, ...] = (
+    Interface("tree", "Jupyter", "tree", True, ""),
+    Interface("lab", "JupyterLab", "lab", True, ""),
+    Interface(
+        "rstudio",
+        "RStudio",
+        "rstudio/",
+        False,
+        "served only when repo2docker detects R (runtime.txt r-..., DESCRIPTION or conda r-base)",
+    ),
+    Interface(
+        "shiny",
+        "Shiny",
+        "shiny/",
+        False,
+        "served only when repo2docker detects R, like RStudio",
+    ),
+    Interface(
+        "nteract",
+        "nteract",
+        "nteract",
+        False,
+        "repo2docker removed nteract in 2023.06; it is served only if the repository installs it",
+    ),
+)
+BY_KEY = {i.key: i for i in INTERFACES}
+KEYS = tuple(BY_KEY)
+
+
+def host_for_ip(ip: str) -> str:
+    """`203.0.113.5` -> `203-0-113-5.sslip.io` (IPv6: `2001-db8--1.sslip.io`)."""
+    addr = ipaddress.ip_address(ip)
+    label = str(addr).replace(".", "-").replace(":", "-")
+    return f"{label}.{WILDCARD_DNS}"
+
+
+def base_url(address: str | None, hostname: str | None, tls: str) -> str | None:
+    """The server's root URL, or None when it has no public address yet."""
+    if tls == "off":
+        host = hostname or address
+        if host and ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}/" if host else None
+    host = hostname or (host_for_ip(address) if address else None)
+    return f"https://{host}/" if host else None
+
+
+def url_for(base: str, path: str, token: str | None) -> str:
+    url = base + quote(path.lstrip("/"), safe="/")
+    return f"{url}?{urlencode({'token': token})}" if token else url
+
+
+def available(detected: frozenset[str] | None) -> list[Interface]:
+    """Interfaces to print: the always-present ones, plus those the guest reported."""
+    return [i for i in INTERFACES if i.always or (detected is not None and i.key in detected)]

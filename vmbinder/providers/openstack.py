@@ -1,0 +1,549 @@
+"""The OpenStack provider: openstacksdk, configured exactly as the `openstack` CLI.
+
+Every server it makes carries the `vmbinder` tag and `vmbinder:*` metadata;
+that is the only record of what exists, so any machine with the same
+credentials sees the same servers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from contextlib import contextmanager
+from typing import Iterator
+
+from vmbinder import errors
+from vmbinder.providers.base import (
+    ACTIVE,
+    BUILDING,
+    DELETING,
+    ERROR,
+    META,
+    OWNER_TAG,
+    STOPPED,
+    UNKNOWN,
+    Created,
+    Ledger,
+    Removed,
+    Resolved,
+    Server,
+)
+from vmbinder.spec import LaunchSpec
+
+#: Metadata values longer than this are refused by Nova.
+META_VALUE_MAX = 255
+#: Image names tried, in order, when --image is not given.
+PREFERRED_IMAGES = (
+    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
+)
+#: The smallest flavor picked when --flavor is not given must have at least this.
+MIN_RAM_MB = 2048
+MIN_DISK_GB = 10
+WEB_PORTS = (80, 443)
+SSH_PORT = 22
+
+_STATES = {
+    "BUILD": BUILDING, "REBUILD": BUILDING, "ACTIVE": ACTIVE, "ERROR": ERROR,
+    "SHUTOFF": STOPPED, "STOPPED": STOPPED, "SUSPENDED": STOPPED, "PAUSED": STOPPED,
+    "SHELVED": STOPPED, "SHELVED_OFFLOADED": STOPPED, "DELETED": DELETING,
+    "SOFT_DELETED": DELETING,
+}
+
+
+def _sdk():
+    import openstack  # imported lazily: it is most of vmbinder's start-up time
+
+    return openstack
+
+
+@contextmanager
+def cloud_errors(what: str) -> Iterator[None]:
+    """Turn openstacksdk and keystoneauth failures into CloudError, keeping the
+    HTTP status and request id."""
+    sdk = _sdk()
+    from keystoneauth1 import exceptions as ksa
+
+    try:
+        yield
+    except errors.VmbinderError:
+        raise
+    except sdk.exceptions.HttpException as exc:
+        detail = exc.details or exc.message or str(exc)
+        status = exc.status_code
+        hint = None
+        if status in (403, 409) and "uota" in str(detail):
+            hint = "ask your cloud administrator for more quota, or delete unused servers " \
+                   "and floating IPs (vmbinder list; vmbinder delete NAME)"
+        elif status == 401:
+            hint = "check the credentials of your cloud in clouds.yaml (openstack token issue)"
+        raise errors.CloudError(
+            f"{what} failed: HTTP {status}: {detail}",
+            hint,
+            details={"http_status": status, "request_id": exc.request_id},
+        ) from exc
+    except ksa.ConnectFailure as exc:
+        raise errors.CloudError(
+            f"{what} failed: cannot reach the cloud ({exc})",
+            "check the auth_url in clouds.yaml and your network connection",
+        ) from exc
+    except ksa.ClientException as exc:
+        raise errors.CloudError(f"{what} failed: {exc}") from exc
+    except sdk.exceptions.SDKException as exc:
+        raise errors.CloudError(f"{what} failed: {exc}") from exc
+
+
+def connect(cloud: str | None):
+    """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_* variables)."""
+    sdk = _sdk()
+    try:
+        conn = sdk.connect(cloud=cloud, load_yaml_config=True, load_envvars=True)
+    except sdk.exceptions.ConfigException as exc:
+        where = f"cloud {cloud!r}" if cloud else "a cloud"
+        raise errors.ConfigError(
+            f"no credentials for {where}: {exc}",
+            "name a cloud from clouds.yaml with --os-cloud or OS_CLOUD "
+            "(clouds.yaml is read from ./, ~/.config/openstack/ and /etc/openstack/, or "
+            "OS_CLIENT_CONFIG_FILE), or source an openrc file",
+        ) from exc
+    return conn
+
+
+def _candidates(names) -> str:
+    names = sorted({n for n in names if n})
+    return ", ".join(names) if names else "(none visible)"
+
+
+def state_of(status: str | None, task_state: str | None = None) -> str:
+    if task_state == "deleting":
+        return DELETING
+    return _STATES.get((status or "").upper(), UNKNOWN)
+
+
+def floating_address(addresses: dict | None) -> str | None:
+    for entries in (addresses or {}).values():
+        for entry in entries:
+            if entry.get("OS-EXT-IPS:type") == "floating":
+                return entry.get("addr")
+    return None
+
+
+def keypair_name(public_key: str) -> str:
+    """A stable keypair name for a public key, so it is uploaded once and reused."""
+    parts = public_key.split()
+    if len(parts) < 2:
+        raise errors.BadRequest(
+            "the public key is not in OpenSSH format ('TYPE BASE64 [COMMENT]')",
+            "pass --key-name with a keypair already on the cloud, or point "
+            "--public-key at a .pub file",
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise errors.BadRequest(
+            "the public key's base64 part does not decode",
+            "point --public-key at an OpenSSH .pub file (ssh-keygen -y -f KEY > KEY.pub)",
+        ) from None
+    return "vmbinder-" + hashlib.sha256(blob).hexdigest()[:12]
+
+
+def security_group_name(ssh_cidr: str) -> str:
+    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+        return "vmbinder"
+    return "vmbinder-ssh-" + re.sub(r"[^0-9a-f]+", "-", ssh_cidr.lower()).strip("-")
+
+
+def wanted_rules(ssh_cidr: str) -> set[tuple[str, int, str]]:
+    """(ethertype, port, remote prefix) of every ingress rule the group needs."""
+    rules = {("IPv4", p, "0.0.0.0/0") for p in WEB_PORTS} | {("IPv6", p, "::/0") for p in WEB_PORTS}
+    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+        rules |= {("IPv4", SSH_PORT, "0.0.0.0/0"), ("IPv6", SSH_PORT, "::/0")}
+    else:
+        rules.add(("IPv6" if ":" in ssh_cidr else "IPv4", SSH_PORT, ssh_cidr))
+    return rules
+
+
+def _normal_prefix(rule: dict) -> str:
+    prefix = rule.get("remote_ip_prefix")
+    if prefix:
+        return prefix
+    return "::/0" if rule.get("ethertype") == "IPv6" else "0.0.0.0/0"
+
+
+def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
+    have = set()
+    for rule in group_rules:
+        if rule.get("direction") != "ingress" or rule.get("protocol") not in ("tcp", "6"):
+            continue
+        lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
+        if lo is None or hi is None or rule.get("remote_group_id"):
+            continue
+        for port in (SSH_PORT, *WEB_PORTS):
+            if lo <= port <= hi:
+                have.add((rule.get("ethertype"), port, _normal_prefix(rule)))
+    return have
+
+
+def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
+    src = spec.source
+    given = src.given if len(src.given) <= META_VALUE_MAX else src.repo
+    values = {
+        "owner": user_id,
+        "version": spec.vmbinder_version,
+        "repo2docker": spec.repo2docker_version,
+        "source": given,
+        "repo": src.repo,
+        "ref": src.ref,
+        "subdir": src.subdir,
+        "open": src.open,
+        "hostname": spec.hostname,
+        "tls": spec.tls,
+        "token": spec.token,
+    }
+    meta = {META + k: v for k, v in values.items() if v}
+    too_long = [k for k, v in meta.items() if len(v) > META_VALUE_MAX]
+    if too_long:
+        raise errors.BadRequest(
+            f"{', '.join(k[len(META):] for k in too_long)} is longer than the "
+            f"{META_VALUE_MAX} characters a server can record",
+            "shorten the value",
+        )
+    return meta
+
+
+class OpenStackProvider:
+    kind = "openstack"
+
+    def __init__(self, cloud: str | None = None, *, conn=None, active_timeout: float = 600):
+        self.cloud_name = cloud
+        self._conn = conn
+        self.active_timeout = active_timeout
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = connect(self.cloud_name)
+        return self._conn
+
+    # -- resolving -----------------------------------------------------------------
+
+    def _find(self, kind: str, finder, name_or_id: str, lister, option: str):
+        sdk = _sdk()
+        try:
+            with cloud_errors(f"looking up {kind} {name_or_id!r}"):
+                found = finder(name_or_id, ignore_missing=True)
+        except errors.CloudError as exc:
+            if isinstance(exc.__cause__, sdk.exceptions.DuplicateResource):
+                raise errors.ConfigError(
+                    f"more than one {kind} is named {name_or_id!r}",
+                    f"pass the {kind}'s id to {option} instead",
+                ) from exc
+            raise
+        if found is None:
+            with cloud_errors(f"listing {kind}s"):
+                names = [x.name for x in lister()]
+            raise errors.ConfigError(
+                f"{kind} {name_or_id!r} not found",
+                f"choose one with {option}: {_candidates(names)}",
+            )
+        return found
+
+    def _image(self, wanted: str | None):
+        conn = self.conn
+        if wanted:
+            return self._find("image", conn.image.find_image, wanted, conn.image.images, "--image")
+        with cloud_errors("listing images"):
+            images = [i for i in conn.image.images(status="active")]
+        for pattern in PREFERRED_IMAGES:
+            matches = sorted(
+                (i for i in images if re.search(pattern, i.name or "", re.I)),
+                key=lambda i: i.created_at or "", reverse=True,
+            )
+            if matches:
+                return matches[0]
+        raise errors.ConfigError(
+            "no --image given and no Ubuntu 24.04/22.04 or Debian 13/12 image found",
+            f"choose one with --image (or VMBINDER_IMAGE): {_candidates(i.name for i in images)}",
+        )
+
+    def _flavor(self, wanted: str | None):
+        conn = self.conn
+        if wanted:
+            return self._find("flavor", conn.compute.find_flavor, wanted, conn.compute.flavors, "--flavor")
+        with cloud_errors("listing flavors"):
+            flavors = list(conn.compute.flavors())
+        fits = [f for f in flavors if f.ram >= MIN_RAM_MB and f.disk >= MIN_DISK_GB]
+        if not fits:
+            raise errors.ConfigError(
+                f"no --flavor given and no flavor has {MIN_RAM_MB} MB of RAM and "
+                f"{MIN_DISK_GB} GB of disk",
+                f"choose one with --flavor (or VMBINDER_FLAVOR): {_candidates(f.name for f in flavors)}",
+            )
+        return min(fits, key=lambda f: (f.ram, f.vcpus, f.disk, f.name))
+
+    def _networks(self, wanted: str | None, wanted_external: str | None):
+        conn = self.conn
+        with cloud_errors("listing networks"):
+            nets = list(conn.network.networks())
+        external = [n for n in nets if n.is_router_external]
+        internal = [n for n in nets if not n.is_router_external]
+
+        def pick(wanted, pool, kind, option):
+            if wanted:
+                hits = [n for n in pool if wanted in (n.id, n.name)]
+                if len(hits) == 1:
+                    return hits[0]
+                if len(hits) > 1:
+                    raise errors.ConfigError(
+                        f"more than one {kind} is named {wanted!r}",
+                        f"pass the network's id to {option} instead",
+                    )
+                raise errors.ConfigError(
+                    f"{kind} {wanted!r} not found",
+                    f"choose one with {option}: {_candidates(n.name for n in pool)}",
+                )
+            if len(pool) == 1:
+                return pool[0]
+            why = "none is visible" if not pool else "there are several"
+            raise errors.ConfigError(
+                f"no {option} given and {why}",
+                f"choose one with {option}: {_candidates(n.name for n in pool)}",
+            )
+
+        return (
+            pick(wanted, internal, "network", "--network"),
+            pick(wanted_external, external, "external network", "--external-network"),
+        )
+
+    def _keypair(self, spec: LaunchSpec, ledger: Ledger) -> str | None:
+        conn = self.conn
+        choice = spec.cloud
+        if choice.key_name:
+            kp = self._find("keypair", conn.compute.find_keypair, choice.key_name,
+                            conn.compute.keypairs, "--key-name")
+            return kp.name
+        if not choice.public_key:
+            return None
+        name = keypair_name(choice.public_key)
+        with cloud_errors(f"looking up keypair {name}"):
+            if conn.compute.find_keypair(name, ignore_missing=True) is not None:
+                return name
+            conn.compute.create_keypair(name=name, public_key=choice.public_key.strip())
+        ledger.add(Created(
+            "keypair", name, name,
+            lambda: conn.compute.delete_keypair(name, ignore_missing=True),
+            f"openstack keypair delete {name}",
+        ))
+        return name
+
+    def _security_group(self, spec: LaunchSpec, ledger: Ledger) -> str:
+        conn = self.conn
+        name = security_group_name(spec.cloud.ssh_cidr)
+        project_id = conn.current_project_id
+        with cloud_errors(f"preparing security group {name}"):
+            group = conn.network.find_security_group(name, project_id=project_id, ignore_missing=True)
+            if group is None:
+                group = conn.network.create_security_group(
+                    name=name, description="vmbinder: ingress 22, 80 and 443 only")
+                group_id = group.id
+                ledger.add(Created(
+                    "security group", group_id, name,
+                    lambda: self._delete_group_if_unused(group_id),
+                    f"openstack security group delete {group_id}",
+                ))
+            missing = wanted_rules(spec.cloud.ssh_cidr) - existing_rules(group.security_group_rules or [])
+            if missing:
+                conn.network.create_security_group_rules([
+                    {"security_group_id": group.id, "direction": "ingress", "protocol": "tcp",
+                     "ethertype": eth, "port_range_min": port, "port_range_max": port,
+                     "remote_ip_prefix": prefix}
+                    for eth, port, prefix in sorted(missing)
+                ])
+        return name
+
+    def _delete_group_if_unused(self, group_id: str) -> bool:
+        """Delete a vmbinder security group unless a port still uses it."""
+        sdk = _sdk()
+        try:
+            self.conn.network.delete_security_group(group_id, ignore_missing=True)
+        except sdk.exceptions.ConflictException:
+            return False  # another server uses it: leave it
+        return True
+
+    def prepare(self, spec: LaunchSpec, ledger: Ledger) -> Resolved:
+        choice = spec.cloud
+        self._refuse_duplicate(spec.name)
+        image = self._image(choice.image)
+        flavor = self._flavor(choice.flavor)
+        network, external = self._networks(choice.network, choice.external_network)
+        key_name = self._keypair(spec, ledger)
+        group = self._security_group(spec, ledger)
+        conn = self.conn
+        with cloud_errors(f"allocating a floating IP on {external.name}"):
+            fip = conn.network.create_ip(
+                floating_network_id=external.id, description=f"{META}{spec.name}")
+        fip_id = fip.id
+        ledger.add(Created(
+            "floating IP", fip_id, fip.floating_ip_address,
+            lambda: conn.network.delete_ip(fip_id, ignore_missing=True),
+            f"openstack floating ip delete {fip_id}",
+        ))
+        return Resolved(
+            image_id=image.id, image_name=image.name, flavor_id=flavor.id, flavor_name=flavor.name,
+            network_id=network.id, network_name=network.name,
+            external_network_id=external.id, external_network_name=external.name,
+            key_name=key_name, security_groups=(group,),
+            public_ip=fip.floating_ip_address, floating_ip_id=fip_id,
+        )
+
+    def _refuse_duplicate(self, name: str) -> None:
+        with cloud_errors("listing vmbinder servers"):
+            same = [s for s in self.conn.compute.servers(tags=OWNER_TAG, name=f"^{name}$")
+                    if s.name == name]
+        if same:
+            raise errors.BadRequest(
+                f"a vmbinder server named {name!r} already exists ({same[0].id})",
+                f"choose another --name, or remove it first: vmbinder delete {name}",
+            )
+
+    # -- creating ------------------------------------------------------------------
+
+    def create(self, spec: LaunchSpec, resolved: Resolved, user_data: str, ledger: Ledger) -> Server:
+        conn = self.conn
+        metadata = server_metadata(spec, conn.current_user_id)
+        attrs = dict(
+            name=spec.name, image_id=resolved.image_id, flavor_id=resolved.flavor_id,
+            networks=[{"uuid": resolved.network_id}],
+            security_groups=[{"name": g} for g in resolved.security_groups],
+            user_data=base64.b64encode(user_data.encode()).decode(),
+            metadata=metadata, tags=[OWNER_TAG],
+        )
+        if resolved.key_name:
+            attrs["key_name"] = resolved.key_name
+        with cloud_errors(f"creating server {spec.name}"):
+            server = conn.compute.create_server(**attrs)
+        server_id = server.id
+        ledger.add(Created(
+            "server", server_id, spec.name,
+            lambda: self._delete_server_and_wait(server_id),
+            f"openstack server delete --wait {server_id}",
+        ))
+        return self._record(server)
+
+    def _delete_server_and_wait(self, server_id: str) -> None:
+        conn = self.conn
+        server = conn.compute.get_server(server_id) if server_id else None
+        conn.compute.delete_server(server, ignore_missing=True)
+        conn.compute.wait_for_delete(server, interval=1, wait=self.active_timeout)
+
+    def wait(self, server: Server, resolved: Resolved, timeout: float, ledger: Ledger) -> Server:
+        sdk = _sdk()
+        conn = self.conn
+        raw = conn.compute.get_server(server.id)
+        try:
+            with cloud_errors(f"waiting for server {server.name}"):
+                raw = conn.compute.wait_for_server(
+                    raw, status="ACTIVE", failures=["ERROR"], interval=2, wait=timeout)
+        except errors.CloudError as exc:
+            if isinstance(exc.__cause__, sdk.exceptions.ResourceFailure):
+                with cloud_errors(f"reading server {server.name}"):
+                    failed = self._record(conn.compute.get_server(server.id))
+                raise errors.CloudError(
+                    f"server {server.name} went to ERROR: {failed.fault or 'no fault recorded'}",
+                    "a 'No valid host' fault means no compute host fits the flavor: "
+                    "try a smaller --flavor",
+                    details={"server_id": server.id, "fault": failed.fault},
+                ) from exc
+            if isinstance(exc.__cause__, sdk.exceptions.ResourceTimeout):
+                raise errors.CloudError(
+                    f"server {server.name} was not ACTIVE after {timeout:.0f} s "
+                    f"(status {raw.status})", "the cloud may be overloaded; try again later",
+                ) from exc
+            raise
+        if resolved.floating_ip_id:
+            with cloud_errors(f"attaching floating IP {resolved.public_ip}"):
+                ports = list(conn.network.ports(device_id=server.id, network_id=resolved.network_id))
+                if not ports:
+                    raise errors.CloudError(f"server {server.name} has no port on {resolved.network_name}")
+                conn.network.update_ip(resolved.floating_ip_id, port_id=ports[0].id)
+        record = self._record(raw)
+        if record.address is None and resolved.public_ip:
+            record = Server(**{**record.__dict__, "address": resolved.public_ip})
+        return record
+
+    # -- reading -------------------------------------------------------------------
+
+    def _record(self, raw) -> Server:
+        fault = raw.fault or None
+        if isinstance(fault, dict):
+            fault = ": ".join(x for x in (fault.get("message"), fault.get("details")) if x)[:500]
+        flavor = raw.flavor
+        flavor_name = (flavor.get("original_name") if isinstance(flavor, dict)
+                       else getattr(flavor, "original_name", None) or getattr(flavor, "name", None))
+        return Server(
+            id=raw.id, name=raw.name, state=state_of(raw.status, raw.task_state),
+            cloud_status=raw.status or "", address=floating_address(raw.addresses),
+            metadata=dict(raw.metadata or {}), fault=fault, created=raw.created_at,
+            flavor=flavor_name,
+        )
+
+    def list_owned(self) -> list[Server]:
+        with cloud_errors("listing vmbinder servers"):
+            return [self._record(s) for s in self.conn.compute.servers(details=True, tags=OWNER_TAG)]
+
+    def get(self, name_or_id: str) -> Server:
+        servers = self.list_owned()
+        hits = [s for s in servers if name_or_id in (s.id, s.name)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise errors.BadRequest(
+                f"more than one vmbinder server is named {name_or_id!r}",
+                "use its id: " + ", ".join(s.id for s in hits),
+            )
+        raise errors.BadRequest(
+            f"no vmbinder server named {name_or_id!r}",
+            f"vmbinder servers here: {_candidates(s.name for s in servers)} (see vmbinder list)",
+        )
+
+    def console_log(self, server: Server, lines: int | None = None) -> str:
+        with cloud_errors(f"reading the console of {server.name}"):
+            out = self.conn.compute.get_server_console_output(server.id, length=lines)
+        text = out.get("output", "") if isinstance(out, dict) else str(out)
+        token = server.meta("token")
+        return text.replace(token, "<token>") if token else text
+
+    # -- deleting ------------------------------------------------------------------
+
+    def _floating_ips(self, server: Server) -> list:
+        conn = self.conn
+        with cloud_errors(f"finding the floating IPs of {server.name}"):
+            found = {ip.id: ip for ip in conn.network.ips(description=f"{META}{server.name}")
+                     if not ip.port_id}
+            for port in conn.network.ports(device_id=server.id):
+                for ip in conn.network.ips(port_id=port.id):
+                    found[ip.id] = ip
+        return list(found.values())
+
+    def delete(self, server: Server) -> list[Removed]:
+        conn = self.conn
+        removed: list[Removed] = []
+        ips = self._floating_ips(server)
+        raw = None
+        with cloud_errors(f"deleting server {server.name}"):
+            raw = conn.compute.get_server(server.id)
+            groups = [g["name"] for g in (raw.security_groups or []) if "name" in g]
+            for ip in ips:
+                conn.network.delete_ip(ip, ignore_missing=True)
+                removed.append(Removed("floating IP", ip.id, ip.floating_ip_address))
+            conn.compute.delete_server(raw, ignore_missing=True)
+            conn.compute.wait_for_delete(raw, interval=1, wait=self.active_timeout)
+            removed.append(Removed("server", server.id, server.name))
+            for name in groups:
+                if not name.startswith(OWNER_TAG):
+                    continue
+                group = conn.network.find_security_group(
+                    name, project_id=conn.current_project_id, ignore_missing=True)
+                if group is not None and self._delete_group_if_unused(group.id):
+                    removed.append(Removed("security group", group.id, name))
+        return removed

@@ -1,0 +1,106 @@
+"""Is the environment up yet? Probes return (ok, detail); one waiter owns the
+deadline and the backoff."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable
+
+from vmbinder.errors import BuildFailed, ReadinessTimeout
+
+PHASE_PREFIX = "VMBINDER-PHASE "
+Probe = Callable[[], "tuple[bool, str]"]
+
+
+@dataclass(frozen=True)
+class Clock:
+    now: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def last_phase(console: str) -> dict | None:
+    """The newest phase line in a console tail (the guest re-emits them)."""
+    for line in reversed(console.splitlines()):
+        at = line.find(PHASE_PREFIX)
+        if at < 0:
+            continue
+        try:
+            doc = json.loads(line[at + len(PHASE_PREFIX):])
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and "phase" in doc:
+            return doc
+    return None
+
+
+def console_probe(read_console: Callable[[], str]) -> Probe:
+    """Reports the guest's phase; raises BuildFailed when a step failed."""
+
+    def probe() -> tuple[bool, str]:
+        console = read_console()
+        doc = last_phase(console)
+        if doc is None:
+            return False, "booting"
+        if doc.get("status") == "failed":
+            tail = "\n".join(console.splitlines()[-20:])
+            raise BuildFailed(
+                f"the guest step {doc['phase']!r} failed ({doc.get('error', 'see the log')})",
+                "see /var/log/vmbinder/ on the server; last console lines:\n" + tail,
+            )
+        return doc.get("phase") == "ready", f"{doc['phase']} {doc.get('status', '')}".strip()
+
+    return probe
+
+
+def http_probe(url: str, *, verify: bool = True, timeout: float = 5.0) -> Probe:
+    """OK when GET url answers 200 (Jupyter's /api/status with the token)."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+
+    def probe() -> tuple[bool, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+                return resp.status == 200, f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            return False, f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            return False, f"not answering ({reason})"
+
+    return probe
+
+
+def wait_until(
+    probes: list[Probe],
+    *,
+    timeout: float,
+    on_progress: Callable[[str], None] = lambda detail: None,
+    clock: Clock = Clock(),
+    interval: float = 2.0,
+    max_interval: float = 15.0,
+) -> str:
+    """Poll until every probe is OK; back off between rounds; ReadinessTimeout at the deadline."""
+    deadline = clock.now() + timeout
+    delay = interval
+    last = ""
+    while True:
+        results = [probe() for probe in probes]
+        last = "; ".join(detail for _, detail in results)
+        on_progress(last)
+        if all(ok for ok, _ in results):
+            return last
+        if clock.now() + delay > deadline:
+            raise ReadinessTimeout(
+                f"the environment did not answer within {timeout:.0f} s (last: {last})",
+                "it may still be building: check with vmbinder status NAME, or launch "
+                "again with a longer --timeout",
+            )
+        clock.sleep(delay)
+        delay = min(delay * 1.5, max_interval)

@@ -1,0 +1,113 @@
+"""What a launch asks for: frozen records and their validation. Pure: no I/O."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from dataclasses import dataclass, field, replace
+
+from vmbinder import REPO2DOCKER_VERSION, __version__
+from vmbinder.errors import BadRequest
+from vmbinder.sources import Source
+
+NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$"
+)
+TLS_MODES = ("acme", "internal", "off")
+#: Bits of randomness in a generated Jupyter token (at least 128 are required).
+TOKEN_BYTES = 32
+
+
+def new_token() -> str:
+    return secrets.token_hex(TOKEN_BYTES)
+
+
+@dataclass(frozen=True)
+class CloudChoice:
+    """Which cloud resources to use; None means "let the provider pick"."""
+
+    image: str | None = None
+    flavor: str | None = None
+    network: str | None = None
+    external_network: str | None = None
+    key_name: str | None = None
+    public_key: str | None = None  # the text of an OpenSSH public key
+    ssh_cidr: str = "0.0.0.0/0"
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    source: Source
+    name: str
+    cloud: CloudChoice = field(default_factory=CloudChoice)
+    hostname: str | None = None
+    tls: str = "acme"
+    token: str = field(default_factory=new_token, repr=False)
+    repo2docker_version: str = REPO2DOCKER_VERSION
+    vmbinder_version: str = __version__
+
+    def with_token(self, token: str) -> LaunchSpec:
+        return replace(self, token=token)
+
+
+def default_name(source: Source) -> str:
+    """`<last part of the repo, slugged>-<4 hex>`: short, valid as a DNS label."""
+    tail = source.repo.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if tail.endswith(".git"):
+        tail = tail[:-4]
+    slug = re.sub(r"[^a-z0-9]+", "-", tail.lower()).strip("-")[:40].strip("-") or "binder"
+    return f"{slug}-{secrets.token_hex(2)}"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name or ""):
+        raise BadRequest(
+            f"invalid name {name!r}",
+            "use 1-63 lowercase letters, digits and hyphens, starting and ending with a "
+            "letter or digit (it becomes part of the server name and host name)",
+        )
+    return name
+
+
+def validate_hostname(hostname: str) -> str:
+    host = hostname.strip().lower().rstrip(".")
+    if not HOSTNAME_RE.match(host):
+        raise BadRequest(
+            f"invalid --hostname {hostname!r}",
+            "give a fully qualified DNS name such as binder.example.org that points at the "
+            "server's floating IP",
+        )
+    return host
+
+
+def validate_cidr(cidr: str) -> str:
+    try:
+        return str(ipaddress.ip_network(cidr, strict=False))
+    except ValueError:
+        raise BadRequest(
+            f"invalid --ssh-cidr {cidr!r}",
+            "give an IPv4 or IPv6 network such as 192.0.2.0/24 or 2001:db8::/32",
+        ) from None
+
+
+def make_spec(
+    source: Source,
+    *,
+    name: str | None = None,
+    cloud: CloudChoice | None = None,
+    hostname: str | None = None,
+    tls: str = "acme",
+) -> LaunchSpec:
+    if tls not in TLS_MODES:
+        raise BadRequest(f"invalid --tls {tls!r}", f"use one of: {', '.join(TLS_MODES)}")
+    cloud = cloud or CloudChoice()
+    cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr))
+    return LaunchSpec(
+        source=source,
+        name=validate_name(name) if name is not None else default_name(source),
+        cloud=cloud,
+        hostname=validate_hostname(hostname) if hostname else None,
+        tls=tls,
+    )
