@@ -86,15 +86,21 @@ def wait_until(
     interval: float = 2.0,
     max_interval: float = 15.0,
 ) -> str:
-    """Poll until every probe is OK; back off between rounds; ReadinessTimeout at the deadline."""
+    """Poll until every probe is OK; back off between rounds; ReadinessTimeout at the deadline.
+
+    Probes run in order and a round stops at the first one not OK, so a later
+    probe (the HTTPS check) is only tried once the earlier ones (the guest's
+    own phase report) pass."""
     deadline = clock.now() + timeout
     delay = interval
-    last = ""
     while True:
-        results = [probe() for probe in probes]
-        last = "; ".join(detail for _, detail in results)
+        ok = True
+        for probe in probes:
+            ok, last = probe()
+            if not ok:
+                break
         on_progress(last)
-        if all(ok for ok, _ in results):
+        if ok:
             return last
         if clock.now() + delay > deadline:
             raise ReadinessTimeout(

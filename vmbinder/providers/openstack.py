@@ -43,6 +43,12 @@ MIN_DISK_GB = 10
 WEB_PORTS = (80, 443)
 SSH_PORT = 22
 
+NO_CLOUD_HINT = (
+    "name a cloud from clouds.yaml with --os-cloud or OS_CLOUD (clouds.yaml is read from "
+    "./, ~/.config/openstack/ and /etc/openstack/, or OS_CLIENT_CONFIG_FILE), or source "
+    "an openrc file"
+)
+
 _STATES = {
     "BUILD": BUILDING, "REBUILD": BUILDING, "ACTIVE": ACTIVE, "ERROR": ERROR,
     "SHUTOFF": STOPPED, "STOPPED": STOPPED, "SUSPENDED": STOPPED, "PAUSED": STOPPED,
@@ -82,6 +88,11 @@ def cloud_errors(what: str) -> Iterator[None]:
             hint,
             details={"http_status": status, "request_id": exc.request_id},
         ) from exc
+    except ksa.auth_plugins.MissingRequiredOptions as exc:
+        raise errors.ConfigError(
+            f"no cloud configured ({exc})",
+            NO_CLOUD_HINT,
+        ) from exc
     except ksa.ConnectFailure as exc:
         raise errors.CloudError(
             f"{what} failed: cannot reach the cloud ({exc})",
@@ -102,9 +113,7 @@ def connect(cloud: str | None):
         where = f"cloud {cloud!r}" if cloud else "a cloud"
         raise errors.ConfigError(
             f"no credentials for {where}: {exc}",
-            "name a cloud from clouds.yaml with --os-cloud or OS_CLOUD "
-            "(clouds.yaml is read from ./, ~/.config/openstack/ and /etc/openstack/, or "
-            "OS_CLIENT_CONFIG_FILE), or source an openrc file",
+            NO_CLOUD_HINT,
         ) from exc
     return conn
 

@@ -1,0 +1,19 @@
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch, tmp_path_factory, request):
+    """No test sees the developer's cloud credentials or home folder.
+
+    Functional tests set their own OS_CLIENT_CONFIG_FILE / OS_CLOUD afterwards."""
+    for key in list(os.environ):
+        if key.startswith("OS_") or key.startswith("VMBINDER_"):
+            monkeypatch.delenv(key)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.chdir(home)
+    yield home

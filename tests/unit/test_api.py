@@ -1,0 +1,138 @@
+import pytest
+
+from vmbinder import api, errors, readiness
+from vmbinder.sources import resolve_source
+from vmbinder.spec import make_spec
+
+from .fakes import FakeProvider
+
+STEPS = ["resolve", "keypair", "security group", "floating IP", "create", "after create", "wait"]
+
+
+def spec(**kw):
+    return make_spec(resolve_source("https://github.com/org/repo", **kw), name="demo")
+
+
+def test_launch_no_wait_returns_the_server_and_its_urls():
+    provider = FakeProvider()
+    s = spec(open_path="analysis.ipynb")
+    result = api.launch(provider, s, wait=False)
+    assert result.server.state == "active"
+    assert result.server.address == "203.0.113.7"
+    assert result.access.base == "https://203-0-113-7.sslip.io/"
+    assert result.access.urls["lab"] == f"https://203-0-113-7.sslip.io/lab?token={s.token}"
+    assert result.access.open_url == f"https://203-0-113-7.sslip.io/lab/tree/analysis.ipynb?token={s.token}"
+    assert set(result.access.urls) == {"tree", "lab"}
+    assert "2023.06" in result.access.absent["nteract"]
+    # the user-data carries the address the floating IP got before the server existed
+    (user_data,) = provider.user_data.values()
+    assert "203.0.113.7" in user_data
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_failure_at_any_step_removes_everything_created(step):
+    provider = FakeProvider(fail_at=step)
+    with pytest.raises(errors.CloudError) as info:
+        api.launch(provider, spec(), wait=False)
+    assert provider.resources == {}
+    assert provider.servers == {}
+    assert "injected" in info.value.message
+    if step == "resolve":
+        assert "nothing had been created" in info.value.hint
+    else:
+        assert "removed what it created" in info.value.hint
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_ctrl_c_at_any_step_removes_everything_and_exits_130(step):
+    provider = FakeProvider(interrupt_at=step)
+    with pytest.raises(errors.Interrupted) as info:
+        api.launch(provider, spec(), wait=False)
+    assert info.value.exit_code == 130
+    assert provider.resources == {}
+    assert "interrupted" in info.value.message
+
+
+def test_cleanup_failure_names_each_leftover_and_the_command():
+    provider = FakeProvider(fail_at="wait", fail_removing={"floating IP"})
+    with pytest.raises(errors.CleanupFailed) as info:
+        api.launch(provider, spec(), wait=False)
+    exc = info.value
+    assert exc.exit_code == 7
+    assert "floating IP" in exc.message and "remove-floating-IP id-3" in exc.message
+    assert "wait failed" in exc.message
+    # everything else was removed
+    assert [r["kind"] for r in provider.resources.values()] == ["floating IP"]
+
+
+def test_keep_on_failure_keeps_and_says_what():
+    provider = FakeProvider(fail_at="wait")
+    with pytest.raises(errors.CloudError) as info:
+        api.launch(provider, spec(), wait=False, keep_on_failure=True)
+    assert len(provider.resources) == 4
+    assert "kept for inspection" in info.value.hint and "server demo" in info.value.hint
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+        self.sleeps = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.t += seconds
+
+
+def test_waiting_launch_follows_guest_phases_then_times_out_and_rolls_back():
+    console = 'VMBINDER-PHASE {"phase": "build", "status": "started"}\n'
+    provider = FakeProvider(console=console)
+    clock = FakeClock()
+    seen = []
+
+    class Rec:
+        def phase(self, phase, detail=""):
+            seen.append((phase, detail))
+
+    with pytest.raises(errors.ReadinessTimeout):
+        api.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
+                                       name="demo", tls="off"),
+                   Rec(), wait=True, ready_timeout=60,
+            clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
+    assert any(p == "environment" and d.startswith("build started") for p, d in seen)
+    assert provider.resources == {}
+    assert clock.t <= 60
+
+
+def test_a_failed_guest_step_is_a_build_failure_with_the_console_tail():
+    console = 'boot\nVMBINDER-PHASE {"phase": "build", "status": "failed", "error": "CalledProcessError"}\n'
+    provider = FakeProvider(console=console)
+    with pytest.raises(errors.BuildFailed) as info:
+        api.launch(provider, spec(), wait=True)
+    assert info.value.exit_code == 6
+    assert "'build' failed" in info.value.message
+    assert "boot" in info.value.hint
+    assert provider.resources == {}
+
+
+def test_url_refuses_interfaces_the_image_does_not_serve():
+    provider = FakeProvider()
+    server = api.launch(provider, spec(), wait=False).server
+    with pytest.raises(errors.BadRequest) as info:
+        api.url(server, "nteract")
+    assert "removed nteract in 2023.06" in info.value.message
+    assert api.url(server, "tree").startswith("https://203-0-113-7.sslip.io/tree?token=")
+    assert api.url(server, "rstudio", detected=frozenset({"rstudio"})).startswith(
+        "https://203-0-113-7.sslip.io/rstudio/?token=")
+
+
+def test_delete_checks_every_name_before_deleting_any():
+    provider = FakeProvider()
+    api.launch(provider, spec(), wait=False)
+    with pytest.raises(errors.BadRequest):
+        api.delete(provider, ["demo", "missing"])
+    assert len(provider.servers) == 1
+    removed = api.delete(provider, ["demo"])
+    assert [r.kind for r in removed] == ["server"] and provider.servers == {}

@@ -1,0 +1,134 @@
+import base64
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from vmbinder import cli as cli_mod
+from vmbinder.cli import cli
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def run(*args, **kw):
+    runner = CliRunner()
+    return runner.invoke(cli, list(args), catch_exceptions=False, **kw)
+
+
+def test_dry_run_json_has_the_documented_keys():
+    res = run("launch", "--dry-run", "--format", "json",
+              "https://mybinder.org/v2/gh/org/repo/main?urlpath=lab/tree/x.ipynb")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {"repo", "ref", "subdir", "open", "name", "user_data", "user_data_b64_bytes"} <= set(doc)
+    assert doc["repo"] == "https://github.com/org/repo"
+    assert doc["ref"] == "main"
+    assert doc["subdir"] is None
+    assert doc["open"] == "lab/tree/x.ipynb"
+    assert doc["user_data_b64_bytes"] == len(base64.b64encode(doc["user_data"].encode()))
+    assert yaml.safe_load(doc["user_data"])["runcmd"]
+
+
+def test_dry_run_options_win_over_the_link():
+    res = run("launch", "--dry-run", "--format", "json", "--ref", "v2", "--subdir", "env",
+              "--open", "analysis/a.ipynb", "--name", "my-env",
+              "https://mybinder.org/v2/gh/org/repo/main?urlpath=lab/tree/x.ipynb")
+    doc = json.loads(res.stdout)
+    assert (doc["ref"], doc["subdir"], doc["open"], doc["name"]) == (
+        "v2", "env", "lab/tree/analysis/a.ipynb", "my-env")
+
+
+def test_dry_run_needs_no_cloud_and_shows_no_real_token():
+    res = run("launch", "--dry-run", "--format", "value", "10.5281/zenodo.3242074")
+    assert res.exit_code == 0
+    assert res.stdout.startswith("#cloud-config")
+    assert re.search(r"[0-9a-f]{64}", res.stdout.replace("0" * 64, "")) is None
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["launch", "--dry-run", "not a source"], 2, "not a source"),
+    (["launch", "--dry-run", "--", "-rf"], 2, "-rf"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--ref", "a b"], 2, "ref"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--subdir", "../etc"], 2, "subdir"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--name", "Bad_Name"], 2, "invalid name"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--hostname", "not a host"], 2, "hostname"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--ssh-cidr", "10.0.0.300/8"], 2, "ssh-cidr"),
+    (["launch", "--dry-run", "10.5281/zenodo.1", "--ref", "main"], 2, "--ref"),
+])
+def test_bad_input_names_the_problem_and_exits_non_zero(args, code, message):
+    res = run(*args)
+    assert res.exit_code == code
+    assert message in res.stderr
+    assert "hint:" in res.stderr
+    assert res.stdout == ""
+
+
+def test_unparseable_source_lists_the_accepted_forms():
+    res = run("launch", "--dry-run", "ftp://example.org/repo")
+    assert res.exit_code == 2
+    assert "mybinder.org" in res.stderr and "10." in res.stderr and "swh:1:" in res.stderr
+
+
+def test_no_cloud_configured_is_a_configuration_error():
+    res = run("list")
+    assert res.exit_code == 3
+    assert "no cloud configured" in res.stderr and "OS_CLOUD" in res.stderr
+
+
+def test_unknown_cloud_name_is_a_configuration_error(tmp_path, monkeypatch):
+    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump({"clouds": {"mine": {
+        "auth": {"auth_url": "http://127.0.0.1:9/v3", "username": "u", "password": "p",
+                 "project_name": "p", "user_domain_name": "Default",
+                 "project_domain_name": "Default"}}}}))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    res = run("--os-cloud", "other", "list")
+    assert res.exit_code == 3 and "'other'" in res.stderr
+
+
+def test_unreachable_cloud_is_a_cloud_error(tmp_path, monkeypatch):
+    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump({"clouds": {"mine": {
+        "auth": {"auth_url": "http://127.0.0.1:9/v3", "username": "u", "password": "p",
+                 "project_name": "p", "user_domain_name": "Default",
+                 "project_domain_name": "Default"}}}}))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+    monkeypatch.setenv("OS_CLOUD", "mine")
+    res = run("status", "x")
+    assert res.exit_code == 4 and "cannot reach the cloud" in res.stderr
+
+
+def test_every_command_has_help_and_is_in_the_readme():
+    readme = README.read_text()
+    for name, command in cli.commands.items():
+        res = run(name, "--help")
+        assert res.exit_code == 0 and command.help, name
+        assert f"vmbinder {name}" in readme, f"README does not show `vmbinder {name}`"
+        if name != "delete":
+            assert "--format" in res.stdout or name == "delete"
+
+
+def test_version():
+    res = run("--version")
+    assert res.exit_code == 0 and "vmbinder" in res.stdout
+
+
+def test_redacting_filter_removes_the_token_from_log_records(tmp_path, monkeypatch):
+    import logging
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    root = logging.getLogger()
+    before = list(root.handlers)
+    path = cli_mod._debug_log("demo", "s3cret-token")
+    try:
+        logging.getLogger("vmbinder.test").info("url https://h/lab?token=%s", "s3cret-token")
+        for h in root.handlers:
+            h.flush()
+        text = path.read_text()
+        assert "<token>" in text and "s3cret-token" not in text
+    finally:
+        for h in list(root.handlers):
+            if h not in before:
+                root.removeHandler(h)
+                h.close()

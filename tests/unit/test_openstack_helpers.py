@@ -1,0 +1,73 @@
+"""The OpenStack provider's pure helpers; its cloud calls are tested against the testbed."""
+
+import pytest
+
+from vmbinder import errors
+from vmbinder.providers import openstack as osp
+from vmbinder.sources import Source
+from vmbinder.spec import make_spec
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAh9u6h1s3w7r4bC0nC9kzY2Oq3v0C0Q2k3nXvQ1o3Zq me@host"
+
+
+def test_keypair_name_is_stable_and_ignores_the_comment():
+    assert osp.keypair_name(KEY) == osp.keypair_name(KEY.rsplit(" ", 1)[0] + " other")
+    assert osp.keypair_name(KEY).startswith("vmbinder-") and len(osp.keypair_name(KEY)) == 21
+
+
+@pytest.mark.parametrize("bad", ["", "ssh-ed25519", "ssh-ed25519 !!!notbase64"])
+def test_keypair_name_refuses_a_broken_key(bad):
+    with pytest.raises(errors.BadRequest):
+        osp.keypair_name(bad)
+
+
+def test_security_group_rules_add_only_what_is_missing():
+    want = osp.wanted_rules("0.0.0.0/0")
+    assert want == {("IPv4", 22, "0.0.0.0/0"), ("IPv6", 22, "::/0"), ("IPv4", 80, "0.0.0.0/0"),
+                    ("IPv6", 80, "::/0"), ("IPv4", 443, "0.0.0.0/0"), ("IPv6", 443, "::/0")}
+    have = osp.existing_rules([
+        {"direction": "ingress", "protocol": "tcp", "ethertype": "IPv4", "port_range_min": 80,
+         "port_range_max": 443, "remote_ip_prefix": None},  # a range covering both
+        {"direction": "egress", "protocol": None, "ethertype": "IPv4"},
+        {"direction": "ingress", "protocol": "tcp", "ethertype": "IPv4", "port_range_min": 22,
+         "port_range_max": 22, "remote_ip_prefix": None, "remote_group_id": "g"},
+    ])
+    assert want - have == {("IPv4", 22, "0.0.0.0/0"), ("IPv6", 22, "::/0"),
+                           ("IPv6", 80, "::/0"), ("IPv6", 443, "::/0")}
+
+
+def test_narrowed_ssh_gets_its_own_group_and_one_ssh_rule():
+    assert osp.security_group_name("0.0.0.0/0") == "vmbinder"
+    assert osp.security_group_name("192.0.2.0/24") == "vmbinder-ssh-192-0-2-0-24"
+    ssh = [r for r in osp.wanted_rules("192.0.2.0/24") if r[1] == 22]
+    assert ssh == [("IPv4", 22, "192.0.2.0/24")]
+
+
+@pytest.mark.parametrize("status, task, state", [
+    ("BUILD", None, "building"), ("ACTIVE", None, "active"), ("ERROR", None, "error"),
+    ("SHUTOFF", None, "stopped"), ("ACTIVE", "deleting", "deleting"), ("WEIRD", None, "unknown"),
+])
+def test_cloud_states_map_to_ours(status, task, state):
+    assert osp.state_of(status, task) == state
+
+
+def test_floating_address_is_read_from_addresses():
+    addrs = {"private": [{"addr": "192.0.2.5", "OS-EXT-IPS:type": "fixed"},
+                         {"addr": "203.0.113.20", "OS-EXT-IPS:type": "floating"}]}
+    assert osp.floating_address(addrs) == "203.0.113.20"
+    assert osp.floating_address({}) is None
+
+
+def test_metadata_records_provenance_and_refuses_overlong_values():
+    src = Source("https://github.com/o/r", "git", ref="main", open="lab/tree/a.ipynb",
+                 given="https://github.com/o/r")
+    spec = make_spec(src, name="demo")
+    meta = osp.server_metadata(spec, "user-1")
+    assert meta["vmbinder:repo"] == "https://github.com/o/r"
+    assert meta["vmbinder:ref"] == "main" and meta["vmbinder:open"] == "lab/tree/a.ipynb"
+    assert meta["vmbinder:repo2docker"] == spec.repo2docker_version
+    assert meta["vmbinder:token"] == spec.token and meta["vmbinder:owner"] == "user-1"
+    assert "vmbinder:subdir" not in meta
+    long = make_spec(Source("https://github.com/o/r", "git", ref="r" * 300), name="demo")
+    with pytest.raises(errors.BadRequest):
+        osp.server_metadata(long, "u")
