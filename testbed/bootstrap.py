@@ -1,0 +1,132 @@
+"""Identity, catalog and cloud resources of the testbed, made with openstacksdk."""
+
+import os
+
+import openstack
+import yaml
+
+from configs import REGION, SERVICE_USERS
+
+# name, type, port key, path
+CATALOG = (
+    ("nova", "compute", "nova-api", "/v2.1"),
+    ("glance", "image", "glance", ""),
+    ("neutron", "network", "neutron", ""),
+    ("placement", "placement", "placement", ""),
+)
+
+FLAVORS = (
+    # name, vCPUs, RAM MiB, disk GB
+    ("m1.tiny", 1, 512, 1),
+    ("m1.small", 1, 2048, 20),
+    ("m1.medium", 2, 4096, 40),
+    # The fake driver reports 600,000 GB of disk: no host fits this one, so a
+    # boot ends in ERROR with "No valid host was found".
+    ("x1.toobig", 1, 512, 1_000_000),
+)
+
+IMAGE_NAME = "debian-12"
+IMAGE_SIZE = 1024 * 1024
+
+PUBLIC = {"network": "public", "subnet": "public-subnet", "cidr": "203.0.113.0/24",
+          "gateway": "203.0.113.1", "pool": ("203.0.113.10", "203.0.113.250")}
+PRIVATE = {"network": "private", "subnet": "private-subnet", "cidr": "192.0.2.0/24",
+           "router": "router1"}
+
+ADMIN = {"cloud": "testbed-admin", "username": "admin", "project_name": "admin"}
+MEMBER = {"cloud": "testbed", "username": "demo", "project_name": "demo"}
+
+
+def cloud_config(lay, who):
+    return {
+        "auth": {
+            "auth_url": lay.auth_url,
+            "username": who["username"],
+            "password": lay.password,
+            "project_name": who["project_name"],
+            "user_domain_name": "Default",
+            "project_domain_name": "Default",
+        },
+        "region_name": REGION,
+        "interface": "public",
+        "identity_api_version": "3",
+    }
+
+
+def connect(lay, who):
+    # Ignore clouds.yaml files and OS_* variables of whoever runs this.
+    config = cloud_config(lay, who)
+    return openstack.connect(load_yaml_config=False, load_envvars=False,
+                             **config["auth"], **{k: v for k, v in config.items()
+                                                  if k != "auth"})
+
+
+def identity(lay, step):
+    """Projects, users, roles and the service catalog."""
+    conn = connect(lay, ADMIN)
+    idn = conn.identity
+    roles = {role.name: role for role in idn.roles()}
+    for name in ("admin", "member", "reader", "service"):
+        if name not in roles:
+            roles[name] = idn.create_role(name=name)
+    service = idn.create_project(name="service", domain_id="default",
+                                 description="Service users of the testbed")
+    demo = idn.create_project(name="demo", domain_id="default",
+                              description="Project of the testbed's member user")
+    for name in SERVICE_USERS:
+        user = idn.create_user(name=name, password=lay.password, domain_id="default",
+                               default_project_id=service.id)
+        for role in ("admin", "service"):
+            idn.assign_project_role_to_user(service, user, roles[role])
+    user = idn.create_user(name="demo", password=lay.password, domain_id="default",
+                           default_project_id=demo.id)
+    idn.assign_project_role_to_user(demo, user, roles["member"])
+    for name, kind, port_key, path in CATALOG:
+        svc = idn.create_service(name=name, type=kind)
+        for interface in ("public", "internal"):
+            idn.create_endpoint(service_id=svc.id, interface=interface,
+                                url=lay.url(port_key, path), region_id=REGION)
+    conn.close()
+    step("keystone: service users, catalog, project demo and user demo created")
+
+
+def resources(lay, step):
+    """Flavors, the image, the external network, and demo's network and router."""
+    admin = connect(lay, ADMIN)
+    for name, vcpus, ram, disk in FLAVORS:
+        admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk,
+                                    is_public=True)
+    step("flavors created: " + ", ".join(f[0] for f in FLAVORS))
+
+    admin.image.create_image(
+        IMAGE_NAME, data=bytes(IMAGE_SIZE), disk_format="raw", container_format="bare",
+        visibility="public", os_distro="debian", os_version="12", wait=True)
+    step(f"image {IMAGE_NAME} uploaded")
+
+    public = admin.network.create_network(
+        name=PUBLIC["network"], is_router_external=True, is_shared=False,
+        provider_network_type="flat", provider_physical_network="public")
+    admin.network.create_subnet(
+        name=PUBLIC["subnet"], network_id=public.id, ip_version=4, cidr=PUBLIC["cidr"],
+        gateway_ip=PUBLIC["gateway"], is_dhcp_enabled=False,
+        allocation_pools=[{"start": PUBLIC["pool"][0], "end": PUBLIC["pool"][1]}])
+    admin.close()
+
+    demo = connect(lay, MEMBER)
+    private = demo.network.create_network(name=PRIVATE["network"])
+    subnet = demo.network.create_subnet(
+        name=PRIVATE["subnet"], network_id=private.id, ip_version=4, cidr=PRIVATE["cidr"])
+    router = demo.network.create_router(
+        name=PRIVATE["router"], external_gateway_info={"network_id": public.id})
+    demo.network.add_interface_to_router(router, subnet_id=subnet.id)
+    demo.close()
+    step("networks public and private, router router1 created")
+
+
+def write_clouds_yaml(lay):
+    """Written last: its presence means READY."""
+    data = {"clouds": {who["cloud"]: cloud_config(lay, who) for who in (ADMIN, MEMBER)}}
+    tmp = lay.clouds_yaml.with_suffix(".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
+        yaml.safe_dump(data, fh, sort_keys=False)
+    os.replace(tmp, lay.clouds_yaml)

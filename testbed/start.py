@@ -1,0 +1,492 @@
+"""Bring the testbed up: processes, databases, bootstrap, readiness.
+
+Runs with the testbed's venv.  Every service is started in its own session
+(setsid), so its PID is also its process-group ID, and recorded under pids/;
+`down` signals exactly those groups.
+"""
+
+import concurrent.futures as cf
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pymysql
+import tenacity
+from cryptography.fernet import Fernet
+
+import bootstrap
+import configs
+from configs import COMPUTE_HOST, HOST, PORTS, REGION, Layout
+from testbed import HERE, down, group_alive, read_records, write_record
+
+LOG_TAIL = 40
+
+
+class Failure(Exception):
+    """A service did not come up; names it and the log to look at."""
+
+    def __init__(self, service, message, log=None):
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.log = log
+
+
+class NotReady(Exception):
+    pass
+
+
+class Aborted(Exception):
+    pass
+
+
+def tail(path, lines=LOG_TAIL):
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(fh.tell() - 64 * 1024, 0))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def port_free(port):
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def tcp_open(port):
+    try:
+        with socket.create_connection((HOST, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+class Starter:
+    def __init__(self, state, password, timeout, debug=False):
+        self.lay = Layout(Path(state), password)
+        self.timeout = timeout
+        self.debug = debug
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + timeout
+        self.procs = {}
+        self.oneshots = set()
+        self.abort = threading.Event()
+        self.lock = threading.Lock()
+        self.seq = 0
+        self.futures = []
+
+    # ---------------------------------------------------------------- output
+
+    def step(self, message):
+        print(f"[up {time.monotonic() - self.t0:6.1f}s] {message}",
+              file=sys.stderr, flush=True)
+
+    def remaining(self):
+        return max(self.deadline - time.monotonic(), 0.0)
+
+    # ------------------------------------------------------------- processes
+
+    def env(self, **extra):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
+        env["PATH"] = f"{self.lay.venv / 'bin'}:{env.get('PATH', '')}:/usr/sbin:/sbin"
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def start(self, name, argv, env=None):
+        """Start a long-running service in its own session and record it."""
+        log = self.lay.logs / f"{name}.log"
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(
+                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=fh,
+                stderr=subprocess.STDOUT, env=env or self.env(),
+                cwd=self.lay.run, start_new_session=True)
+        with self.lock:
+            self.seq += 1
+            write_record(self.lay.pids, self.seq, name, proc.pid)
+            self.procs[name] = proc
+
+    def run(self, service, argv, env=None):
+        """Run a one-shot setup command; its output goes to <service>-setup.log."""
+        if self.abort.is_set():
+            raise Aborted()
+        log = self.lay.logs / f"{service}-setup.log"
+        argv = [str(a) for a in argv]
+        with open(log, "ab") as fh:
+            fh.write(f"+ {' '.join(argv)}\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env or self.env(),
+                                    cwd=self.lay.run)
+            self.oneshots.add(proc)
+            try:
+                rc = proc.wait(timeout=self.remaining())
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                raise Failure(service, f"{Path(argv[0]).name} did not finish in time", log)
+            finally:
+                self.oneshots.discard(proc)
+        if self.abort.is_set():
+            raise Aborted()
+        if rc:
+            raise Failure(service, f"{Path(argv[0]).name} {' '.join(argv[1:])[-80:]} "
+                                   f"exited with status {rc}", log)
+
+    def check_alive(self, *names):
+        for name in names:
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise Failure(name, f"exited with status {proc.returncode}",
+                              self.lay.logs / f"{name}.log")
+
+    def wait(self, service, what, probe, watch=()):
+        """Poll probe() until it stops raising NotReady, within the deadline."""
+        watch = tuple(watch) or (service,)
+
+        def attempt():
+            if self.abort.is_set():
+                raise Aborted()
+            self.check_alive(*watch)
+            probe()
+
+        try:
+            for attempt_ctx in tenacity.Retrying(
+                    retry=tenacity.retry_if_exception_type(NotReady),
+                    wait=tenacity.wait_fixed(0.5),
+                    stop=tenacity.stop_after_delay(self.remaining()),
+                    reraise=True):
+                with attempt_ctx:
+                    attempt()
+        except NotReady as exc:
+            raise Failure(service, f"{what} not ready within {self.timeout:.0f} s "
+                                   f"({exc})", self.lay.logs / f"{service}.log")
+
+    def wait_http(self, name):
+        url = self.lay.url(name, "/")
+
+        def probe():
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+            except urllib.error.HTTPError:
+                pass  # any HTTP answer means the API is serving
+            except (urllib.error.URLError, OSError) as exc:
+                raise NotReady(str(exc)) from None
+
+        self.wait(name, f"API at {url}", probe)
+        self.step(f"{name} answers on {url}")
+
+    # ----------------------------------------------------------------- steps
+
+    def prepare(self):
+        lay = self.lay
+        busy = [f"{port} ({name})" for name, port in PORTS.items() if not port_free(port)]
+        if busy:
+            raise Failure("testbed", "ports in use on 127.0.0.1: " + ", ".join(busy)
+                          + ". Something else listens there (a testbed started from "
+                          "another directory?)")
+        shutil.rmtree(lay.run, ignore_errors=True)
+        shutil.rmtree(lay.logs, ignore_errors=True)
+        for path in (lay.run, lay.logs, lay.pids):
+            path.mkdir(parents=True, exist_ok=True)
+        lay.mysql_socket.unlink(missing_ok=True)
+        configs.write_all(lay, self.debug)
+        # Fernet and credential keys: what keystone-manage fernet_setup and
+        # credential_setup write, without paying two more CLI start-ups.
+        for repo in ("fernet-keys", "credential-keys"):
+            path = lay.run / "keystone" / repo
+            path.mkdir(parents=True, mode=0o700)
+            for index in ("0", "1"):
+                (path / index).write_bytes(Fernet.generate_key())
+                os.chmod(path / index, 0o600)
+
+    def start_rabbitmq(self):
+        base = self.lay.run / "rabbitmq"
+        (base / "home").mkdir(parents=True, exist_ok=True)
+        env = self.env(
+            HOME=base / "home",
+            RABBITMQ_NODENAME="testbed@localhost",
+            RABBITMQ_NODE_IP_ADDRESS=HOST,
+            RABBITMQ_NODE_PORT=PORTS["rabbitmq"],
+            RABBITMQ_DIST_PORT=PORTS["rabbitmq-dist"],
+            RABBITMQ_MNESIA_BASE=base / "mnesia",
+            RABBITMQ_LOG_BASE=base / "log",
+            RABBITMQ_PID_FILE=base / "rabbitmq.pid",
+            RABBITMQ_CONFIG_FILE=base / "rabbitmq.conf",
+            RABBITMQ_ADVANCED_CONFIG_FILE=base / "advanced.config",
+            RABBITMQ_CONF_ENV_FILE=base / "rabbitmq-env.conf",
+            RABBITMQ_ENABLED_PLUGINS_FILE=base / "enabled_plugins",
+            RABBITMQ_PLUGINS_EXPAND_DIR=base / "plugins-expand",
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            ERL_EPMD_ADDRESS=HOST,
+            ERL_EPMD_PORT=PORTS["epmd"],
+        )
+        # Our own epmd, in the foreground, on its own port: Erlang would
+        # otherwise start a daemonized one that nobody records.
+        self.start("epmd", ["epmd", "-port", PORTS["epmd"], "-address", HOST], env)
+
+        def epmd_probe():
+            if not tcp_open(PORTS["epmd"]):
+                raise NotReady("epmd port closed")
+
+        self.wait("epmd", "epmd", epmd_probe)
+        self.start("rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], env)
+        self.step("rabbitmq starting")
+
+    def wait_rabbitmq(self):
+        def probe():
+            if not tcp_open(PORTS["rabbitmq"]):
+                raise NotReady("AMQP port closed")
+
+        self.wait("rabbitmq", "AMQP listener", probe, watch=("rabbitmq", "epmd"))
+        self.step("rabbitmq answers")
+
+    def start_mariadb(self):
+        lay = self.lay
+        base = lay.run / "mysql"
+        (base / "tmp").mkdir(parents=True, exist_ok=True)
+        self.run("mariadb", ["mariadb-install-db", "--no-defaults", f"--datadir={base / 'data'}",
+                             "--user=root", "--auth-root-authentication-method=normal",
+                             "--skip-test-db", "--skip-name-resolve"])
+        self.start("mariadb", [
+            shutil.which("mariadbd", path=self.env()["PATH"]) or "/usr/sbin/mariadbd",
+            "--no-defaults", f"--datadir={base / 'data'}", f"--tmpdir={base / 'tmp'}",
+            f"--socket={lay.mysql_socket}", f"--pid-file={base / 'mysqld.pid'}",
+            f"--bind-address={HOST}", f"--port={PORTS['mariadb']}", "--user=root",
+            "--skip-name-resolve", "--skip-log-bin",
+            # A throwaway database: durability is not needed, speed is.
+            "--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0",
+            "--innodb-buffer-pool-size=256M", "--max-connections=1000",
+            "--character-set-server=utf8", "--collation-server=utf8_general_ci",
+        ])
+
+        def probe():
+            try:
+                pymysql.connect(unix_socket=str(lay.mysql_socket), user="root",
+                                connect_timeout=2).close()
+            except pymysql.err.OperationalError as exc:
+                raise NotReady(str(exc)) from None
+
+        self.wait("mariadb", "MariaDB", probe)
+        conn = pymysql.connect(unix_socket=str(lay.mysql_socket), user="root")
+        with conn.cursor() as cur:
+            for name in configs.DATABASES:
+                cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8")
+            cur.execute("CREATE USER 'openstack'@'127.0.0.1' IDENTIFIED BY %s",
+                        (lay.password,))
+            cur.execute("GRANT ALL PRIVILEGES ON *.* TO 'openstack'@'127.0.0.1'")
+        conn.commit()
+        conn.close()
+        self.step("mariadb answers, databases created")
+
+    def keystone(self):
+        lay = self.lay
+        conf = lay.etc / "keystone" / "keystone.conf"
+        manage = [lay.venv / "bin" / "keystone-manage", "--config-file", conf]
+        self.run("keystone", manage + ["db_sync"])
+        self.run("keystone", manage + [
+            "bootstrap", "--bootstrap-username", "admin",
+            "--bootstrap-project-name", "admin",
+            "--bootstrap-admin-url", lay.auth_url,
+            "--bootstrap-internal-url", lay.auth_url,
+            "--bootstrap-public-url", lay.auth_url,
+            "--bootstrap-region-id", REGION,
+        ], env=self.env(OS_BOOTSTRAP_PASSWORD=lay.password))
+        self.serve("keystone", "keystone.wsgi.api:application",
+                   OS_KEYSTONE_CONFIG_DIR=lay.etc / "keystone")
+
+    def placement(self):
+        conf = self.lay.etc / "placement" / "placement.conf"
+        self.run("placement", [self.lay.venv / "bin" / "placement-manage",
+                               "--config-file", conf, "db", "sync"])
+        self.serve("placement", "placement.wsgi.api:application",
+                   OS_PLACEMENT_CONFIG_DIR=self.lay.etc / "placement")
+
+    def glance(self):
+        conf = self.lay.etc / "glance" / "glance-api.conf"
+        self.run("glance", [self.lay.venv / "bin" / "glance-manage",
+                            "--config-file", conf, "db_sync"])
+        self.serve("glance", "glance.wsgi.api:application",
+                   OS_GLANCE_CONFIG_DIR=self.lay.etc / "glance")
+
+    def neutron(self):
+        etc = self.lay.etc / "neutron"
+        self.run("neutron", [self.lay.venv / "bin" / "python", HERE / "testbed.py",
+                             "neutron-db", "--config-file", etc / "neutron.conf",
+                             "--config-file", etc / "plugins" / "ml2" / "ml2_conf.ini"])
+        self.serve("neutron", "neutron.wsgi.api:application", OS_NEUTRON_CONFIG_DIR=etc)
+
+    def nova_manage(self):
+        etc = self.lay.etc / "nova"
+        return [self.lay.venv / "bin" / "nova-manage", "--config-file", etc / "nova.conf",
+                "--config-file", etc / "nova-db.conf"]
+
+    def nova(self):
+        manage = self.nova_manage()
+        self.run("nova", manage + ["api_db", "sync"])
+        # The cell0 URL is derived from [database] connection (nova -> nova_cell0).
+        self.run("nova", manage + ["cell_v2", "map_cell0"])
+        self.run("nova", manage + ["cell_v2", "create_cell", "--name", "cell1"])
+        self.run("nova", manage + ["db", "sync"])
+        etc = self.lay.etc / "nova"
+        self.serve("nova-api", "nova.wsgi.osapi_compute:application",
+                   OS_NOVA_CONFIG_DIR=etc,
+                   OS_NOVA_CONFIG_FILES="api-paste.ini;nova.conf;nova-db.conf")
+
+    def serve(self, name, app, **env):
+        self.start(name, [self.lay.venv / "bin" / "python", HERE / "testbed.py",
+                          "serve", name, app, PORTS[name]], self.env(**env))
+        self.wait_http(name)
+
+    def start_nova_services(self):
+        etc = self.lay.etc / "nova"
+        bin_ = self.lay.venv / "bin"
+        with_db = ["--config-file", etc / "nova.conf", "--config-file", etc / "nova-db.conf"]
+        self.start("nova-conductor", [bin_ / "nova-conductor", *with_db])
+        self.start("nova-scheduler", [bin_ / "nova-scheduler", *with_db])
+        # nova-compute must not see the database settings.
+        self.start("nova-compute", [bin_ / "nova-compute", "--config-file", etc / "nova.conf"])
+        self.step("nova-conductor, nova-scheduler, nova-compute started")
+
+    def wait_compute(self):
+        """nova-compute registered, its inventory in placement, its host mapped."""
+        lay = self.lay
+
+        def probe():
+            try:
+                conn = pymysql.connect(unix_socket=str(lay.mysql_socket), user="root")
+            except pymysql.err.OperationalError as exc:
+                raise NotReady(str(exc)) from None
+            try:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT COUNT(*) FROM placement.inventories")
+                    inventories = cur.fetchone()[0]
+                    cur.execute("SELECT COUNT(*) FROM nova_api.host_mappings WHERE host=%s",
+                                (COMPUTE_HOST,))
+                    mapped = cur.fetchone()[0]
+            finally:
+                conn.close()
+            if inventories < 3:
+                raise NotReady("no compute inventory in placement yet")
+            if not mapped:
+                raise NotReady("compute host not mapped to a cell yet")
+
+        self.wait("nova-compute", "compute host registration", probe,
+                  watch=("nova-compute", "nova-conductor", "nova-scheduler", "mariadb",
+                         "rabbitmq"))
+        self.step(f"compute host {COMPUTE_HOST!r} registered and mapped to cell1")
+
+    # ------------------------------------------------------------ top level
+
+    def _await(self, future):
+        """Wait for one task while failing fast on any other task's error."""
+        while True:
+            for other in self.futures:
+                if other.done() and other.exception() is not None:
+                    raise other.exception()
+            if future.done():
+                return future.result()
+            if not self.remaining():
+                raise Failure("testbed", f"not READY within {self.timeout:.0f} s")
+            cf.wait([future], timeout=0.5)
+
+    def _bring_up(self):
+        lay = self.lay
+        self.step(f"starting fresh in {lay.state}")
+        self.prepare()
+        self.start_rabbitmq()
+        self.start_mariadb()
+        with cf.ThreadPoolExecutor(max_workers=6) as pool:
+            try:
+                tasks = {name: pool.submit(getattr(self, name)) for name in
+                         ("keystone", "placement", "glance", "neutron", "nova",
+                          "wait_rabbitmq")}
+                self.futures = list(tasks.values())
+                self._await(tasks["keystone"])
+                bootstrap.identity(lay, self.step)
+                for name in ("placement", "wait_rabbitmq", "nova"):
+                    self._await(tasks[name])
+                self.start_nova_services()
+                for name in ("glance", "neutron"):
+                    self._await(tasks[name])
+                bootstrap.resources(lay, self.step)
+                self.wait_compute()
+                self.check_alive(*self.procs)
+            except BaseException:
+                self.abort.set()
+                for proc in list(self.oneshots):
+                    proc.kill()
+                raise
+        bootstrap.write_clouds_yaml(lay)
+
+    def current_state(self):
+        records = read_records(self.lay.pids)
+        if not records:
+            return "down"
+        alive = [group_alive(r) for r in records]
+        if all(alive) and self.lay.clouds_yaml.exists() and tcp_open(PORTS["keystone"]):
+            return "up"
+        return "stale"
+
+    def up(self):
+        state = self.current_state()
+        if state == "up":
+            print(f"testbed already up (run testbed/down first to restart it)\n"
+                  f"clouds.yaml: {self.lay.clouds_yaml}")
+            return 0
+        if state == "stale":
+            self.step("found a partly running testbed: stopping it first")
+            down(self.lay.state, grace=10, log=self.step)
+        previous = signal.signal(signal.SIGTERM, _sigterm)
+        try:
+            self._bring_up()
+        except (Exception, KeyboardInterrupt) as exc:
+            self.report_failure(exc)
+            self.step("stopping what was started")
+            down(self.lay.state, grace=5, log=self.step)
+            return 130 if isinstance(exc, KeyboardInterrupt) else 1
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        elapsed = time.monotonic() - self.t0
+        print(f"testbed READY in {elapsed:.0f} s\n"
+              f"clouds.yaml: {self.lay.clouds_yaml}\n"
+              f"use: export OS_CLIENT_CONFIG_FILE={self.lay.clouds_yaml} OS_CLOUD=testbed"
+              f"   (admin: OS_CLOUD=testbed-admin)\n"
+              f"logs: {self.lay.logs}")
+        return 0
+
+    def report_failure(self, exc):
+        if isinstance(exc, KeyboardInterrupt):
+            print("testbed: interrupted", file=sys.stderr)
+            return
+        if isinstance(exc, Failure):
+            print(f"\ntestbed FAILED: {exc}", file=sys.stderr)
+            log = exc.log
+        else:
+            import traceback
+            print(f"\ntestbed FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exc()
+            log = None
+        if log and Path(log).exists():
+            print(f"--- last {LOG_TAIL} lines of {log} ---\n{tail(log)}\n--- end ---",
+                  file=sys.stderr)
+        print(f"all logs: {self.lay.logs}", file=sys.stderr)
