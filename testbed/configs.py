@@ -128,7 +128,7 @@ def authtoken(lay, user):
 
 
 def common(lay, debug):
-    return {"debug": debug, "use_stderr": True}
+    return {"debug": debug, "use_stderr": True, "graceful_shutdown_timeout": 5}
 
 
 def keystone_conf(lay, debug):

@@ -131,8 +131,9 @@ class Starter:
             raise Aborted()
         log = self.lay.logs / f"{service}-setup.log"
         argv = [str(a) for a in argv]
+        started = time.monotonic()
         with open(log, "ab") as fh:
-            fh.write(f"+ {' '.join(argv)}\n".encode())
+            fh.write(f"+ [{started - self.t0:.1f}s] {' '.join(argv)}\n".encode())
             fh.flush()
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
                                     stderr=subprocess.STDOUT, env=env or self.env(),
@@ -146,6 +147,7 @@ class Starter:
                 raise Failure(service, f"{Path(argv[0]).name} did not finish in time", log)
             finally:
                 self.oneshots.discard(proc)
+            fh.write(f"= exit {rc} after {time.monotonic() - started:.1f} s\n".encode())
         if self.abort.is_set():
             raise Aborted()
         if rc:
@@ -357,42 +359,66 @@ class Starter:
                           "serve", name, app, PORTS[name]], self.env(**env))
         self.wait_http(name)
 
-    def start_nova_services(self):
+    def query(self, sql, *args):
+        """One value from the testbed's MariaDB, as root over the socket."""
+        try:
+            conn = pymysql.connect(unix_socket=str(self.lay.mysql_socket), user="root")
+        except pymysql.err.OperationalError as exc:
+            raise NotReady(str(exc)) from None
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, args)
+                return cur.fetchone()[0]
+        finally:
+            conn.close()
+
+    def start_conductor_scheduler(self):
         etc = self.lay.etc / "nova"
         bin_ = self.lay.venv / "bin"
         with_db = ["--config-file", etc / "nova.conf", "--config-file", etc / "nova-db.conf"]
         self.start("nova-conductor", [bin_ / "nova-conductor", *with_db])
         self.start("nova-scheduler", [bin_ / "nova-scheduler", *with_db])
+        self.step("nova-conductor and nova-scheduler started")
+
+    def start_compute(self):
+        """Start nova-compute once nova-conductor is serving.
+
+        nova-compute pings the conductor at start-up; a ping sent before the
+        conductor's queue exists is lost and costs a 10 s timeout.
+        """
+        def conductor_registered():
+            if not self.query("SELECT COUNT(*) FROM nova.services WHERE `binary`=%s "
+                              "AND deleted=0", "nova-conductor"):
+                raise NotReady("nova-conductor has not registered yet")
+
+        self.wait("nova-conductor", "conductor service", conductor_registered)
+        etc = self.lay.etc / "nova"
         # nova-compute must not see the database settings.
-        self.start("nova-compute", [bin_ / "nova-compute", "--config-file", etc / "nova.conf"])
-        self.step("nova-conductor, nova-scheduler, nova-compute started")
+        self.start("nova-compute", [self.lay.venv / "bin" / "nova-compute",
+                                    "--config-file", etc / "nova.conf"])
+        self.step("nova-compute started")
 
     def wait_compute(self):
         """nova-compute registered, its inventory in placement, its host mapped."""
-        lay = self.lay
+        watch = ("nova-compute", "nova-conductor", "nova-scheduler", "mariadb", "rabbitmq")
 
-        def probe():
-            try:
-                conn = pymysql.connect(unix_socket=str(lay.mysql_socket), user="root")
-            except pymysql.err.OperationalError as exc:
-                raise NotReady(str(exc)) from None
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT COUNT(*) FROM placement.inventories")
-                    inventories = cur.fetchone()[0]
-                    cur.execute("SELECT COUNT(*) FROM nova_api.host_mappings WHERE host=%s",
-                                (COMPUTE_HOST,))
-                    mapped = cur.fetchone()[0]
-            finally:
-                conn.close()
-            if inventories < 3:
+        def node_registered():
+            if not self.query("SELECT COUNT(*) FROM nova.compute_nodes WHERE host=%s "
+                              "AND deleted=0", COMPUTE_HOST):
+                raise NotReady("no compute node record yet")
+            if self.query("SELECT COUNT(*) FROM placement.inventories") < 3:
                 raise NotReady("no compute inventory in placement yet")
-            if not mapped:
+
+        self.wait("nova-compute", "compute node registration", node_registered, watch)
+        # The scheduler also discovers hosts periodically, but later.
+        self.run("nova", self.nova_manage() + ["cell_v2", "discover_hosts"])
+
+        def mapped():
+            if not self.query("SELECT COUNT(*) FROM nova_api.host_mappings WHERE host=%s",
+                              COMPUTE_HOST):
                 raise NotReady("compute host not mapped to a cell yet")
 
-        self.wait("nova-compute", "compute host registration", probe,
-                  watch=("nova-compute", "nova-conductor", "nova-scheduler", "mariadb",
-                         "rabbitmq"))
+        self.wait("nova-compute", "host mapping", mapped, watch)
         self.step(f"compute host {COMPUTE_HOST!r} registered and mapped to cell1")
 
     # ------------------------------------------------------------ top level
@@ -425,11 +451,14 @@ class Starter:
                 bootstrap.identity(lay, self.step)
                 for name in ("placement", "wait_rabbitmq", "nova"):
                     self._await(tasks[name])
-                self.start_nova_services()
+                self.start_conductor_scheduler()
                 for name in ("glance", "neutron"):
                     self._await(tasks[name])
-                bootstrap.resources(lay, self.step)
+                resources = pool.submit(bootstrap.resources, lay, self.step)
+                self.futures.append(resources)
+                self.start_compute()
                 self.wait_compute()
+                self._await(resources)
                 self.check_alive(*self.procs)
             except BaseException:
                 self.abort.set()

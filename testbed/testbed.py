@@ -124,9 +124,11 @@ def stop_groups(records, grace, log=print):
     alive = [r for r in records if group_alive(r)]
     if not alive:
         return
-    log(f"stopping {', '.join(r.name for r in alive)}")
+    t0 = time.monotonic()
     _signal_groups(alive, signal.SIGTERM)
     left = _wait_gone(alive, grace)
+    log(f"stopped {', '.join(r.name for r in alive if r not in left)} "
+        f"({time.monotonic() - t0:.1f} s)")
     if left:
         log(f"killing {', '.join(r.name for r in left)} after {grace:.0f} s")
         _signal_groups(left, signal.SIGKILL)
