@@ -1,11 +1,13 @@
 """Identity, catalog and cloud resources of the testbed, made with openstacksdk."""
 
+import contextlib
 import os
 
 import openstack
 import yaml
 
 from configs import REGION, SERVICE_USERS
+from testbed import Failure
 
 # name, type, port key, path
 CATALOG = (
@@ -56,14 +58,28 @@ def cloud_config(lay, who):
 def connect(lay, who):
     # Ignore clouds.yaml files and OS_* variables of whoever runs this.
     config = cloud_config(lay, who)
-    return openstack.connect(load_yaml_config=False, load_envvars=False,
+    return openstack.connect(load_yaml_config=False, load_envvars=False, api_timeout=60,
                              **config["auth"], **{k: v for k, v in config.items()
                                                   if k != "auth"})
 
 
+@contextlib.contextmanager
+def blame(lay, service, what):
+    """Turn an API error into a Failure that points at the service's log."""
+    try:
+        yield
+    except openstack.exceptions.SDKException as exc:
+        raise Failure(service, f"{what}: {exc}", lay.logs / f"{service}.log") from exc
+
+
 def identity(lay, step):
     """Projects, users, roles and the service catalog."""
-    conn = connect(lay, ADMIN)
+    with blame(lay, "keystone", "creating users, projects and the catalog"):
+        _identity(lay, connect(lay, ADMIN))
+    step("keystone: service users, catalog, project demo and user demo created")
+
+
+def _identity(lay, conn):
     idn = conn.identity
     roles = {role.name: role for role in idn.roles()}
     for name in ("admin", "member", "reader", "service"):
@@ -87,22 +103,31 @@ def identity(lay, step):
             idn.create_endpoint(service_id=svc.id, interface=interface,
                                 url=lay.url(port_key, path), region_id=REGION)
     conn.close()
-    step("keystone: service users, catalog, project demo and user demo created")
 
 
 def resources(lay, step):
     """Flavors, the image, the external network, and demo's network and router."""
     admin = connect(lay, ADMIN)
-    for name, vcpus, ram, disk in FLAVORS:
-        admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk,
-                                    is_public=True)
+    with blame(lay, "nova-api", "creating flavors"):
+        for name, vcpus, ram, disk in FLAVORS:
+            admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk,
+                                        is_public=True)
     step("flavors created: " + ", ".join(f[0] for f in FLAVORS))
 
-    admin.image.create_image(
-        IMAGE_NAME, data=bytes(IMAGE_SIZE), disk_format="raw", container_format="bare",
-        visibility="public", os_distro="debian", os_version="12", wait=True)
+    with blame(lay, "glance", f"uploading image {IMAGE_NAME}"):
+        admin.image.create_image(
+            IMAGE_NAME, data=bytes(IMAGE_SIZE), disk_format="raw",
+            container_format="bare", visibility="public", os_distro="debian",
+            os_version="12", wait=True)
     step(f"image {IMAGE_NAME} uploaded")
 
+    with blame(lay, "neutron", "creating networks and router1"):
+        _networks(lay, admin)
+    admin.close()
+    step("networks public and private, router router1 created")
+
+
+def _networks(lay, admin):
     public = admin.network.create_network(
         name=PUBLIC["network"], is_router_external=True, is_shared=False,
         provider_network_type="flat", provider_physical_network="public")
@@ -110,7 +135,6 @@ def resources(lay, step):
         name=PUBLIC["subnet"], network_id=public.id, ip_version=4, cidr=PUBLIC["cidr"],
         gateway_ip=PUBLIC["gateway"], is_dhcp_enabled=False,
         allocation_pools=[{"start": PUBLIC["pool"][0], "end": PUBLIC["pool"][1]}])
-    admin.close()
 
     demo = connect(lay, MEMBER)
     private = demo.network.create_network(name=PRIVATE["network"])
@@ -120,7 +144,6 @@ def resources(lay, step):
         name=PRIVATE["router"], external_gateway_info={"network_id": public.id})
     demo.network.add_interface_to_router(router, subnet_id=subnet.id)
     demo.close()
-    step("networks public and private, router router1 created")
 
 
 def write_clouds_yaml(lay):

@@ -25,18 +25,9 @@ from cryptography.fernet import Fernet
 import bootstrap
 import configs
 from configs import COMPUTE_HOST, HOST, PORTS, REGION, Layout
-from testbed import HERE, down, group_alive, read_records, write_record
+from testbed import HERE, Failure, down, group_alive, read_records, write_record
 
 LOG_TAIL = 40
-
-
-class Failure(Exception):
-    """A service did not come up; names it and the log to look at."""
-
-    def __init__(self, service, message, log=None):
-        super().__init__(f"{service}: {message}")
-        self.service = service
-        self.log = log
 
 
 class NotReady(Exception):
@@ -144,7 +135,8 @@ class Starter:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-                raise Failure(service, f"{Path(argv[0]).name} did not finish in time", log)
+                raise Failure(service, f"{Path(argv[0]).name} did not finish within the "
+                                       f"{self.timeout:.0f} s limit", log)
             finally:
                 self.oneshots.discard(proc)
             fh.write(f"= exit {rc} after {time.monotonic() - started:.1f} s\n".encode())
@@ -203,7 +195,7 @@ class Starter:
         lay = self.lay
         busy = [f"{port} ({name})" for name, port in PORTS.items() if not port_free(port)]
         if busy:
-            raise Failure("testbed", "ports in use on 127.0.0.1: " + ", ".join(busy)
+            raise Failure("ports", "in use on 127.0.0.1: " + ", ".join(busy)
                           + ". Something else listens there (a testbed started from "
                           "another directory?)")
         shutil.rmtree(lay.run, ignore_errors=True)

@@ -40,6 +40,15 @@ def password():
     return os.environ.get("VMBINDER_TESTBED_PASSWORD", DEFAULT_PASSWORD)
 
 
+class Failure(Exception):
+    """A part of the testbed did not come up; names it and the log to read."""
+
+    def __init__(self, service, message, log=None):
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.log = log
+
+
 # --------------------------------------------------------------------------
 # Process records: one file per process group that `up` started.
 
