@@ -100,6 +100,7 @@ def run(smoke, member, admin):
     public = member.network.find_network(PUBLIC, ignore_missing=False)
     smoke.check("catalog, image, flavors and networks found as member",
                 bool(image and flavor and toobig and private and public))
+    check_bootstrap(smoke, member, admin, project_id)
     baseline_fips = {ip.id for ip in member.network.ips(project_id=project_id)}
 
     # Keypair from a freshly generated ed25519 key (Nova no longer makes keys).
@@ -240,6 +241,44 @@ def run(smoke, member, admin):
     if member.compute.find_keypair(smoke.prefix):
         left.append("keypair")
     smoke.check("everything deleted, nothing left", not left, ", ".join(left))
+
+
+def check_bootstrap(smoke, member, admin, project_id):
+    """The resources that `up` creates, as other code expects them."""
+    flavors = {f.name: (f.vcpus, f.ram, f.disk, f.is_public)
+               for f in member.compute.flavors()}
+    expected = {"m1.tiny": (1, 512, 1, True), "m1.small": (1, 2048, 20, True),
+                "m1.medium": (2, 4096, 40, True), "x1.toobig": (1, 512, 1_000_000, True)}
+    smoke.check("flavors m1.tiny, m1.small, m1.medium, x1.toobig",
+                all(flavors.get(k) == v for k, v in expected.items()), str(flavors))
+    image = member.image.find_image(IMAGE)
+    smoke.check(f"image {IMAGE} public and active",
+                image.visibility == "public" and image.status == "active")
+    public = admin.network.find_network(PUBLIC)
+    smoke.check("network public: external, flat on physnet public, not shared",
+                public.is_router_external and not public.is_shared
+                and public.provider_network_type == "flat"
+                and public.provider_physical_network == "public")
+    sub = admin.network.find_subnet("public-subnet")
+    pool = sub.allocation_pools[0] if sub.allocation_pools else {}
+    smoke.check("public-subnet 203.0.113.0/24, gateway .1, pool .10-.250, no DHCP",
+                sub.cidr == "203.0.113.0/24" and sub.gateway_ip == "203.0.113.1"
+                and pool == {"start": "203.0.113.10", "end": "203.0.113.250"}
+                and not sub.is_dhcp_enabled)
+    private = admin.network.find_network(PRIVATE)
+    psub = admin.network.find_subnet("private-subnet")
+    smoke.check("network private (vxlan) and private-subnet 192.0.2.0/24 owned by demo",
+                private.provider_network_type == "vxlan"
+                and private.project_id == project_id and psub.cidr == "192.0.2.0/24"
+                and psub.project_id == project_id)
+    router = member.network.find_router("router1")
+    gateway = (router.external_gateway_info or {}).get("network_id") if router else None
+    interfaces = list(member.network.ports(device_id=router.id,
+                                           device_owner="network:router_interface")) \
+        if router else []
+    smoke.check("router1: gateway on public, interface on private-subnet",
+                gateway == public.id and any(ip["subnet_id"] == psub.id
+                                             for p in interfaces for ip in p.fixed_ips))
 
 
 def delete_server(conn, server):

@@ -203,27 +203,32 @@ def cmd_status(args):
     if not records:
         print("testbed: not running")
         return 1
-    total = 0
-    print(f"{'service':16} {'pgid':>8} {'procs':>5} {'RSS MiB':>8}")
+    total_rss = total_pss = 0
+    print(f"{'service':16} {'pgid':>8} {'procs':>5} {'RSS MiB':>8} {'PSS MiB':>8}")
     for rec in records:
         members = group_members(rec.pid) if group_alive(rec) else []
-        rss = sum(_rss(pid) for pid in members)
-        total += rss
-        print(f"{rec.name:16} {rec.pid:>8} {len(members) or 'DEAD':>5} {rss / 2**20:>8.0f}")
-    print(f"{'total':16} {'':>8} {'':>5} {total / 2**20:>8.0f}")
+        mem = [_memory(pid) for pid in members]
+        rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
+        total_rss += rss
+        total_pss += pss
+        print(f"{rec.name:16} {rec.pid:>8} {len(members) or 'DEAD':>5} "
+              f"{rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
+    print(f"{'total':16} {'':>8} {'':>5} {total_rss / 2**20:>8.0f} {total_pss / 2**20:>8.0f}")
     ready = (state / "clouds.yaml").exists()
     print(f"clouds.yaml: {state / 'clouds.yaml'}" if ready else "not READY")
     return 0 if ready and all(group_alive(r) for r in records) else 1
 
 
-def _rss(pid):
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def _memory(pid):
+    """(RSS, PSS) of one process in bytes, from /proc."""
+    rss = pss = 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+    return rss, pss
 
 
 def cmd_serve(args):
