@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from openstack import exceptions
 
 HERE = Path(__file__).resolve().parent
-STATE = Path(os.environ.get("VMBINDER_TESTBED_DIR") or HERE.parent / ".testbed")
+STATE = Path(os.environ.get("VMBINDER_TESTBED_DIR") or HERE.parent / ".testbed").resolve()
 os.environ.setdefault("OS_CLIENT_CONFIG_FILE", str(STATE / "clouds.yaml"))
 
 MEMBER, ADMIN = "testbed", "testbed-admin"

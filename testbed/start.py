@@ -136,7 +136,7 @@ class Starter:
                 proc.kill()
                 proc.wait()
                 raise Failure(service, f"{Path(argv[0]).name} did not finish within the "
-                                       f"{self.timeout:.0f} s limit", log)
+                                       f"{self.timeout:.0f} s limit", log) from None
             finally:
                 self.oneshots.discard(proc)
             fh.write(f"= exit {rc} after {time.monotonic() - started:.1f} s\n".encode())
@@ -173,7 +173,7 @@ class Starter:
                     attempt()
         except NotReady as exc:
             raise Failure(service, f"{what} not ready within {self.timeout:.0f} s "
-                                   f"({exc})", self.lay.logs / f"{service}.log")
+                                   f"({exc})", self.lay.logs / f"{service}.log") from None
 
     def wait_http(self, name):
         url = self.lay.url(name, "/")
