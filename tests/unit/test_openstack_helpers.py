@@ -71,3 +71,9 @@ def test_metadata_records_provenance_and_refuses_overlong_values():
     long = make_spec(Source("https://github.com/o/r", "git", ref="r" * 300), name="demo")
     with pytest.raises(errors.BadRequest):
         osp.server_metadata(long, "u")
+
+
+def test_a_multi_line_badge_is_recorded_as_the_repository_it_names():
+    badge = "[![Binder](https://mybinder.org/badge_logo.svg)]\n(https://mybinder.org/v2/gh/o/r/HEAD)"
+    spec = make_spec(Source("https://github.com/o/r", "git", ref="HEAD", given=badge), name="demo")
+    assert osp.server_metadata(spec, "u")["vmbinder:source"] == "https://github.com/o/r"

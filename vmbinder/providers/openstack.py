@@ -195,7 +195,8 @@ def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
 
 def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
     src = spec.source
-    given = src.given if len(src.given) <= META_VALUE_MAX else src.repo
+    # A pasted badge can be long or span lines: then record what it resolved to.
+    given = src.given if len(src.given) <= META_VALUE_MAX and src.given.isprintable() else src.repo
     values = {
         "owner": user_id,
         "version": spec.vmbinder_version,
