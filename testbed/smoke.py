@@ -125,7 +125,8 @@ def run(smoke, member, admin):
     smoke.check("security group with tcp/22, tcp/443 and icmp rules", len(rules) == 3)
 
     marker = f"smoke-marker-{uuid.uuid4().hex}"
-    user_data_text = f"#cloud-config\nruncmd:\n  - echo {marker}\n"
+    # Non-ASCII text too: Nova returns the console as ASCII, it must not fail.
+    user_data_text = f"#cloud-config\nruncmd:\n  - echo {marker}\n  - echo 'caf\u00e9 \u2713'\n"
     user_data = base64.b64encode(user_data_text.encode()).decode()
     t = time.monotonic()
     server = member.compute.create_server(
@@ -177,6 +178,18 @@ def run(smoke, member, admin):
                 member.compute.get_server(server.id).user_data is None)
     smoke.check("admin reads user_data back exactly",
                 admin.compute.get_server(server.id).user_data == user_data)
+
+    # A server in ERROR on its host: the console shows boot lines only.
+    admin.compute.reset_server_state(server, "error")
+    try:
+        text = member.compute.get_server_console_output(server)["output"]
+        smoke.check("console of a server in ERROR on a host answers, without "
+                    "cloud-init's finished line", " finished at " not in text,
+                    text.strip().splitlines()[-1][:80] if text.strip() else "")
+    except exceptions.HttpException as exc:
+        smoke.check("console of a server in ERROR on a host answers", False,
+                    f"HTTP {exc.status_code}")
+    admin.compute.reset_server_state(server, "active")
 
     # A flavor that fits no host: ERROR with a "No valid host" fault, no quota error.
     big = member.compute.create_server(
