@@ -65,13 +65,16 @@ def dry_run(spec: LaunchSpec) -> dict:
     }
 
 
-def access(server: Server, detected: frozenset[str] | None = None) -> Access:
-    """URLs from what the cloud recorded: address, host name, TLS mode, token, open path."""
+def access(server: Server, detected: frozenset[str] | None = None, *, with_token: bool = True) -> Access:
+    """URLs from what the cloud recorded: address, host name, TLS mode, token, open path.
+
+    with_token=False leaves the token out, for output that people paste into
+    bug reports (status, list); `launch` and `url` print it, as is their job."""
     tls = server.meta("tls") or "acme"
     base = interfaces.base_url(server.address, server.meta("hostname"), tls)
     if base is None:
         return Access(base=None)
-    token = server.meta("token")
+    token = server.meta("token") if with_token else None
     shown = interfaces.available(detected)
     urls = {i.key: interfaces.url_for(base, i.path, token) for i in shown}
     absent = {i.key: i.absent_reason for i in interfaces.INTERFACES if i not in shown}

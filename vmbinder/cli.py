@@ -265,14 +265,10 @@ def _emit(fmt: str, doc, rows, value=None) -> None:
     elif fmt == "value":
         click.echo(value if value is not None else "\n".join(str(v) for _, v in rows))
     else:
-        from rich.table import Table
-
-        table = Table(show_header=False, box=None)
-        table.add_column(style="bold")
-        table.add_column(overflow="fold")
+        # Plain aligned lines, never wrapped, so a URL can be copied whole.
+        width = max((len(key) for key, _ in rows), default=0)
         for key, val in rows:
-            table.add_row(key, "" if val is None else str(val))
-        _stdout().print(table)
+            click.echo(f"{key:<{width}}  {'' if val is None else val}")
 
 
 @cli.command("list")
@@ -283,7 +279,7 @@ def list_(obj: Context, fmt):
     from vmbinder import api
 
     servers = obj.provider.list_owned()
-    docs = [_server_doc(s, api.access(s)) for s in servers]
+    docs = [_server_doc(s, api.access(s, with_token=False)) for s in servers]
     if fmt == "json":
         click.echo(json.dumps(docs, indent=2))
     elif fmt == "value":
@@ -293,6 +289,8 @@ def list_(obj: Context, fmt):
         from rich.table import Table
 
         table = Table("name", "status", "address", "source", "ref", "created")
+        for column in table.columns:
+            column.overflow = "fold"  # wrap long values, never cut them
         for d in docs:
             table.add_row(d["name"], d["status"], d["address"] or "", d["repo"] or "",
                           d["ref"] or "", d["created"] or "")
@@ -310,7 +308,9 @@ def status(obj: Context, name, fmt):
     from vmbinder import api
 
     server = obj.provider.get(name)
-    _print_server(fmt, server, api.access(server))
+    _print_server(fmt, server, api.access(server, with_token=False))
+    if fmt == "table":
+        _stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
 
 
 @cli.command()

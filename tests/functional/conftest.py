@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TESTBED = Path(os.environ.get("VMBINDER_TESTBED_DIR", ROOT / ".testbed"))
+TESTBED = Path(os.environ.get("VMBINDER_TESTBED_DIR", ROOT / ".testbed")).resolve()
 CLOUDS = TESTBED / "clouds.yaml"
 MEMBER, ADMIN = "testbed", "testbed-admin"
 IMAGE, FLAVOR = "debian-12", "m1.small"

@@ -74,7 +74,9 @@ def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb
     assert testbed.server(second).key_name == server.key_name
     assert len([g for g in testbed.owned() if g[0] == "security group"]) == 1
 
-    listed = json.loads(ok(vmb("list", "--format", "json")).stdout)
+    listed_out = ok(vmb("list", "--format", "json")).stdout
+    assert token not in listed_out
+    listed = json.loads(listed_out)
     by_name = {d["name"]: d for d in listed}
     assert set(by_name) == {name, second}
     assert by_name[name]["address"] == address and by_name[name]["ref"] == "main"
@@ -84,8 +86,11 @@ def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb
     status = json.loads(ok(vmb("status", name, "--format", "json")).stdout)
     assert status["status"] == "active" and status["address"] == address
     assert status["repo2docker"] == "2026.4.0"
-    table = ok(vmb("status", name)).stdout
-    assert name in table and address in table
+    assert status["urls"]["lab"] == f"https://{host}/lab"  # status never shows the token
+    table = ok(vmb("status", name))
+    assert name in table.stdout and address in table.stdout
+    assert token not in table.stdout + table.stderr
+    assert f"https://{host}/lab/tree/index.ipynb\n" in table.stdout
 
     assert ok(vmb("url", name)).stdout.strip() == out["open_url"]
     assert ok(vmb("url", name, "--ui", "tree")).stdout.strip() == f"https://{host}/tree?token={token}"

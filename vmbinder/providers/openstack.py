@@ -224,10 +224,12 @@ def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
 class OpenStackProvider:
     kind = "openstack"
 
-    def __init__(self, cloud: str | None = None, *, conn=None, active_timeout: float = 600):
+    def __init__(self, cloud: str | None = None, *, conn=None, active_timeout: float = 600,
+                 settle_timeout: float = 60):
         self.cloud_name = cloud
         self._conn = conn
         self.active_timeout = active_timeout
+        self.settle_timeout = settle_timeout
 
     @property
     def conn(self):
@@ -358,7 +360,7 @@ class OpenStackProvider:
                 group_id = group.id
                 ledger.add(Created(
                     "security group", group_id, name,
-                    lambda: self._delete_group_if_unused(group_id),
+                    lambda: self._delete_created_group(group_id),
                     f"openstack security group delete {group_id}",
                 ))
             missing = wanted_rules(spec.cloud.ssh_cidr) - existing_rules(group.security_group_rules or [])
@@ -370,6 +372,22 @@ class OpenStackProvider:
                     for eth, port, prefix in sorted(missing)
                 ])
         return name
+
+    def _delete_created_group(self, group_id: str) -> None:
+        """Rollback of a group this attempt made. A server deleted while it was
+        still building can have its port removed by the cloud a little later,
+        so "in use" is retried for a while before it counts as a leftover."""
+        import tenacity
+
+        sdk = _sdk()
+        for attempt in tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(sdk.exceptions.ConflictException),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=5),
+            stop=tenacity.stop_after_delay(self.settle_timeout),
+            reraise=True,
+        ):
+            with attempt:
+                self.conn.network.delete_security_group(group_id, ignore_missing=True)
 
     def _delete_group_if_unused(self, group_id: str) -> bool:
         """Delete a vmbinder security group unless a port still uses it."""
