@@ -49,17 +49,11 @@ class Launched:
 def dry_run(spec: LaunchSpec) -> dict:
     """Everything a launch would send, created nowhere."""
     user_data = cloudinit.render(spec)
-    src = spec.source
+    doc = cloudinit.launch_document(spec)
+    del doc["token"], doc["public_ip"]  # made at launch time
     return {
-        "repo": src.repo,
-        "kind": src.kind,
-        "ref": src.ref,
-        "subdir": src.subdir,
-        "open": src.open,
-        "name": spec.name,
-        "hostname": spec.hostname,
-        "tls": spec.tls,
-        "repo2docker_version": spec.repo2docker_version,
+        **doc,
+        "kind": spec.source.kind,
         "user_data": user_data,
         "user_data_b64_bytes": cloudinit.b64_size(user_data),
     }

@@ -60,16 +60,25 @@ class Progress:
     def __init__(self, console):
         self.console = console
         self.status = None
+        self.last = ""
         self.started = time.monotonic()
 
     def phase(self, phase: str, detail: str = "") -> None:
-        text = f"[bold]{phase}[/bold] {detail}"
+        from rich.markup import escape
+
+        logging.getLogger("vmbinder.progress").info("%s: %s", phase, detail)
+        text = f"[bold]{phase}[/bold] {escape(detail)}"
+        if not self.console.is_terminal:
+            # No spinner in a log file: one line per step, without repeats.
+            if text != self.last:
+                self.console.print(f"{time.monotonic() - self.started:6.1f}s {text}")
+                self.last = text
+            return
         if self.status is None:
             self.status = self.console.status(text)
             self.status.start()
         else:
             self.status.update(text)
-        logging.getLogger("vmbinder.progress").info("%s: %s", phase, detail)
 
     def stop(self) -> None:
         if self.status is not None:
@@ -175,7 +184,8 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
            timeout, keep_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
-    from vmbinder import api, spec as specs, sources
+    from vmbinder import api, sources
+    from vmbinder import spec as specs
 
     src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path)
     cloud = specs.CloudChoice(

@@ -8,8 +8,8 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from vmbinder.errors import BuildFailed, ReadinessTimeout
 

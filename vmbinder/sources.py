@@ -162,7 +162,7 @@ def _segments(path: str) -> list[str]:
 
 
 def _strip_git(name: str) -> str:
-    return name[:-4] if name.endswith(".git") else name
+    return name.removesuffix(".git")
 
 
 def _name(value: str, what: str) -> str:
@@ -402,7 +402,7 @@ _WEB_DETECTORS = (_github, _gist, _gitlab, _binder_link, _other_binder_page, _da
 def _swhid(text: str) -> Source | None:
     if not text.lower().startswith("swh:"):
         return None
-    m = re.match(r"swh:(\d+):([a-z]+):([0-9a-f]{40})(;.*)?\Z", text, re.I)
+    m = re.match(r"swh:(\d+):([a-z]+):([0-9a-f]{40})(;.*)?\Z", text, re.IGNORECASE)
     if m is None:
         raise _refuse(f"{_show(text)} is not a valid Software Heritage id",
                       "swh:1:dir:<40 hex digits> or swh:1:rev:<40 hex digits>")
@@ -420,7 +420,7 @@ def _swhid(text: str) -> Source | None:
 def _doi(text: str) -> Source | None:
     # repo2docker utils.doi_regexp: an optional 'doi:' or (dx.)doi.org prefix, then
     # 10.NNNN/...; its DOI providers take the bare form and resolve it via doi.org.
-    m = re.match(r"(doi:\s*|(?:https?://)?(?:dx\.|www\.)?doi\.org/)?(10\.\d+.*)\Z", text, re.I)
+    m = re.match(r"(doi:\s*|(?:https?://)?(?:dx\.|www\.)?doi\.org/)?(10\.\d+.*)\Z", text, re.IGNORECASE)
     if m is None:
         return None
     doi = m.group(2)
@@ -497,7 +497,7 @@ def _parse_one(text: str, given: str) -> Source:
         raise _refuse(f"source {show} contains control characters (newline, tab, NUL, ...)")
     if text.startswith("-"):
         raise _refuse(f"source {show} starts with '-' and would be read as an option by repo2docker")
-    if any(c.isspace() for c in re.sub(r"^doi:\s*", "", text, flags=re.I)):
+    if any(c.isspace() for c in re.sub(r"^doi:\s*", "", text, flags=re.IGNORECASE)):
         raise _refuse(f"source {show} contains whitespace")
     for detect in _DETECTORS:
         source = detect(text)

@@ -55,8 +55,7 @@ class LaunchSpec:
 def default_name(source: Source) -> str:
     """`<last part of the repo, slugged>-<4 hex>`: short, valid as a DNS label."""
     tail = source.repo.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-    if tail.endswith(".git"):
-        tail = tail[:-4]
+    tail = tail.removesuffix(".git")
     slug = re.sub(r"[^a-z0-9]+", "-", tail.lower()).strip("-")[:40].strip("-") or "binder"
     return f"{slug}-{secrets.token_hex(2)}"
 

@@ -28,7 +28,7 @@ def ok(result):
     return result
 
 
-def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb, name, ssh_key):
+def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb, name, ssh_key, home):
     res = ok(vmb(*launch_args(name, "--ref", "main", "--open", "index.ipynb", SOURCE)))
     out = json.loads(res.stdout)
     assert out["name"] == name and out["status"] == "active"
@@ -40,6 +40,9 @@ def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb
     token = out["open_url"].rsplit("token=", 1)[1]
     assert len(token) >= 32
     assert token not in res.stderr, "the token was printed in progress output"
+    (debug_log,) = (home / "state" / "vmbinder" / "logs").glob(f"launch-{name}-*.log")
+    logged = debug_log.read_text()
+    assert "create:" in logged and token not in logged
 
     # What the cloud recorded, read back as the admin.
     server = testbed.server(name)

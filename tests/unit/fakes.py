@@ -5,7 +5,15 @@ from __future__ import annotations
 import itertools
 
 from vmbinder import errors
-from vmbinder.providers.base import ACTIVE, META, Created, Ledger, Removed, Resolved, Server
+from vmbinder.providers.base import (
+    ACTIVE,
+    META,
+    Created,
+    Ledger,
+    Removed,
+    Resolved,
+    Server,
+)
 
 
 class FakeProvider:

@@ -78,22 +78,22 @@ def test_no_cloud_configured_is_a_configuration_error():
     assert "no cloud configured" in res.stderr and "OS_CLOUD" in res.stderr
 
 
-def test_unknown_cloud_name_is_a_configuration_error(tmp_path, monkeypatch):
+@pytest.fixture
+def closed_port_cloud(tmp_path, monkeypatch):
+    """A clouds.yaml naming cloud `mine`, whose Keystone is a closed loopback port."""
     (tmp_path / "clouds.yaml").write_text(yaml.safe_dump({"clouds": {"mine": {
         "auth": {"auth_url": "http://127.0.0.1:9/v3", "username": "u", "password": "p",
                  "project_name": "p", "user_domain_name": "Default",
                  "project_domain_name": "Default"}}}}))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+
+
+def test_unknown_cloud_name_is_a_configuration_error(closed_port_cloud):
     res = run("--os-cloud", "other", "list")
     assert res.exit_code == 3 and "'other'" in res.stderr
 
 
-def test_unreachable_cloud_is_a_cloud_error(tmp_path, monkeypatch):
-    (tmp_path / "clouds.yaml").write_text(yaml.safe_dump({"clouds": {"mine": {
-        "auth": {"auth_url": "http://127.0.0.1:9/v3", "username": "u", "password": "p",
-                 "project_name": "p", "user_domain_name": "Default",
-                 "project_domain_name": "Default"}}}}))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(tmp_path / "clouds.yaml"))
+def test_unreachable_cloud_is_a_cloud_error(closed_port_cloud, monkeypatch):
     monkeypatch.setenv("OS_CLOUD", "mine")
     res = run("status", "x")
     assert res.exit_code == 4 and "cannot reach the cloud" in res.stderr

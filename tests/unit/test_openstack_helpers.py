@@ -3,7 +3,7 @@
 import pytest
 
 from vmbinder import errors
-from vmbinder.providers import openstack as osp
+from vmbinder.providers import openstack_common as osp
 from vmbinder.sources import Source
 from vmbinder.spec import make_spec
 

@@ -1,0 +1,211 @@
+"""The OpenStack provider's pure parts: error mapping, connecting, mapping the
+cloud's records to ours, and the security group rules vmbinder needs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vmbinder import errors
+from vmbinder.providers.base import (
+    ACTIVE,
+    BUILDING,
+    DELETING,
+    ERROR,
+    META,
+    STOPPED,
+    UNKNOWN,
+)
+from vmbinder.spec import LaunchSpec
+
+#: Metadata values longer than this are refused by Nova.
+META_VALUE_MAX = 255
+#: Image names tried, in order, when --image is not given.
+PREFERRED_IMAGES = (
+    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
+)
+#: The smallest flavor picked when --flavor is not given must have at least this.
+MIN_RAM_MB = 2048
+MIN_DISK_GB = 10
+WEB_PORTS = (80, 443)
+SSH_PORT = 22
+
+NO_CLOUD_HINT = (
+    "name a cloud from clouds.yaml with --os-cloud or OS_CLOUD (clouds.yaml is read from "
+    "./, ~/.config/openstack/ and /etc/openstack/, or OS_CLIENT_CONFIG_FILE), or source "
+    "an openrc file"
+)
+
+_STATES = {
+    "BUILD": BUILDING, "REBUILD": BUILDING, "ACTIVE": ACTIVE, "ERROR": ERROR,
+    "SHUTOFF": STOPPED, "STOPPED": STOPPED, "SUSPENDED": STOPPED, "PAUSED": STOPPED,
+    "SHELVED": STOPPED, "SHELVED_OFFLOADED": STOPPED, "DELETED": DELETING,
+    "SOFT_DELETED": DELETING,
+}
+
+
+def _sdk():
+    import openstack  # imported lazily: it is most of vmbinder's start-up time
+
+    return openstack
+
+
+@contextmanager
+def cloud_errors(what: str) -> Iterator[None]:
+    """Turn openstacksdk and keystoneauth failures into CloudError, keeping the
+    HTTP status and request id."""
+    sdk = _sdk()
+    from keystoneauth1 import exceptions as ksa
+
+    try:
+        yield
+    except errors.VmbinderError:
+        raise
+    except sdk.exceptions.HttpException as exc:
+        detail = exc.details or exc.message or str(exc)
+        status = exc.status_code
+        hint = None
+        if status in (403, 409) and "uota" in str(detail):
+            hint = "ask your cloud administrator for more quota, or delete unused servers " \
+                   "and floating IPs (vmbinder list; vmbinder delete NAME)"
+        elif status == 401:
+            hint = "check the credentials of your cloud in clouds.yaml (openstack token issue)"
+        raise errors.CloudError(
+            f"{what} failed: HTTP {status}: {detail}",
+            hint,
+            details={"http_status": status, "request_id": exc.request_id},
+        ) from exc
+    except ksa.auth_plugins.MissingRequiredOptions as exc:
+        raise errors.ConfigError(
+            f"no cloud configured ({exc})",
+            NO_CLOUD_HINT,
+        ) from exc
+    except ksa.ConnectFailure as exc:
+        raise errors.CloudError(
+            f"{what} failed: cannot reach the cloud ({exc})",
+            "check the auth_url in clouds.yaml and your network connection",
+        ) from exc
+    except ksa.ClientException as exc:
+        raise errors.CloudError(f"{what} failed: {exc}") from exc
+    except sdk.exceptions.SDKException as exc:
+        raise errors.CloudError(f"{what} failed: {exc}") from exc
+
+
+def connect(cloud: str | None):
+    """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_* variables)."""
+    sdk = _sdk()
+    try:
+        conn = sdk.connect(cloud=cloud, load_yaml_config=True, load_envvars=True)
+    except sdk.exceptions.ConfigException as exc:
+        where = f"cloud {cloud!r}" if cloud else "a cloud"
+        raise errors.ConfigError(
+            f"no credentials for {where}: {exc}",
+            NO_CLOUD_HINT,
+        ) from exc
+    return conn
+
+
+def _candidates(names) -> str:
+    names = sorted({n for n in names if n})
+    return ", ".join(names) if names else "(none visible)"
+
+
+def state_of(status: str | None, task_state: str | None = None) -> str:
+    if task_state == "deleting":
+        return DELETING
+    return _STATES.get((status or "").upper(), UNKNOWN)
+
+
+def floating_address(addresses: dict | None) -> str | None:
+    for entries in (addresses or {}).values():
+        for entry in entries:
+            if entry.get("OS-EXT-IPS:type") == "floating":
+                return entry.get("addr")
+    return None
+
+
+def keypair_name(public_key: str) -> str:
+    """A stable keypair name for a public key, so it is uploaded once and reused."""
+    parts = public_key.split()
+    if len(parts) < 2:
+        raise errors.BadRequest(
+            "the public key is not in OpenSSH format ('TYPE BASE64 [COMMENT]')",
+            "pass --key-name with a keypair already on the cloud, or point "
+            "--public-key at a .pub file",
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise errors.BadRequest(
+            "the public key's base64 part does not decode",
+            "point --public-key at an OpenSSH .pub file (ssh-keygen -y -f KEY > KEY.pub)",
+        ) from None
+    return "vmbinder-" + hashlib.sha256(blob).hexdigest()[:12]
+
+
+def security_group_name(ssh_cidr: str) -> str:
+    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+        return "vmbinder"
+    return "vmbinder-ssh-" + re.sub(r"[^0-9a-f]+", "-", ssh_cidr.lower()).strip("-")
+
+
+def wanted_rules(ssh_cidr: str) -> set[tuple[str, int, str]]:
+    """(ethertype, port, remote prefix) of every ingress rule the group needs."""
+    rules = {("IPv4", p, "0.0.0.0/0") for p in WEB_PORTS} | {("IPv6", p, "::/0") for p in WEB_PORTS}
+    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+        rules |= {("IPv4", SSH_PORT, "0.0.0.0/0"), ("IPv6", SSH_PORT, "::/0")}
+    else:
+        rules.add(("IPv6" if ":" in ssh_cidr else "IPv4", SSH_PORT, ssh_cidr))
+    return rules
+
+
+def _normal_prefix(rule: dict) -> str:
+    prefix = rule.get("remote_ip_prefix")
+    if prefix:
+        return prefix
+    return "::/0" if rule.get("ethertype") == "IPv6" else "0.0.0.0/0"
+
+
+def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
+    have = set()
+    for rule in group_rules:
+        if rule.get("direction") != "ingress" or rule.get("protocol") not in ("tcp", "6"):
+            continue
+        lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
+        if lo is None or hi is None or rule.get("remote_group_id"):
+            continue
+        for port in (SSH_PORT, *WEB_PORTS):
+            if lo <= port <= hi:
+                have.add((rule.get("ethertype"), port, _normal_prefix(rule)))
+    return have
+
+
+def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
+    src = spec.source
+    # A pasted badge can be long or span lines: then record what it resolved to.
+    given = src.given if len(src.given) <= META_VALUE_MAX and src.given.isprintable() else src.repo
+    values = {
+        "owner": user_id,
+        "version": spec.vmbinder_version,
+        "repo2docker": spec.repo2docker_version,
+        "source": given,
+        "repo": src.repo,
+        "ref": src.ref,
+        "subdir": src.subdir,
+        "open": src.open,
+        "hostname": spec.hostname,
+        "tls": spec.tls,
+        "token": spec.token,
+    }
+    meta = {META + k: v for k, v in values.items() if v}
+    too_long = [k for k, v in meta.items() if len(v) > META_VALUE_MAX]
+    if too_long:
+        raise errors.BadRequest(
+            f"{', '.join(k[len(META):] for k in too_long)} is longer than the "
+            f"{META_VALUE_MAX} characters a server can record",
+            "shorten the value",
+        )
+    return meta
