@@ -322,7 +322,7 @@ class OpenStackProvider:
     def _record(self, raw) -> Server:
         fault = raw.fault or None
         if isinstance(fault, dict):
-            fault = ": ".join(x for x in (fault.get("message"), fault.get("details")) if x)[:500]
+            fault = ": ".join(x.strip() for x in (fault.get("message"), fault.get("details")) if x)[:500]
         flavor = raw.flavor
         flavor_name = (flavor.get("original_name") if isinstance(flavor, dict)
                        else getattr(flavor, "original_name", None) or getattr(flavor, "name", None))
