@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from vmbinder import cloudinit, errors, interfaces, readiness
-from vmbinder.providers.base import ACTIVE, Ledger, Provider, Removed, Resolved, Server
+from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
 from vmbinder.spec import LaunchSpec
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,3 @@ def delete(provider: Provider, names: list[str], reporter: Reporter | None = Non
         reporter.phase("delete", f"deleting {server.name}")
         removed += provider.delete(server)
     return removed
-
-
-def is_running(server: Server) -> bool:
-    return server.state == ACTIVE

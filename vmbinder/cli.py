@@ -18,6 +18,8 @@ from vmbinder import __version__, errors
 
 FORMATS = ("table", "json", "value")
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+#: A dry run creates nothing, so no real token is made or shown.
+DRY_RUN_TOKEN = "0" * 64
 
 
 def _stderr():
@@ -218,9 +220,6 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
             err.print("not waiting for the environment (--no-wait); these URLs answer once it "
                       f"is built: vmbinder status {result.server.name}")
     _print_server(fmt, result.server, result.access)
-
-
-DRY_RUN_TOKEN = "0" * 64  # a dry run creates nothing, so no real token is made or shown
 
 
 def _public_key(path: str | None) -> str | None:
