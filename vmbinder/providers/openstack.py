@@ -218,6 +218,7 @@ class OpenStackProvider:
 
     def prepare(self, spec: LaunchSpec, ledger: Ledger) -> Resolved:
         choice = spec.cloud
+        server_metadata(spec, None)  # refuses values too long to record, before anything is made
         self._refuse_duplicate(spec.name)
         image = self._image(choice.image)
         flavor = self._flavor(choice.flavor)
