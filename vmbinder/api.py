@@ -53,7 +53,6 @@ def dry_run(spec: LaunchSpec) -> dict:
     del doc["token"], doc["public_ip"]  # made at launch time
     return {
         **doc,
-        "kind": spec.source.kind,
         "user_data": user_data,
         "user_data_b64_bytes": cloudinit.b64_size(user_data),
     }

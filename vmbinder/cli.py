@@ -174,6 +174,10 @@ def cli(ctx, os_cloud, quiet):
 @click.option("--hostname", help="Your own DNS name for the server [default: <ip>.sslip.io].")
 @click.option("--tls", type=click.Choice(("acme", "internal", "off")), default="acme",
               show_default=True, help="HTTPS certificate: Let's Encrypt, self-signed, or plain HTTP.")
+@click.option("--ca-cert", "ca_certs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE", help="Extra CA certificate (PEM) the server must trust; repeatable.")
+@click.option("--apt-mirror", metavar="URL", help="Debian/Ubuntu package mirror for the server.")
+@click.option("--pip-index-url", metavar="URL", help="Python package index for the server.")
 @click.option("--dry-run", is_flag=True, help="Resolve and render everything; create nothing.")
 @click.option("--no-wait", is_flag=True, help="Return once the server is ACTIVE with its IP.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
@@ -182,8 +186,8 @@ def cli(ctx, os_cloud, quiet):
 @format_option
 @click.pass_obj
 def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, network,
-           external_network, key_name, public_key, ssh_cidr, hostname, tls, dry_run, no_wait,
-           timeout, keep_on_failure, fmt):
+           external_network, key_name, public_key, ssh_cidr, hostname, tls, ca_certs, apt_mirror,
+           pip_index_url, dry_run, no_wait, timeout, keep_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
     from vmbinder import api, sources
@@ -195,7 +199,12 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         key_name=key_name, public_key=None if (key_name or dry_run) else _public_key(public_key),
         ssh_cidr=ssh_cidr,
     )
-    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls)
+    guest_network = specs.GuestNetwork(
+        ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
+        apt_mirror=apt_mirror, pip_index_url=pip_index_url,
+    )
+    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls,
+                           guest_network=guest_network)
     if dry_run:
         doc = api.dry_run(spec.with_token(DRY_RUN_TOKEN))
         _emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),

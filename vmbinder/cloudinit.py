@@ -40,6 +40,7 @@ def launch_document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
     src = spec.source
     return {
         "name": spec.name,
+        "kind": src.kind,
         "repo": src.repo,
         "ref": src.ref,
         "subdir": src.subdir,
@@ -50,6 +51,9 @@ def launch_document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "tls": spec.tls,
         "repo2docker_version": spec.repo2docker_version,
         "vmbinder_version": spec.vmbinder_version,
+        "ca_certs": list(spec.guest_network.ca_certs),
+        "apt_mirror": spec.guest_network.apt_mirror,
+        "pip_index_url": spec.guest_network.pip_index_url,
     }
 
 

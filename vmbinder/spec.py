@@ -38,12 +38,22 @@ class CloudChoice:
 
 
 @dataclass(frozen=True)
+class GuestNetwork:
+    """For restricted networks: extra CAs to trust (PEM text) and package mirrors."""
+
+    ca_certs: tuple[str, ...] = ()
+    apt_mirror: str | None = None
+    pip_index_url: str | None = None
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     source: Source
     name: str
     cloud: CloudChoice = field(default_factory=CloudChoice)
     hostname: str | None = None
     tls: str = "acme"
+    guest_network: GuestNetwork = field(default_factory=GuestNetwork)
     token: str = field(default_factory=new_token, repr=False)
     repo2docker_version: str = REPO2DOCKER_VERSION
     vmbinder_version: str = __version__
@@ -91,6 +101,28 @@ def validate_cidr(cidr: str) -> str:
         ) from None
 
 
+PEM_RE = re.compile(
+    r"\A(?:-----BEGIN CERTIFICATE-----\r?\n[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*)+\Z")
+URL_RE = re.compile(r"\Ahttps?://[^\s\x00-\x1f\x7f\"'<>\\]{1,240}\Z")
+
+
+def validate_ca_cert(text: str, where: str) -> str:
+    if not PEM_RE.match(text.strip() + "\n"):
+        raise BadRequest(
+            f"{where} is not a PEM certificate",
+            "give a file holding one or more '-----BEGIN CERTIFICATE-----' blocks "
+            "(openssl x509 -in CERT -out CERT.pem -outform PEM converts DER)",
+        )
+    return text.strip() + "\n"
+
+
+def validate_mirror(url: str, option: str) -> str:
+    if not URL_RE.match(url):
+        raise BadRequest(f"invalid {option} {url!r}",
+                         "give an http:// or https:// URL without spaces or quotes")
+    return url
+
+
 def make_spec(
     source: Source,
     *,
@@ -98,12 +130,21 @@ def make_spec(
     cloud: CloudChoice | None = None,
     hostname: str | None = None,
     tls: str = "acme",
+    guest_network: GuestNetwork | None = None,
 ) -> LaunchSpec:
     if tls not in TLS_MODES:
         raise BadRequest(f"invalid --tls {tls!r}", f"use one of: {', '.join(TLS_MODES)}")
     cloud = cloud or CloudChoice()
     cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr))
+    given = guest_network or GuestNetwork()
+    checked = GuestNetwork(
+        ca_certs=tuple(validate_ca_cert(c, "--ca-cert") for c in given.ca_certs),
+        apt_mirror=validate_mirror(given.apt_mirror, "--apt-mirror") if given.apt_mirror else None,
+        pip_index_url=(validate_mirror(given.pip_index_url, "--pip-index-url")
+                       if given.pip_index_url else None),
+    )
     return LaunchSpec(
+        guest_network=checked,
         source=source,
         name=validate_name(name) if name is not None else default_name(source),
         cloud=cloud,
