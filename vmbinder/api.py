@@ -68,6 +68,8 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
     if base is None:
         return Access(base=None)
     token = server.meta("token") if with_token else None
+    if detected is None and server.meta("interfaces"):
+        detected = frozenset(server.meta("interfaces").split(","))
     shown = interfaces.available(detected)
     urls = {i.key: interfaces.url_for(base, i.path, token) for i in shown}
     absent = {i.key: i.absent_reason for i in interfaces.INTERFACES if i not in shown}
@@ -110,6 +112,19 @@ def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, st
     return leftovers
 
 
+def _record_interfaces(provider: Provider, server: Server) -> Server:
+    """Ask the guest which interfaces answered and keep the answer on the server,
+    so `url` and `status` print only those, from any machine."""
+    acc = access(server)
+    status = readiness.fetch_json(
+        interfaces.url_for(acc.base, "vmbinder/status.json", server.meta("token")),
+        verify=server.meta("tls") == "acme")
+    found = [k for k in status.get("interfaces") or [] if k in interfaces.BY_KEY]
+    if not found:
+        return server
+    return provider.set_metadata(server, {"interfaces": ",".join(found)})
+
+
 def _ready_probes(provider: Provider, server: Server) -> list[readiness.Probe]:
     acc = access(server)
     probes = [readiness.console_probe(lambda: provider.console_log(server, lines=200))]
@@ -150,6 +165,7 @@ def launch(
                 _ready_probes(provider, server), timeout=ready_timeout, clock=clock,
                 on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
             )
+            server = _record_interfaces(provider, server)
             reporter.phase(READY, "the environment answers")
     except BaseException as exc:
         if keep_on_failure and not isinstance(exc, KeyboardInterrupt) and ledger.items:

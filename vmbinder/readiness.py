@@ -57,12 +57,27 @@ def console_probe(read_console: Callable[[], str]) -> Probe:
     return probe
 
 
-def http_probe(url: str, *, verify: bool = True, timeout: float = 5.0) -> Probe:
-    """OK when GET url answers 200 (Jupyter's /api/status with the token)."""
+def _context(verify: bool) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def fetch_json(url: str, *, verify: bool = True, timeout: float = 10.0) -> dict:
+    """GET a JSON document (the guest's status); {} when it cannot be had."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=_context(verify)) as resp:
+            doc = json.load(resp)
+    except (urllib.error.URLError, OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def http_probe(url: str, *, verify: bool = True, timeout: float = 5.0) -> Probe:
+    """OK when GET url answers 200 (Jupyter's /api/status with the token)."""
+    context = _context(verify)
 
     def probe() -> tuple[bool, str]:
         try:

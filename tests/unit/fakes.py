@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from vmbinder import errors
 from vmbinder.providers.base import (
@@ -92,6 +93,11 @@ class FakeProvider:
     def console_log(self, server, lines=None):
         self._step("console")
         return self.console
+
+    def set_metadata(self, server, values):
+        updated = replace(server, metadata={**server.metadata, **{META + k: v for k, v in values.items()}})
+        self.servers[server.id] = updated
+        return updated
 
     def delete(self, server):
         self.servers.pop(server.id)

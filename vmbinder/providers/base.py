@@ -104,5 +104,8 @@ class Provider(Protocol):
     def console_log(self, server: Server, lines: int | None = None) -> str:
         ...
 
+    def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
+        """Record vmbinder:* values on the server (keys without the prefix)."""
+
     def delete(self, server: Server) -> list[Removed]:
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import replace
 
 from vmbinder import errors
 from vmbinder.providers.base import (
@@ -315,7 +316,7 @@ class OpenStackProvider:
                 conn.network.update_ip(resolved.floating_ip_id, port_id=ports[0].id)
         record = self._record(raw)
         if record.address is None and resolved.public_ip:
-            record = Server(**{**record.__dict__, "address": resolved.public_ip})
+            record = replace(record, address=resolved.public_ip)
         return record
 
     # -- reading -------------------------------------------------------------------
@@ -359,6 +360,12 @@ class OpenStackProvider:
         text = out.get("output", "") if isinstance(out, dict) else str(out)
         token = server.meta("token")
         return text.replace(token, "<token>") if token else text
+
+    def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
+        meta = {META + k: v for k, v in values.items()}
+        with cloud_errors(f"recording metadata on {server.name}"):
+            self.conn.compute.set_server_metadata(server.id, **meta)
+        return replace(server, metadata={**server.metadata, **meta})
 
     # -- deleting ------------------------------------------------------------------
 

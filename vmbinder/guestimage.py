@@ -1,0 +1,547 @@
+"""Build a Debian 12 guest image for the local qemu target, natively on the host.
+
+Everything heavy happens here, as root, at host speed: debootstrap, apt, pip.
+Under qemu's TCG the same work takes many times longer inside the guest.
+
+The output folder is a contract the local qemu provider reads (image.json):
+the uncompressed ELF kernel ``vmlinux`` (skips the bzImage decompressor and
+any bootloader), ``initrd.img`` and a qcow2 disk holding one ext4 filesystem
+with no partition table (``root=/dev/vda``). Files copied verbatim into the
+rootfs live in ``guest/rootfs/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import lzma
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+
+from vmbinder import errors
+
+#: Debian packages this module runs on the host (the setup script installs them).
+HOST_PACKAGES = ("debootstrap", "qemu-utils", "e2fsprogs", "zstd", "lz4", "xz-utils")
+#: Host tools checked before anything starts, with the package that brings them.
+HOST_TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs",
+              "qemu-img": "qemu-utils", "lz4": "lz4", "unzstd": "zstd"}
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "dbus", "kmod", "iproute2", "ifupdown",
+                       "isc-dhcp-client", "netbase", "ca-certificates", "openssh-server",
+                       "sudo", "curl")
+GUEST_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "cloud-init",
+                  "systemd-timesyncd", "python3-venv")
+BAKED_PACKAGES = ("docker.io", "apparmor", "xz-utils", "caddy", "git")
+#: Debian 12 has no buildx; Debian 13's static binary works with docker 20.10.
+BAKED_FROM_TRIXIE = ("docker-buildx",)
+REPO2DOCKER_VERSION = "2026.4.0"
+REPO2DOCKER_VENV = "/opt/vmbinder/repo2docker"
+BASE_VENV = "/srv/venv"
+BASE_PIP_PACKAGES = ("jupyterlab", "notebook", "jupyter-server")
+APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+DISK_SIZE = "20G"
+GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "LANG": "C",
+              "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+TRIXIE_PIN = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ImageInfo:
+    name: str
+    distro: str
+    baked: bool
+    created: str
+    kernel: str = "vmlinux"
+    initrd: str = "initrd.img"
+    disk: str = "disk.qcow2"
+    root: str = "/dev/vda"
+    append: str = APPEND
+    contents: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+class Runner:
+    """Runs host commands; tests inject a fake with the same call signature."""
+
+    def __init__(self, log: Log):
+        self.log = log
+
+    def __call__(self, argv: Sequence[str], *, env: dict | None = None,
+                 capture: bool = False, check: bool = True) -> str:
+        proc = subprocess.run(list(argv), env=env, text=True, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if check and proc.returncode != 0:
+            tail = "\n".join(proc.stdout.splitlines()[-25:])
+            raise errors.BuildFailed(
+                f"{' '.join(argv[:4])} ... exited with {proc.returncode}:\n{tail}",
+                "Fix the cause shown above and run `vmbinder image build` again.")
+        return proc.stdout if capture else ""
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> None:
+    """Refuse early, naming the fix: not root, or a host tool missing."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        raise errors.BadRequest(
+            "building a guest image needs root (debootstrap, chroot, bind mounts)",
+            "Run it as root: sudo vmbinder image build ...")
+    missing = [tool for tool in HOST_TOOLS if which(tool) is None]
+    if missing:
+        raise errors.ConfigError(
+            f"host tools missing: {', '.join(missing)}",
+            f"apt-get install {' '.join(HOST_PACKAGES)}")
+
+
+def _stanzas(text: str) -> list[str]:
+    return [s.strip() for s in re.split(r"\n\s*\n", text) if s.strip()]
+
+
+def _field(stanza: str, name: str) -> list[str]:
+    m = re.search(rf"^{name}:\s*(.*)$", stanza, re.MULTILINE | re.IGNORECASE)
+    return m.group(1).split() if m else []
+
+
+def guest_sources(host_files: dict[str, str], suite: str = SUITE) -> dict[str, str]:
+    """Keep the host's apt entries for ``suite`` (and -updates, -security).
+
+    Entries for other suites or third-party repositories (keys the guest lacks)
+    are dropped. deb822 ``*.sources`` and one-line ``*.list`` are both handled.
+    """
+    keep: dict[str, str] = {}
+    for name, text in host_files.items():
+        if name.endswith(".sources"):
+            body = [s for s in _stanzas(text)
+                    if any(x.split("-")[0] == suite for x in _field(s, "Suites"))
+                    and "deb" in _field(s, "Types")]
+            if body:
+                keep[name] = "\n\n".join(body) + "\n"
+        elif name.endswith(".list"):
+            lines = [ln for ln in text.splitlines() if ln.strip().startswith("deb ")
+                     and any(w.split("-")[0] == suite for w in ln.split()[2:4])]
+            if lines:
+                keep[name] = "\n".join(lines) + "\n"
+    return keep
+
+
+def mirror_of(sources: dict[str, str]) -> str:
+    """The first plain Debian archive URI among the kept sources, for debootstrap."""
+    for text in sources.values():
+        for uri in re.findall(r"(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text):
+            if not uri.rstrip("/").endswith("-security"):
+                return uri
+    return DEFAULT_MIRROR
+
+
+def trixie_sources(mirror: str) -> str:
+    return (f"Types: deb\nURIs: {mirror}\nSuites: trixie\nComponents: main\n"
+            f"Signed-By: {KEYRING}\n")
+
+
+def host_apt_settings(conf_files: dict[str, str]) -> dict[str, str]:
+    """The host's apt.conf.d files that say how to reach the archive (Acquire::...)."""
+    return {n: t for n, t in conf_files.items() if re.search(r"^\s*Acquire::", t, re.M)}
+
+
+def _read_dir(path: Path, pattern: str) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(path.glob(pattern)) if p.is_file()}
+
+
+# ------------------------------------------------------------- kernel payload
+
+_MAGICS = (("gzip", b"\x1f\x8b"), ("xz", b"\xfd7zXZ\x00"), ("zstd", b"\x28\xb5\x2f\xfd"),
+           ("lz4", b"\x02\x21\x4c\x18"), ("lzma", b"\x5d\x00\x00"))
+
+
+def _decompress(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return zlib.decompressobj(wbits=31).decompress(data)
+    if kind in ("xz", "lzma"):
+        fmt = lzma.FORMAT_XZ if kind == "xz" else lzma.FORMAT_ALONE
+        return lzma.LZMADecompressor(fmt).decompress(data)
+    # zstd and the kernel's legacy lz4 frames: Debian's command-line tools. Trailing
+    # bytes (the kernel appends the uncompressed size) make them exit non-zero
+    # after a complete output, so the result is judged by its ELF header instead.
+    argv = {"zstd": ["unzstd", "-c"], "lz4": ["lz4", "-dc"]}[kind]
+    return subprocess.run(argv, input=data, capture_output=True).stdout
+
+
+def extract_vmlinux(bzimage: bytes) -> bytes:
+    """The uncompressed ELF kernel inside a bzImage (what scripts/extract-vmlinux does).
+
+    The x86 boot header gives the payload's offset and length exactly; the magic
+    scan over the whole file is the fallback for images without it.
+    """
+    candidates = []
+    if bzimage[0x202:0x206] == b"HdrS":
+        start = (bzimage[0x1F1] or 4) * 512 + 512
+        offset, length = struct.unpack_from("<II", bzimage, 0x248)
+        candidates.append(bzimage[start + offset:start + offset + length])
+    for _, magic in _MAGICS:
+        candidates += [bzimage[m.start():] for m in re.finditer(re.escape(magic), bzimage)]
+    for payload in candidates:
+        for kind, magic in _MAGICS:
+            if payload.startswith(magic):
+                try:
+                    out = _decompress(kind, payload)
+                except (OSError, EOFError, lzma.LZMAError, zlib.error):
+                    continue
+                if out[:4] == b"\x7fELF":
+                    return out
+    raise errors.BuildFailed("no ELF kernel found inside the compressed kernel image",
+                             "Check the kernel package; extract-vmlinux knows the formats.")
+
+
+# ------------------------------------------------------------------- chroot
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks unmount."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class InChroot:
+    """Runs a command inside the rootfs with a clean, non-interactive environment."""
+
+    def __init__(self, root: Path, run: Runner):
+        self.root, self.run = root, run
+
+    def __call__(self, argv: Sequence[str], *, capture: bool = False) -> str:
+        return self.run(["chroot", str(self.root), *argv], env=CHROOT_ENV, capture=capture)
+
+
+@contextmanager
+def chroot(root: Path, run: Runner, log: Log):
+    """Bind /dev, /dev/pts, /proc, /sys and block service starts; always unmount."""
+    mounts = [(["--bind", "/dev"], "dev"), (["--bind", "/dev/pts"], "dev/pts"),
+              (["-t", "proc", "proc"], "proc"), (["-t", "sysfs", "sysfs"], "sys")]
+    policy = root / "usr/sbin/policy-rc.d"
+    done: list[Path] = []
+    try:
+        for args, sub in mounts:
+            run(["mount", *args, str(root / sub)])
+            done.append(root / sub)
+        policy.write_text("#!/bin/sh\n# no services start while the image is built\nexit 101\n")
+        policy.chmod(0o755)
+        yield InChroot(root, run)
+    finally:
+        policy.unlink(missing_ok=True)
+        for target in reversed(done):
+            try:
+                run(["umount", str(target)])
+            except errors.VmbinderError:
+                log(f"umount {target} failed; detaching it lazily")
+                run(["umount", "--lazy", str(target)], check=False)
+
+
+@contextmanager
+def step(log: Log, what: str):
+    log(f"{what} ...")
+    t0 = time.monotonic()
+    yield
+    log(f"{what}: done in {time.monotonic() - t0:.0f} s")
+
+
+def _dpkg_versions(root: Path, packages: Sequence[str], run: Runner) -> dict[str, str]:
+    out = run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+               "-f", "${Package} ${Version}\n", *packages], capture=True, check=False)
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _install_ca(root: Path, ca_files: Sequence[Path], in_chroot) -> None:
+    dest = root / HOST_CA_DIR.relative_to("/")
+    dest.mkdir(parents=True, exist_ok=True)
+    for ca in ca_files:
+        shutil.copy(ca, dest / (Path(ca).stem + ".crt"))
+    shutil.copy(GUEST_DIR / "rootfs/etc/pip.conf", root / "etc/pip.conf")
+    in_chroot(["update-ca-certificates"])
+
+
+def _debootstrap(root: Path, include: Sequence[str], mirror: str, run: Runner) -> None:
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}",
+         "--components=main", SUITE, str(root), mirror])
+
+
+def _trim(root: Path) -> None:
+    """Drop what a built image never reads: apt lists and caches, docs, man pages."""
+    for sub in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man",
+                "usr/share/info", "root/.cache", "tmp", "var/tmp"):
+        path = root / sub
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.name != "partial":
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
+                        else child.unlink()
+    for log_file in (root / "var/log").rglob("*"):
+        if log_file.is_file():
+            log_file.unlink()
+
+
+def _prepare_workdir(work: Path) -> Path:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return work / "rootfs"
+
+
+# ------------------------------------------------------------- guest image
+
+def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
+                apt_sources_from_host: bool = True, repo2docker_version: str,
+                log: Log, run: Runner | None = None, disk_size: str = DISK_SIZE,
+                keep_rootfs: bool = False) -> ImageInfo:
+    preflight()
+    run = run or Runner(log)
+    output_dir = Path(output_dir)
+    root = _prepare_workdir(output_dir / "work")
+    host_apt = Path("/etc/apt")
+    sources = guest_sources({**_read_dir(host_apt / "sources.list.d", "*"),
+                             **_read_dir(host_apt, "sources.list")}) \
+        if apt_sources_from_host else {}
+    sources = sources or {"debian.sources": (
+        f"Types: deb\nURIs: {DEFAULT_MIRROR}\nSuites: {SUITE} {SUITE}-updates\n"
+        f"Components: main\nSigned-By: {KEYRING}\n")}
+    mirror = mirror_of(sources)
+    with _sigterm_as_interrupt():
+        with step(log, f"debootstrap {SUITE} minbase from {mirror}"):
+            _debootstrap(root, DEBOOTSTRAP_INCLUDE, mirror, run)
+        _write_apt_config(root, sources, mirror, baked,
+                          _read_dir(host_apt / "apt.conf.d", "*") if apt_sources_from_host
+                          else {})
+        with chroot(root, run, log) as in_chroot:
+            _install_ca(root, ca_files, in_chroot)
+            with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
+                in_chroot(["apt-get", "update", "-q"])
+                in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                           *GUEST_PACKAGES])
+            if baked:
+                _bake(root, in_chroot, repo2docker_version, run, log)
+            in_chroot(["apt-get", "clean"])
+    _finish_rootfs(root)
+    contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
+                                     "systemd", *((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE)
+                                                  if baked else ())), run)
+    if baked:
+        contents["jupyter-repo2docker"] = repo2docker_version
+    with step(log, "extract vmlinux and initrd.img"):
+        (kernel,) = sorted((root / "boot").glob("vmlinuz-*"))[-1:]
+        (initrd,) = sorted((root / "boot").glob("initrd.img-*"))[-1:]
+        (output_dir / "vmlinux").write_bytes(extract_vmlinux(kernel.read_bytes()))
+        shutil.copy(initrd, output_dir / "initrd.img")
+        contents["kernel"] = kernel.name.removeprefix("vmlinuz-")
+    _trim(root)
+    with step(log, f"mkfs.ext4 -d and qemu-img convert ({disk_size} sparse)"):
+        make_disk(root, output_dir, disk_size, run, keep_raw=keep_rootfs)
+    info = ImageInfo(name=f"debian-12-{'baked' if baked else 'stock'}", distro="debian-12",
+                     baked=baked, created=dt.datetime.now(dt.timezone.utc).isoformat(
+                         timespec="seconds"), contents=contents)
+    (output_dir / "image.json").write_text(info.to_json())
+    if not keep_rootfs:
+        shutil.rmtree(output_dir / "work")
+    return info
+
+
+def _write_apt_config(root: Path, sources: dict[str, str], mirror: str, baked: bool,
+                      host_conf: dict[str, str]) -> None:
+    apt = root / "etc/apt"
+    (apt / "sources.list").write_text("")
+    for name, text in sources.items():
+        (apt / "sources.list.d" / name).write_text(text)
+    for name, text in host_apt_settings(host_conf).items():
+        (apt / "apt.conf.d" / name).write_text(text)
+    shutil.copytree(GUEST_DIR / "rootfs/etc/apt", apt, dirs_exist_ok=True)
+    if baked:
+        (apt / "sources.list.d/trixie.sources").write_text(trixie_sources(mirror))
+        (apt / "preferences.d").mkdir(exist_ok=True)
+        (apt / "preferences.d/trixie-pin").write_text(TRIXIE_PIN)
+
+
+def _bake(root: Path, in_chroot, r2d_version: str, run: Runner, log: Log) -> None:
+    with step(log, "bake " + " ".join((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE))):
+        in_chroot(["apt-get", "update", "-q"])
+        in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                   *BAKED_PACKAGES])
+        in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                   "-t", "trixie", *BAKED_FROM_TRIXIE])
+    with step(log, f"bake jupyter-repo2docker=={r2d_version} in {REPO2DOCKER_VENV}"):
+        in_chroot(["python3", "-m", "venv", REPO2DOCKER_VENV])
+        in_chroot([f"{REPO2DOCKER_VENV}/bin/pip", "install", "-q", "--no-cache-dir",
+                   f"jupyter-repo2docker=={r2d_version}"])
+    versions = _dpkg_versions(root, (*BAKED_PACKAGES, *BAKED_FROM_TRIXIE), run)
+    versions["jupyter-repo2docker"] = r2d_version
+    baked = {"repo2docker_venv": REPO2DOCKER_VENV, "packages": versions,
+             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    (root / "etc/vmbinder").mkdir(parents=True, exist_ok=True)
+    (root / "etc/vmbinder/baked.json").write_text(json.dumps(baked, indent=2) + "\n")
+
+
+def _finish_rootfs(root: Path) -> None:
+    """Every boot of the image is a new instance with its own keys and id."""
+    shutil.copytree(GUEST_DIR / "rootfs", root, dirs_exist_ok=True)
+    for key in (root / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (root / "etc/machine-id").write_text("")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    (root / "etc/hostname").write_text("debian\n")
+    resolv = root / "etc/resolv.conf"
+    if resolv.is_file() and not resolv.is_symlink():
+        resolv.write_text("")
+
+
+def make_disk(root: Path, output_dir: Path, size: str, run: Runner, *,
+              keep_raw: bool = False) -> None:
+    """One ext4 filesystem filled from the rootfs, no partition table, as sparse qcow2."""
+    raw = output_dir / "work/disk.raw"
+    raw.unlink(missing_ok=True)
+    run(["mkfs.ext4", "-q", "-F", "-L", "vmbinder-root", "-d", str(root), str(raw), size])
+    run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(output_dir / "disk.qcow2")])
+    if not keep_raw:
+        raw.unlink()
+
+
+# ------------------------------------------------------ container base image
+
+def base_container_changes(venv: str = BASE_VENV) -> list[str]:
+    """The Dockerfile lines `docker import --change` needs: a tarball carries no config,
+    and /etc/profile.d is never read by `docker run` or a Dockerfile's RUN."""
+    return [f"ENV PATH={venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "ENV LANG=C.UTF-8", "ENV HOME=/home/jovyan", "ENV SHELL=/bin/bash",
+            "USER 1000", "WORKDIR /home/jovyan", "EXPOSE 8888",
+            'CMD ["jupyter", "lab", "--ip=0.0.0.0", "--no-browser"]']
+
+
+def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
+                         run: Runner | None = None, keep_rootfs: bool = False) -> dict:
+    """A rootfs tarball for `docker import`, with Jupyter in a venv owned by jovyan (1000)."""
+    preflight()
+    run = run or Runner(log)
+    output_tar = Path(output_tar)
+    work = output_tar.parent / (output_tar.name + ".work")
+    root = _prepare_workdir(work)
+    sources = guest_sources({**_read_dir(Path("/etc/apt/sources.list.d"), "*")})
+    mirror = mirror_of(sources)
+    with _sigterm_as_interrupt():
+        with step(log, f"debootstrap {SUITE} minbase for the container base image"):
+            _debootstrap(root, ("python3-venv", "ca-certificates"), mirror, run)
+        with chroot(root, run, log) as in_chroot:
+            _install_ca(root, ca_files, in_chroot)
+            with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
+                in_chroot(["python3", "-m", "venv", BASE_VENV])
+                in_chroot([f"{BASE_VENV}/bin/pip", "install", "-q", "--no-cache-dir",
+                           *BASE_PIP_PACKAGES])
+            in_chroot(["useradd", "--create-home", "--uid", "1000", "--user-group",
+                       "--shell", "/bin/bash", "jovyan"])
+            in_chroot(["chown", "-R", "1000:1000", BASE_VENV])
+            freeze = in_chroot([f"{BASE_VENV}/bin/pip", "freeze"], capture=True)
+    _trim(root)
+    for name in ("etc/resolv.conf", "etc/hostname"):
+        if (root / name).is_file():
+            (root / name).write_text("")
+    wanted = {p.replace("-", "_").lower() for p in (*BASE_PIP_PACKAGES, "pip")}
+    versions = {k: v for k, v in (ln.split("==", 1) for ln in freeze.splitlines() if "==" in ln)
+                if k.replace("-", "_").lower() in wanted}
+    with step(log, f"tar the rootfs into {output_tar}"):
+        compress = {".gz": ["--gzip"], ".xz": ["--xz"], ".zst": ["--zstd"]}.get(
+            output_tar.suffix, [])
+        run(["tar", "--numeric-owner", "--xattrs", *compress, "-C", str(root),
+             "-cf", str(output_tar), "."])
+    doc = {"name": "vmbinder/base:bookworm", "distro": "debian-12",
+           "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "tarball": output_tar.name, "venv": BASE_VENV, "user": "jovyan", "uid": 1000,
+           "changes": base_container_changes(), "contents": versions}
+    Path(str(output_tar) + ".json").write_text(json.dumps(doc, indent=2) + "\n")
+    if not keep_rootfs:
+        shutil.rmtree(work)
+    return doc
+
+
+def docker_import_argv(tarball: str, doc: dict) -> list[str]:
+    """`docker import` with every recorded --change, for the guest or a host with docker."""
+    argv = ["docker", "import"]
+    for change in doc["changes"]:
+        argv += ["--change", change]
+    return [*argv, tarball, doc["name"]]
+
+
+# -------------------------------------------------------------------- CLI
+
+def default_output(baked: bool) -> Path:
+    return Path.home() / ".cache/vmbinder/images" / f"debian-12-{'baked' if baked else 'stock'}"
+
+
+def host_ca_files() -> list[Path]:
+    return sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
+
+
+@click.group("image")
+def image() -> None:
+    """Build guest images for the local qemu target."""
+
+
+@image.command("build")
+@click.option("--baked/--stock", default=False, show_default=True,
+              help="Bake docker, buildx, caddy, git and repo2docker into the image.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}].")
+@click.option("--ca-cert", "ca_certs", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A CA certificate (PEM) the guest must trust; repeatable. "
+                   "Default: the host's /usr/local/share/ca-certificates.")
+@click.option("--host-apt-sources/--debian-apt-sources", default=True, show_default=True,
+              help="Use the host's apt mirrors and settings, or deb.debian.org.")
+@click.option("--repo2docker-version", default=REPO2DOCKER_VERSION, show_default=True)
+@click.option("--base-container", is_flag=True,
+              help="Also build the container base image tarball (base-container.tar.gz).")
+@click.option("--keep-rootfs", is_flag=True, help="Keep work/rootfs and work/disk.raw.")
+def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
+                  base_container, keep_rootfs) -> None:
+    """Build a Debian 12 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
+    output = output or default_output(baked)
+    ca_files = list(ca_certs) or host_ca_files()
+
+    def log(message: str) -> None:
+        click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
+
+    preflight()
+    output.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    info = build_image(output, baked=baked, ca_files=ca_files,
+                       apt_sources_from_host=host_apt_sources,
+                       repo2docker_version=repo2docker_version, log=log,
+                       keep_rootfs=keep_rootfs)
+    log(f"image {info.name} built in {time.monotonic() - t0:.0f} s")
+    if base_container:
+        build_base_container(output / "base-container.tar.gz", ca_files=ca_files, log=log,
+                             keep_rootfs=keep_rootfs)
+    click.echo(str(output / "image.json"))

@@ -1,0 +1,375 @@
+"""The local provider: the same cloud-init user-data, booted by qemu on this machine.
+
+Each server is a folder, $XDG_STATE_HOME/vmbinder/local/<name>/ (default
+~/.local/state), readable by its user only:
+
+  server.json    id, name, created, the same vmbinder:* metadata a cloud server
+                 carries (the token included), forwarded ports, image, flavor,
+                 accelerator, qemu's pid and command line (which holds no secret)
+  overlay.qcow2  the server's disk, backed by the image's disk
+  seed.iso       the NoCloud seed: user-data and meta-data
+  console.log    the serial console
+  qemu.pid, qmp.sock
+
+The folder is the only record: removing it (vmbinder delete) removes the server.
+The guest is reached through user-mode networking: its ports 22, 80 and 443 are
+forwarded from free ports on 127.0.0.1, recorded as vmbinder:ssh-port,
+vmbinder:http-port and vmbinder:https-port.
+
+A server is ACTIVE once its qemu process is running and still running a moment
+later, as a cloud reports ACTIVE once the hypervisor started the domain; the
+boot itself is followed on the console by the readiness probes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import yaml
+
+from vmbinder import errors
+from vmbinder.providers.base import (
+    ACTIVE,
+    BUILDING,
+    ERROR,
+    META,
+    STOPPED,
+    UNKNOWN,
+    Created,
+    Ledger,
+    Removed,
+    Resolved,
+    Server,
+)
+from vmbinder.providers.local_qemu import (
+    CONSOLE,
+    FORWARDS,
+    INSTALL_HINT,
+    LOOPBACK,
+    PIDFILE,
+    QEMU,
+    QEMU_IMG,
+    SEED,
+    SERVER_JSON,
+    cloud_image,
+    console_tail,
+    detect_accel,
+    free_ports,
+    images_dir,
+    is_our_qemu,
+    load_image,
+    overlay_argv,
+    parse_flavor,
+    qemu_argv,
+    qmp,
+    read_pid,
+    resolve_image,
+    state_root,
+    stop,
+    write_seed,
+)
+from vmbinder.providers.openstack_common import (
+    _candidates,
+    keypair_name,
+    server_metadata,
+)
+from vmbinder.spec import NAME_RE, LaunchSpec
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+class LocalProvider:
+    kind = "local"
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path | None = None,
+        images: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        accel: str | None = None,
+        which: Callable[[str], str | None] = shutil.which,
+        run: Runner = subprocess.run,
+        proc: Path = Path("/proc"),
+        settle: float = 2.0,
+        sleep: Callable[[float], None] | None = None,
+    ):
+        env = os.environ if env is None else env
+        self.env = env
+        self.root = Path(state_dir) if state_dir else state_root(env)
+        self.images = Path(images) if images else images_dir(env)
+        self._accel = accel
+        self.which = which
+        self.run = run
+        self.proc = proc
+        self.settle = settle
+        self.sleep = sleep or time.sleep
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    # -- preparing -----------------------------------------------------------------
+
+    def prepare(self, spec: LaunchSpec, ledger: Ledger) -> Resolved:
+        choice = spec.cloud
+        for option, value in (("--network", choice.network),
+                              ("--external-network", choice.external_network),
+                              ("--key-name", choice.key_name)):
+            if value:
+                raise errors.BadRequest(
+                    f"{option} names a cloud resource; the local target has none",
+                    "leave it out (pass your key with --public-key)" if option == "--key-name"
+                    else "leave it out: the local server uses qemu's user-mode network",
+                )
+        server_metadata(spec, None)  # refuses values too long to record, before anything is made
+        flavor = parse_flavor(choice.flavor)
+        image = resolve_image(choice.image, self.images)
+        missing = [tool for tool in (QEMU, QEMU_IMG) if self.which(tool) is None]
+        if missing:
+            raise errors.ConfigError(f"{' and '.join(missing)} not found on PATH", INSTALL_HINT)
+        accel = self._accel or detect_accel(self.env)
+        taken = {p for s in self._documents() for p in (s.get("ports") or {}).values()}
+        ports = dict(zip((key for key, _ in FORWARDS), free_ports(len(FORWARDS), taken)))
+
+        folder = self._claim(spec.name)
+        ledger.add(Created(
+            "state folder", str(folder), spec.name, lambda: _remove_folder(folder),
+            f"rm -rf {shlex.quote(str(folder))}",
+        ))
+        metadata = server_metadata(spec, _user())
+        metadata.update({META + key: str(port) for key, port in ports.items()})
+        self._write(folder, {
+            "id": str(uuid.uuid4()), "name": spec.name, "created": _now(),
+            "metadata": metadata, "ports": ports,
+            "image": {"name": image.name, "path": str(image.path),
+                      "kind": "file" if image.path == image.disk else "folder"},
+            "flavor": flavor.name, "accel": accel, "pid": None, "argv": None,
+        })
+        return Resolved(
+            image_id=str(image.path), image_name=image.name,
+            flavor_id=flavor.name, flavor_name=f"{flavor.name}, {accel}",
+            network_id="user", network_name="qemu user-mode",
+            external_network_id=None, external_network_name=None,
+            key_name=keypair_name(choice.public_key) if choice.public_key else None,
+            security_groups=(), public_ip=LOOPBACK,
+        )
+
+    def _claim(self, name: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        folder = self.folder(name)
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            raise errors.BadRequest(
+                f"a vmbinder server named {name!r} already exists ({folder})",
+                f"choose another --name, or remove it first: vmbinder delete {name}",
+            ) from None
+        os.chmod(folder, 0o700)
+        return folder
+
+    # -- creating ------------------------------------------------------------------
+
+    def create(self, spec: LaunchSpec, resolved: Resolved, user_data: str, ledger: Ledger) -> Server:
+        folder = self.folder(spec.name)
+        doc = self._read(folder)
+        kind = doc["image"].get("kind")
+        path = Path(doc["image"]["path"])
+        image = load_image(path) if kind == "folder" else cloud_image(path)
+        meta_data = {"instance-id": doc["id"], "local-hostname": spec.name}
+        if spec.cloud.public_key:
+            meta_data["public-keys"] = [spec.cloud.public_key.strip()]
+        write_seed(folder / SEED, user_data, yaml.safe_dump(meta_data, sort_keys=False))
+        self._run(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
+
+        flavor = parse_flavor(doc["flavor"])
+        argv = qemu_argv(name=spec.name, image=image, state=folder, ports=doc["ports"],
+                         flavor=flavor, accel=doc["accel"])
+        doc["argv"] = argv
+        self._write(folder, doc)
+        self._run(argv, folder, f"starting qemu for {spec.name}")
+        pid = read_pid(folder)
+        if pid is None:
+            raise errors.CloudError(f"qemu for {spec.name} started but wrote no {PIDFILE}")
+        ledger.add(Created(
+            "qemu process", str(pid), spec.name,
+            lambda: stop(pid, folder, proc=self.proc, sleep=self.sleep), f"kill {pid}",
+        ))
+        doc["pid"] = pid
+        self._write(folder, doc)
+        return self._record(folder, doc)
+
+    def _run(self, argv: list[str], folder: Path, what: str) -> None:
+        try:
+            done = self.run(argv, cwd=folder, capture_output=True, text=True, timeout=120,
+                            umask=0o077, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise errors.CloudError(f"{what} failed: {exc}", INSTALL_HINT) from exc
+        if done.returncode != 0:
+            said = (done.stderr or done.stdout or "").strip()[-1500:]
+            raise errors.CloudError(f"{what} failed (exit {done.returncode}): {said}",
+                                    _qemu_hint(said), details={"argv": argv})
+
+    def wait(self, server: Server, resolved: Resolved, timeout: float, ledger: Ledger) -> Server:
+        folder = self.folder(server.name)
+        waited = 0.0
+        settle = min(self.settle, timeout)
+        while True:
+            doc = self._read(folder)
+            if not is_our_qemu(doc.get("pid"), folder, self.proc):
+                tail = self.console_log(self._record(folder, doc), lines=20)
+                raise errors.CloudError(
+                    f"qemu for {server.name} exited while starting",
+                    "last console lines:\n" + (tail or "(the console is empty)"),
+                    details={"server_id": server.id},
+                )
+            if waited >= settle:
+                return self._record(folder, doc)
+            self.sleep(0.25)
+            waited += 0.25
+
+    def reboot(self, server: Server) -> None:
+        """Reset the guest (a power cycle; the disk and the forwarded ports stay)."""
+        qmp(self.folder(server.name), "system_reset")
+
+    # -- reading -------------------------------------------------------------------
+
+    def _documents(self) -> list[dict]:
+        docs = []
+        for folder in self._folders():
+            try:
+                docs.append(self._read(folder))
+            except errors.VmbinderError:
+                continue
+        return docs
+
+    def _folders(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
+        except FileNotFoundError:
+            return []
+
+    def _read(self, folder: Path) -> dict:
+        try:
+            doc = json.loads((folder / SERVER_JSON).read_text())
+            if not isinstance(doc, dict) or doc.get("name") != folder.name:
+                raise ValueError(f"{SERVER_JSON} does not describe {folder.name}")
+            return doc
+        except (OSError, ValueError) as exc:
+            raise errors.CloudError(f"cannot read {folder / SERVER_JSON}: {exc}") from exc
+
+    def _write(self, folder: Path, doc: dict) -> None:
+        tmp = folder / f".{SERVER_JSON}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, folder / SERVER_JSON)
+
+    def _record(self, folder: Path, doc: dict) -> Server:
+        pid = doc.get("pid")
+        fault = None
+        if is_our_qemu(pid, folder, self.proc):
+            state, status = ACTIVE, "RUNNING"
+        elif pid:
+            state, status = STOPPED, "STOPPED"
+        elif doc.get("argv"):
+            state, status, fault = ERROR, "FAILED", "qemu did not start"
+        else:
+            state, status = BUILDING, "PREPARED"
+        return Server(
+            id=doc["id"], name=doc["name"], state=state, cloud_status=status,
+            address=LOOPBACK if state == ACTIVE else None, metadata=dict(doc.get("metadata") or {}),
+            fault=fault, created=doc.get("created"), flavor=doc.get("flavor"),
+        )
+
+    def _broken(self, folder: Path, exc: Exception) -> Server:
+        """A folder without a readable server.json (an interrupted launch): shown
+        so that `vmbinder delete NAME` can remove it."""
+        return Server(id=folder.name, name=folder.name, state=UNKNOWN, cloud_status="BROKEN",
+                      address=None, metadata={}, fault=str(exc))
+
+    def list_owned(self) -> list[Server]:
+        servers = []
+        for folder in self._folders():
+            try:
+                servers.append(self._record(folder, self._read(folder)))
+            except errors.VmbinderError as exc:
+                servers.append(self._broken(folder, exc))
+        return servers
+
+    def get(self, name_or_id: str) -> Server:
+        servers = self.list_owned()
+        hits = [s for s in servers if name_or_id in (s.id, s.name)]
+        if hits:
+            return hits[0]  # names are folder names, so unique
+        raise errors.BadRequest(
+            f"no vmbinder server named {name_or_id!r}",
+            f"vmbinder servers here: {_candidates(s.name for s in servers)} (see vmbinder list)",
+        )
+
+    def console_log(self, server: Server, lines: int | None = None) -> str:
+        text = console_tail(self.folder(server.name) / CONSOLE, lines)
+        token = server.meta("token")
+        return text.replace(token, "<token>") if token else text
+
+    # -- deleting ------------------------------------------------------------------
+
+    def delete(self, server: Server) -> list[Removed]:
+        folder = self.folder(server.name)
+        removed = []
+        try:
+            pid = self._read(folder).get("pid")
+        except errors.VmbinderError:
+            pid = read_pid(folder)
+        if stop(pid, folder, proc=self.proc, sleep=self.sleep):
+            removed.append(Removed("qemu process", str(pid), server.name))
+        try:
+            _remove_folder(folder)
+        except OSError as exc:
+            raise errors.CleanupFailed(
+                f"could not remove {folder}: {exc}", f"rm -rf {shlex.quote(str(folder))}",
+                details={"leftovers": [("state folder", str(folder), str(exc),
+                                        f"rm -rf {shlex.quote(str(folder))}")]},
+            ) from exc
+        removed.append(Removed("server", server.id, server.name))
+        return removed
+
+
+def _remove_folder(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def _qemu_hint(said: str) -> str | None:
+    if "host forwarding" in said or "Address already in use" in said:
+        return "another program took a forwarded port after it was chosen: launch again"
+    if "kvm" in said.lower():
+        return "run without KVM: VMBINDER_QEMU_ACCEL=tcg"
+    if "backing" in said or "Could not open" in said:
+        return "check that the image's disk is readable"
+    return None
+

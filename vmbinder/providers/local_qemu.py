@@ -1,0 +1,464 @@
+"""The local provider's parts that do not depend on a launch: guest images,
+the flavor format, choosing an accelerator, qemu's command line, the NoCloud
+seed, and the qemu process (is it ours, stop it, talk to it over QMP)."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmbinder import errors
+
+#: Debian/Ubuntu packages that provide the programs this provider runs.
+HOST_PACKAGES = ("qemu-system-x86", "qemu-utils")
+QEMU = "qemu-system-x86_64"
+QEMU_IMG = "qemu-img"
+INSTALL_HINT = f"install qemu: sudo apt-get install {' '.join(HOST_PACKAGES)}"
+
+#: `kvm` or `tcg`: overrides what detect_accel() finds.
+ACCEL_ENV = "VMBINDER_QEMU_ACCEL"
+ACCELS = ("kvm", "tcg")
+#: Folder of guest images; default $XDG_CACHE_HOME/vmbinder/images.
+IMAGES_ENV = "VMBINDER_IMAGES_DIR"
+IMAGE_FILE = "image.json"
+
+DEFAULT_CPUS = 2
+DEFAULT_MEMORY_MB = 2048
+MIN_MEMORY_MB = 512
+MAX_CPUS = 64
+#: Virtual size of each server's disk (a qcow2 overlay: only what the guest writes takes space).
+OVERLAY_SIZE = "20G"
+LOOPBACK = "127.0.0.1"
+#: (metadata key, guest port) of every port forwarded from the host's loopback.
+FORWARDS = (("ssh-port", 22), ("http-port", 80), ("https-port", 443))
+
+# Files in a server's state folder.
+SERVER_JSON = "server.json"
+OVERLAY = "overlay.qcow2"
+SEED = "seed.iso"
+CONSOLE = "console.log"
+PIDFILE = "qemu.pid"
+#: Relative to the state folder: qemu is started there, and a unix socket path
+#: is limited to 107 bytes, which a long home folder can exceed.
+QMP_SOCKET = "qmp.sock"
+
+QCOW2_MAGIC = b"QFI\xfb"
+KVM_GET_API_VERSION = 0xAE00
+KVM_API_VERSION = 12
+
+
+def _base(env: Mapping[str, str], var: str, default: str) -> Path:
+    value = env.get(var)
+    return Path(value) if value else Path(env.get("HOME") or Path.home()) / default
+
+
+def images_dir(env: Mapping[str, str] = os.environ) -> Path:
+    if env.get(IMAGES_ENV):
+        return Path(env[IMAGES_ENV]).expanduser()
+    return _base(env, "XDG_CACHE_HOME", ".cache") / "vmbinder" / "images"
+
+
+def state_root(env: Mapping[str, str] = os.environ) -> Path:
+    return _base(env, "XDG_STATE_HOME", ".local/state") / "vmbinder" / "local"
+
+
+# -- images -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Image:
+    """What to boot: a folder made by the image builder (kernel, initrd, disk,
+    kernel command line), or a plain cloud image booted by its own bootloader."""
+
+    name: str
+    path: Path
+    disk: Path
+    disk_format: str
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+    baked: bool = False
+    created: str = ""
+
+
+def disk_format(path: Path) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
+
+
+def load_image(folder: Path) -> Image:
+    """An image folder: image.json and the files it names, relative to it."""
+    folder = folder.resolve()
+    try:
+        doc = json.loads((folder / IMAGE_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        doc = exc
+    if not isinstance(doc, dict):
+        raise errors.ConfigError(
+            f"cannot read {folder / IMAGE_FILE}: {doc if isinstance(doc, Exception) else 'not a JSON object'}",
+            "build the image again, or pass the path of a qcow2 cloud image to --image",
+        )
+
+    def member(key: str, required: bool) -> Path | None:
+        value = doc.get(key)
+        if not value:
+            if required:
+                raise errors.ConfigError(f"{folder / IMAGE_FILE} has no {key!r}",
+                                         "build the image again")
+            return None
+        path = folder / value
+        if not path.is_file():
+            raise errors.ConfigError(f"image {folder.name}: {key} file {path} is missing",
+                                     "build the image again")
+        return path
+
+    disk = member("disk", True)
+    kernel = member("kernel", False)
+    initrd = member("initrd", False)
+    append = doc.get("append") or (f"root={doc.get('root', '/dev/vda')} console=ttyS0"
+                                   if kernel else None)
+    return Image(
+        name=str(doc.get("name") or folder.name), path=folder, disk=disk,
+        disk_format=disk_format(disk), kernel=kernel, initrd=initrd, append=append,
+        baked=bool(doc.get("baked")), created=str(doc.get("created") or ""),
+    )
+
+
+def cloud_image(path: Path) -> Image:
+    """A single qcow2 file (an Ubuntu or Debian cloud image): its own bootloader boots it."""
+    path = path.resolve()
+    if disk_format(path) != "qcow2":
+        raise errors.ConfigError(
+            f"{path} is not a qcow2 image",
+            f"convert it first: qemu-img convert -O qcow2 {path} {path.stem}.qcow2",
+        )
+    return Image(name=path.name, path=path, disk=path, disk_format="qcow2")
+
+
+def list_images(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if (p / IMAGE_FILE).is_file())
+    except OSError:
+        return []
+
+
+def resolve_image(wanted: str | None, folder: Path) -> Image:
+    """--image: a name under the images folder, an image folder, or a qcow2 file.
+    None picks a baked image before an unbaked one, then the newest."""
+    if wanted:
+        as_path = Path(wanted).expanduser()
+        looks_like_path = "/" in wanted or wanted.startswith((".", "~"))
+        if not looks_like_path and (folder / wanted / IMAGE_FILE).is_file():
+            return load_image(folder / wanted)
+        if as_path.is_dir() and (as_path / IMAGE_FILE).is_file():
+            return load_image(as_path)
+        if as_path.is_file():
+            return cloud_image(as_path)
+        if as_path.is_dir():
+            raise errors.ConfigError(f"{as_path} has no {IMAGE_FILE}",
+                                     "pass an image folder made by the image builder")
+        raise errors.ConfigError(f"image {wanted!r} not found", _choose_hint(folder))
+    found = [load_image(p) for p in list_images(folder)]
+    if not found:
+        raise errors.ConfigError(f"no --image given and no image in {folder}", _choose_hint(folder))
+    return max(found, key=lambda i: (i.baked, i.created, i.name))
+
+
+def _choose_hint(folder: Path) -> str:
+    names = [p.name for p in list_images(folder)]
+    have = ", ".join(names) if names else f"(none in {folder})"
+    return (f"choose one with --image (or VMBINDER_IMAGE): {have}; --image also takes an "
+            f"image folder or a qcow2 cloud image file ({IMAGES_ENV} moves the images folder)")
+
+
+# -- flavor -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Flavor:
+    cpus: int = DEFAULT_CPUS
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+    @property
+    def name(self) -> str:
+        mem = self.memory_mb
+        return f"{self.cpus}c{mem // 1024}g" if mem % 1024 == 0 else f"{self.cpus}c{mem}m"
+
+
+FLAVOR_RE = re.compile(r"^(?:(\d+)c)?(?:(\d+)([gm]))?$", re.IGNORECASE)
+FLAVOR_HELP = ("CPUs and memory as <N>c<M>g or <N>c<M>m, e.g. 2c4g (2 vCPUs, 4 GiB) or "
+               "4c3072m; either part may be left out (4g, 1c); default "
+               f"{Flavor().name}")
+
+
+def parse_flavor(text: str | None) -> Flavor:
+    if not text:
+        return Flavor()
+    m = FLAVOR_RE.match(text.strip())
+    if not m or not (m.group(1) or m.group(2)):
+        raise errors.BadRequest(f"invalid --flavor {text!r} for the local target", FLAVOR_HELP)
+    cpus = int(m.group(1)) if m.group(1) else DEFAULT_CPUS
+    memory = DEFAULT_MEMORY_MB
+    if m.group(2):
+        memory = int(m.group(2)) * (1024 if m.group(3).lower() == "g" else 1)
+    if not 1 <= cpus <= MAX_CPUS or memory < MIN_MEMORY_MB:
+        raise errors.BadRequest(
+            f"--flavor {text!r} asks for {cpus} CPUs and {memory} MB",
+            f"use 1 to {MAX_CPUS} CPUs and at least {MIN_MEMORY_MB} MB; {FLAVOR_HELP}",
+        )
+    return Flavor(cpus, memory)
+
+
+# -- acceleration -----------------------------------------------------------------
+
+
+def kvm_usable(dev: Path) -> bool:
+    """Can this process open /dev/kvm and does it speak the stable KVM API?"""
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, KVM_GET_API_VERSION) == KVM_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def detect_accel(
+    env: Mapping[str, str] = os.environ,
+    *,
+    dev_kvm: Path = Path("/dev/kvm"),
+    sys_module: Path = Path("/sys/module"),
+    probe: Callable[[Path], bool] = kvm_usable,
+) -> str:
+    """"kvm" when /dev/kvm works and is not PVM; otherwise "tcg".
+
+    PVM (the kvm_pvm module: KVM nested inside a cloud VM without hardware
+    virtualisation) accepts the ioctls but runs an ordinary distribution
+    kernel far slower than plain TCG, so it counts as no KVM."""
+    forced = (env.get(ACCEL_ENV) or "").strip().lower()
+    if forced:
+        if forced not in ACCELS:
+            raise errors.ConfigError(f"{ACCEL_ENV}={env[ACCEL_ENV]!r} is not one of "
+                                     f"{', '.join(ACCELS)}", f"unset {ACCEL_ENV} to detect it")
+        return forced
+    if (sys_module / "kvm_pvm").exists():
+        return "tcg"
+    return "kvm" if probe(dev_kvm) else "tcg"
+
+
+def accel_args(accel: str) -> list[str]:
+    if accel == "kvm":
+        return ["-accel", "kvm", "-cpu", "host"]
+    return ["-accel", "tcg,thread=multi", "-cpu", "max"]
+
+
+# -- ports and the command line ---------------------------------------------------
+
+
+def free_ports(count: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Ports nothing listens on at 127.0.0.1, all different. Another program can
+    still take one before qemu binds it; create() reports that clearly."""
+    held, ports = [], []
+    try:
+        while len(ports) < count:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind((LOOPBACK, 0))
+            port = s.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for s in held:
+            s.close()
+    return ports
+
+
+def qemu_opt(value: str | Path) -> str:
+    """A value inside a comma-separated qemu option list (commas are doubled)."""
+    return str(value).replace(",", ",,")
+
+
+def qemu_argv(*, name: str, image: Image, state: Path, ports: Mapping[str, int],
+              flavor: Flavor, accel: str) -> list[str]:
+    """The qemu command line. It holds no secret: the user-data (and the token in
+    it) reaches the guest only through the seed disk."""
+    forwards = ",".join(f"hostfwd=tcp:{LOOPBACK}:{ports[key]}-:{guest}" for key, guest in FORWARDS)
+    argv = [
+        QEMU, "-name", f"vmbinder-{name}", "-nodefaults", "-display", "none",
+        *accel_args(accel), "-smp", str(flavor.cpus), "-m", str(flavor.memory_mb),
+        "-daemonize", "-pidfile", str(state / PIDFILE),
+        "-serial", f"file:{state / CONSOLE}",
+        "-qmp", f"unix:{QMP_SOCKET},server=on,wait=off",
+        "-drive", f"file={qemu_opt(state / OVERLAY)},format=qcow2,if=virtio",
+        "-drive", f"file={qemu_opt(state / SEED)},format=raw,if=virtio,readonly=on",
+        "-netdev", f"user,id=net0,{forwards}",
+        "-device", "virtio-net-pci,netdev=net0",
+        "-device", "virtio-rng-pci",
+    ]
+    if image.kernel:
+        argv += ["-kernel", str(image.kernel)]
+        if image.initrd:
+            argv += ["-initrd", str(image.initrd)]
+        argv += ["-append", image.append or "console=ttyS0"]
+    return argv
+
+
+def overlay_argv(image: Image, state: Path) -> list[str]:
+    return [QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", image.disk_format,
+            str(state / OVERLAY), OVERLAY_SIZE]
+
+
+# -- the NoCloud seed -------------------------------------------------------------
+
+
+def write_seed(path: Path, user_data: str, meta_data: str) -> None:
+    """An ISO 9660 volume labelled `cidata` holding user-data and meta-data
+    (Rock Ridge and Joliet names), readable by this user only."""
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
+    for name, text in (("user-data", user_data), ("meta-data", meta_data)):
+        data = text.encode()
+        iso.add_fp(io.BytesIO(data), len(data), f"/{name.replace('-', '').upper()}.;1",
+                   rr_name=name, joliet_path=f"/{name}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        iso.write_fp(f)
+    iso.close()
+
+
+def read_seed(path: Path) -> dict[str, str]:
+    """The files of a seed ISO by their Rock Ridge names, and its label under "volume"."""
+    import pycdlib
+
+    iso = pycdlib.PyCdlib()
+    iso.open(str(path))
+    try:
+        found = {"volume": iso.pvd.volume_identifier.decode().strip()}
+        for child in iso.list_children(rr_path="/"):
+            if child.is_file():
+                out = io.BytesIO()
+                name = child.rock_ridge.name().decode()
+                iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
+                found[name] = out.getvalue().decode()
+        return found
+    finally:
+        iso.close()
+
+
+# -- the qemu process -------------------------------------------------------------
+
+
+def is_our_qemu(pid: int | None, state: Path, proc: Path = Path("/proc")) -> bool:
+    """True when pid is a live process whose command line names this state
+    folder: a pid that was reused by another program is never ours."""
+    if not pid:
+        return False
+    try:
+        cmdline = (proc / str(pid) / "cmdline").read_bytes()
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"]):
+        return False
+    marker = os.fsencode(qemu_opt(state))
+    return any(marker in arg for arg in cmdline.split(b"\0"))
+
+
+def stop(pid: int | None, state: Path, *, timeout: float = 15.0, proc: Path = Path("/proc"),
+         sleep: Callable[[float], None] = time.sleep) -> bool:
+    """SIGTERM our qemu, SIGKILL it if it is still there after timeout.
+    Returns False when there was nothing of ours to stop."""
+    if not is_our_qemu(pid, state, proc):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        except PermissionError as exc:
+            raise errors.CleanupFailed(
+                f"not allowed to stop qemu process {pid}: {exc}",
+                f"stop it as its owner: kill {pid}",
+            ) from exc
+        waited = 0.0
+        while waited < wait:
+            if not is_our_qemu(pid, state, proc):
+                return True
+            sleep(0.1)
+            waited += 0.1
+    raise errors.CleanupFailed(f"qemu process {pid} did not exit", f"kill -9 {pid}")
+
+
+def console_tail(path: Path, lines: int | None = None, max_bytes: int = 1 << 20) -> str:
+    """The end of a console log (at most max_bytes, then the last `lines` lines)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n")
+    return "\n".join(text.splitlines()[-lines:]) if lines else text
+
+
+def read_pid(state: Path) -> int | None:
+    try:
+        return int((state / PIDFILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def qmp(state: Path, command: str, arguments: dict | None = None, *, timeout: float = 10.0):
+    """Run one QMP command on the server's monitor socket; returns its "return" value."""
+    dirfd = os.open(state, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            try:
+                # Through the folder's descriptor: short, whatever the folder's length.
+                sock.connect(f"/proc/self/fd/{dirfd}/{QMP_SOCKET}")
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                    raise
+                raise errors.CloudError(f"the qemu monitor of {state.name} does not answer ({exc})",
+                                        f"is it running? vmbinder status {state.name}") from exc
+            stream = sock.makefile("rwb")
+            _qmp_read(stream)  # the greeting
+            for execute, args in (("qmp_capabilities", None), (command, arguments)):
+                msg = {"execute": execute, **({"arguments": args} if args else {})}
+                stream.write(json.dumps(msg).encode() + b"\n")
+                stream.flush()
+                reply = _qmp_read(stream)
+                if "error" in reply:
+                    err = reply["error"]
+                    raise errors.CloudError(f"qemu refused {execute}: {err.get('desc', err)}")
+            return reply.get("return")
+    finally:
+        os.close(dirfd)
+
+
+def _qmp_read(stream) -> dict:
+    while True:
+        line = stream.readline()
+        if not line:
+            raise errors.CloudError("the qemu monitor closed the connection")
+        msg = json.loads(line)
+        if "event" not in msg:
+            return msg
