@@ -274,6 +274,31 @@ def trixie_sources():
     return f"Types: deb\nURIs: {uri}\nSuites: trixie\nComponents: main\n"
 
 
+BASE_IMAGES = "/var/lib/vmbinder/base-images"
+
+
+def ensure_base_images(doc):
+    """Container images baked into the VM image as tarballs (no registry needed):
+    each <name>.json beside its tarball says {"image", "tar", "changes"}."""
+    folder = at(BASE_IMAGES)
+    if not os.path.isdir(folder):
+        return "none baked"
+    imported = []
+    for entry in sorted(os.listdir(folder)):
+        if not entry.endswith(".json"):
+            continue
+        with open(os.path.join(folder, entry)) as fh:
+            spec = json.load(fh)
+        if ok(["docker", "image", "inspect", spec["image"]]):
+            continue
+        argv = ["docker", "import"]
+        for change in spec.get("changes", []):
+            argv += ["--change", change]
+        run(argv + [os.path.join(folder, spec["tar"]), spec["image"]])
+        imported.append(spec["image"])
+    return ("imported " + ", ".join(imported)) if imported else "present"
+
+
 def ensure_repo2docker(doc):
     exe = at(VENV + "/bin/repo2docker")
     want = doc["repo2docker_version"]
@@ -377,7 +402,8 @@ def detect_interfaces(doc):
 
 
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
-         ("docker", ensure_docker), ("repo2docker", ensure_repo2docker), ("build", ensure_image),
+         ("docker", ensure_docker), ("base-images", ensure_base_images),
+         ("repo2docker", ensure_repo2docker), ("build", ensure_image),
          ("service", ensure_service), ("interfaces", detect_interfaces))
 
 

@@ -139,7 +139,8 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "docker", "repo2docker", "build", "service", "interfaces", "ready"]
+        "trust", "mirrors", "proxy", "docker", "base-images", "repo2docker", "build", "service",
+        "interfaces", "ready"]
     caddy = (guest.root / "etc/caddy/Caddyfile").read_text()
     assert caddy.startswith("203-0-113-9.sslip.io {") and "reverse_proxy " + guest.jupyter_addr in caddy
     env_file = guest.root / "etc/vmbinder/jupyter.env"
@@ -228,3 +229,16 @@ def test_cloud_init_schema_accepts_rendered_user_data(tmp_path, value):
     res = subprocess.run(["cloud-init", "schema", "--config-file", str(path)],
                          capture_output=True, text=True)
     assert res.returncode == 0 and "Valid cloud-config" in res.stdout, res.stdout + res.stderr
+
+
+def test_baked_base_images_are_imported_once(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    folder = guest.root / "var/lib/vmbinder/base-images"
+    folder.mkdir(parents=True)
+    (folder / "base.tar").write_bytes(b"")
+    (folder / "base.json").write_text(json.dumps(
+        {"image": "vmbinder-base:latest", "tar": "base.tar", "changes": ["USER 1000", "ENV A=b c"]}))
+    assert guest.run().returncode == 0
+    (imp,) = [c for c in guest.calls("docker") if c[1] == "import"]
+    assert imp[1:] == ["import", "--change", "USER 1000", "--change", "ENV A=b c",
+                       str(folder / "base.tar"), "vmbinder-base:latest"]
