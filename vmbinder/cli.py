@@ -17,6 +17,8 @@ import click
 from vmbinder import __version__, errors
 
 FORMATS = ("table", "json", "value")
+#: The cloud name that means "a qemu VM on this machine".
+LOCAL = "local"
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 #: A dry run creates nothing, so no real token is made or shown.
 DRY_RUN_TOKEN = "0" * 64
@@ -50,10 +52,26 @@ class Context:
     @property
     def provider(self):
         if self._provider is None:
-            from vmbinder.providers.openstack import OpenStackProvider
+            if self.os_cloud == LOCAL or (self.os_cloud is None and not _openstack_configured()):
+                from vmbinder.providers.local import LocalProvider
 
-            self._provider = OpenStackProvider(self.os_cloud)
+                self._provider = LocalProvider()
+            else:
+                from vmbinder.providers.openstack import OpenStackProvider
+
+                self._provider = OpenStackProvider(self.os_cloud)
         return self._provider
+
+
+def _openstack_configured() -> bool:
+    """Whether the openstack CLI would find credentials: OS_* variables or a clouds.yaml."""
+    if any(os.environ.get(k) for k in ("OS_AUTH_URL", "OS_CLIENT_CONFIG_FILE")):
+        return True
+    # The folders openstacksdk's config loader searches, looked up now (its own
+    # list is fixed when it is imported).
+    folders = (Path.cwd(), Path.home() / ".config" / "openstack", Path("/etc/xdg/openstack"),
+               Path("/etc/openstack"))
+    return any((f / f"clouds.{ext}").exists() for f in folders for ext in ("yaml", "yml", "json"))
 
 
 class Progress:
@@ -142,8 +160,9 @@ class VmbinderGroup(click.Group):
 
 @click.group(cls=VmbinderGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
-    "--os-cloud", envvar="OS_CLOUD", metavar="CLOUD",
-    help="Cloud name in clouds.yaml, as for the openstack CLI (env: OS_CLOUD).",
+    "--os-cloud", "--cloud", "os_cloud", envvar="OS_CLOUD", metavar="CLOUD",
+    help="Cloud name in clouds.yaml, as for the openstack CLI (env: OS_CLOUD); `local` runs "
+         "a qemu VM on this machine, the default when no cloud is configured.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress display.")
 @click.version_option(__version__, prog_name="vmbinder")

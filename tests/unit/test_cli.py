@@ -72,7 +72,26 @@ def test_unparseable_source_lists_the_accepted_forms():
     assert "mybinder.org" in res.stderr and "10." in res.stderr and "swh:1:" in res.stderr
 
 
-def test_no_cloud_configured_is_a_configuration_error():
+def test_without_any_cloud_configured_the_local_target_is_used(monkeypatch):
+    from vmbinder.cli import Context
+
+    assert Context(None, quiet=True).provider.kind == "local"
+    assert Context("local", quiet=True).provider.kind == "local"
+    monkeypatch.setenv("OS_AUTH_URL", "http://127.0.0.1:9/v3")
+    assert Context(None, quiet=True).provider.kind == "openstack"
+
+
+def test_a_clouds_yaml_makes_openstack_the_default(clean_environment):
+    from vmbinder.cli import Context
+
+    folder = clean_environment / ".config" / "openstack"
+    folder.mkdir(parents=True)
+    (folder / "clouds.yaml").write_text("clouds: {}\n")
+    assert Context(None, quiet=True).provider.kind == "openstack"
+
+
+def test_openrc_without_auth_url_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", "/nonexistent/clouds.yaml")
     res = run("list")
     assert res.exit_code == 3
     assert "no cloud configured" in res.stderr and "OS_CLOUD" in res.stderr
