@@ -64,7 +64,8 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
     with_token=False leaves the token out, for output that people paste into
     bug reports (status, list); `launch` and `url` print it, as is their job."""
     tls = server.meta("tls") or "acme"
-    base = interfaces.base_url(server.address, server.meta("hostname"), tls)
+    port = server.meta("http-port" if tls == "off" else "https-port")
+    base = interfaces.base_url(server.address, server.meta("hostname"), tls, port)
     if base is None:
         return Access(base=None)
     token = server.meta("token") if with_token else None

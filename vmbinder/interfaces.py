@@ -57,15 +57,21 @@ def host_for_ip(ip: str) -> str:
     return f"{label}.{WILDCARD_DNS}"
 
 
-def base_url(address: str | None, hostname: str | None, tls: str) -> str | None:
-    """The server's root URL, or None when it has no public address yet."""
+def base_url(address: str | None, hostname: str | None, tls: str, port: str | None = None) -> str | None:
+    """The server's root URL, or None when it has no public address yet.
+
+    port is given when the server's 80/443 are forwarded to other ports (the
+    local target)."""
     if tls == "off":
         host = hostname or address
         if host and ":" in host:
             host = f"[{host}]"
-        return f"http://{host}/" if host else None
-    host = hostname or (host_for_ip(address) if address else None)
-    return f"https://{host}/" if host else None
+    else:
+        host = hostname or (host_for_ip(address) if address else None)
+    if not host:
+        return None
+    scheme = "http" if tls == "off" else "https"
+    return f"{scheme}://{host}:{port}/" if port else f"{scheme}://{host}/"
 
 
 def url_for(base: str, path: str, token: str | None) -> str:

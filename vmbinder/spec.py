@@ -82,7 +82,7 @@ def validate_name(name: str) -> str:
 
 def validate_hostname(hostname: str) -> str:
     host = hostname.strip().lower().rstrip(".")
-    if not HOSTNAME_RE.match(host):
+    if host != "localhost" and not HOSTNAME_RE.match(host):
         raise BadRequest(
             f"invalid --hostname {hostname!r}",
             "give a fully qualified DNS name such as binder.example.org that points at the "

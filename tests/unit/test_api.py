@@ -136,3 +136,17 @@ def test_delete_checks_every_name_before_deleting_any():
     assert len(provider.servers) == 1
     removed = api.delete(provider, ["demo"])
     assert [r.kind for r in removed] == ["server"] and provider.servers == {}
+
+
+def test_forwarded_ports_appear_in_the_urls():
+    from vmbinder.providers.base import META, Server
+
+    meta = {META + "token": "t0k", META + "tls": "internal", META + "hostname": "localhost",
+            META + "https-port": "45443", META + "open": "lab/tree/a b.ipynb"}
+    server = Server("id", "demo", "active", "ACTIVE", "127.0.0.1", meta)
+    acc = api.access(server)
+    assert acc.urls["lab"] == "https://localhost:45443/lab?token=t0k"
+    assert acc.open_url == "https://localhost:45443/lab/tree/a%20b.ipynb?token=t0k"
+    off = Server("id", "demo", "active", "ACTIVE", "127.0.0.1",
+                 {META + "tls": "off", META + "http-port": "45080"})
+    assert api.access(off).urls["tree"] == "http://127.0.0.1:45080/tree"
