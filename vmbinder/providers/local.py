@@ -51,6 +51,13 @@ from vmbinder.providers.base import (
     Resolved,
     Server,
 )
+from vmbinder.providers.local_image import (
+    cloud_image,
+    images_dir,
+    load_image,
+    resolve_image,
+    write_seed,
+)
 from vmbinder.providers.local_qemu import (
     CONSOLE,
     FORWARDS,
@@ -61,22 +68,17 @@ from vmbinder.providers.local_qemu import (
     QEMU_IMG,
     SEED,
     SERVER_JSON,
-    cloud_image,
     console_tail,
     detect_accel,
     free_ports,
-    images_dir,
     is_our_qemu,
-    load_image,
     overlay_argv,
     parse_flavor,
     qemu_argv,
     qmp,
     read_pid,
-    resolve_image,
     state_root,
     stop,
-    write_seed,
 )
 from vmbinder.providers.openstack_common import (
     _candidates,

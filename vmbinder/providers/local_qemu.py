@@ -1,12 +1,11 @@
-"""The local provider's parts that do not depend on a launch: guest images,
-the flavor format, choosing an accelerator, qemu's command line, the NoCloud
-seed, and the qemu process (is it ours, stop it, talk to it over QMP)."""
+"""The local provider's qemu parts that do not depend on a launch: the flavor
+format, choosing an accelerator, the command line, and the qemu process (is it
+ours, stop it, talk to it over QMP)."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import io
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmbinder import errors
+from vmbinder.providers.local_image import Image
 
 #: Debian/Ubuntu packages that provide the programs this provider runs.
 HOST_PACKAGES = ("qemu-system-x86", "qemu-utils")
@@ -28,9 +28,6 @@ INSTALL_HINT = f"install qemu: sudo apt-get install {' '.join(HOST_PACKAGES)}"
 #: `kvm` or `tcg`: overrides what detect_accel() finds.
 ACCEL_ENV = "VMBINDER_QEMU_ACCEL"
 ACCELS = ("kvm", "tcg")
-#: Folder of guest images; default $XDG_CACHE_HOME/vmbinder/images.
-IMAGES_ENV = "VMBINDER_IMAGES_DIR"
-IMAGE_FILE = "image.json"
 
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY_MB = 2048
@@ -52,133 +49,15 @@ PIDFILE = "qemu.pid"
 #: is limited to 107 bytes, which a long home folder can exceed.
 QMP_SOCKET = "qmp.sock"
 
-QCOW2_MAGIC = b"QFI\xfb"
 KVM_GET_API_VERSION = 0xAE00
 KVM_API_VERSION = 12
 
 
-def _base(env: Mapping[str, str], var: str, default: str) -> Path:
-    value = env.get(var)
-    return Path(value) if value else Path(env.get("HOME") or Path.home()) / default
-
-
-def images_dir(env: Mapping[str, str] = os.environ) -> Path:
-    if env.get(IMAGES_ENV):
-        return Path(env[IMAGES_ENV]).expanduser()
-    return _base(env, "XDG_CACHE_HOME", ".cache") / "vmbinder" / "images"
-
-
 def state_root(env: Mapping[str, str] = os.environ) -> Path:
-    return _base(env, "XDG_STATE_HOME", ".local/state") / "vmbinder" / "local"
-
-
-# -- images -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Image:
-    """What to boot: a folder made by the image builder (kernel, initrd, disk,
-    kernel command line), or a plain cloud image booted by its own bootloader."""
-
-    name: str
-    path: Path
-    disk: Path
-    disk_format: str
-    kernel: Path | None = None
-    initrd: Path | None = None
-    append: str | None = None
-    baked: bool = False
-    created: str = ""
-
-
-def disk_format(path: Path) -> str:
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
-
-
-def load_image(folder: Path) -> Image:
-    """An image folder: image.json and the files it names, relative to it."""
-    folder = folder.resolve()
-    try:
-        doc = json.loads((folder / IMAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        doc = exc
-    if not isinstance(doc, dict):
-        raise errors.ConfigError(
-            f"cannot read {folder / IMAGE_FILE}: {doc if isinstance(doc, Exception) else 'not a JSON object'}",
-            "build the image again, or pass the path of a qcow2 cloud image to --image",
-        )
-
-    def member(key: str, required: bool) -> Path | None:
-        value = doc.get(key)
-        if not value:
-            if required:
-                raise errors.ConfigError(f"{folder / IMAGE_FILE} has no {key!r}",
-                                         "build the image again")
-            return None
-        path = folder / value
-        if not path.is_file():
-            raise errors.ConfigError(f"image {folder.name}: {key} file {path} is missing",
-                                     "build the image again")
-        return path
-
-    disk = member("disk", True)
-    kernel = member("kernel", False)
-    initrd = member("initrd", False)
-    append = doc.get("append") or (f"root={doc.get('root', '/dev/vda')} console=ttyS0"
-                                   if kernel else None)
-    return Image(
-        name=str(doc.get("name") or folder.name), path=folder, disk=disk,
-        disk_format=disk_format(disk), kernel=kernel, initrd=initrd, append=append,
-        baked=bool(doc.get("baked")), created=str(doc.get("created") or ""),
-    )
-
-
-def cloud_image(path: Path) -> Image:
-    """A single qcow2 file (an Ubuntu or Debian cloud image): its own bootloader boots it."""
-    path = path.resolve()
-    if disk_format(path) != "qcow2":
-        raise errors.ConfigError(
-            f"{path} is not a qcow2 image",
-            f"convert it first: qemu-img convert -O qcow2 {path} {path.stem}.qcow2",
-        )
-    return Image(name=path.name, path=path, disk=path, disk_format="qcow2")
-
-
-def list_images(folder: Path) -> list[Path]:
-    try:
-        return sorted(p for p in folder.iterdir() if (p / IMAGE_FILE).is_file())
-    except OSError:
-        return []
-
-
-def resolve_image(wanted: str | None, folder: Path) -> Image:
-    """--image: a name under the images folder, an image folder, or a qcow2 file.
-    None picks a baked image before an unbaked one, then the newest."""
-    if wanted:
-        as_path = Path(wanted).expanduser()
-        looks_like_path = "/" in wanted or wanted.startswith((".", "~"))
-        if not looks_like_path and (folder / wanted / IMAGE_FILE).is_file():
-            return load_image(folder / wanted)
-        if as_path.is_dir() and (as_path / IMAGE_FILE).is_file():
-            return load_image(as_path)
-        if as_path.is_file():
-            return cloud_image(as_path)
-        if as_path.is_dir():
-            raise errors.ConfigError(f"{as_path} has no {IMAGE_FILE}",
-                                     "pass an image folder made by the image builder")
-        raise errors.ConfigError(f"image {wanted!r} not found", _choose_hint(folder))
-    found = [load_image(p) for p in list_images(folder)]
-    if not found:
-        raise errors.ConfigError(f"no --image given and no image in {folder}", _choose_hint(folder))
-    return max(found, key=lambda i: (i.baked, i.created, i.name))
-
-
-def _choose_hint(folder: Path) -> str:
-    names = [p.name for p in list_images(folder)]
-    have = ", ".join(names) if names else f"(none in {folder})"
-    return (f"choose one with --image (or VMBINDER_IMAGE): {have}; --image also takes an "
-            f"image folder or a qcow2 cloud image file ({IMAGES_ENV} moves the images folder)")
+    """$XDG_STATE_HOME/vmbinder/local, default ~/.local/state/vmbinder/local."""
+    base = env.get("XDG_STATE_HOME")
+    home = Path(env.get("HOME") or Path.home())
+    return (Path(base) if base else home / ".local" / "state") / "vmbinder" / "local"
 
 
 # -- flavor -----------------------------------------------------------------------
@@ -319,46 +198,6 @@ def qemu_argv(*, name: str, image: Image, state: Path, ports: Mapping[str, int],
 def overlay_argv(image: Image, state: Path) -> list[str]:
     return [QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", image.disk_format,
             str(state / OVERLAY), OVERLAY_SIZE]
-
-
-# -- the NoCloud seed -------------------------------------------------------------
-
-
-def write_seed(path: Path, user_data: str, meta_data: str) -> None:
-    """An ISO 9660 volume labelled `cidata` holding user-data and meta-data
-    (Rock Ridge and Joliet names), readable by this user only."""
-    import pycdlib
-
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
-    for name, text in (("user-data", user_data), ("meta-data", meta_data)):
-        data = text.encode()
-        iso.add_fp(io.BytesIO(data), len(data), f"/{name.replace('-', '').upper()}.;1",
-                   rr_name=name, joliet_path=f"/{name}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        iso.write_fp(f)
-    iso.close()
-
-
-def read_seed(path: Path) -> dict[str, str]:
-    """The files of a seed ISO by their Rock Ridge names, and its label under "volume"."""
-    import pycdlib
-
-    iso = pycdlib.PyCdlib()
-    iso.open(str(path))
-    try:
-        found = {"volume": iso.pvd.volume_identifier.decode().strip()}
-        for child in iso.list_children(rr_path="/"):
-            if child.is_file():
-                out = io.BytesIO()
-                name = child.rock_ridge.name().decode()
-                iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
-                found[name] = out.getvalue().decode()
-        return found
-    finally:
-        iso.close()
 
 
 # -- the qemu process -------------------------------------------------------------
