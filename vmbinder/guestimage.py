@@ -23,10 +23,10 @@ import struct
 import subprocess
 import time
 import zlib
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import click
 
@@ -34,9 +34,8 @@ from vmbinder import errors
 
 #: Debian packages this module runs on the host (the setup script installs them).
 HOST_PACKAGES = ("debootstrap", "qemu-utils", "e2fsprogs", "zstd", "lz4", "xz-utils")
-#: Host tools checked before anything starts, with the package that brings them.
-HOST_TOOLS = {"debootstrap": "debootstrap", "mkfs.ext4": "e2fsprogs",
-              "qemu-img": "qemu-utils", "lz4": "lz4", "unzstd": "zstd"}
+#: Host tools checked before anything starts.
+HOST_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img", "lz4", "unzstd")
 
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -57,6 +56,7 @@ APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 DISK_SIZE = "20G"
 GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+HOST_APT = Path("/etc/apt")
 CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "LANG": "C",
               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 TRIXIE_PIN = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
@@ -82,20 +82,25 @@ class ImageInfo:
 
 
 class Runner:
-    """Runs host commands; tests inject a fake with the same call signature."""
+    """Runs host commands, appending each with its output to a log file.
 
-    def __init__(self, log: Log):
-        self.log = log
+    Tests inject a fake with the same call signature."""
+
+    def __init__(self, logfile: Path):
+        self.logfile = Path(logfile)
 
     def __call__(self, argv: Sequence[str], *, env: dict | None = None,
                  capture: bool = False, check: bool = True) -> str:
-        proc = subprocess.run(list(argv), env=env, text=True, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.run(list(argv), check=False, env=env, text=True, errors="replace",
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+        with self.logfile.open("a") as f:
+            f.write(f"$ {' '.join(argv)}\n{proc.stdout}[exit {proc.returncode}]\n")
         if check and proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-25:])
+            tail = "\n".join(proc.stdout.splitlines()[-20:])
             raise errors.BuildFailed(
-                f"{' '.join(argv[:4])} ... exited with {proc.returncode}:\n{tail}",
-                "Fix the cause shown above and run `vmbinder image build` again.")
+                f"{' '.join(argv[:3])} ... exited with {proc.returncode}:\n{tail}",
+                f"The full log is {self.logfile}. Fix the cause and build again.")
         return proc.stdout if capture else ""
 
 
@@ -147,8 +152,13 @@ def guest_sources(host_files: dict[str, str], suite: str = SUITE) -> dict[str, s
 
 def mirror_of(sources: dict[str, str]) -> str:
     """The first plain Debian archive URI among the kept sources, for debootstrap."""
-    for text in sources.values():
-        for uri in re.findall(r"(?:URIs:\s*|deb\s+(?:\[[^\]]*\]\s+)?)(\S+)", text):
+    for name, text in sources.items():
+        if name.endswith(".sources"):
+            uris = [u for s in _stanzas(text) for u in _field(s, "URIs")]
+        else:
+            uris = [re.sub(r"^deb\s+(\[[^\]]*\]\s+)?", "", ln).split()[0]
+                    for ln in text.splitlines() if ln.startswith("deb ")]
+        for uri in uris:
             if not uri.rstrip("/").endswith("-security"):
                 return uri
     return DEFAULT_MIRROR
@@ -161,7 +171,7 @@ def trixie_sources(mirror: str) -> str:
 
 def host_apt_settings(conf_files: dict[str, str]) -> dict[str, str]:
     """The host's apt.conf.d files that say how to reach the archive (Acquire::...)."""
-    return {n: t for n, t in conf_files.items() if re.search(r"^\s*Acquire::", t, re.M)}
+    return {n: t for n, t in conf_files.items() if re.search(r"^\s*Acquire::", t, re.MULTILINE)}
 
 
 def _read_dir(path: Path, pattern: str) -> dict[str, str]:
@@ -184,33 +194,35 @@ def _decompress(kind: str, data: bytes) -> bytes:
     # bytes (the kernel appends the uncompressed size) make them exit non-zero
     # after a complete output, so the result is judged by its ELF header instead.
     argv = {"zstd": ["unzstd", "-c"], "lz4": ["lz4", "-dc"]}[kind]
-    return subprocess.run(argv, input=data, capture_output=True).stdout
+    return subprocess.run(argv, input=data, capture_output=True, check=False).stdout
+
+
+def _payloads(bzimage: bytes):
+    """Where the compressed kernel may start: the boot header's exact payload first,
+    then every compression magic in the file, as scripts/extract-vmlinux scans."""
+    view = memoryview(bzimage)
+    if bzimage[0x202:0x206] == b"HdrS":
+        start = ((bzimage[0x1F1] or 4) + 1) * 512
+        offset, length = struct.unpack_from("<II", bzimage, 0x248)
+        yield view[start + offset:start + offset + length]
+    for _, magic in _MAGICS:
+        for m in re.finditer(re.escape(magic), bzimage):
+            yield view[m.start():]
 
 
 def extract_vmlinux(bzimage: bytes) -> bytes:
-    """The uncompressed ELF kernel inside a bzImage (what scripts/extract-vmlinux does).
-
-    The x86 boot header gives the payload's offset and length exactly; the magic
-    scan over the whole file is the fallback for images without it.
-    """
-    candidates = []
-    if bzimage[0x202:0x206] == b"HdrS":
-        start = (bzimage[0x1F1] or 4) * 512 + 512
-        offset, length = struct.unpack_from("<II", bzimage, 0x248)
-        candidates.append(bzimage[start + offset:start + offset + length])
-    for _, magic in _MAGICS:
-        candidates += [bzimage[m.start():] for m in re.finditer(re.escape(magic), bzimage)]
-    for payload in candidates:
+    """The uncompressed ELF kernel inside a bzImage (vmlinuz)."""
+    for payload in _payloads(bzimage):
         for kind, magic in _MAGICS:
-            if payload.startswith(magic):
+            if bytes(payload[:len(magic)]) == magic:
                 try:
-                    out = _decompress(kind, payload)
+                    out = _decompress(kind, bytes(payload))
                 except (OSError, EOFError, lzma.LZMAError, zlib.error):
                     continue
                 if out[:4] == b"\x7fELF":
                     return out
     raise errors.BuildFailed("no ELF kernel found inside the compressed kernel image",
-                             "Check the kernel package; extract-vmlinux knows the formats.")
+                             "The kernel package may use a compression this does not know.")
 
 
 # ------------------------------------------------------------------- chroot
@@ -232,13 +244,19 @@ def _sigterm_as_interrupt():
 
 
 class InChroot:
-    """Runs a command inside the rootfs with a clean, non-interactive environment."""
+    """Runs a command, or a step of guest/provision.sh, inside the rootfs."""
+
+    SCRIPT = "/tmp/vmbinder-provision.sh"
 
     def __init__(self, root: Path, run: Runner):
         self.root, self.run = root, run
 
     def __call__(self, argv: Sequence[str], *, capture: bool = False) -> str:
         return self.run(["chroot", str(self.root), *argv], env=CHROOT_ENV, capture=capture)
+
+    def step(self, *args: str) -> str:
+        shutil.copy(GUEST_DIR / "provision.sh", self.root / self.SCRIPT.lstrip("/"))
+        return self(["/bin/sh", self.SCRIPT, *args])
 
 
 @contextmanager
@@ -279,13 +297,14 @@ def _dpkg_versions(root: Path, packages: Sequence[str], run: Runner) -> dict[str
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
-def _install_ca(root: Path, ca_files: Sequence[Path], in_chroot) -> None:
+def _install_ca(root: Path, ca_files: Sequence[Path], in_chroot: InChroot) -> None:
+    """The extra CAs join the system bundle, and pip reads that bundle too."""
     dest = root / HOST_CA_DIR.relative_to("/")
     dest.mkdir(parents=True, exist_ok=True)
     for ca in ca_files:
         shutil.copy(ca, dest / (Path(ca).stem + ".crt"))
     shutil.copy(GUEST_DIR / "rootfs/etc/pip.conf", root / "etc/pip.conf")
-    in_chroot(["update-ca-certificates"])
+    in_chroot.step("ca")
 
 
 def _debootstrap(root: Path, include: Sequence[str], mirror: str, run: Runner) -> None:
@@ -293,23 +312,19 @@ def _debootstrap(root: Path, include: Sequence[str], mirror: str, run: Runner) -
          "--components=main", SUITE, str(root), mirror])
 
 
-def _trim(root: Path) -> None:
-    """Drop what a built image never reads: apt lists and caches, docs, man pages."""
-    for sub in ("var/lib/apt/lists", "var/cache/apt", "usr/share/doc", "usr/share/man",
-                "usr/share/info", "root/.cache", "tmp", "var/tmp"):
-        path = root / sub
-        if path.is_dir():
-            for child in path.iterdir():
-                if child.name != "partial":
-                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() \
-                        else child.unlink()
-    for log_file in (root / "var/log").rglob("*"):
-        if log_file.is_file():
-            log_file.unlink()
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [m.split()[1] for m in mounts if m.split()[1].startswith(prefix)]
 
 
 def _prepare_workdir(work: Path) -> Path:
+    """A fresh work folder; never deletes through a mount left by an earlier run."""
     if work.exists():
+        if _mounts_under(work):
+            raise errors.BuildFailed(
+                f"{work} still has mounts from an earlier build: {_mounts_under(work)}",
+                f"Unmount them first: umount -R {work}/rootfs/*")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     return work / "rootfs"
@@ -322,10 +337,11 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
                 log: Log, run: Runner | None = None, disk_size: str = DISK_SIZE,
                 keep_rootfs: bool = False) -> ImageInfo:
     preflight()
-    run = run or Runner(log)
     output_dir = Path(output_dir)
+    run = run or Runner(output_dir / "build.log")
+    log(f"full log: {output_dir / 'build.log'}")
     root = _prepare_workdir(output_dir / "work")
-    host_apt = Path("/etc/apt")
+    host_apt = HOST_APT
     sources = guest_sources({**_read_dir(host_apt / "sources.list.d", "*"),
                              **_read_dir(host_apt, "sources.list")}) \
         if apt_sources_from_host else {}
@@ -342,12 +358,10 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
         with chroot(root, run, log) as in_chroot:
             _install_ca(root, ca_files, in_chroot)
             with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
-                in_chroot(["apt-get", "update", "-q"])
-                in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                           *GUEST_PACKAGES])
+                in_chroot.step("apt", *GUEST_PACKAGES)
             if baked:
                 _bake(root, in_chroot, repo2docker_version, run, log)
-            in_chroot(["apt-get", "clean"])
+            in_chroot.step("trim")
     _finish_rootfs(root)
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
                                      "systemd", *((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE)
@@ -360,7 +374,6 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
         (output_dir / "vmlinux").write_bytes(extract_vmlinux(kernel.read_bytes()))
         shutil.copy(initrd, output_dir / "initrd.img")
         contents["kernel"] = kernel.name.removeprefix("vmlinuz-")
-    _trim(root)
     with step(log, f"mkfs.ext4 -d and qemu-img convert ({disk_size} sparse)"):
         make_disk(root, output_dir, disk_size, run, keep_raw=keep_rootfs)
     info = ImageInfo(name=f"debian-12-{'baked' if baked else 'stock'}", distro="debian-12",
@@ -389,15 +402,10 @@ def _write_apt_config(root: Path, sources: dict[str, str], mirror: str, baked: b
 
 def _bake(root: Path, in_chroot, r2d_version: str, run: Runner, log: Log) -> None:
     with step(log, "bake " + " ".join((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE))):
-        in_chroot(["apt-get", "update", "-q"])
-        in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                   *BAKED_PACKAGES])
-        in_chroot(["apt-get", "install", "-y", "-q", "--no-install-recommends",
-                   "-t", "trixie", *BAKED_FROM_TRIXIE])
+        in_chroot.step("apt", *BAKED_PACKAGES)
+        in_chroot.step("apt-from", "trixie", *BAKED_FROM_TRIXIE)
     with step(log, f"bake jupyter-repo2docker=={r2d_version} in {REPO2DOCKER_VENV}"):
-        in_chroot(["python3", "-m", "venv", REPO2DOCKER_VENV])
-        in_chroot([f"{REPO2DOCKER_VENV}/bin/pip", "install", "-q", "--no-cache-dir",
-                   f"jupyter-repo2docker=={r2d_version}"])
+        in_chroot.step("venv", REPO2DOCKER_VENV, f"jupyter-repo2docker=={r2d_version}")
     versions = _dpkg_versions(root, (*BAKED_PACKAGES, *BAKED_FROM_TRIXIE), run)
     versions["jupyter-repo2docker"] = r2d_version
     baked = {"repo2docker_venv": REPO2DOCKER_VENV, "packages": versions,
@@ -445,11 +453,12 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
                          run: Runner | None = None, keep_rootfs: bool = False) -> dict:
     """A rootfs tarball for `docker import`, with Jupyter in a venv owned by jovyan (1000)."""
     preflight()
-    run = run or Runner(log)
     output_tar = Path(output_tar)
+    run = run or Runner(Path(f"{output_tar}.log"))
+    log(f"full log: {output_tar}.log")
     work = output_tar.parent / (output_tar.name + ".work")
     root = _prepare_workdir(work)
-    sources = guest_sources({**_read_dir(Path("/etc/apt/sources.list.d"), "*")})
+    sources = guest_sources(_read_dir(HOST_APT / "sources.list.d", "*"))
     mirror = mirror_of(sources)
     with _sigterm_as_interrupt():
         with step(log, f"debootstrap {SUITE} minbase for the container base image"):
@@ -457,14 +466,10 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
         with chroot(root, run, log) as in_chroot:
             _install_ca(root, ca_files, in_chroot)
             with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
-                in_chroot(["python3", "-m", "venv", BASE_VENV])
-                in_chroot([f"{BASE_VENV}/bin/pip", "install", "-q", "--no-cache-dir",
-                           *BASE_PIP_PACKAGES])
-            in_chroot(["useradd", "--create-home", "--uid", "1000", "--user-group",
-                       "--shell", "/bin/bash", "jovyan"])
-            in_chroot(["chown", "-R", "1000:1000", BASE_VENV])
+                in_chroot.step("venv", BASE_VENV, *BASE_PIP_PACKAGES)
+            in_chroot.step("user", "jovyan", "1000", BASE_VENV)
             freeze = in_chroot([f"{BASE_VENV}/bin/pip", "freeze"], capture=True)
-    _trim(root)
+            in_chroot.step("trim")
     for name in ("etc/resolv.conf", "etc/hostname"):
         if (root / name).is_file():
             (root / name).write_text("")

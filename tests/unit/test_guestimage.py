@@ -1,0 +1,321 @@
+import json
+import lzma
+import shutil
+import struct
+import subprocess
+import tarfile
+import zlib
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from vmbinder import errors
+from vmbinder import guestimage as gi
+
+ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
+HOST_SOURCES = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
+
+def bzimage(payload: bytes, *, header: bool = True, setup_sects: int = 3) -> bytes:
+    """A minimal x86 bzImage: boot sector + setup, then the protected-mode part
+    whose payload_offset/payload_length the boot header records."""
+    setup = bytearray((setup_sects + 1) * 512)
+    if header:
+        setup[0x1F1] = setup_sects
+        setup[0x202:0x206] = b"HdrS"
+        struct.pack_into("<II", setup, 0x248, 100, len(payload))
+    # junk before the payload that starts like an lzma stream must not confuse the scan
+    return bytes(setup) + b"\x5d\x00\x00junk" + b"\x00" * 91 + payload + struct.pack("<I", len(ELF))
+
+
+def gzip_bytes(data: bytes) -> bytes:
+    c = zlib.compressobj(wbits=31)
+    return c.compress(data) + c.flush()
+
+
+@pytest.mark.parametrize("compress", [lambda d: lzma.compress(d, lzma.FORMAT_XZ), gzip_bytes],
+                         ids=["xz", "gzip"])
+@pytest.mark.parametrize("header", [True, False], ids=["boot-header", "magic-scan"])
+def test_extract_vmlinux_finds_the_elf_kernel(compress, header):
+    assert gi.extract_vmlinux(bzimage(compress(ELF), header=header)) == ELF
+
+
+@pytest.mark.skipif(shutil.which("lz4") is None, reason="lz4 command not installed")
+def test_extract_vmlinux_lz4_legacy_frame_like_debian_12_cloud_kernel():
+    legacy = subprocess.run(["lz4", "-l", "-c"], input=ELF, capture_output=True,
+                            check=True).stdout
+    assert legacy[:4] == b"\x02\x21\x4c\x18"
+    assert gi.extract_vmlinux(bzimage(legacy)) == ELF
+
+
+def test_extract_vmlinux_without_an_elf_inside_is_a_build_failure():
+    with pytest.raises(errors.BuildFailed, match="no ELF kernel"):
+        gi.extract_vmlinux(bzimage(lzma.compress(b"not a kernel", lzma.FORMAT_XZ)))
+
+
+# ------------------------------------------------------------------ apt
+
+
+def test_guest_sources_keep_bookworm_and_drop_third_party():
+    kept = gi.guest_sources({
+        "debian.sources": HOST_SOURCES,
+        "nodesource.sources": "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\n"
+                              "Suites: nodistro\nComponents: main\n",
+        "cloud-sdk.list": "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n",
+        "old.list": "# comment\ndeb [arch=amd64] http://m.example/debian bookworm main\n"
+                    "deb-src http://m.example/debian bookworm main\n",
+    })
+    assert set(kept) == {"debian.sources", "old.list"}
+    assert kept["debian.sources"].count("Types: deb") == 2
+    assert kept["old.list"] == "deb [arch=amd64] http://m.example/debian bookworm main\n"
+
+
+def test_mirror_is_the_hosts_archive_not_security_nor_a_comment():
+    assert gi.mirror_of({"debian.sources": HOST_SOURCES}) == "http://mirror.example/debian"
+    assert gi.mirror_of({"a.list": "deb [signed-by=/k.gpg] http://m.example/d bookworm main\n"}) \
+        == "http://m.example/d"
+    assert gi.mirror_of({}) == gi.DEFAULT_MIRROR
+
+
+def test_trixie_is_pinned_below_bookworm():
+    assert gi.trixie_sources("http://mirror.example/debian") == (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    assert gi.TRIXIE_PIN == "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
+
+
+def test_only_host_apt_settings_about_acquiring_are_copied():
+    kept = gi.host_apt_settings({
+        "99artifact-registry": 'Acquire::Check-Valid-Until "false";\n',
+        "01proxy": 'Acquire::http::Proxy "http://proxy:3128";\n',
+        "70debconf": 'DPkg::Pre-Install-Pkgs {"/usr/sbin/dpkg-preconfigure --apt || true";};\n',
+    })
+    assert set(kept) == {"99artifact-registry", "01proxy"}
+
+
+# ------------------------------------------------------------ refusals
+
+
+def test_refuses_without_root_naming_the_fix():
+    with pytest.raises(errors.BadRequest) as exc:
+        gi.preflight(euid=1000, which=lambda tool: "/usr/bin/" + tool)
+    assert exc.value.exit_code == 2
+    assert exc.value.hint == "Run it as root: sudo vmbinder image build ..."
+
+
+def test_refuses_when_a_host_tool_is_missing():
+    with pytest.raises(errors.ConfigError) as exc:
+        gi.preflight(euid=0, which=lambda tool: None if tool == "qemu-img" else "/x")
+    assert exc.value.exit_code == 3
+    assert str(exc.value) == "host tools missing: qemu-img"
+    assert exc.value.hint.startswith("apt-get install debootstrap qemu-utils e2fsprogs zstd")
+
+
+def test_cli_refuses_before_touching_anything(monkeypatch, tmp_path):
+    monkeypatch.setattr(gi.os, "geteuid", lambda: 1000)
+    with pytest.raises(errors.BadRequest):
+        CliRunner().invoke(gi.image, ["build", "--output", str(tmp_path / "img")],
+                           catch_exceptions=False)
+    assert not (tmp_path / "img").exists()
+
+
+def test_cli_help_names_the_default_output():
+    res = CliRunner().invoke(gi.image, ["build", "--help"], catch_exceptions=False,
+                            terminal_width=200, max_content_width=200)
+    assert res.exit_code == 0
+    assert "~/.cache/vmbinder/images/debian-12-{baked|stock}" in res.output
+    assert gi.default_output(True).name == "debian-12-baked"
+
+
+# --------------------------------------------------- the build, faked
+
+
+class FakeRun:
+    """Records every command; makes the files the real tools would make."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[list[str]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv, *, env=None, capture=False, check=True):
+        argv = list(argv)
+        self.calls.append(argv)
+        if self.fail_on and self.fail_on in argv:
+            raise errors.BuildFailed(f"{self.fail_on} failed")
+        if argv[0] == "debootstrap":
+            make_rootfs(Path(argv[-2]))
+        elif argv[0] == "mkfs.ext4":
+            Path(argv[-2]).write_bytes(b"ext4")
+        elif argv[0] == "qemu-img":
+            Path(argv[-1]).write_bytes(b"QFI\xfb")
+        elif argv[0] == "tar":
+            tar_path = argv[argv.index("-cf") + 1]
+            with tarfile.open(tar_path, "w:gz") as tar:
+                tar.add(argv[argv.index("-C") + 1], arcname=".")
+        elif argv[0] == "dpkg-query":
+            return "".join(f"{p} 1.0-1\n" for p in argv[5:])
+        elif "freeze" in argv:
+            return "jupyterlab==4.4.1\nnotebook==7.4.1\njupyter_server==2.16.0\ntornado==6.5\n"
+        return ""
+
+    def chroot_steps(self):
+        return [c[4:] for c in self.calls if c[:1] == ["chroot"] and c[2:3] == ["/bin/sh"]]
+
+
+def make_rootfs(root: Path):
+    for d in ("boot", "etc/ssh", "etc/apt/sources.list.d", "etc/apt/apt.conf.d", "usr/sbin",
+              "tmp", "var/lib/dbus", "dev/pts", "proc", "sys"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "boot/vmlinuz-6.1.0-56-cloud-amd64").write_bytes(
+        bzimage(lzma.compress(ELF, lzma.FORMAT_XZ)))
+    (root / "boot/initrd.img-6.1.0-56-cloud-amd64").write_bytes(b"initrd")
+    (root / "etc/ssh/ssh_host_ed25519_key").write_text("secret")
+    (root / "etc/machine-id").write_text("0123456789abcdef\n")
+    (root / "var/lib/dbus/machine-id").write_text("0123456789abcdef\n")
+    (root / "etc/resolv.conf").write_text("nameserver 10.9.9.9\n")
+
+
+@pytest.fixture
+def host(monkeypatch, tmp_path):
+    apt = tmp_path / "host-apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "apt.conf.d").mkdir()
+    (apt / "sources.list.d/debian.sources").write_text(HOST_SOURCES)
+    (apt / "apt.conf.d/99valid").write_text('Acquire::Check-Valid-Until "false";\n')
+    monkeypatch.setattr(gi, "HOST_APT", apt)
+    monkeypatch.setattr(gi, "preflight", lambda: None)
+    ca = tmp_path / "egress-ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    return ca
+
+
+def test_stock_build_commands_and_image_json_contract(host, tmp_path):
+    run, out, lines = FakeRun(), tmp_path / "out", []
+    info = gi.build_image(out, baked=False, ca_files=[host], repo2docker_version="2026.4.0",
+                          log=lines.append, run=run, keep_rootfs=True)
+    doc = json.loads((out / "image.json").read_text())
+    assert list(doc) == ["name", "distro", "baked", "created", "kernel", "initrd", "disk",
+                         "root", "append", "contents"]
+    assert doc["name"] == info.name == "debian-12-stock"
+    assert (doc["distro"], doc["baked"], doc["root"]) == ("debian-12", False, "/dev/vda")
+    assert (doc["kernel"], doc["initrd"], doc["disk"]) == ("vmlinux", "initrd.img", "disk.qcow2")
+    assert doc["append"].startswith("root=/dev/vda ") and "console=ttyS0" in doc["append"]
+    assert doc["contents"]["kernel"] == "6.1.0-56-cloud-amd64"
+    assert doc["contents"]["cloud-init"] == "1.0-1"
+    assert (out / "vmlinux").read_bytes() == ELF
+    assert (out / "initrd.img").read_bytes() == b"initrd"
+
+    root = out / "work/rootfs"
+    first = run.calls[0]
+    assert first[:2] == ["debootstrap", "--variant=minbase"]
+    assert first[-3:] == ["bookworm", str(root), "http://mirror.example/debian"]
+    assert "--include=" + ",".join(gi.DEBOOTSTRAP_INCLUDE) in first
+    assert run.chroot_steps() == [["ca"], ["apt", *gi.GUEST_PACKAGES], ["trim"]]
+    mounts = [c for c in run.calls if c[0] in ("mount", "umount")]
+    assert [c[-1] for c in mounts] == [str(root / d) for d in
+                                       ("dev", "dev/pts", "proc", "sys", "sys", "proc",
+                                        "dev/pts", "dev")]
+    assert ["mkfs.ext4", "-q", "-F", "-L", "vmbinder-root", "-d", str(root),
+            str(out / "work/disk.raw"), "20G"] in run.calls
+    assert ["qemu-img", "convert", "-O", "qcow2", str(out / "work/disk.raw"),
+            str(out / "disk.qcow2")] in run.calls
+
+    assert (root / "usr/local/share/ca-certificates/egress-ca.crt").exists()
+    assert "cert = /etc/ssl/certs/ca-certificates.crt" in (root / "etc/pip.conf").read_text()
+    assert (root / "etc/apt/sources.list.d/debian.sources").read_text() == HOST_SOURCES
+    assert (root / "etc/apt/apt.conf.d/99valid").exists()
+    assert 'Check-Valid-Until "false"' in (root / "etc/apt/apt.conf.d/99vmbinder").read_text()
+    assert not (root / "etc/apt/preferences.d/trixie-pin").exists()
+    assert "datasource_list: [ NoCloud, None ]" in \
+        (root / "etc/cloud/cloud.cfg.d/90_vmbinder.cfg").read_text()
+    assert "iface eth0 inet dhcp" in (root / "etc/network/interfaces.d/vmbinder-dhcp").read_text()
+    assert not list((root / "etc/ssh").glob("ssh_host_*"))
+    assert (root / "etc/machine-id").read_text() == ""
+    assert not (root / "var/lib/dbus/machine-id").exists()
+    assert (root / "etc/resolv.conf").read_text() == ""
+    assert not (root / "usr/sbin/policy-rc.d").exists()
+    assert any("done in" in line for line in lines)
+
+
+def test_baked_build_pins_trixie_and_records_what_it_baked(host, tmp_path):
+    run, out = FakeRun(), tmp_path / "out"
+    info = gi.build_image(out, baked=True, ca_files=[host], repo2docker_version="2026.4.0",
+                          log=lambda m: None, run=run, keep_rootfs=True)
+    assert info.baked and info.name == "debian-12-baked"
+    assert run.chroot_steps() == [
+        ["ca"], ["apt", *gi.GUEST_PACKAGES],
+        ["apt", "docker.io", "apparmor", "xz-utils", "caddy", "git"],
+        ["apt-from", "trixie", "docker-buildx"],
+        ["venv", "/opt/vmbinder/repo2docker", "jupyter-repo2docker==2026.4.0"],
+        ["trim"]]
+    root = out / "work/rootfs"
+    assert (root / "etc/apt/preferences.d/trixie-pin").read_text() == gi.TRIXIE_PIN
+    assert "Suites: trixie" in (root / "etc/apt/sources.list.d/trixie.sources").read_text()
+    baked = json.loads((root / "etc/vmbinder/baked.json").read_text())
+    assert baked["repo2docker_venv"] == "/opt/vmbinder/repo2docker"
+    assert baked["packages"]["jupyter-repo2docker"] == "2026.4.0"
+    assert baked["packages"]["docker-buildx"] == "1.0-1"
+    assert info.contents["jupyter-repo2docker"] == "2026.4.0"
+    assert info.contents["docker.io"] == "1.0-1"
+    assert (out / "work/disk.raw").exists()  # kept with keep_rootfs, for debugfs
+
+
+def test_a_failing_chroot_step_still_unmounts_everything(host, tmp_path):
+    run, out = FakeRun(fail_on="apt"), tmp_path / "out"
+    with pytest.raises(errors.BuildFailed):
+        gi.build_image(out, baked=False, ca_files=[], repo2docker_version="x",
+                       log=lambda m: None, run=run)
+    mounted = [c[-1] for c in run.calls if c[0] == "mount"]
+    unmounted = [c[-1] for c in run.calls if c[0] == "umount"]
+    assert len(mounted) == 4 and unmounted == mounted[::-1]
+    assert not (out / "work/rootfs/usr/sbin/policy-rc.d").exists()
+
+
+def test_ctrl_c_inside_the_chroot_unmounts(tmp_path):
+    run, root = FakeRun(), tmp_path / "rootfs"
+    make_rootfs(root)
+    with pytest.raises(KeyboardInterrupt):
+        with gi.chroot(root, run, log=lambda m: None):
+            raise KeyboardInterrupt
+    assert [c[0] for c in run.calls] == ["mount"] * 4 + ["umount"] * 4
+
+
+def test_base_container_tarball_and_its_docker_import_sidecar(host, tmp_path):
+    run, tar = FakeRun(), tmp_path / "base-container.tar.gz"
+    doc = gi.build_base_container(tar, ca_files=[host], log=lambda m: None, run=run)
+    assert run.calls[0][2] == "--include=python3-venv,ca-certificates"
+    assert run.chroot_steps() == [["ca"], ["venv", "/srv/venv", "jupyterlab", "notebook",
+                                           "jupyter-server"],
+                                  ["user", "jovyan", "1000", "/srv/venv"], ["trim"]]
+    tar_call = next(c for c in run.calls if c[0] == "tar")
+    assert "--numeric-owner" in tar_call and "--gzip" in tar_call
+    side = json.loads(Path(f"{tar}.json").read_text())
+    assert side == doc
+    assert "ENV PATH=/srv/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+        in side["changes"]
+    assert {"USER 1000", "WORKDIR /home/jovyan"} <= set(side["changes"])
+    assert side["contents"] == {"jupyterlab": "4.4.1", "notebook": "7.4.1",
+                                "jupyter_server": "2.16.0"}
+    argv = gi.docker_import_argv("/srv/base.tar.gz", side)
+    assert argv[:4] == ["docker", "import", "--change", side["changes"][0]]
+    assert argv[-2:] == ["/srv/base.tar.gz", "vmbinder/base:bookworm"]
+    assert not (tmp_path / "base-container.tar.gz.work").exists()
+
+
+def test_provision_script_is_valid_shell():
+    subprocess.run(["sh", "-n", str(gi.GUEST_DIR / "provision.sh")], check=True)
+    subprocess.run(["bash", "-n", str(gi.GUEST_DIR / "boot-check.sh")], check=True)
