@@ -50,9 +50,13 @@ class Context:
         self._provider = None
 
     @property
+    def is_local(self) -> bool:
+        return self.os_cloud == LOCAL or (self.os_cloud is None and not _openstack_configured())
+
+    @property
     def provider(self):
         if self._provider is None:
-            if self.os_cloud == LOCAL or (self.os_cloud is None and not _openstack_configured()):
+            if self.is_local:
                 from vmbinder.providers.local import LocalProvider
 
                 self._provider = LocalProvider()
@@ -191,8 +195,9 @@ def cli(ctx, os_cloud, quiet):
 @click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
               help="Who may reach SSH (port 22).")
 @click.option("--hostname", help="Your own DNS name for the server [default: <ip>.sslip.io].")
-@click.option("--tls", type=click.Choice(("acme", "internal", "off")), default="acme",
-              show_default=True, help="HTTPS certificate: Let's Encrypt, self-signed, or plain HTTP.")
+@click.option("--tls", type=click.Choice(("acme", "internal", "off")),
+              help="HTTPS certificate: Let's Encrypt (default on a cloud), Caddy's own CA "
+                   "(default on the local target), or plain HTTP.")
 @click.option("--ca-cert", "ca_certs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               metavar="FILE", help="Extra CA certificate (PEM) the server must trust; repeatable.")
 @click.option("--apt-mirror", metavar="URL", help="Debian/Ubuntu package mirror for the server.")
@@ -222,7 +227,9 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
         apt_mirror=apt_mirror, pip_index_url=pip_index_url,
     )
-    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls,
+    if obj.is_local:  # reached on this machine's loopback: no public DNS name, no ACME
+        hostname, tls = hostname or "localhost", tls or "internal"
+    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls or "acme",
                            guest_network=guest_network)
     if dry_run:
         doc = api.dry_run(spec.with_token(DRY_RUN_TOKEN))
