@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import lzma
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -31,6 +32,7 @@ from pathlib import Path
 import click
 
 from vmbinder import errors
+from vmbinder.providers.local_image import images_dir
 
 #: Debian packages this module runs on the host (the setup script installs them).
 HOST_PACKAGES = ("debootstrap", "qemu-utils", "e2fsprogs", "zstd", "lz4", "xz-utils")
@@ -176,6 +178,15 @@ def host_apt_settings(conf_files: dict[str, str]) -> dict[str, str]:
 
 def _read_dir(path: Path, pattern: str) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(path.glob(pattern)) if p.is_file()}
+
+
+def _guest_apt_sources(from_host: bool) -> dict[str, str]:
+    """The host's Debian entries, or deb.debian.org when asked (or the host has none)."""
+    found = guest_sources({**_read_dir(HOST_APT / "sources.list.d", "*"),
+                           **_read_dir(HOST_APT, "sources.list")}) if from_host else {}
+    return found or {"debian.sources": (
+        f"Types: deb\nURIs: {DEFAULT_MIRROR}\nSuites: {SUITE} {SUITE}-updates\n"
+        f"Components: main\nSigned-By: {KEYRING}\n")}
 
 
 # ------------------------------------------------------------- kernel payload
@@ -341,20 +352,13 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
     run = run or Runner(output_dir / "build.log")
     log(f"full log: {output_dir / 'build.log'}")
     root = _prepare_workdir(output_dir / "work")
-    host_apt = HOST_APT
-    sources = guest_sources({**_read_dir(host_apt / "sources.list.d", "*"),
-                             **_read_dir(host_apt, "sources.list")}) \
-        if apt_sources_from_host else {}
-    sources = sources or {"debian.sources": (
-        f"Types: deb\nURIs: {DEFAULT_MIRROR}\nSuites: {SUITE} {SUITE}-updates\n"
-        f"Components: main\nSigned-By: {KEYRING}\n")}
+    sources = _guest_apt_sources(apt_sources_from_host)
     mirror = mirror_of(sources)
     with _sigterm_as_interrupt():
         with step(log, f"debootstrap {SUITE} minbase from {mirror}"):
             _debootstrap(root, DEBOOTSTRAP_INCLUDE, mirror, run)
-        _write_apt_config(root, sources, mirror, baked,
-                          _read_dir(host_apt / "apt.conf.d", "*") if apt_sources_from_host
-                          else {})
+        _write_apt_config(root, sources, mirror, baked, _read_dir(HOST_APT / "apt.conf.d", "*")
+                          if apt_sources_from_host else {})
         with chroot(root, run, log) as in_chroot:
             _install_ca(root, ca_files, in_chroot)
             with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
@@ -458,11 +462,12 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
     log(f"full log: {output_tar}.log")
     work = output_tar.parent / (output_tar.name + ".work")
     root = _prepare_workdir(work)
-    sources = guest_sources(_read_dir(HOST_APT / "sources.list.d", "*"))
+    sources = _guest_apt_sources(True)
     mirror = mirror_of(sources)
     with _sigterm_as_interrupt():
         with step(log, f"debootstrap {SUITE} minbase for the container base image"):
             _debootstrap(root, ("python3-venv", "ca-certificates"), mirror, run)
+        _write_apt_config(root, sources, mirror, False, _read_dir(HOST_APT / "apt.conf.d", "*"))
         with chroot(root, run, log) as in_chroot:
             _install_ca(root, ca_files, in_chroot)
             with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
@@ -501,8 +506,17 @@ def docker_import_argv(tarball: str, doc: dict) -> list[str]:
 
 # -------------------------------------------------------------------- CLI
 
-def default_output(baked: bool) -> Path:
-    return Path.home() / ".cache/vmbinder/images" / f"debian-12-{'baked' if baked else 'stock'}"
+def _invoking_user(env=os.environ) -> tuple[int, int, str] | None:
+    """Who ran `sudo vmbinder image build`: the images belong in their cache, to them."""
+    if env.get("SUDO_UID") and env.get("SUDO_USER"):
+        return int(env["SUDO_UID"]), int(env["SUDO_GID"]), pwd.getpwnam(env["SUDO_USER"]).pw_dir
+    return None
+
+
+def default_output(baked: bool, env=os.environ) -> Path:
+    user = _invoking_user(env)
+    folder = images_dir({**env, "HOME": user[2]} if user else env)
+    return folder / f"debian-12-{'baked' if baked else 'stock'}"
 
 
 def host_ca_files() -> list[Path]:
@@ -518,7 +532,8 @@ def image() -> None:
 @click.option("--baked/--stock", default=False, show_default=True,
               help="Bake docker, buildx, caddy, git and repo2docker into the image.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}].")
+              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}, "
+                   "in the home of the user who ran sudo].")
 @click.option("--ca-cert", "ca_certs", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A CA certificate (PEM) the guest must trust; repeatable. "
@@ -549,4 +564,8 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
     if base_container:
         build_base_container(output / "base-container.tar.gz", ca_files=ca_files, log=log,
                              keep_rootfs=keep_rootfs)
+    user = _invoking_user()
+    if user:
+        for path in [output, *output.rglob("*")]:
+            os.chown(path, user[0], user[1], follow_symlinks=False)
     click.echo(str(output / "image.json"))

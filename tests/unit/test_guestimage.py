@@ -288,9 +288,8 @@ def test_a_failing_chroot_step_still_unmounts_everything(host, tmp_path):
 def test_ctrl_c_inside_the_chroot_unmounts(tmp_path):
     run, root = FakeRun(), tmp_path / "rootfs"
     make_rootfs(root)
-    with pytest.raises(KeyboardInterrupt):
-        with gi.chroot(root, run, log=lambda m: None):
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), gi.chroot(root, run, log=lambda m: None):
+        raise KeyboardInterrupt
     assert [c[0] for c in run.calls] == ["mount"] * 4 + ["umount"] * 4
 
 
@@ -319,3 +318,16 @@ def test_base_container_tarball_and_its_docker_import_sidecar(host, tmp_path):
 def test_provision_script_is_valid_shell():
     subprocess.run(["sh", "-n", str(gi.GUEST_DIR / "provision.sh")], check=True)
     subprocess.run(["bash", "-n", str(gi.GUEST_DIR / "boot-check.sh")], check=True)
+
+
+def test_default_output_is_in_the_images_folder_of_the_user_who_ran_sudo(monkeypatch):
+    class Pw:
+        pw_dir = "/home/alice"
+
+    monkeypatch.setattr(gi.pwd, "getpwnam", lambda name: Pw)
+    env = {"HOME": "/root", "SUDO_USER": "alice", "SUDO_UID": "1000", "SUDO_GID": "1000"}
+    assert gi.default_output(True, env) == Path("/home/alice/.cache/vmbinder/images/debian-12-baked")
+    assert gi.default_output(False, {"HOME": "/root"}) == \
+        Path("/root/.cache/vmbinder/images/debian-12-stock")
+    assert gi.default_output(False, {"HOME": "/root", "VMBINDER_IMAGES_DIR": "/srv/img"}) == \
+        Path("/srv/img/debian-12-stock")
