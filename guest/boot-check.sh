@@ -2,7 +2,8 @@
 # Boot a built image once under qemu and wait for cloud-init to finish.
 #   guest/boot-check.sh IMAGE_DIR [TIMEOUT_SECONDS]
 # Runs on a throwaway qcow2 overlay (the image stays clean) with a NoCloud seed
-# whose user-data prints a marker line to the console. Uses KVM when /dev/kvm
+# whose user-data prints marker lines to the console (and, on a baked image,
+# the versions of docker, buildx, repo2docker and caddy as the guest sees them). Uses KVM when /dev/kvm
 # is ordinary KVM, TCG otherwise. Needs qemu-system-x86,
 # qemu-utils, genisoimage. Exit 0 when the marker appeared, 1 otherwise.
 set -euo pipefail
@@ -26,6 +27,11 @@ bootcmd:
   - echo "VMBINDER-BOOTCMD $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 runcmd:
   - echo "VMBINDER-RUNCMD $(cut -d' ' -f1 /proc/uptime) $(ip -4 -o addr show scope global | awk '{print $2, $4}')" > /dev/ttyS0
+  - |
+    if [ -f /etc/vmbinder/baked.json ]; then
+      timeout 180 sh -c 'until docker info >/dev/null 2>&1; do sleep 2; done'
+      echo "VMBINDER-BAKED $(cut -d' ' -f1 /proc/uptime) buildx: $(docker buildx version 2>&1 | head -n1); repo2docker: $(/opt/vmbinder/repo2docker/bin/repo2docker --version 2>&1 | tail -n1); docker: $(docker info --format '{{.ServerVersion}} {{.Driver}} cgroup{{.CgroupVersion}}' 2>&1 | head -n1); caddy: $(caddy version 2>&1 | head -n1)" > /dev/ttyS0
+    fi
 final_message: "VMBINDER-FINAL cloud-init $version done after $UPTIME s"
 EOF
 genisoimage -quiet -output "$work/seed.iso" -volid cidata -joliet -rock "$work/seed/user-data" "$work/seed/meta-data"

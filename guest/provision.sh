@@ -7,6 +7,7 @@
 #   provision.sh apt-from SUITE PACKAGE...            install from a pinned suite
 #   provision.sh venv DIR PIP-ARG...                  a venv with pip packages, no cache
 #   provision.sh user NAME UID DIR                    a login user owning DIR
+#   provision.sh finish                               forget this build's identity
 #   provision.sh trim                                 drop apt lists, caches, docs
 set -eu
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
@@ -32,6 +33,13 @@ venv)
 user)
     id -u "$1" >/dev/null 2>&1 || useradd --create-home --uid "$2" --user-group --shell /bin/bash "$1"
     chown -R "$2:$2" "$3"
+    ;;
+finish)
+    # Every boot of the image is a new instance: new ssh host keys, new machine id.
+    rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id
+    if [ -e /etc/machine-id ]; then : > /etc/machine-id; fi
+    if [ -f /etc/resolv.conf ] && [ ! -L /etc/resolv.conf ]; then : > /etc/resolv.conf; fi
+    echo localhost > /etc/hostname
     ;;
 trim)
     apt-get clean

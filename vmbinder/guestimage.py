@@ -106,7 +106,6 @@ class Runner:
         return proc.stdout if capture else ""
 
 
-# ---------------------------------------------------------------- pure helpers
 
 def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> None:
     """Refuse early, naming the fix: not root, or a host tool missing."""
@@ -119,6 +118,9 @@ def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> Non
         raise errors.ConfigError(
             f"host tools missing: {', '.join(missing)}",
             f"apt-get install {' '.join(HOST_PACKAGES)}")
+    if not (GUEST_DIR / "provision.sh").is_file():
+        raise errors.ConfigError(f"the guest files are missing: {GUEST_DIR}/provision.sh",
+                                 "Run vmbinder from a checkout or an install that ships guest/.")
 
 
 def _stanzas(text: str) -> list[str]:
@@ -189,7 +191,6 @@ def _guest_apt_sources(from_host: bool) -> dict[str, str]:
         f"Components: main\nSigned-By: {KEYRING}\n")}
 
 
-# ------------------------------------------------------------- kernel payload
 
 _MAGICS = (("gzip", b"\x1f\x8b"), ("xz", b"\xfd7zXZ\x00"), ("zstd", b"\x28\xb5\x2f\xfd"),
            ("lz4", b"\x02\x21\x4c\x18"), ("lzma", b"\x5d\x00\x00"))
@@ -236,7 +237,6 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
                              "The kernel package may use a compression this does not know.")
 
 
-# ------------------------------------------------------------------- chroot
 
 @contextmanager
 def _sigterm_as_interrupt():
@@ -302,25 +302,14 @@ def step(log: Log, what: str):
     log(f"{what}: done in {time.monotonic() - t0:.0f} s")
 
 
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def _dpkg_versions(root: Path, packages: Sequence[str], run: Runner) -> dict[str, str]:
     out = run(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
                "-f", "${Package} ${Version}\n", *packages], capture=True, check=False)
     return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-
-
-def _install_ca(root: Path, ca_files: Sequence[Path], in_chroot: InChroot) -> None:
-    """The extra CAs join the system bundle, and pip reads that bundle too."""
-    dest = root / HOST_CA_DIR.relative_to("/")
-    dest.mkdir(parents=True, exist_ok=True)
-    for ca in ca_files:
-        shutil.copy(ca, dest / (Path(ca).stem + ".crt"))
-    shutil.copy(GUEST_DIR / "rootfs/etc/pip.conf", root / "etc/pip.conf")
-    in_chroot.step("ca")
-
-
-def _debootstrap(root: Path, include: Sequence[str], mirror: str, run: Runner) -> None:
-    run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}",
-         "--components=main", SUITE, str(root), mirror])
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -341,32 +330,48 @@ def _prepare_workdir(work: Path) -> Path:
     return work / "rootfs"
 
 
-# ------------------------------------------------------------- guest image
+@contextmanager
+def _rootfs(work: Path, include: Sequence[str], *, sources: dict[str, str], host_conf: dict,
+            baked: bool, ca_files: Sequence[Path], run: Runner, log: Log):
+    """debootstrap a fresh rootfs with the host's mirrors and CAs, then yield a
+    runner inside it; unmounts on the way out whatever happens."""
+    root = _prepare_workdir(work)
+    mirror = mirror_of(sources)
+    with _sigterm_as_interrupt():
+        with step(log, f"debootstrap {SUITE} minbase from {mirror}"):
+            run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}",
+                 "--components=main", SUITE, str(root), mirror])
+        _write_apt_config(root, sources, mirror, baked, host_conf)
+        with chroot(root, run, log) as in_chroot:
+            dest = root / HOST_CA_DIR.relative_to("/")
+            dest.mkdir(parents=True, exist_ok=True)
+            for ca in ca_files:
+                shutil.copy(ca, dest / (Path(ca).stem + ".crt"))
+            shutil.copy(GUEST_DIR / "rootfs/etc/pip.conf", root / "etc/pip.conf")
+            in_chroot.step("ca")
+            yield root, in_chroot
+            in_chroot.step("trim")
+
 
 def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
                 apt_sources_from_host: bool = True, repo2docker_version: str,
                 log: Log, run: Runner | None = None, disk_size: str = DISK_SIZE,
                 keep_rootfs: bool = False) -> ImageInfo:
+    """Build the image into output_dir (image.json, vmlinux, initrd.img, disk.qcow2)."""
     preflight()
     output_dir = Path(output_dir)
     run = run or Runner(output_dir / "build.log")
     log(f"full log: {output_dir / 'build.log'}")
-    root = _prepare_workdir(output_dir / "work")
-    sources = _guest_apt_sources(apt_sources_from_host)
-    mirror = mirror_of(sources)
-    with _sigterm_as_interrupt():
-        with step(log, f"debootstrap {SUITE} minbase from {mirror}"):
-            _debootstrap(root, DEBOOTSTRAP_INCLUDE, mirror, run)
-        _write_apt_config(root, sources, mirror, baked, _read_dir(HOST_APT / "apt.conf.d", "*")
-                          if apt_sources_from_host else {})
-        with chroot(root, run, log) as in_chroot:
-            _install_ca(root, ca_files, in_chroot)
-            with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
-                in_chroot.step("apt", *GUEST_PACKAGES)
-            if baked:
-                _bake(root, in_chroot, repo2docker_version, run, log)
-            in_chroot.step("trim")
-    _finish_rootfs(root)
+    host_conf = _read_dir(HOST_APT / "apt.conf.d", "*") if apt_sources_from_host else {}
+    with _rootfs(output_dir / "work", DEBOOTSTRAP_INCLUDE, baked=baked, run=run, log=log,
+                 sources=_guest_apt_sources(apt_sources_from_host), host_conf=host_conf,
+                 ca_files=ca_files) as (root, in_chroot):
+        with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
+            in_chroot.step("apt", *GUEST_PACKAGES)
+        if baked:
+            _bake(root, in_chroot, repo2docker_version, run, log)
+        shutil.copytree(GUEST_DIR / "rootfs", root, dirs_exist_ok=True)
+        in_chroot.step("finish")
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
                                      "systemd", *((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE)
                                                   if baked else ())), run)
@@ -381,8 +386,7 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
     with step(log, f"mkfs.ext4 -d and qemu-img convert ({disk_size} sparse)"):
         make_disk(root, output_dir, disk_size, run, keep_raw=keep_rootfs)
     info = ImageInfo(name=f"debian-12-{'baked' if baked else 'stock'}", distro="debian-12",
-                     baked=baked, created=dt.datetime.now(dt.timezone.utc).isoformat(
-                         timespec="seconds"), contents=contents)
+                     baked=baked, created=_now(), contents=contents)
     (output_dir / "image.json").write_text(info.to_json())
     if not keep_rootfs:
         shutil.rmtree(output_dir / "work")
@@ -412,23 +416,9 @@ def _bake(root: Path, in_chroot, r2d_version: str, run: Runner, log: Log) -> Non
         in_chroot.step("venv", REPO2DOCKER_VENV, f"jupyter-repo2docker=={r2d_version}")
     versions = _dpkg_versions(root, (*BAKED_PACKAGES, *BAKED_FROM_TRIXIE), run)
     versions["jupyter-repo2docker"] = r2d_version
-    baked = {"repo2docker_venv": REPO2DOCKER_VENV, "packages": versions,
-             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    baked = {"repo2docker_venv": REPO2DOCKER_VENV, "packages": versions, "created": _now()}
     (root / "etc/vmbinder").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmbinder/baked.json").write_text(json.dumps(baked, indent=2) + "\n")
-
-
-def _finish_rootfs(root: Path) -> None:
-    """Every boot of the image is a new instance with its own keys and id."""
-    shutil.copytree(GUEST_DIR / "rootfs", root, dirs_exist_ok=True)
-    for key in (root / "etc/ssh").glob("ssh_host_*"):
-        key.unlink()
-    (root / "etc/machine-id").write_text("")
-    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
-    (root / "etc/hostname").write_text("debian\n")
-    resolv = root / "etc/resolv.conf"
-    if resolv.is_file() and not resolv.is_symlink():
-        resolv.write_text("")
 
 
 def make_disk(root: Path, output_dir: Path, size: str, run: Runner, *,
@@ -442,7 +432,6 @@ def make_disk(root: Path, output_dir: Path, size: str, run: Runner, *,
         raw.unlink()
 
 
-# ------------------------------------------------------ container base image
 
 def base_container_changes(venv: str = BASE_VENV) -> list[str]:
     """The Dockerfile lines `docker import --change` needs: a tarball carries no config,
@@ -461,23 +450,14 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
     run = run or Runner(Path(f"{output_tar}.log"))
     log(f"full log: {output_tar}.log")
     work = output_tar.parent / (output_tar.name + ".work")
-    root = _prepare_workdir(work)
-    sources = _guest_apt_sources(True)
-    mirror = mirror_of(sources)
-    with _sigterm_as_interrupt():
-        with step(log, f"debootstrap {SUITE} minbase for the container base image"):
-            _debootstrap(root, ("python3-venv", "ca-certificates"), mirror, run)
-        _write_apt_config(root, sources, mirror, False, _read_dir(HOST_APT / "apt.conf.d", "*"))
-        with chroot(root, run, log) as in_chroot:
-            _install_ca(root, ca_files, in_chroot)
-            with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
-                in_chroot.step("venv", BASE_VENV, *BASE_PIP_PACKAGES)
-            in_chroot.step("user", "jovyan", "1000", BASE_VENV)
-            freeze = in_chroot([f"{BASE_VENV}/bin/pip", "freeze"], capture=True)
-            in_chroot.step("trim")
-    for name in ("etc/resolv.conf", "etc/hostname"):
-        if (root / name).is_file():
-            (root / name).write_text("")
+    with _rootfs(work, ("python3-venv", "ca-certificates"), baked=False, run=run, log=log,
+                 sources=_guest_apt_sources(True), ca_files=ca_files,
+                 host_conf=_read_dir(HOST_APT / "apt.conf.d", "*")) as (root, in_chroot):
+        with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
+            in_chroot.step("venv", BASE_VENV, *BASE_PIP_PACKAGES)
+        in_chroot.step("user", "jovyan", "1000", BASE_VENV)
+        freeze = in_chroot([f"{BASE_VENV}/bin/pip", "freeze"], capture=True)
+        in_chroot.step("finish")
     wanted = {p.replace("-", "_").lower() for p in (*BASE_PIP_PACKAGES, "pip")}
     versions = {k: v for k, v in (ln.split("==", 1) for ln in freeze.splitlines() if "==" in ln)
                 if k.replace("-", "_").lower() in wanted}
@@ -486,8 +466,7 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
             output_tar.suffix, [])
         run(["tar", "--numeric-owner", "--xattrs", *compress, "-C", str(root),
              "-cf", str(output_tar), "."])
-    doc = {"name": "vmbinder/base:bookworm", "distro": "debian-12",
-           "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    doc = {"name": "vmbinder/base:bookworm", "distro": "debian-12", "created": _now(),
            "tarball": output_tar.name, "venv": BASE_VENV, "user": "jovyan", "uid": 1000,
            "changes": base_container_changes(), "contents": versions}
     Path(str(output_tar) + ".json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -504,7 +483,6 @@ def docker_import_argv(tarball: str, doc: dict) -> list[str]:
     return [*argv, tarball, doc["name"]]
 
 
-# -------------------------------------------------------------------- CLI
 
 def _invoking_user(env=os.environ) -> tuple[int, int, str] | None:
     """Who ran `sudo vmbinder image build`: the images belong in their cache, to them."""
