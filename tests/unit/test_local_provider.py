@@ -309,6 +309,13 @@ def test_seed_round_trip_and_mode(tmp_path):
                                  "meta-data": "instance-id: abc\n"}
 
 
+def test_without_pycdlib_the_seed_is_a_configuration_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycdlib", None)
+    with pytest.raises(errors.ConfigError) as info:
+        img.write_seed(tmp_path / "seed.iso", "#cloud-config\n", "")
+    assert info.value.hint.startswith("pip install pycdlib")
+
+
 # -- prepare ----------------------------------------------------------------------
 
 def test_prepare_claims_a_private_folder_and_three_ports(env, fake):
@@ -390,6 +397,8 @@ def test_create_writes_seed_and_overlay_and_starts_qemu_without_the_token(env, f
     assert doc["argv"] == qemu and doc["pid"] == fake.children[0].pid
     assert run.server.state == ACTIVE and run.server.meta("token") == run.spec.token
     assert [i.kind for i in run.ledger.items] == ["state folder", "qemu process"]
+    for made in ("server.json", "seed.iso", "console.log", "qemu.pid"):
+        assert stat.S_IMODE((folder / made).stat().st_mode) == 0o600, made
 
 
 def test_wait_lists_gets_and_redacts(env, fake):

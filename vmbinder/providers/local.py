@@ -66,6 +66,7 @@ from vmbinder.providers.local_qemu import (
     PIDFILE,
     QEMU,
     QEMU_IMG,
+    QMP_SOCKET,
     SEED,
     SERVER_JSON,
     console_tail,
@@ -209,6 +210,10 @@ class LocalProvider:
         ))
         doc["pid"] = pid
         self._write(folder, doc)
+        # qemu sets its own umask (027) when it daemonizes: keep the files private
+        for made in (CONSOLE, QMP_SOCKET, PIDFILE):
+            if (folder / made).exists():
+                os.chmod(folder / made, 0o600)
         return self._record(folder, doc)
 
     def _run(self, argv: list[str], folder: Path, what: str) -> None:

@@ -135,7 +135,13 @@ def _choose_hint(folder: Path) -> str:
 def write_seed(path: Path, user_data: str, meta_data: str) -> None:
     """An ISO 9660 volume labelled `cidata` holding user-data and meta-data
     (Rock Ridge and Joliet names), readable by this user only."""
-    import pycdlib
+    try:
+        import pycdlib
+    except ImportError as exc:
+        raise errors.ConfigError(
+            "the local target needs the pycdlib package to write the NoCloud seed",
+            "pip install pycdlib (in the environment vmbinder runs from)",
+        ) from exc
 
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
