@@ -58,10 +58,11 @@ class FakeQemu:
     """Runs instead of qemu-img and qemu: makes the overlay, and for qemu starts
     a sleeping Python whose command line names the state folder, as qemu's does."""
 
-    def __init__(self, fail_qemu: str | None = None, exit_at_once: bool = False):
+    def __init__(self, fail_qemu: str | None = None, exit_at_once: bool = False, fail_times=99):
         self.calls: list[list[str]] = []
         self.children: list[subprocess.Popen] = []
         self.fail_qemu = fail_qemu
+        self.fail_times = fail_times
         self.exit_at_once = exit_at_once
 
     def __call__(self, argv, *, cwd, umask, **kw):
@@ -71,7 +72,8 @@ class FakeQemu:
         if argv[0] == q.QEMU_IMG:
             Path(argv[-2]).write_bytes(img.QCOW2_MAGIC)
             return subprocess.CompletedProcess(argv, 0, "", "")
-        if self.fail_qemu:
+        if self.fail_qemu and self.fail_times > 0:
+            self.fail_times -= 1
             return subprocess.CompletedProcess(argv, 1, "", self.fail_qemu)
         code = "pass" if self.exit_at_once else "import time; time.sleep(60)"
         child = subprocess.Popen([sys.executable, "-c", code, "-drive", f"file={folder}/overlay.qcow2"])
@@ -446,6 +448,27 @@ def test_a_qemu_that_exits_is_an_error_with_the_console(env):
     fake.reap()
 
 
+TAKEN = "qemu-system-x86_64: Could not set up host forwarding rule 'tcp:127.0.0.1:40022-:22'"
+
+
+def test_a_port_taken_meanwhile_is_chosen_again(env):
+    fake = FakeQemu(fail_qemu=TAKEN, fail_times=1)
+    p = provider(env, fake)
+    ledger = Ledger()
+    s = spec()
+    resolved = p.prepare(s, ledger)
+    chosen = p._read(p.folder("demo"))["ports"]
+    try:
+        server = p.create(s, resolved, "#cloud-config\n", ledger)
+    finally:
+        fake.reap()
+    now = p._read(p.folder("demo"))["ports"]
+    assert set(now.values()).isdisjoint(chosen.values())
+    assert server.meta("https-port") == str(now["https-port"])
+    first, second = (argv[argv.index("-netdev") + 1] for argv in fake.calls[1:])
+    assert f":{chosen['ssh-port']}-:22" in first and f":{now['ssh-port']}-:22" in second
+
+
 def test_a_qemu_that_does_not_start_reports_why(env):
     fake = FakeQemu(fail_qemu="qemu-system-x86_64: Could not set up host forwarding rule")
     p = provider(env, fake)
@@ -455,6 +478,7 @@ def test_a_qemu_that_does_not_start_reports_why(env):
     with pytest.raises(errors.CloudError) as info:
         p.create(s, resolved, "#cloud-config\n", ledger)
     assert "host forwarding" in info.value.message and "launch again" in info.value.hint
+    assert len(fake.calls) == 1 + 3  # qemu-img, then qemu with three sets of ports
 
 
 def test_a_reused_pid_is_never_killed(env, fake):

@@ -75,7 +75,9 @@ from vmbinder.providers.local_qemu import (
     is_our_qemu,
     overlay_argv,
     parse_flavor,
+    port_taken,
     qemu_argv,
+    qemu_hint,
     qmp,
     read_pid,
     state_root,
@@ -89,6 +91,8 @@ from vmbinder.providers.openstack_common import (
 from vmbinder.spec import NAME_RE, LaunchSpec
 
 Runner = Callable[..., subprocess.CompletedProcess]
+#: Times qemu is started with newly chosen ports when a forwarded port was taken meanwhile.
+PORT_ATTEMPTS = 3
 
 
 class LocalProvider:
@@ -141,8 +145,7 @@ class LocalProvider:
         if missing:
             raise errors.ConfigError(f"{' and '.join(missing)} not found on PATH", INSTALL_HINT)
         accel = self._accel or detect_accel(self.env)
-        taken = {p for s in self._documents() for p in (s.get("ports") or {}).values()}
-        ports = dict(zip((key for key, _ in FORWARDS), free_ports(len(FORWARDS), taken)))
+        ports = self._free_ports()
 
         folder = self._claim(spec.name)
         ledger.add(Created(
@@ -166,6 +169,12 @@ class LocalProvider:
             key_name=keypair_name(choice.public_key) if choice.public_key else None,
             security_groups=(), public_ip=LOOPBACK,
         )
+
+    def _free_ports(self, also_exclude: set[int] = frozenset()) -> dict[str, int]:
+        """Free loopback ports, none of them recorded by another local server."""
+        taken = {p for s in self._documents() for p in (s.get("ports") or {}).values()}
+        return dict(zip((key for key, _ in FORWARDS),
+                        free_ports(len(FORWARDS), taken | set(also_exclude))))
 
     def _claim(self, name: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -196,11 +205,21 @@ class LocalProvider:
         self._run(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
 
         flavor = parse_flavor(doc["flavor"])
-        argv = qemu_argv(name=spec.name, image=image, state=folder, ports=doc["ports"],
-                         flavor=flavor, accel=doc["accel"])
-        doc["argv"] = argv
-        self._write(folder, doc)
-        self._run(argv, folder, f"starting qemu for {spec.name}")
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            argv = qemu_argv(name=spec.name, image=image, state=folder, ports=doc["ports"],
+                             flavor=flavor, accel=doc["accel"])
+            doc["argv"] = argv
+            self._write(folder, doc)
+            try:
+                self._run(argv, folder, f"starting qemu for {spec.name}")
+                break
+            except errors.CloudError as exc:
+                if attempt == PORT_ATTEMPTS or not port_taken(exc.message):
+                    raise
+            # Another program took a port since prepare() chose it: the ports are
+            # not in the user-data, so choosing again is safe.
+            doc["ports"] = self._free_ports(set(doc["ports"].values()))
+            doc["metadata"].update({META + k: str(p) for k, p in doc["ports"].items()})
         pid = read_pid(folder)
         if pid is None:
             raise errors.CloudError(f"qemu for {spec.name} started but wrote no {PIDFILE}")
@@ -225,7 +244,7 @@ class LocalProvider:
         if done.returncode != 0:
             said = (done.stderr or done.stdout or "").strip()[-1500:]
             raise errors.CloudError(f"{what} failed (exit {done.returncode}): {said}",
-                                    _qemu_hint(said), details={"argv": argv})
+                                    qemu_hint(said), details={"argv": argv})
 
     def wait(self, server: Server, resolved: Resolved, timeout: float, ledger: Ledger) -> Server:
         folder = self.folder(server.name)
@@ -369,14 +388,4 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return str(os.getuid())
-
-
-def _qemu_hint(said: str) -> str | None:
-    if "host forwarding" in said or "Address already in use" in said:
-        return "another program took a forwarded port after it was chosen: launch again"
-    if "kvm" in said.lower():
-        return "run without KVM: VMBINDER_QEMU_ACCEL=tcg"
-    if "backing" in said or "Could not open" in said:
-        return "check that the image's disk is readable"
-    return None
 

@@ -200,6 +200,22 @@ def overlay_argv(image: Image, state: Path) -> list[str]:
             str(state / OVERLAY), OVERLAY_SIZE]
 
 
+def port_taken(said: str) -> bool:
+    """Did qemu fail because a forwarded port is in use?"""
+    return "host forwarding" in said or "Address already in use" in said
+
+
+def qemu_hint(said: str) -> str | None:
+    """What to do about what qemu or qemu-img printed when it failed."""
+    if port_taken(said):
+        return "another program took a forwarded port after it was chosen: launch again"
+    if "kvm" in said.lower():
+        return "run without KVM: VMBINDER_QEMU_ACCEL=tcg"
+    if "backing" in said or "Could not open" in said:
+        return "check that the image's disk is readable"
+    return None
+
+
 # -- the qemu process -------------------------------------------------------------
 
 
