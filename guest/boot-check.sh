@@ -30,7 +30,7 @@ runcmd:
   - |
     if [ -f /etc/vmbinder/baked.json ]; then
       timeout 180 sh -c 'until docker info >/dev/null 2>&1; do sleep 2; done'
-      echo "VMBINDER-BAKED $(cut -d' ' -f1 /proc/uptime) buildx: $(docker buildx version 2>&1 | head -n1); repo2docker: $(/opt/vmbinder/repo2docker/bin/repo2docker --version 2>&1 | tail -n1); docker: $(docker info --format '{{.ServerVersion}} {{.Driver}} cgroup{{.CgroupVersion}}' 2>&1 | head -n1); caddy: $(caddy version 2>&1 | head -n1)" > /dev/ttyS0
+      echo "VMBINDER-BAKED $(cut -d' ' -f1 /proc/uptime) buildx: $(docker buildx version 2>&1 | head -n1); repo2docker: $(/opt/vmbinder/repo2docker/bin/repo2docker --version 2>&1 | tail -n1); docker: $(docker info --format '{{.ServerVersion}} {{.Driver}} cgroup{{.CgroupVersion}}' 2>&1 | head -n1); caddy: $(HOME=/root caddy version 2>/dev/null | head -n1)" > /dev/ttyS0
     fi
 final_message: "VMBINDER-FINAL cloud-init $version done after $UPTIME s"
 EOF

@@ -34,8 +34,11 @@ import click
 from vmbinder import errors
 from vmbinder.providers.local_image import images_dir
 
-#: Debian packages this module runs on the host (the setup script installs them).
-HOST_PACKAGES = ("debootstrap", "qemu-utils", "e2fsprogs", "zstd", "lz4", "xz-utils")
+#: Debian packages the build runs on the host.
+BUILD_PACKAGES = ("debootstrap", "qemu-utils", "e2fsprogs", "zstd", "lz4", "xz-utils")
+#: Everything to install on a host (the setup script): the build, plus qemu and
+#: genisoimage for guest/boot-check.sh and the local qemu target.
+HOST_PACKAGES = (*BUILD_PACKAGES, "qemu-system-x86", "genisoimage")
 #: Host tools checked before anything starts.
 HOST_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img", "lz4", "unzstd")
 
@@ -106,7 +109,6 @@ class Runner:
         return proc.stdout if capture else ""
 
 
-
 def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> None:
     """Refuse early, naming the fix: not root, or a host tool missing."""
     if (os.geteuid() if euid is None else euid) != 0:
@@ -117,7 +119,7 @@ def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> Non
     if missing:
         raise errors.ConfigError(
             f"host tools missing: {', '.join(missing)}",
-            f"apt-get install {' '.join(HOST_PACKAGES)}")
+            f"apt-get install {' '.join(BUILD_PACKAGES)}")
     if not (GUEST_DIR / "provision.sh").is_file():
         raise errors.ConfigError(f"the guest files are missing: {GUEST_DIR}/provision.sh",
                                  "Run vmbinder from a checkout or an install that ships guest/.")
@@ -191,7 +193,6 @@ def _guest_apt_sources(from_host: bool) -> dict[str, str]:
         f"Components: main\nSigned-By: {KEYRING}\n")}
 
 
-
 _MAGICS = (("gzip", b"\x1f\x8b"), ("xz", b"\xfd7zXZ\x00"), ("zstd", b"\x28\xb5\x2f\xfd"),
            ("lz4", b"\x02\x21\x4c\x18"), ("lzma", b"\x5d\x00\x00"))
 
@@ -235,7 +236,6 @@ def extract_vmlinux(bzimage: bytes) -> bytes:
                     return out
     raise errors.BuildFailed("no ELF kernel found inside the compressed kernel image",
                              "The kernel package may use a compression this does not know.")
-
 
 
 @contextmanager
@@ -300,6 +300,13 @@ def step(log: Log, what: str):
     t0 = time.monotonic()
     yield
     log(f"{what}: done in {time.monotonic() - t0:.0f} s")
+
+
+def _newest(folder: Path, pattern: str) -> Path:
+    found = sorted(folder.glob(pattern))
+    if not found:
+        raise errors.BuildFailed(f"no {pattern} in {folder}", "Check the kernel install step.")
+    return found[-1]
 
 
 def _now() -> str:
@@ -378,8 +385,8 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
     if baked:
         contents["jupyter-repo2docker"] = repo2docker_version
     with step(log, "extract vmlinux and initrd.img"):
-        (kernel,) = sorted((root / "boot").glob("vmlinuz-*"))[-1:]
-        (initrd,) = sorted((root / "boot").glob("initrd.img-*"))[-1:]
+        kernel = _newest(root / "boot", "vmlinuz-*")
+        initrd = _newest(root / "boot", "initrd.img-*")
         (output_dir / "vmlinux").write_bytes(extract_vmlinux(kernel.read_bytes()))
         shutil.copy(initrd, output_dir / "initrd.img")
         contents["kernel"] = kernel.name.removeprefix("vmlinuz-")
@@ -432,7 +439,6 @@ def make_disk(root: Path, output_dir: Path, size: str, run: Runner, *,
         raw.unlink()
 
 
-
 def base_container_changes(venv: str = BASE_VENV) -> list[str]:
     """The Dockerfile lines `docker import --change` needs: a tarball carries no config,
     and /etc/profile.d is never read by `docker run` or a Dockerfile's RUN."""
@@ -443,7 +449,8 @@ def base_container_changes(venv: str = BASE_VENV) -> list[str]:
 
 
 def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
-                         run: Runner | None = None, keep_rootfs: bool = False) -> dict:
+                         apt_sources_from_host: bool = True, run: Runner | None = None,
+                         keep_rootfs: bool = False) -> dict:
     """A rootfs tarball for `docker import`, with Jupyter in a venv owned by jovyan (1000)."""
     preflight()
     output_tar = Path(output_tar)
@@ -451,14 +458,15 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
     log(f"full log: {output_tar}.log")
     work = output_tar.parent / (output_tar.name + ".work")
     with _rootfs(work, ("python3-venv", "ca-certificates"), baked=False, run=run, log=log,
-                 sources=_guest_apt_sources(True), ca_files=ca_files,
-                 host_conf=_read_dir(HOST_APT / "apt.conf.d", "*")) as (root, in_chroot):
+                 sources=_guest_apt_sources(apt_sources_from_host), ca_files=ca_files,
+                 host_conf=_read_dir(HOST_APT / "apt.conf.d", "*") if apt_sources_from_host
+                 else {}) as (root, in_chroot):
         with step(log, f"pip install {' '.join(BASE_PIP_PACKAGES)} in {BASE_VENV}"):
             in_chroot.step("venv", BASE_VENV, *BASE_PIP_PACKAGES)
         in_chroot.step("user", "jovyan", "1000", BASE_VENV)
         freeze = in_chroot([f"{BASE_VENV}/bin/pip", "freeze"], capture=True)
         in_chroot.step("finish")
-    wanted = {p.replace("-", "_").lower() for p in (*BASE_PIP_PACKAGES, "pip")}
+    wanted = {p.replace("-", "_").lower() for p in BASE_PIP_PACKAGES}
     versions = {k: v for k, v in (ln.split("==", 1) for ln in freeze.splitlines() if "==" in ln)
                 if k.replace("-", "_").lower() in wanted}
     with step(log, f"tar the rootfs into {output_tar}"):
@@ -481,7 +489,6 @@ def docker_import_argv(tarball: str, doc: dict) -> list[str]:
     for change in doc["changes"]:
         argv += ["--change", change]
     return [*argv, tarball, doc["name"]]
-
 
 
 def _invoking_user(env=os.environ) -> tuple[int, int, str] | None:
@@ -541,9 +548,10 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
     log(f"image {info.name} built in {time.monotonic() - t0:.0f} s")
     if base_container:
         build_base_container(output / "base-container.tar.gz", ca_files=ca_files, log=log,
-                             keep_rootfs=keep_rootfs)
+                             apt_sources_from_host=host_apt_sources, keep_rootfs=keep_rootfs)
     user = _invoking_user()
-    if user:
-        for path in [output, *output.rglob("*")]:
-            os.chown(path, user[0], user[1], follow_symlinks=False)
+    if user:  # the results, not a kept rootfs: that must stay root's
+        for path in [output, *output.iterdir()]:
+            if not path.name.endswith("work"):
+                os.chown(path, user[0], user[1])
     click.echo(str(output / "image.json"))

@@ -39,7 +39,8 @@ def bzimage(payload: bytes, *, header: bool = True, setup_sects: int = 3) -> byt
         setup[0x202:0x206] = b"HdrS"
         struct.pack_into("<II", setup, 0x248, 100, len(payload))
     # junk before the payload that starts like an lzma stream must not confuse the scan
-    return bytes(setup) + b"\x5d\x00\x00junk" + b"\x00" * 91 + payload + struct.pack("<I", len(ELF))
+    junk = b"\x5d\x00\x00junk" + b"\x00" * 91
+    return bytes(setup) + junk + payload + struct.pack("<I", len(ELF))
 
 
 def gzip_bytes(data: bytes) -> bytes:
@@ -323,7 +324,8 @@ def test_default_output_is_in_the_images_folder_of_the_user_who_ran_sudo(monkeyp
 
     monkeypatch.setattr(gi.pwd, "getpwnam", lambda name: Pw)
     env = {"HOME": "/root", "SUDO_USER": "alice", "SUDO_UID": "1000", "SUDO_GID": "1000"}
-    assert gi.default_output(True, env) == Path("/home/alice/.cache/vmbinder/images/debian-12-baked")
+    assert gi.default_output(True, env) == \
+        Path("/home/alice/.cache/vmbinder/images/debian-12-baked")
     assert gi.default_output(False, {"HOME": "/root"}) == \
         Path("/root/.cache/vmbinder/images/debian-12-stock")
     assert gi.default_output(False, {"HOME": "/root", "VMBINDER_IMAGES_DIR": "/srv/img"}) == \
