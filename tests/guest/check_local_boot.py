@@ -6,10 +6,13 @@ Run by hand (needs qemu and a built image; not collected by pytest):
     .venv/bin/python tests/guest/check_local_boot.py [--image PATH|NAME] [--reboot]
 
 It launches a server whose user-data prints a random marker on the serial
-console, waits for the marker, checks that the forwarded ssh port answers
-with an SSH banner and that the token is on no process's command line,
-optionally resets the guest over QMP and waits for the next boot, then
-deletes the server and checks nothing is left. Exit status 0 means every
+console and serves it over plain HTTP on the guest's ports 80 and 443 (two
+enabled systemd units, so they come back after a reboot). It waits for the
+marker on the console, checks the forwarded ssh port answers with an SSH
+banner, the forwarded http and https ports return the marker, and the token
+is on no process's command line; optionally it resets the guest over QMP and
+checks the same ports answer again; then it deletes the server and checks
+nothing is left. Exit status 0 means every
 check passed. The state folder is a temporary one unless --state-dir is given.
 """
 
@@ -23,6 +26,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from vmbinder.providers.base import Ledger
@@ -40,9 +44,30 @@ write_files:
   - path: /etc/vmbinder-check
     permissions: "0600"
     content: "{token}\\n"
+  - path: /srv/check/index.html
+    content: "{marker}\\n"
+  - path: /etc/systemd/system/check-web@.service
+    content: |
+      [Unit]
+      After=network-online.target
+      [Service]
+      ExecStart=/usr/bin/python3 -m http.server %i --directory /srv/check
+      [Install]
+      WantedBy=multi-user.target
 runcmd:
+  # a baked image's Caddy owns 80 and 443: this check serves them itself
+  - [sh, -c, "systemctl disable --now caddy.service 2>/dev/null || true"]
+  - [systemctl, enable, --now, check-web@80.service, check-web@443.service]
   - [sh, -c, "echo {marker} | tee /dev/console /dev/ttyS0"]
 """
+
+
+def http_body(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+            return r.read().decode(errors="replace").strip()
+    except (OSError, ValueError):
+        return None
 
 
 def ssh_banner(port: int, timeout: float = 5.0) -> str | None:
@@ -54,14 +79,15 @@ def ssh_banner(port: int, timeout: float = 5.0) -> str | None:
         return None
 
 
-def wait_for(what: str, check, timeout: float, start: float, interval: float = 2.0):
+def wait_for(what: str, check, timeout: float, start: float, interval: float = 2.0, seen=None):
     while True:
         got = check()
         if got:
             print(f"  {what}: after {time.monotonic() - start:.0f} s", flush=True)
             return got
         if time.monotonic() - start > timeout:
-            raise SystemExit(f"FAIL: no {what} within {timeout:.0f} s")
+            last = f" (last seen: {seen()})" if seen else ""
+            raise SystemExit(f"FAIL: no {what} within {timeout:.0f} s{last}")
         time.sleep(interval)
 
 
@@ -117,6 +143,16 @@ def main() -> int:
         banner = wait_for("SSH banner on the forwarded port", lambda: ssh_banner(ssh_port),
                           args.timeout, start)
         print(f"  {banner}")
+        ports = {"http": int(server.meta("http-port")), "https": int(server.meta("https-port"))}
+
+        def web_ok():
+            return all(http_body(port) == marker for port in ports.values())
+
+        def web_seen():
+            return {k: (http_body(port) or "")[:80] for k, port in ports.items()}
+
+        wait_for("the marker over the forwarded http and https ports", web_ok, args.timeout, start,
+                 seen=web_seen)
         if spec.token in provider.console_log(server):
             raise SystemExit("FAIL: console_log did not redact the token")
         if args.reboot:
@@ -129,6 +165,8 @@ def main() -> int:
             wait_for("SSH banner after the reset",
                      lambda: console().count("Linux version") > boots and ssh_banner(ssh_port),
                      args.timeout, again)
+            wait_for("the marker on the same ports after the reset", web_ok, args.timeout, again,
+                     seen=web_seen)
         print("console tail:\n  " + "\n  ".join(provider.console_log(server, lines=8).splitlines()))
     except SystemExit as exc:
         failed = True
