@@ -279,7 +279,7 @@ BASE_IMAGES = "/var/lib/vmbinder/base-images"
 
 def ensure_base_images(doc):
     """Container images baked into the VM image as tarballs (no registry needed):
-    each <name>.json beside its tarball says {"image", "tar", "changes"}."""
+    each <tarball>.json beside its tarball says {"name", "tarball", "changes"}."""
     folder = at(BASE_IMAGES)
     if not os.path.isdir(folder):
         return "none baked"
@@ -289,13 +289,13 @@ def ensure_base_images(doc):
             continue
         with open(os.path.join(folder, entry)) as fh:
             spec = json.load(fh)
-        if ok(["docker", "image", "inspect", spec["image"]]):
+        if ok(["docker", "image", "inspect", spec["name"]]):
             continue
         argv = ["docker", "import"]
         for change in spec.get("changes", []):
             argv += ["--change", change]
-        run(argv + [os.path.join(folder, spec["tar"]), spec["image"]])
-        imported.append(spec["image"])
+        run(argv + [os.path.join(folder, spec["tarball"]), spec["name"]])
+        imported.append(spec["name"])
     return ("imported " + ", ".join(imported)) if imported else "present"
 
 

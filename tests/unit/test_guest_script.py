@@ -235,10 +235,11 @@ def test_baked_base_images_are_imported_once(tmp_path, jupyter):
     guest = Guest(tmp_path, jupyter, spec_for())
     folder = guest.root / "var/lib/vmbinder/base-images"
     folder.mkdir(parents=True)
-    (folder / "base.tar").write_bytes(b"")
-    (folder / "base.json").write_text(json.dumps(
-        {"image": "vmbinder-base:latest", "tar": "base.tar", "changes": ["USER 1000", "ENV A=b c"]}))
+    (folder / "base.tar.gz").write_bytes(b"")
+    (folder / "base.tar.gz.json").write_text(json.dumps(
+        {"name": "vmbinder/base:bookworm", "tarball": "base.tar.gz",
+         "changes": ["USER 1000", "ENV A=b c"]}))
     assert guest.run().returncode == 0
     (imp,) = [c for c in guest.calls("docker") if c[1] == "import"]
     assert imp[1:] == ["import", "--change", "USER 1000", "--change", "ENV A=b c",
-                       str(folder / "base.tar"), "vmbinder-base:latest"]
+                       str(folder / "base.tar.gz"), "vmbinder/base:bookworm"]
