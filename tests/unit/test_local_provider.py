@@ -278,6 +278,22 @@ def test_a_missing_image_lists_the_images_found(tmp_path):
     assert f"(none in {tmp_path / 'empty'})" in info.value.hint
 
 
+def qcow2_header(size: int) -> bytes:
+    return img.QCOW2_MAGIC + b"\0" * 20 + size.to_bytes(8, "big")
+
+
+def test_the_disk_is_20g_or_the_image_size_if_larger(tmp_path):
+    disk = tmp_path / "small.qcow2"
+    disk.write_bytes(qcow2_header(2 << 30))
+    image = img.cloud_image(disk)
+    assert (image.disk_format, image.virtual_size) == ("qcow2", 2 << 30)
+    assert q.overlay_argv(image, tmp_path)[-2:] == [f"{tmp_path}/overlay.qcow2", "20G"]
+    disk.write_bytes(qcow2_header(30 << 30))
+    assert q.overlay_argv(img.cloud_image(disk), tmp_path)[-1] == str(30 << 30)
+    assert q.overlay_argv(img.cloud_image(disk), tmp_path)[:9] == [
+        "qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk), "-F", "qcow2"]
+
+
 def test_broken_images_are_configuration_errors(tmp_path):
     images = tmp_path / "images"
     (make_image(images, "nokernel") / "vmlinux").unlink()

@@ -35,6 +35,7 @@ class Image:
     path: Path
     disk: Path
     disk_format: str
+    virtual_size: int = 0
     kernel: Path | None = None
     initrd: Path | None = None
     append: str | None = None
@@ -42,9 +43,13 @@ class Image:
     created: str = ""
 
 
-def disk_format(path: Path) -> str:
+def disk_format(path: Path) -> tuple[str, int]:
+    """("qcow2" or "raw", the disk's virtual size in bytes)."""
     with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == QCOW2_MAGIC else "raw"
+        header = f.read(32)
+        if header[:4] == QCOW2_MAGIC and len(header) == 32:
+            return "qcow2", int.from_bytes(header[24:32], "big")
+        return "raw", f.seek(0, os.SEEK_END)
 
 
 def load_image(folder: Path) -> Image:
@@ -74,13 +79,14 @@ def load_image(folder: Path) -> Image:
         return path
 
     disk = member("disk", True)
+    fmt, size = disk_format(disk)
     kernel = member("kernel", False)
     initrd = member("initrd", False)
     append = doc.get("append") or (f"root={doc.get('root', '/dev/vda')} console=ttyS0"
                                    if kernel else None)
     return Image(
         name=str(doc.get("name") or folder.name), path=folder, disk=disk,
-        disk_format=disk_format(disk), kernel=kernel, initrd=initrd, append=append,
+        disk_format=fmt, virtual_size=size, kernel=kernel, initrd=initrd, append=append,
         baked=bool(doc.get("baked")), created=str(doc.get("created") or ""),
     )
 
@@ -88,12 +94,13 @@ def load_image(folder: Path) -> Image:
 def cloud_image(path: Path) -> Image:
     """A single qcow2 file (an Ubuntu or Debian cloud image): its own bootloader boots it."""
     path = path.resolve()
-    if disk_format(path) != "qcow2":
+    fmt, size = disk_format(path)
+    if fmt != "qcow2":
         raise errors.ConfigError(
             f"{path} is not a qcow2 image",
             f"convert it first: qemu-img convert -O qcow2 {path} {path.stem}.qcow2",
         )
-    return Image(name=path.name, path=path, disk=path, disk_format="qcow2")
+    return Image(name=path.name, path=path, disk=path, disk_format=fmt, virtual_size=size)
 
 
 def list_images(folder: Path) -> list[Path]:

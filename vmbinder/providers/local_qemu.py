@@ -35,6 +35,7 @@ MIN_MEMORY_MB = 512
 MAX_CPUS = 64
 #: Virtual size of each server's disk (a qcow2 overlay: only what the guest writes takes space).
 OVERLAY_SIZE = "20G"
+OVERLAY_BYTES = 20 << 30
 LOOPBACK = "127.0.0.1"
 #: (metadata key, guest port) of every port forwarded from the host's loopback.
 FORWARDS = (("ssh-port", 22), ("http-port", 80), ("https-port", 443))
@@ -196,8 +197,10 @@ def qemu_argv(*, name: str, image: Image, state: Path, ports: Mapping[str, int],
 
 
 def overlay_argv(image: Image, state: Path) -> list[str]:
+    """qemu-img's command for the server's disk: 20 GiB, or the image's size if larger."""
+    size = OVERLAY_SIZE if image.virtual_size <= OVERLAY_BYTES else str(image.virtual_size)
     return [QEMU_IMG, "create", "-q", "-f", "qcow2", "-b", str(image.disk), "-F", image.disk_format,
-            str(state / OVERLAY), OVERLAY_SIZE]
+            str(state / OVERLAY), size]
 
 
 def port_taken(said: str) -> bool:
@@ -251,12 +254,11 @@ def stop(pid: int | None, state: Path, *, timeout: float = 15.0, proc: Path = Pa
                 f"not allowed to stop qemu process {pid}: {exc}",
                 f"stop it as its owner: kill {pid}",
             ) from exc
-        waited = 0.0
-        while waited < wait:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
             if not is_our_qemu(pid, state, proc):
                 return True
             sleep(0.1)
-            waited += 0.1
     raise errors.CleanupFailed(f"qemu process {pid} did not exit", f"kill -9 {pid}")
 
 
