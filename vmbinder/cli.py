@@ -400,6 +400,15 @@ def delete(obj: Context, names, fmt):
             err.print(f"removed {d['kind']} {d['name']} ({d['id']})")
 
 
+def _register_image_commands() -> None:
+    from vmbinder.guestimage import image
+
+    cli.add_command(image)
+
+
+_register_image_commands()
+
+
 def render_error(exc: errors.VmbinderError) -> None:
     from rich.markup import escape
 
