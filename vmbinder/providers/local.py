@@ -19,6 +19,14 @@ vmbinder:http-port and vmbinder:https-port.
 A server is ACTIVE once its qemu process is running and still running a moment
 later, as a cloud reports ACTIVE once the hypervisor started the domain; the
 boot itself is followed on the console by the readiness probes.
+
+What a launch can choose:
+  --image    a name under the images folder ($VMBINDER_IMAGES_DIR, default
+             ~/.cache/vmbinder/images), an image folder (image.json, vmlinux,
+             initrd.img, disk.qcow2), or a qcow2 cloud image file booted by its
+             own bootloader; default: a baked image before a plain one, newest first
+  --flavor   CPUs and memory: 2c4g, 4c3000m, 4g or 1c; default 2c2g
+  VMBINDER_QEMU_ACCEL=kvm|tcg  overrides the choice made by detect_accel()
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def detect_accel(
     sys_module: Path = Path("/sys/module"),
     probe: Callable[[Path], bool] = kvm_usable,
 ) -> str:
-    """"kvm" when /dev/kvm works and is not PVM; otherwise "tcg".
+    """KVM when /dev/kvm works and is not PVM, otherwise TCG: "kvm" or "tcg".
 
     PVM (the kvm_pvm module: KVM nested inside a cloud VM without hardware
     virtualisation) accepts the ioctls but runs an ordinary distribution
