@@ -96,17 +96,25 @@ class Runner:
 
     def __call__(self, argv: Sequence[str], *, env: dict | None = None,
                  capture: bool = False, check: bool = True) -> str:
-        proc = subprocess.run(list(argv), check=False, env=env, text=True, errors="replace",
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+        # Its own process group, so an interrupt stops apt and dpkg too, not only
+        # the chroot'ed shell, before the mounts they hold are taken away.
+        proc = subprocess.Popen(list(argv), env=env, text=True, errors="replace",
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            out, _ = proc.communicate()
+        except BaseException:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         with self.logfile.open("a") as f:
-            f.write(f"$ {' '.join(argv)}\n{proc.stdout}[exit {proc.returncode}]\n")
+            f.write(f"$ {' '.join(argv)}\n{out}[exit {proc.returncode}]\n")
         if check and proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-20:])
+            tail = "\n".join(out.splitlines()[-20:])
             raise errors.BuildFailed(
                 f"{' '.join(argv[:3])} ... exited with {proc.returncode}:\n{tail}",
                 f"The full log is {self.logfile}. Fix the cause and build again.")
-        return proc.stdout if capture else ""
+        return out if capture else ""
 
 
 def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> None:

@@ -336,3 +336,14 @@ def test_refuses_when_the_guest_files_are_not_installed(monkeypatch, tmp_path):
     monkeypatch.setattr(gi, "GUEST_DIR", tmp_path / "nowhere")
     with pytest.raises(errors.ConfigError, match="guest files are missing"):
         gi.preflight(euid=0, which=lambda tool: "/x")
+
+
+def test_runner_logs_every_command_and_names_the_log_on_failure(tmp_path):
+    run = gi.Runner(tmp_path / "build.log")
+    assert run(["sh", "-c", "echo hello"], capture=True) == "hello\n"
+    with pytest.raises(errors.BuildFailed) as exc:
+        run(["sh", "-c", "echo broken mirror; exit 100"])
+    assert "exited with 100" in str(exc.value) and "broken mirror" in str(exc.value)
+    assert str(tmp_path / "build.log") in exc.value.hint
+    log = (tmp_path / "build.log").read_text()
+    assert "$ sh -c echo hello\nhello\n[exit 0]" in log and "[exit 100]" in log
