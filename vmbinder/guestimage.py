@@ -117,8 +117,9 @@ class Runner:
         return out if capture else ""
 
 
-def preflight(*, euid: int | None = None, which: Callable = shutil.which) -> None:
+def preflight(*, euid: int | None = None, which: Callable | None = None) -> None:
     """Refuse early, naming the fix: not root, or a host tool missing."""
+    which = which or shutil.which
     if (os.geteuid() if euid is None else euid) != 0:
         raise errors.BadRequest(
             "building a guest image needs root (debootstrap, chroot, bind mounts)",

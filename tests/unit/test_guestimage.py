@@ -347,3 +347,13 @@ def test_runner_logs_every_command_and_names_the_log_on_failure(tmp_path):
     assert str(tmp_path / "build.log") in exc.value.hint
     log = (tmp_path / "build.log").read_text()
     assert "$ sh -c echo hello\nhello\n[exit 0]" in log and "[exit 100]" in log
+
+
+def test_cli_names_the_missing_packages(monkeypatch, tmp_path):
+    monkeypatch.setattr(gi.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(gi.shutil, "which", lambda tool: None if tool == "debootstrap" else "/x")
+    with pytest.raises(errors.ConfigError, match="host tools missing: debootstrap") as exc:
+        CliRunner().invoke(gi.image, ["build", "--output", str(tmp_path / "img")],
+                           catch_exceptions=False)
+    assert "apt-get install debootstrap qemu-utils e2fsprogs zstd" in exc.value.hint
+    assert not (tmp_path / "img").exists()
