@@ -559,3 +559,14 @@ def test_reboot_of_a_stopped_server_says_so(env, fake):
     p.prepare(spec(), Ledger())
     with pytest.raises(errors.CloudError, match="does not answer"):
         p.reboot(p.get("demo"))
+
+
+def test_set_metadata_is_kept_in_the_server_record(env, fake):
+    run = launched(env, fake)
+    p = run.p
+    done = p.wait(run.server, run.resolved, 60, run.ledger)
+    updated = p.set_metadata(done, {"interfaces": "tree,lab"})
+    assert updated.meta("interfaces") == "tree,lab"
+    assert p.get("demo").meta("interfaces") == "tree,lab"
+    assert p.get("demo").meta("token") == run.spec.token
+    assert (p.folder("demo") / "server.json").stat().st_mode & 0o777 == 0o600

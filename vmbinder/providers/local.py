@@ -272,6 +272,13 @@ class LocalProvider:
             self.sleep(0.25)
             waited += 0.25
 
+    def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
+        folder = self.folder(server.name)
+        doc = self._read(folder)
+        doc["metadata"] = {**(doc.get("metadata") or {}), **{META + k: v for k, v in values.items()}}
+        self._write(folder, doc)
+        return self._record(folder, doc)
+
     def reboot(self, server: Server) -> None:
         """Reset the guest (a power cycle; the disk and the forwarded ports stay)."""
         qmp(self.folder(server.name), "system_reset")
