@@ -55,6 +55,8 @@ BAKED_PACKAGES = ("docker.io", "apparmor", "xz-utils", "caddy", "git")
 BAKED_FROM_TRIXIE = ("docker-buildx",)
 REPO2DOCKER_VERSION = "2026.4.0"
 REPO2DOCKER_VENV = "/opt/vmbinder/repo2docker"
+#: Where the guest script looks for container base images to `docker import`.
+BASE_IMAGES_DIR = "/var/lib/vmbinder/base-images"
 BASE_VENV = "/srv/venv"
 BASE_PIP_PACKAGES = ("jupyterlab", "notebook", "jupyter-server")
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
@@ -372,8 +374,12 @@ def _rootfs(work: Path, include: Sequence[str], *, sources: dict[str, str], host
 def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
                 apt_sources_from_host: bool = True, repo2docker_version: str,
                 log: Log, run: Runner | None = None, disk_size: str = DISK_SIZE,
-                keep_rootfs: bool = False) -> ImageInfo:
-    """Build the image into output_dir (image.json, vmlinux, initrd.img, disk.qcow2)."""
+                keep_rootfs: bool = False, base_images: Sequence[Path] = ()) -> ImageInfo:
+    """Build the image into output_dir (image.json, vmlinux, initrd.img, disk.qcow2).
+
+    base_images are container base tarballs (each with its .json sidecar) put
+    in the guest's BASE_IMAGES_DIR, where the guest script imports them into
+    Docker before a build: no registry is needed."""
     preflight()
     output_dir = Path(output_dir)
     run = run or Runner(output_dir / "build.log")
@@ -387,12 +393,20 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
         if baked:
             _bake(root, in_chroot, repo2docker_version, run, log)
         shutil.copytree(GUEST_DIR / "rootfs", root, dirs_exist_ok=True)
+        for tarball in base_images:
+            folder = root / BASE_IMAGES_DIR.lstrip("/")
+            folder.mkdir(parents=True, exist_ok=True)
+            for part in (Path(tarball), Path(f"{tarball}.json")):
+                shutil.copy(part, folder / part.name)
         in_chroot.step("finish")
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
                                      "systemd", *((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE)
                                                   if baked else ())), run)
     if baked:
         contents["jupyter-repo2docker"] = repo2docker_version
+    if base_images:
+        contents["base-images"] = [json.loads(Path(f"{t}.json").read_text())["name"]
+                                   for t in base_images]
     with step(log, "extract vmlinux and initrd.img"):
         kernel = _newest(root / "boot", "vmlinuz-*")
         initrd = _newest(root / "boot", "initrd.img-*")
@@ -536,7 +550,8 @@ def image() -> None:
               help="Use the host's apt mirrors and settings, or deb.debian.org.")
 @click.option("--repo2docker-version", default=REPO2DOCKER_VERSION, show_default=True)
 @click.option("--base-container", is_flag=True,
-              help="Also build the container base image tarball (base-container.tar.gz).")
+              help="Also build a container base image with Jupyter (base-container.tar.gz) and "
+                   "put it in the image, where the guest imports it into Docker.")
 @click.option("--keep-rootfs", is_flag=True, help="Keep work/rootfs and work/disk.raw.")
 def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
                   base_container, keep_rootfs) -> None:
@@ -550,14 +565,17 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
     preflight()
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    base_images = []
+    if base_container:  # built first, so the image carries it
+        tarball = output / "base-container.tar.gz"
+        build_base_container(tarball, ca_files=ca_files, log=log,
+                             apt_sources_from_host=host_apt_sources, keep_rootfs=keep_rootfs)
+        base_images.append(tarball)
     info = build_image(output, baked=baked, ca_files=ca_files,
                        apt_sources_from_host=host_apt_sources,
                        repo2docker_version=repo2docker_version, log=log,
-                       keep_rootfs=keep_rootfs)
+                       keep_rootfs=keep_rootfs, base_images=base_images)
     log(f"image {info.name} built in {time.monotonic() - t0:.0f} s")
-    if base_container:
-        build_base_container(output / "base-container.tar.gz", ca_files=ca_files, log=log,
-                             apt_sources_from_host=host_apt_sources, keep_rootfs=keep_rootfs)
     user = _invoking_user()
     if user:  # the results, not a kept rootfs: that must stay root's
         for path in [output, *output.iterdir()]:

@@ -357,3 +357,20 @@ def test_cli_names_the_missing_packages(monkeypatch, tmp_path):
                            catch_exceptions=False)
     assert "apt-get install debootstrap qemu-utils e2fsprogs zstd" in exc.value.hint
     assert not (tmp_path / "img").exists()
+
+
+def test_base_images_are_put_where_the_guest_imports_them(host, tmp_path):
+    run, out = FakeRun(), tmp_path / "out"
+    tar = tmp_path / "base-container.tar.gz"
+    tar.write_bytes(b"tarball")
+    Path(f"{tar}.json").write_text(json.dumps({"name": "vmbinder/base:bookworm",
+                                               "tarball": tar.name, "changes": []}))
+    info = gi.build_image(out, baked=True, ca_files=[host], repo2docker_version="2026.4.0",
+                          log=lambda m: None, run=run, keep_rootfs=True, base_images=[tar])
+    folder = out / "work/rootfs" / gi.BASE_IMAGES_DIR.lstrip("/")
+    assert (folder / tar.name).read_bytes() == b"tarball"
+    assert json.loads((folder / f"{tar.name}.json").read_text())["name"] == "vmbinder/base:bookworm"
+    assert info.contents["base-images"] == ["vmbinder/base:bookworm"]
+    # the guest script looks in the same place
+    guest = (Path(gi.__file__).parents[1] / "cloud-init/vmbinder-guest.py").read_text()
+    assert f'BASE_IMAGES = "{gi.BASE_IMAGES_DIR}"' in guest
