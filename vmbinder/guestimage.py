@@ -24,6 +24,7 @@ import struct
 import subprocess
 import time
 import zlib
+from importlib import resources
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -61,7 +62,8 @@ BASE_VENV = "/srv/venv"
 BASE_PIP_PACKAGES = ("jupyterlab", "notebook", "jupyter-server")
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
 DISK_SIZE = "20G"
-GUEST_DIR = Path(__file__).resolve().parent.parent / "guest"
+#: guest/ in the repository, shipped in the package as vmbinder.guest.
+GUEST_DIR = Path(str(resources.files("vmbinder.guest")))
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOST_APT = Path("/etc/apt")
 CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "LANG": "C",

@@ -1,0 +1,1 @@
+"""Files the image builder copies into guest images, and its chroot steps."""
