@@ -135,11 +135,7 @@ def run(smoke, member, admin):
         security_groups=[{"name": group.name}], user_data=user_data,
         metadata={"smoke": smoke.prefix})
     smoke.undo("server", lambda: delete_server(member, server))
-    try:
-        member.compute.get_server_console_output(server)
-        early = "answered"
-    except exceptions.HttpException as exc:
-        early = f"HTTP {exc.status_code}"
+    early = console_answer(member, server)
     smoke.check("console right after create (BUILD) does not crash",
                 early == "answered" or early == "HTTP 409", early)
     server = wait_status(member, server, "ACTIVE")
@@ -200,11 +196,7 @@ def run(smoke, member, admin):
     fault = (big.fault or {}).get("message", "")
     smoke.check(f"{TOOBIG} boot ends in ERROR with a No valid host fault",
                 big.status == "ERROR" and "No valid host" in fault, fault[:80])
-    try:
-        member.compute.get_server_console_output(big)
-        answer = "answered"
-    except exceptions.HttpException as exc:
-        answer = f"HTTP {exc.status_code}"
+    answer = console_answer(member, big)
     smoke.check("console of a server in ERROR does not crash",
                 answer in ("answered", "HTTP 409"), answer)
     delete_server(member, big)
@@ -292,6 +284,15 @@ def check_bootstrap(smoke, member, admin, project_id):
     smoke.check("router1: gateway on public, interface on private-subnet",
                 gateway == public.id and any(ip["subnet_id"] == psub.id
                                              for p in interfaces for ip in p.fixed_ips))
+
+
+def console_answer(conn, server) -> str:
+    """"answered", or the HTTP status Nova refused the console output with."""
+    try:
+        conn.compute.get_server_console_output(server)
+        return "answered"
+    except exceptions.HttpException as exc:
+        return f"HTTP {exc.status_code}"
 
 
 def delete_server(conn, server):

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vmbinder import errors
 from vmbinder.spec import LaunchSpec
 
 #: Tag on every server vmbinder creates; `list` asks the cloud for it.
@@ -109,3 +110,31 @@ class Provider(Protocol):
 
     def delete(self, server: Server) -> list[Removed]:
         ...
+
+
+def candidates(names) -> str:
+    """Names for an error hint: sorted, unique, or "(none visible)"."""
+    names = sorted({n for n in names if n})
+    return ", ".join(names) if names else "(none visible)"
+
+
+def find_owned(servers: list[Server], name_or_id: str) -> Server:
+    """The one server of `servers` with this name or id, or a BadRequest naming the others."""
+    hits = [s for s in servers if name_or_id in (s.id, s.name)]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise errors.BadRequest(
+            f"more than one vmbinder server is named {name_or_id!r}",
+            "use its id: " + ", ".join(s.id for s in hits),
+        )
+    raise errors.BadRequest(
+        f"no vmbinder server named {name_or_id!r}",
+        f"vmbinder servers here: {candidates(s.name for s in servers)} (see vmbinder list)",
+    )
+
+
+def redact_token(text: str, server: Server) -> str:
+    """Console text with the server's Jupyter token replaced by <token>."""
+    token = server.meta("token")
+    return text.replace(token, "<token>") if token else text

@@ -58,6 +58,8 @@ from vmbinder.providers.base import (
     Removed,
     Resolved,
     Server,
+    find_owned,
+    redact_token,
 )
 from vmbinder.providers.local_image import (
     cloud_image,
@@ -91,11 +93,7 @@ from vmbinder.providers.local_qemu import (
     state_root,
     stop,
 )
-from vmbinder.providers.openstack_common import (
-    _candidates,
-    keypair_name,
-    server_metadata,
-)
+from vmbinder.providers.openstack_common import keypair_name, server_metadata
 from vmbinder.spec import NAME_RE, LaunchSpec
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -351,19 +349,10 @@ class LocalProvider:
         return servers
 
     def get(self, name_or_id: str) -> Server:
-        servers = self.list_owned()
-        hits = [s for s in servers if name_or_id in (s.id, s.name)]
-        if hits:
-            return hits[0]  # names are folder names, so unique
-        raise errors.BadRequest(
-            f"no vmbinder server named {name_or_id!r}",
-            f"vmbinder servers here: {_candidates(s.name for s in servers)} (see vmbinder list)",
-        )
+        return find_owned(self.list_owned(), name_or_id)  # names are folder names: unique
 
     def console_log(self, server: Server, lines: int | None = None) -> str:
-        text = console_tail(self.folder(server.name) / CONSOLE, lines)
-        token = server.meta("token")
-        return text.replace(token, "<token>") if token else text
+        return redact_token(console_tail(self.folder(server.name) / CONSOLE, lines), server)
 
     # -- deleting ------------------------------------------------------------------
 

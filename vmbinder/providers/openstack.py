@@ -20,12 +20,14 @@ from vmbinder.providers.base import (
     Removed,
     Resolved,
     Server,
+    candidates,
+    find_owned,
+    redact_token,
 )
 from vmbinder.providers.openstack_common import (
     MIN_DISK_GB,
     MIN_RAM_MB,
     PREFERRED_IMAGES,
-    _candidates,
     _sdk,
     cloud_errors,
     connect,
@@ -75,7 +77,7 @@ class OpenStackProvider:
                 names = [x.name for x in lister()]
             raise errors.ConfigError(
                 f"{kind} {name_or_id!r} not found",
-                f"choose one with {option}: {_candidates(names)}",
+                f"choose one with {option}: {candidates(names)}",
             )
         return found
 
@@ -94,7 +96,7 @@ class OpenStackProvider:
                 return matches[0]
         raise errors.ConfigError(
             "no --image given and no Ubuntu 24.04/22.04 or Debian 13/12 image found",
-            f"choose one with --image (or VMBINDER_IMAGE): {_candidates(i.name for i in images)}",
+            f"choose one with --image (or VMBINDER_IMAGE): {candidates(i.name for i in images)}",
         )
 
     def _flavor(self, wanted: str | None):
@@ -108,7 +110,7 @@ class OpenStackProvider:
             raise errors.ConfigError(
                 f"no --flavor given and no flavor has {MIN_RAM_MB} MB of RAM and "
                 f"{MIN_DISK_GB} GB of disk",
-                f"choose one with --flavor (or VMBINDER_FLAVOR): {_candidates(f.name for f in flavors)}",
+                f"choose one with --flavor (or VMBINDER_FLAVOR): {candidates(f.name for f in flavors)}",
             )
         return min(fits, key=lambda f: (f.ram, f.vcpus, f.disk, f.name))
 
@@ -131,14 +133,14 @@ class OpenStackProvider:
                     )
                 raise errors.ConfigError(
                     f"{kind} {wanted!r} not found",
-                    f"choose one with {option}: {_candidates(n.name for n in pool)}",
+                    f"choose one with {option}: {candidates(n.name for n in pool)}",
                 )
             if len(pool) == 1:
                 return pool[0]
             why = "none is visible" if not pool else "there are several"
             raise errors.ConfigError(
                 f"no {option} given and {why}",
-                f"choose one with {option}: {_candidates(n.name for n in pool)}",
+                f"choose one with {option}: {candidates(n.name for n in pool)}",
             )
 
         return (
@@ -340,26 +342,13 @@ class OpenStackProvider:
             return [self._record(s) for s in self.conn.compute.servers(details=True, tags=OWNER_TAG)]
 
     def get(self, name_or_id: str) -> Server:
-        servers = self.list_owned()
-        hits = [s for s in servers if name_or_id in (s.id, s.name)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise errors.BadRequest(
-                f"more than one vmbinder server is named {name_or_id!r}",
-                "use its id: " + ", ".join(s.id for s in hits),
-            )
-        raise errors.BadRequest(
-            f"no vmbinder server named {name_or_id!r}",
-            f"vmbinder servers here: {_candidates(s.name for s in servers)} (see vmbinder list)",
-        )
+        return find_owned(self.list_owned(), name_or_id)
 
     def console_log(self, server: Server, lines: int | None = None) -> str:
         with cloud_errors(f"reading the console of {server.name}"):
             out = self.conn.compute.get_server_console_output(server.id, length=lines)
         text = out.get("output", "") if isinstance(out, dict) else str(out)
-        token = server.meta("token")
-        return text.replace(token, "<token>") if token else text
+        return redact_token(text, server)
 
     def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
         meta = {META + k: v for k, v in values.items()}

@@ -108,11 +108,6 @@ def connect(cloud: str | None):
     return conn
 
 
-def _candidates(names) -> str:
-    names = sorted({n for n in names if n})
-    return ", ".join(names) if names else "(none visible)"
-
-
 def state_of(status: str | None, task_state: str | None = None) -> str:
     if task_state == "deleting":
         return DELETING
