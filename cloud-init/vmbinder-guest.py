@@ -409,13 +409,17 @@ STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_
 
 def run_all(doc):
     write_state(started=read_state().get("started") or time.time(), ready=False)
+    durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
         phase(name, "started")
+        t0 = time.time()
         try:
             result = step(doc)
         except (OSError, subprocess.CalledProcessError, TimeoutError, ValueError) as exc:
             phase(name, "failed", error=type(exc).__name__)
             return 1
+        durations[name] = round(time.time() - t0, 1)
+        write_state(durations=durations)
         phase(name, "done", result=result)
     write_state(ready=True)
     phase("ready", "done")
@@ -461,7 +465,8 @@ class StatusHandler(BaseHTTPRequestHandler):
         if path == "/vmbinder/status.json":
             if not self.authorised():
                 return self.send(403, json.dumps({"error": "token required"}), "application/json")
-            keys = ("phase", "status", "ready", "interfaces", "commit", "built", "error")
+            keys = ("phase", "status", "ready", "interfaces", "commit", "built", "error",
+                    "durations")
             doc = {k: state.get(k) for k in keys} | {"elapsed": elapsed}
             return self.send(200, json.dumps(doc), "application/json")
         tail = ""

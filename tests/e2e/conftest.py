@@ -1,5 +1,5 @@
 """What the end-to-end guest test needs: the baked image (with the container
-base image inside it), a test repository served over git:// from this
+base image inside it), examples/local-repo served over git:// from this
 machine's loopback, and a CLI environment with its own state folder.
 
 The image is built once and kept in VMBINDER_E2E_IMAGES (default
@@ -11,27 +11,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = Path(os.environ.get("VMBINDER_E2E_IMAGES", Path.home() / ".cache" / "vmbinder" / "e2e"))
-#: The guest reaches this machine's loopback at this address (qemu user networking).
-HOST_FROM_GUEST = "10.0.2.2"
-DOCKERFILE = """\
-FROM vmbinder/base:bookworm
-ARG NB_USER=jovyan
-ARG NB_UID=1000
-USER root
-COPY --chown=1000:1000 . /home/jovyan/
-USER 1000
-WORKDIR /home/jovyan
-"""
 
 
 def _inputs_hash() -> str:
@@ -59,38 +46,13 @@ def baked_image() -> Path:
     return output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def test_repo(tmp_path_factory) -> str:
-    """A repository whose Dockerfile starts FROM the baked base image, over git://."""
-    base = tmp_path_factory.mktemp("git")
-    work = base / "work"
-    work.mkdir()
-    (work / "Dockerfile").write_text(DOCKERFILE)
-    (work / "index.ipynb").write_text('{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}\n')
-    git = ["git", "-c", "user.name=vmbinder", "-c", "user.email=test@vmbinder.invalid"]
-    subprocess.run([*git, "init", "-q", "-b", "main", str(work)], check=True)
-    subprocess.run([*git, "-C", str(work), "add", "."], check=True)
-    subprocess.run([*git, "-C", str(work), "commit", "-q", "-m", "test repository"], check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(base / "repo.git")], check=True)
-    port = _free_port()
-    daemon = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-         "--listen=127.0.0.1", f"--port={port}", str(base)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(50):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield f"git://{HOST_FROM_GUEST}:{port}/repo.git"
-    daemon.terminate()
-    daemon.wait(timeout=10)
+def test_repo() -> str:
+    """examples/local-repo (its Dockerfile starts FROM the baked base image), over git://."""
+    from vmbinder.localrepo import serve
+
+    with serve(ROOT / "examples" / "local-repo") as url:
+        yield url
 
 
 @pytest.fixture

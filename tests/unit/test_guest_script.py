@@ -136,6 +136,10 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     state = guest.state()
     assert state["ready"] is True and state["phase"] == "ready"
     assert state["interfaces"] == ["tree", "lab"]
+    # Seconds per step, which the guest-overhead benchmark reads.
+    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "docker", "base-images",
+                                        "repo2docker", "build", "service", "interfaces"]
+    assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [

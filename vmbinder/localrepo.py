@@ -1,0 +1,110 @@
+"""Serve a folder of this machine as a git repository that a local-target guest can clone.
+
+A guest of the local target (qemu user-mode networking) reaches this machine's
+loopback at 10.0.2.2. repo2docker clones with `git clone --depth 1`, which
+git's "dumb" HTTP transport cannot do, so the repository is served by
+`git daemon` (git://) on 127.0.0.1.
+
+    python -m vmbinder.localrepo FOLDER -- vmbinder --cloud local launch {url}
+
+commits FOLDER's files into a bare repository in a temporary folder, serves it,
+runs the command with `{url}` replaced by git://10.0.2.2:PORT/repo.git, and
+stops serving when the command ends (its exit code is this one's). A folder that
+is already a git work tree is served as it is committed (its HEAD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+#: The address of this machine's loopback as qemu user-mode networking shows it to the guest.
+HOST_FROM_GUEST = "10.0.2.2"
+_GIT = ["git", "-c", "user.name=vmbinder", "-c", "user.email=vmbinder@localhost.invalid",
+        "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
+
+
+def bare_repository(folder: Path, dest: Path) -> Path:
+    """A bare repository at dest/repo.git holding folder's files (or its commits)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    bare = Path(dest) / "repo.git"
+    if (folder / ".git").exists():
+        subprocess.run(["git", "clone", "-q", "--bare", str(folder), str(bare)], check=True)
+        return bare
+    work = Path(dest) / "work"
+    shutil.copytree(folder, work)
+    subprocess.run([*_GIT, "init", "-q", str(work)], check=True)
+    subprocess.run([*_GIT, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*_GIT, "-C", str(work), "commit", "-q", "-m", f"{folder.name}"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    return bare
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve folder over git:// on 127.0.0.1; yields the URL a local guest clones."""
+    with tempfile.TemporaryDirectory(prefix="vmbinder-repo-") as tmp:
+        base = Path(tmp)
+        bare_repository(folder, base)
+        port = _free_port()
+        daemon = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+             "--listen=127.0.0.1", f"--port={port}", str(base)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"git daemon exited with {daemon.returncode}")
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{port}")
+            yield f"git://{HOST_FROM_GUEST}:{port}/repo.git"
+        finally:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 3 or argv[1] != "--":
+        print("usage: python -m vmbinder.localrepo FOLDER -- COMMAND... ({url} is the git URL)",
+              file=sys.stderr)
+        return 2
+    folder, command = Path(argv[0]), argv[2:]
+    if not folder.is_dir():
+        print(f"error: {folder} is not a folder", file=sys.stderr)
+        return 2
+    with serve(folder) as url:
+        print(f"serving {folder} as {url}", file=sys.stderr)
+        child = subprocess.Popen([part.replace("{url}", url) for part in command])
+        # Ctrl-C reaches the command too: let it finish its own cleanup, then stop serving.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return child.wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
