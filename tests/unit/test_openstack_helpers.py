@@ -1,9 +1,13 @@
-"""The OpenStack provider's pure helpers; its cloud calls are tested against the testbed."""
+"""The OpenStack provider's pure helpers, and its choice of image and flavor from
+listed records; its cloud calls are tested against the testbed."""
+
+from types import SimpleNamespace
 
 import pytest
 
 from vmbinder import errors
 from vmbinder.providers import openstack_common as osp
+from vmbinder.providers.openstack import OpenStackProvider
 from vmbinder.sources import Source
 from vmbinder.spec import make_spec
 
@@ -77,3 +81,43 @@ def test_a_multi_line_badge_is_recorded_as_the_repository_it_names():
     badge = "[![Binder](https://mybinder.org/badge_logo.svg)]\n(https://mybinder.org/v2/gh/o/r/HEAD)"
     spec = make_spec(Source("https://github.com/o/r", "git", ref="HEAD", given=badge), name="demo")
     assert osp.server_metadata(spec, "u")["vmbinder:source"] == "https://github.com/o/r"
+
+
+def _image(name, disk_format="qcow2", container_format="bare", created="2026-01-01T00:00:00Z",
+           **extra):
+    return SimpleNamespace(id=f"id-{name}", name=name, disk_format=disk_format,
+                           container_format=container_format, created_at=created, **extra)
+
+
+def test_kernel_and_initrd_images_are_never_bootable():
+    images = [_image("d"), _image("d-kernel", "aki", "aki"), _image("d-initrd", "ari", "ari"),
+              _image("old-style", "qcow2", "aki")]
+    assert [i.name for i in osp.bootable(images)] == ["d"]
+
+
+def test_choosing_an_image_skips_the_kernel_and_initrd_of_an_upload():
+    # The parts of `vmbinder image upload` match "debian.*12" too, and may be the newest.
+    images = [
+        _image("debian-12", created="2026-01-01T00:00:00Z"),
+        _image("debian-12-baked", created="2026-11-23T20:00:00Z"),
+        _image("debian-12-baked-kernel", "aki", "aki", created="2026-11-23T20:00:01Z"),
+        _image("debian-12-baked-initrd", "ari", "ari", created="2026-11-23T20:00:01Z"),
+    ]
+    conn = SimpleNamespace(image=SimpleNamespace(images=lambda **query: iter(images)))
+    assert OpenStackProvider(conn=conn)._image(None).name == "debian-12-baked"
+    conn.image.images = lambda **query: iter(images[2:])
+    with pytest.raises(errors.ConfigError) as info:
+        OpenStackProvider(conn=conn)._image(None)
+    assert "kernel" not in info.value.hint and "(none visible)" in info.value.hint
+
+
+def test_choosing_a_flavor_honours_the_image_min_disk():
+    flavors = [SimpleNamespace(name=n, ram=r, disk=d, vcpus=1)
+               for n, r, d in (("small", 2048, 10), ("medium", 4096, 20), ("tiny", 512, 40))]
+    conn = SimpleNamespace(compute=SimpleNamespace(flavors=lambda: iter(flavors)))
+    provider = OpenStackProvider(conn=conn)
+    assert provider._flavor(None).name == "small"
+    assert provider._flavor(None, _image("d", min_disk=20, min_ram=0)).name == "medium"
+    with pytest.raises(errors.ConfigError) as info:
+        provider._flavor(None, _image("d", min_disk=50, min_ram=0))
+    assert "50 GB of disk" in info.value.message

@@ -29,6 +29,7 @@ from vmbinder.providers.openstack_common import (
     MIN_RAM_MB,
     PREFERRED_IMAGES,
     _sdk,
+    bootable,
     cloud_errors,
     connect,
     existing_rules,
@@ -86,7 +87,7 @@ class OpenStackProvider:
         if wanted:
             return self._find("image", conn.image.find_image, wanted, conn.image.images, "--image")
         with cloud_errors("listing images"):
-            images = [i for i in conn.image.images(status="active")]
+            images = bootable(conn.image.images(status="active"))
         for pattern in PREFERRED_IMAGES:
             matches = sorted(
                 (i for i in images if re.search(pattern, i.name or "", re.IGNORECASE)),
@@ -99,17 +100,19 @@ class OpenStackProvider:
             f"choose one with --image (or VMBINDER_IMAGE): {candidates(i.name for i in images)}",
         )
 
-    def _flavor(self, wanted: str | None):
+    def _flavor(self, wanted: str | None, image=None):
         conn = self.conn
         if wanted:
             return self._find("flavor", conn.compute.find_flavor, wanted, conn.compute.flavors, "--flavor")
         with cloud_errors("listing flavors"):
             flavors = list(conn.compute.flavors())
-        fits = [f for f in flavors if f.ram >= MIN_RAM_MB and f.disk >= MIN_DISK_GB]
+        # An image's min_disk (such as the 20 GB disk of `vmbinder image upload`) raises the floor.
+        ram = max(MIN_RAM_MB, getattr(image, "min_ram", 0) or 0)
+        disk = max(MIN_DISK_GB, getattr(image, "min_disk", 0) or 0)
+        fits = [f for f in flavors if f.ram >= ram and f.disk >= disk]
         if not fits:
             raise errors.ConfigError(
-                f"no --flavor given and no flavor has {MIN_RAM_MB} MB of RAM and "
-                f"{MIN_DISK_GB} GB of disk",
+                f"no --flavor given and no flavor has {ram} MB of RAM and {disk} GB of disk",
                 f"choose one with --flavor (or VMBINDER_FLAVOR): {candidates(f.name for f in flavors)}",
             )
         return min(fits, key=lambda f: (f.ram, f.vcpus, f.disk, f.name))
@@ -224,7 +227,7 @@ class OpenStackProvider:
         server_metadata(spec, None)  # refuses values too long to record, before anything is made
         self._refuse_duplicate(spec.name)
         image = self._image(choice.image)
-        flavor = self._flavor(choice.flavor)
+        flavor = self._flavor(choice.flavor, image)
         network, external = self._networks(choice.network, choice.external_network)
         key_name = self._keypair(spec, ledger)
         group = self._security_group(spec, ledger)

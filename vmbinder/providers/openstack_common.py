@@ -27,6 +27,9 @@ META_VALUE_MAX = 255
 PREFERRED_IMAGES = (
     r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
 )
+#: Glance formats of the kernel and initrd that boot another image's disk
+#: (`vmbinder image upload` makes them): never a server's --image.
+PART_FORMATS = ("aki", "ari")
 #: The smallest flavor picked when --flavor is not given must have at least this.
 MIN_RAM_MB = 2048
 MIN_DISK_GB = 10
@@ -106,6 +109,12 @@ def connect(cloud: str | None):
             NO_CLOUD_HINT,
         ) from exc
     return conn
+
+
+def bootable(images) -> list:
+    """The images a server can boot from: not the kernel (aki) and initrd (ari) parts."""
+    return [i for i in images
+            if i.disk_format not in PART_FORMATS and i.container_format not in PART_FORMATS]
 
 
 def state_of(status: str | None, task_state: str | None = None) -> str:
