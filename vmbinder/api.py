@@ -174,29 +174,32 @@ def launch(
             if isinstance(exc, errors.VmbinderError):
                 exc.hint = f"{exc.hint or ''}\nkept for inspection: {kept}".strip()
             raise
-        _roll_back_or_report(ledger, reporter, exc)
+        roll_back_or_report(ledger, reporter, exc)
         raise
     return Launched(server=server, resolved=resolved, access=access(server), ready=wait)
 
 
-def _roll_back_or_report(ledger: Ledger, reporter: Reporter, exc: BaseException) -> None:
+def roll_back_or_report(ledger: Ledger, reporter: Reporter, exc: BaseException,
+                        what: str = "launch") -> None:
+    """After `what` failed with exc: remove what the ledger holds, then say so in
+    the error (or raise CleanupFailed naming each leftover, or Interrupted)."""
     made = [f"{i.kind} {i.name}" for i in ledger.items]
     leftovers = rollback(ledger, reporter)
     if leftovers:
         lines = [f"  {kind} {id_}: {err}\n    remove it with: {cmd}" for kind, id_, err, cmd in leftovers]
         raise errors.CleanupFailed(
-            f"the launch failed ({_describe(exc)}) and cleaning up left these behind:\n"
+            f"the {what} failed ({_describe(exc)}) and cleaning up left these behind:\n"
             + "\n".join(lines),
             "run the commands above (with the same OS_CLOUD) to remove them",
             details={"leftovers": leftovers},
         ) from exc
     cleaned = f"removed what it created: {', '.join(made)}" if made else "nothing had been created"
     if isinstance(exc, KeyboardInterrupt):
-        raise errors.Interrupted(f"launch interrupted; {cleaned}") from exc
+        raise errors.Interrupted(f"{what} interrupted; {cleaned}") from exc
     if isinstance(exc, errors.VmbinderError):
         exc.hint = f"{exc.hint}\n{cleaned}" if exc.hint else cleaned
     elif isinstance(exc, Exception):
-        raise errors.VmbinderError(f"launch failed: {_describe(exc)}; {cleaned}") from exc
+        raise errors.VmbinderError(f"{what} failed: {_describe(exc)}; {cleaned}") from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -402,7 +402,9 @@ def delete(obj: Context, names, fmt):
 
 def _register_image_commands() -> None:
     from vmbinder.guestimage import image
+    from vmbinder.imageupload import upload_command
 
+    image.add_command(upload_command)
     cli.add_command(image)
 
 

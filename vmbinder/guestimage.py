@@ -535,7 +535,7 @@ def host_ca_files() -> list[Path]:
 
 @click.group("image")
 def image() -> None:
-    """Build guest images for the local qemu target."""
+    """Build guest images for the local qemu target, or upload them to OpenStack."""
 
 
 @image.command("build")

@@ -59,7 +59,14 @@ class Testbed:
         found += [("keypair", k.name, k.name)
                   for k in a.compute.keypairs(user_id=self.user_id)
                   if k.name.startswith("vmbinder-")]
+        found += [("image", i.id, i.name) for i in self.images()]
         return found
+
+    def images(self, name: str | None = None) -> list:
+        """The member project's images uploaded by vmbinder (all of them, or one upload's)."""
+        return [i for i in self.admin.image.images(owner=self.project_id)
+                if (i.properties or {}).get("vmbinder_image") and
+                name in (None, i.properties["vmbinder_image"])]
 
     def remove(self, leftovers) -> None:
         a = self.admin
@@ -75,6 +82,8 @@ class Testbed:
                 a.network.delete_security_group(rid, ignore_missing=True)
             elif kind == "keypair":
                 a.compute.delete_keypair(rid, user_id=self.user_id, ignore_missing=True)
+            elif kind == "image":
+                a.image.delete_image(rid, ignore_missing=True)
 
     def server(self, name: str):
         hits = [s for s in self.admin.compute.servers(all_projects=True, project_id=self.project_id,
