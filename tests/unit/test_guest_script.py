@@ -247,3 +247,22 @@ def test_baked_base_images_are_imported_once(tmp_path, jupyter):
     (imp,) = [c for c in guest.calls("docker") if c[1] == "import"]
     assert imp[1:] == ["import", "--change", "USER 1000", "--change", "ENV A=b c",
                        str(folder / "base.tar.gz"), "vmbinder/base:bookworm"]
+
+
+@pytest.mark.parametrize("tls, hostname, public_ip, site, tls_line", [
+    # acme: Caddy gets a certificate for the name and redirects HTTP to HTTPS.
+    ("acme", None, "203.0.113.9", "203-0-113-9.sslip.io {", None),
+    ("acme", "nb.example.org", "203.0.113.9", "nb.example.org {", None),
+    ("internal", None, None, "localhost {", "\ttls internal"),
+    ("internal", "localhost", None, "localhost {", "\ttls internal"),
+    # off: plain HTTP on port 80, no certificate and no redirect.
+    ("off", None, "203.0.113.9", "http://203-0-113-9.sslip.io {", None),
+    ("off", "nb.example.org", None, "http://nb.example.org {", None),
+])
+def test_caddy_serves_each_tls_mode(tmp_path, jupyter, tls, hostname, public_ip, site, tls_line):
+    guest = Guest(tmp_path, jupyter, spec_for(tls=tls, hostname=hostname), public_ip=public_ip)
+    assert guest.run().returncode == 0
+    caddy = (guest.root / "etc/caddy/Caddyfile").read_text().splitlines()
+    assert caddy[0] == site
+    assert [ln for ln in caddy if "tls" in ln] == ([tls_line] if tls_line else [])
+    assert "\t\treverse_proxy " + guest.jupyter_addr in caddy
