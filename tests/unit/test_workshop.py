@@ -1,0 +1,98 @@
+"""Workshop files: every field checked before anything is created, with FILE:LINE messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmbinder import workshop
+from vmbinder.errors import BadRequest
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "workshop.yaml"
+HEAD = "name: ws\nsource: https://github.com/o/r\n"
+
+
+def refused(text: str) -> BadRequest:
+    with pytest.raises(BadRequest) as info:
+        workshop.parse(text, "w.yaml")
+    assert info.value.exit_code == 2 and info.value.hint
+    return info.value
+
+
+def test_the_example_file_reads_as_documented():
+    ws = workshop.load(EXAMPLE)
+    assert ws.name == "genomics-101" and ws.path == EXAMPLE
+    assert ws.source.repo == "https://github.com/binder-examples/requirements"
+    assert ws.source.ref == "HEAD" and ws.source.open == "lab/tree/index.ipynb"
+    assert [s.name for s in ws.seats] == ["genomics-101-01", "genomics-101-02", "genomics-101-03"]
+    assert [s.participant.name for s in ws.seats] == ["Ada Lovelace", "Alan Turing", "Grace Hopper"]
+    assert ws.seats[1].participant.email == "alan@example.org"
+    assert [s.cloud.flavor for s in ws.seats] == ["m1.large", "m1.large", "m1.xlarge"]
+    assert ws.tls == "acme" and ws.lifetime_s == 8 * 3600
+
+
+@pytest.mark.parametrize("count, first, last", [(1, "ws-01", "ws-01"), (30, "ws-01", "ws-30"),
+                                                (100, "ws-001", "ws-100"), (200, "ws-001", "ws-200")])
+def test_seat_names_are_deterministic_and_sort(count, first, last):
+    ws = workshop.parse(HEAD + f"seats: {count}\n")
+    names = [s.name for s in ws.seats]
+    assert (names[0], names[-1], len(names)) == (first, last, count)
+    assert names == sorted(names) and [s.number for s in ws.seats] == list(range(1, count + 1))
+    assert workshop.parse(HEAD + f"seats: {count}\n") == ws  # the same file, the same seats
+
+
+def test_overrides_by_number_seat_name_and_participant():
+    ws = workshop.parse(HEAD + "participants: [Ada, Alan, Grace]\nimage: img\nflavor: small\n"
+                        "overrides:\n  1: {flavor: big}\n  ws-02: {image: other}\n"
+                        "  Grace: {hostname: Grace.Example.org.}\n")
+    assert [(s.cloud.flavor, s.cloud.image, s.hostname) for s in ws.seats] == [
+        ("big", "img", None), ("small", "other", None), ("small", "img", "grace.example.org")]
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("name: ws\nsource: https://github.com/o/r\nseats: [1\n", 4, "not valid YAML"),
+    ("- a\n- b\n", None, "a mapping of keys"),
+    ("source: https://github.com/o/r\nseats: 2\n", 1, "name is missing"),
+    ("name: ws\nseats: 2\n", 1, "source is missing"),
+    (HEAD, 1, "seats is missing"),
+    ("name: Big_Name\nsource: https://github.com/o/r\nseats: 2\n", 1, "invalid name"),
+    ("name: " + "a" * 60 + "\nsource: https://github.com/o/r\nseats: 2\n", 1, "invalid name"),
+    ("name: ws\nsource: not a source\nseats: 2\n", 2, "source"),
+    (HEAD + "ref: 'a b'\nseats: 2\n", 3, "ref 'a b'"),
+    (HEAD + "seats: 2\nsubdir: ../up\n", 4, "'..'"),
+    (HEAD + "seats: 2\nopen: \"a\\nb\"\n", 4, "one line"),
+    ("name: ws\nsource: 10.5281/zenodo.3242074\nseats: 2\nref: v1\n", 4, "git sources only"),
+    (HEAD + "seats: 0\n", 3, "from 1 to 200"),
+    (HEAD + "seats: 201\n", 3, "from 1 to 200"),
+    (HEAD + "seats: thirty\n", 3, "whole number"),
+    (HEAD + "seats: true\n", 3, "whole number"),
+    (HEAD + "seats: 2\nparticipants: [a]\n", 3, "not both"),
+    (HEAD + "participants: []\n", 3, "list of names"),
+    (HEAD + "participants:\n  - Ada\n  - Ada\n", 5, "listed twice"),
+    (HEAD + "participants:\n  - {name: Ada, email: nope}\n", 4, "not an email"),
+    (HEAD + "participants:\n  - {name: Ada, phone: 1}\n", 4, "unknown key 'phone'"),
+    (HEAD + "seats: 2\nflavour: big\n", 4, "did you mean flavor"),
+    (HEAD + "seats: 2\nseats: 3\n", 4, "given twice"),
+    (HEAD + "seats: 2\nflavor: [a, b]\n", 4, "text value"),
+    (HEAD + "seats: 2\ntls: maybe\n", 4, "acme, internal, off"),
+    (HEAD + "seats: 2\nlifetime: forever\n", 4, "90m, 8h, 3d"),
+    (HEAD + "seats: 2\nlifetime: 0h\n", 4, "not a duration"),
+    (HEAD + "seats: 2\noverrides: [1]\n", 4, "map a seat"),
+    (HEAD + "seats: 2\noverrides:\n  3: {flavor: x}\n", 5, "from 1 to 2"),
+    (HEAD + "seats: 2\noverrides:\n  nobody: {flavor: x}\n", 5, "not a seat"),
+    (HEAD + "seats: 2\noverrides:\n  1: {cores: 4}\n", 5, "unknown key 'cores'"),
+    (HEAD + "seats: 2\noverrides:\n  1: {hostname: 'not a host'}\n", 5, "hostname"),
+    (HEAD + "seats: 2\noverrides:\n  1: {flavor: a}\n  ws-01: {flavor: b}\n", 6, "twice"),
+    (HEAD + "seats: 2\noverrides:\n  1: big\n", 5, "must be a mapping"),
+])
+def test_bad_files_are_refused_with_the_line(text, line, words):
+    exc = refused(text)
+    prefix = f"w.yaml:{line}: " if line else "w.yaml: "
+    assert exc.message.startswith(prefix), exc.message
+    assert words in exc.message + " " + exc.hint
+
+
+def test_a_missing_file_names_the_path(tmp_path):
+    with pytest.raises(BadRequest, match="no such workshop file"):
+        workshop.load(tmp_path / "nope.yaml")
