@@ -404,8 +404,11 @@ def _register_image_commands() -> None:
     from vmbinder.guestimage import image
     from vmbinder.imageupload import upload_command
 
+    from vmbinder.workshop_cli import workshop
+
     image.add_command(upload_command)
     cli.add_command(image)
+    cli.add_command(workshop)
 
 
 _register_image_commands()

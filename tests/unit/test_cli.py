@@ -127,6 +127,11 @@ def test_every_command_has_help_and_is_in_the_readme():
         assert f"vmbinder {name}" in readme, f"README does not show `vmbinder {name}`"
         if not isinstance(command, click.Group):
             assert "--format" in res.stdout, f"{name} prints results but has no --format"
+            continue
+        for sub, subcommand in command.commands.items():
+            res = run(name, sub, "--help")
+            assert res.exit_code == 0 and subcommand.help, f"{name} {sub}"
+            assert f"vmbinder {name} {sub}" in readme, f"README does not show `vmbinder {name} {sub}`"
 
 
 def test_version():

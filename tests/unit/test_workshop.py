@@ -96,3 +96,27 @@ def test_bad_files_are_refused_with_the_line(text, line, words):
 def test_a_missing_file_names_the_path(tmp_path):
     with pytest.raises(BadRequest, match="no such workshop file"):
         workshop.load(tmp_path / "nope.yaml")
+
+
+def test_workshop_check_prints_the_seats_and_refuses_bad_files(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from vmbinder.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["workshop", "check", str(EXAMPLE)], catch_exceptions=False)
+    assert res.exit_code == 0
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("workshop genomics-101: 3 seats of https://github.com/binder-examples")
+    assert lines[-1].split()[:4] == ["genomics-101-03", "Grace", "Hopper", "m1.xlarge"]
+    res = runner.invoke(cli, ["workshop", "check", "--format", "json", str(EXAMPLE)])
+    doc = json.loads(res.stdout)
+    assert [s["seat"] for s in doc["seats"]] == ["genomics-101-01", "genomics-101-02", "genomics-101-03"]
+    assert doc["seats"][1]["email"] == "alan@example.org" and doc["lifetime_s"] == 28800
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(HEAD + "seats: 2\nflavour: big\n")
+    res = runner.invoke(cli, ["workshop", "check", str(bad)])
+    assert res.exit_code == 2
+    assert f"{bad}:4: unknown key 'flavour'" in res.stderr and "did you mean flavor" in res.stderr
