@@ -111,7 +111,8 @@ class _Doc:
         node = self.items[key]
         value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
         if isinstance(value, bool) or not isinstance(value, (str, int, float)) or value == "":
-            raise self.error(node, f"{key} must be a text value")
+            raise self.error(node, f"{key} must be a text value",
+                             f"write one value, quoted if YAML reads it otherwise: {key}: 'yes'")
         text = node.value if isinstance(value, float) else str(value)
         if len(text) > limit or any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise self.error(node, f"{key} must be one line of at most {limit} characters")
@@ -219,6 +220,8 @@ def _parse_overrides(doc: _Doc, names: list[str], people: list[Participant] | No
     result: dict[int, dict] = {}
     for key_node, value_node in node.value:
         key = _scalar(key_node)
+        if isinstance(key, str) and key.isdigit():  # "3": seat 3 as well
+            key = int(key)
         if isinstance(key, int) and not isinstance(key, bool) and 1 <= key <= len(names):
             index = key - 1
         elif isinstance(key, str) and key in names:

@@ -44,7 +44,7 @@ def test_seat_names_are_deterministic_and_sort(count, first, last):
 
 def test_overrides_by_number_seat_name_and_participant():
     ws = workshop.parse(HEAD + "participants: [Ada, Alan, Grace]\nimage: img\nflavor: small\n"
-                        "overrides:\n  1: {flavor: big}\n  ws-02: {image: other}\n"
+                        "overrides:\n  '1': {flavor: big}\n  ws-02: {image: other}\n"
                         "  Grace: {hostname: Grace.Example.org.}\n")
     assert [(s.cloud.flavor, s.cloud.image, s.hostname) for s in ws.seats] == [
         ("big", "img", None), ("small", "other", None), ("small", "img", "grace.example.org")]
@@ -75,6 +75,7 @@ def test_overrides_by_number_seat_name_and_participant():
     (HEAD + "seats: 2\nflavour: big\n", 4, "did you mean flavor"),
     (HEAD + "seats: 2\nseats: 3\n", 4, "given twice"),
     (HEAD + "seats: 2\nflavor: [a, b]\n", 4, "text value"),
+    (HEAD + "seats: 2\nref: yes\n", 4, "quoted"),
     (HEAD + "seats: 2\ntls: maybe\n", 4, "acme, internal, off"),
     (HEAD + "seats: 2\nlifetime: forever\n", 4, "90m, 8h, 3d"),
     (HEAD + "seats: 2\nlifetime: 0h\n", 4, "not a duration"),
