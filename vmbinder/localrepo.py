@@ -26,6 +26,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from vmbinder.providers.local_qemu import free_ports
+
 #: The address of this machine's loopback as qemu user-mode networking shows it to the guest.
 HOST_FROM_GUEST = "10.0.2.2"
 _GIT = ["git", "-c", "user.name=vmbinder", "-c", "user.email=vmbinder@localhost.invalid",
@@ -50,19 +52,13 @@ def bare_repository(folder: Path, dest: Path) -> Path:
     return bare
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serve(folder: Path) -> Iterator[str]:
     """Serve folder over git:// on 127.0.0.1; yields the URL a local guest clones."""
     with tempfile.TemporaryDirectory(prefix="vmbinder-repo-") as tmp:
         base = Path(tmp)
         bare_repository(folder, base)
-        port = _free_port()
+        (port,) = free_ports(1)
         daemon = subprocess.Popen(
             ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
              "--listen=127.0.0.1", f"--port={port}", str(base)],

@@ -79,7 +79,7 @@ def _refuse(message: str, hint: str = ACCEPTED_FORMS) -> BadRequest:
     return BadRequest(message, hint)
 
 
-def _has_control(text: str) -> bool:
+def has_control(text: str) -> bool:
     return any(unicodedata.category(c) == "Cc" for c in text)
 
 
@@ -94,7 +94,7 @@ def _check(value: str, what: str, hint: str, rules) -> str:
 
 _REF_RULES = (  # git check-ref-format
     (lambda r: not 1 <= len(r) <= MAX_LEN, f"must be 1 to {MAX_LEN} characters long"),
-    (lambda r: _has_control(r) or any(c.isspace() for c in r), "contains whitespace or control characters"),
+    (lambda r: has_control(r) or any(c.isspace() for c in r), "contains whitespace or control characters"),
     (lambda r: r.startswith("-"), "starts with '-' and would be read as an option"),
     (lambda r: set(r) & set("~^:?*[\\"), "contains one of ~ ^ : ? * [ \\, which git does not allow"),
     (lambda r: any(s in r for s in ("..", "@{", "//")) or r == "@",
@@ -106,14 +106,14 @@ _REF_RULES = (  # git check-ref-format
 )
 _SUBDIR_RULES = (
     (lambda d: not 1 <= len(d) <= MAX_LEN, f"must be 1 to {MAX_LEN} characters long"),
-    (_has_control, "contains control characters"),
+    (has_control, "contains control characters"),
     (lambda d: d.startswith("/"), "is absolute; it must be relative to the repository"),
     (lambda d: ".." in d.split("/"), "has a '..' component; it must stay inside the repository"),
     (lambda d: d.lstrip("./").startswith("-"), "starts with '-' and would be read as an option"),
 )
 _URL_PATH_RULES = (
     (lambda p: len(p) > MAX_LEN, f"is longer than {MAX_LEN} characters"),
-    (_has_control, "contains control characters"),
+    (has_control, "contains control characters"),
     (lambda p: "?" in p or "#" in p,
      "contains '?' or '#'; a query string or fragment cannot be passed through, only a path"),
     (lambda p: ".." in p.split("/"), "has a '..' component"),
@@ -427,7 +427,7 @@ def _doi(text: str) -> Source | None:
     if m.group(1) and "doi.org" in m.group(1).lower():
         doi = unquote(re.split(r"[?#]", doi, maxsplit=1)[0])
     doi = doi.rstrip("/")
-    if not _DOI.match(doi) or _has_control(doi):
+    if not _DOI.match(doi) or has_control(doi):
         raise _refuse(f"{_show(text)} is not a DOI (10.<prefix>/<suffix>)")
     return Source(doi, "doi")
 
@@ -493,7 +493,7 @@ def _parse_one(text: str, given: str) -> Source:
     show = _show(text)
     if len(text) > MAX_LEN:
         raise _refuse(f"source {show} is {len(text)} characters long; at most {MAX_LEN} are accepted")
-    if _has_control(text):
+    if has_control(text):
         raise _refuse(f"source {show} contains control characters (newline, tab, NUL, ...)")
     if text.startswith("-"):
         raise _refuse(f"source {show} starts with '-' and would be read as an option by repo2docker")
@@ -505,7 +505,7 @@ def _parse_one(text: str, given: str) -> Source:
             break
     else:
         raise _refuse(_why_not(text))
-    if source.repo.startswith("-") or _has_control(source.repo):
+    if source.repo.startswith("-") or has_control(source.repo):
         raise _refuse(f"source {show} does not give a usable repository")
     return replace(
         source,

@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from vmbinder.errors import BadRequest
-from vmbinder.sources import Source, resolve_source
+from vmbinder.sources import Source, has_control, resolve_source
 from vmbinder.spec import NAME_RE, TLS_MODES, CloudChoice, validate_hostname
 
 MAX_SEATS = 200
@@ -114,7 +114,7 @@ class _Doc:
             raise self.error(node, f"{key} must be a text value",
                              f"write one value, quoted if YAML reads it otherwise: {key}: 'yes'")
         text = node.value if isinstance(value, float) else str(value)
-        if len(text) > limit or any(ord(c) < 32 or ord(c) == 127 for c in text):
+        if len(text) > limit or has_control(text):
             raise self.error(node, f"{key} must be one line of at most {limit} characters")
         return text
 
@@ -177,7 +177,7 @@ def _parse_participants(doc: _Doc) -> list[Participant] | None:
                 raise entry.error(entry.node("email"), f"{email!r} is not an email address")
         elif isinstance(item, yaml.ScalarNode) and item.value.strip():
             name, email = item.value.strip(), None
-            if len(name) > 120 or any(ord(c) < 32 for c in name):
+            if len(name) > 120 or has_control(name):
                 raise doc.error(item, "a participant's name is one line of at most 120 characters")
         else:
             raise doc.error(item, "each participant is a name or a {name, email} mapping")
