@@ -76,6 +76,19 @@ class Ledger:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """An image made from a server's disk, from which servers start without building.
+
+    id is what a launch passes as its image (an image id on a cloud, an image
+    folder on the local target); properties are the vmbinder_* values it carries."""
+
+    id: str
+    name: str
+    properties: dict[str, str]
+    created: str | None = None
+
+
+@dataclass(frozen=True)
 class Removed:
     kind: str
     id: str
@@ -109,6 +122,17 @@ class Provider(Protocol):
         """Record vmbinder:* values on the server (keys without the prefix)."""
 
     def delete(self, server: Server) -> list[Removed]:
+        ...
+
+    def snapshot(self, server: Server, name: str, properties: dict[str, str],
+                 ledger: Ledger) -> Snapshot:
+        """Stop the server, image its disk with these properties, start it again.
+        The snapshot goes into ledger, so a failure after it removes it."""
+
+    def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
+        """vmbinder's snapshots carrying all of these properties, newest first."""
+
+    def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
         ...
 
 
