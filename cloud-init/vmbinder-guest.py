@@ -12,6 +12,7 @@ rebooting, ends in the same state: each step checks before it acts, and the
 services it installs are enabled in systemd.
 """
 
+import hashlib
 import html
 import json
 import os
@@ -312,7 +313,10 @@ def ensure_repo2docker(doc):
 
 
 def image_name(doc):
-    return f"vmbinder-{doc['name']}:latest"
+    """Named after what is built, not after the server: a server started from a
+    snapshot of another one finds the environment already there and skips the build."""
+    what = json.dumps([doc.get(k) for k in ("kind", "repo", "ref", "subdir", "repo2docker_version")])
+    return "vmbinder-env:" + hashlib.sha256(what.encode()).hexdigest()[:16]
 
 
 def ensure_image(doc):

@@ -129,8 +129,10 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     (build,) = [c for c in guest.calls("repo2docker") if c[1:] != ["--version"]]
     assert build[1:] == ["--config", str(guest.root / "etc/vmbinder/repo2docker_config.py"),
                          "--no-run", "--json-logs", "--user-id", "1000", "--user-name", "jovyan",
-                         "--image-name", "vmbinder-demo:latest", "--ref=v1.0", "--subdir=binder",
+                         "--image-name", build[build.index("--image-name") + 1], "--ref=v1.0",
+                         "--subdir=binder",
                          "--", "https://github.com/o/r"]
+    assert build[build.index("--image-name") + 1].startswith("vmbinder-env:")
     config = (guest.root / "etc/vmbinder/repo2docker_config.py").read_text()
     assert "content_providers = [contentproviders.Git]" in config
     state = guest.state()
@@ -166,6 +168,43 @@ def test_a_second_run_changes_nothing(tmp_path, jupyter):
     assert not [c for c in again if c[0] in ("apt-get", "systemctl", "update-ca-certificates")]
     assert [c for c in again if c[0] == "repo2docker"] == [["repo2docker", "--version"]]
     assert guest.state()["ready"] is True
+
+
+def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token(tmp_path, jupyter):
+    """A workshop seat boots from a snapshot of seat 1: the same disk, new user-data
+    (another name, host name and token). The image is found by what was built."""
+    builder = Guest(tmp_path, jupyter, spec_for(ref="v1.0"))
+    assert builder.run().returncode == 0
+    built = [c for c in builder.calls("repo2docker") if c[1:] != ["--version"]]
+    image = built[0][built[0].index("--image-name") + 1]
+    seat = make_spec(builder.spec.source, name="demo-02", hostname="seat2.example.org")
+    assert seat.token != builder.spec.token
+    doc, _ = unpack(cloudinit.render(seat, "203.0.113.10"))
+    (builder.root / "etc/vmbinder/launch.json").write_text(json.dumps(doc))
+    jupyter[0].token = seat.token
+    first = len(builder.calls())
+    res = builder.run()
+    assert res.returncode == 0, res.stderr
+    again = builder.calls()[first:]
+    assert [c for c in again if c[0] == "repo2docker"] == [["repo2docker", "--version"]]
+    assert ["docker", "image", "inspect", image] in again
+    env = (builder.root / "etc/vmbinder/jupyter.env").read_text()
+    assert env == f"JUPYTER_TOKEN={seat.token}\n"
+    assert "seat2.example.org" in (builder.root / "etc/caddy/Caddyfile").read_text()
+    assert ["systemctl", "restart", "vmbinder-env.service"] in again
+    assert builder.state()["ready"] is True
+
+
+def test_another_source_builds_another_image(tmp_path, jupyter):
+    names = []
+    for ref in ("v1.0", "v2.0"):
+        (tmp_path / ref).mkdir()
+        guest = Guest(tmp_path / ref, jupyter, spec_for(ref=ref))
+        jupyter[0].token = guest.spec.token
+        assert guest.run().returncode == 0
+        (build,) = [c for c in guest.calls("repo2docker") if c[1:] != ["--version"]]
+        names.append(build[build.index("--image-name") + 1])
+    assert names[0] != names[1]
 
 
 def test_debian_12_takes_buildx_from_trixie_with_a_low_pin(tmp_path, jupyter):
