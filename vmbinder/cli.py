@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -119,20 +120,27 @@ class Quiet:
 
 
 class _Redact(logging.Filter):
-    def __init__(self, secret: str):
+    """Replaces the token, or with None anything shaped like a token, by <token>."""
+
+    TOKEN_RE = re.compile(r"\b[0-9a-f]{64}\b")
+
+    def __init__(self, secret: str | None):
         super().__init__()
         self.secret = secret
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if self.secret in message:
-            record.msg, record.args = message.replace(self.secret, "<token>"), None
+        redacted = (self.TOKEN_RE.sub("<token>", message) if self.secret is None
+                    else message.replace(self.secret, "<token>"))
+        if redacted != message:
+            record.msg, record.args = redacted, None
         return True
 
 
-def _debug_log(name: str, token: str) -> Path:
+def _debug_log(name: str, token: str | None) -> Path:
     """A debug log per launch. Request bodies (user-data, metadata) never reach
-    it: the HTTP libraries log at WARNING only, and the token is redacted."""
+    it: the HTTP libraries log at WARNING only, and the token (any token, when
+    None) is redacted."""
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
     folder = base / "vmbinder" / "logs"
     folder.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,10 @@ class CloudError(VmbinderError):
     exit_code = 4
 
 
+class QuotaExceeded(CloudError):
+    """The project's quota cannot hold what was asked for; nothing was created."""
+
+
 class ReadinessTimeout(VmbinderError):
     exit_code = 5
 
@@ -58,6 +62,9 @@ class CleanupFailed(VmbinderError):
 
 
 class BatchPartlyFailed(VmbinderError):
+    """Some seats of a batch failed, the others were made (exit 10).
+    details['failed'] names each failed seat and why."""
+
     exit_code = 10
 
 

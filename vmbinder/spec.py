@@ -57,6 +57,8 @@ class LaunchSpec:
     token: str = field(default_factory=new_token, repr=False)
     repo2docker_version: str = REPO2DOCKER_VERSION
     vmbinder_version: str = __version__
+    #: Extra (key, value) pairs recorded with the server, such as its workshop and seat.
+    labels: tuple[tuple[str, str], ...] = ()
 
     def with_token(self, token: str) -> LaunchSpec:
         return replace(self, token=token)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from dataclasses import asdict
 
 import click
@@ -62,3 +65,213 @@ def check(file, fmt) -> None:
     click.echo("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
     for seat in doc["seats"]:
         click.echo("  ".join(str(seat[k] or "-").ljust(widths[k]) for k in keys).rstrip())
+
+
+# -- making, reading and removing the seats ---------------------------------------------
+
+class LiveTable:
+    """The batch's progress: a live table on a terminal, one line per change otherwise."""
+
+    def __init__(self, console, workshop: ws.Workshop, quiet: bool = False):
+        self.console, self.quiet = console, quiet
+        self.people = {s.name: s.participant.name if s.participant else "" for s in workshop.seats}
+        self.rows = {s.name: ("waiting", "") for s in workshop.seats}
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+        self.live = None
+        if console.is_terminal and not quiet:
+            from rich.live import Live
+
+            self.live = Live(self._table(), console=console, refresh_per_second=4)
+            self.live.start()
+
+    def _table(self):
+        from rich.table import Table
+
+        table = Table("seat", "participant", "state", "detail", box=None)
+        for name, (state, detail) in self.rows.items():
+            style = {"failed": "red", "created": "green", "recreated": "green", "kept": "cyan",
+                     "deleted": "green"}.get(state, "")
+            table.add_row(name, self.people.get(name, ""), f"[{style}]{state}[/]" if style else state,
+                          detail[:80])
+        return table
+
+    def seat(self, name: str, state: str, detail: str = "") -> None:
+        logging.getLogger("vmbinder.progress").info("%s %s: %s", name, state, detail)
+        with self.lock:
+            if self.rows.get(name) == (state, detail):
+                return
+            self.rows[name] = (state, detail)
+            if self.live is not None:
+                self.live.update(self._table())
+            elif not self.quiet:
+                from rich.markup import escape
+
+                self.console.print(f"{time.monotonic() - self.started:6.1f}s {name} "
+                                   f"[bold]{state}[/] {escape(detail)}")
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+
+def _load(obj, file):
+    workshop = ws.load(file)
+    return workshop, obj.provider
+
+
+def _table(rows: list[dict], keys: tuple[str, ...]) -> None:
+    widths = {k: max(len(k), *(len(str(r.get(k) or "-")) for r in rows)) for k in keys} if rows else {}
+    click.echo("  ".join(k.ljust(widths.get(k, len(k))) for k in keys).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row.get(k) or "-").ljust(widths[k]) for k in keys).rstrip())
+
+
+def _seat_docs(results) -> list[dict]:
+    return [{"seat": r.seat.name, "participant": r.seat.participant.name if r.seat.participant else None,
+             "result": r.action, "address": r.server.address if r.server else None,
+             "seconds": round(r.seconds, 1), "error": r.error.message if r.error else None}
+            for r in results]
+
+
+@workshop.command("up")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--parallel", type=click.IntRange(1, 50), default=8, show_default=True,
+              help="Seats made at once after the first one.")
+@click.option("--no-fan-out", is_flag=True,
+              help="Build the environment on every seat instead of once, snapshotted.")
+@click.option("--no-wait", is_flag=True,
+              help="Return once every seat is ACTIVE (then every seat builds its own environment).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Seconds each seat may take to answer.")
+@click.option("--public-key", type=click.Path(dir_okay=False), metavar="FILE",
+              help="OpenSSH public key for every seat [default: ~/.ssh/id_ed25519.pub, ...].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="How to print results: a table, JSON, or bare values for scripts.")
+@click.pass_obj
+def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> None:
+    """Make every seat of FILE that is missing or failed; run it again to repair."""
+    from vmbinder import batch, errors
+    from vmbinder.cli import _debug_log, _public_key, _stderr
+
+    workshop, provider = _load(obj, file)
+    key = None if any(s.cloud.key_name for s in workshop.seats) else _public_key(public_key)
+    log_path = _debug_log(f"workshop-{workshop.name}", None)
+    progress = LiveTable(_stderr(), workshop, quiet=obj.quiet or fmt == "json")
+    failure = None
+    try:
+        result = batch.up(provider, workshop, reporter=progress, public_key=key,
+                          local=obj.is_local, parallel=parallel, wait=not no_wait,
+                          fan_out=not no_fan_out, ready_timeout=timeout)
+    except errors.BatchPartlyFailed as exc:
+        result, failure = exc.details["result"], exc
+    finally:
+        progress.stop()
+    docs = _seat_docs(result.seats)
+    if fmt == "json":
+        click.echo(json.dumps({"workshop": workshop.name, "seats": docs,
+                               "snapshot": result.snapshot.id if result.snapshot else None,
+                               "snapshot_action": result.snapshot_action}, indent=2))
+    elif fmt == "value":
+        for d in docs:
+            click.echo(f"{d['seat']}\t{d['result']}\t{d['address'] or ''}")
+    else:
+        _table(docs, ("seat", "participant", "result", "address", "seconds", "error"))
+        err = _stderr()
+        if result.snapshot is not None:
+            err.print(f"snapshot {result.snapshot.name} ({result.snapshot_action})")
+        err.print(f"debug log: {log_path}\nthe URLs with their tokens: vmbinder workshop roster {file}")
+    if failure is not None:
+        raise failure
+
+
+@workshop.command("status")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="How to print results: a table, JSON, or bare values for scripts.")
+@click.pass_obj
+def status(obj, file, fmt) -> None:
+    """Each seat's server: state, address, expiry and whether it came from the snapshot."""
+    from vmbinder import batch
+
+    workshop, provider = _load(obj, file)
+    docs = [{"seat": st.seat.name, "participant": st.seat.participant.name if st.seat.participant else None,
+             "state": st.state, "address": st.server.address if st.server else None,
+             "expires": st.server.meta(batch.EXPIRES) if st.server else None,
+             "snapshot": st.server.meta(batch.FROM_SNAPSHOT) if st.server else None,
+             "fault": st.server.fault if st.server else None}
+            for st in batch.status(provider, workshop)]
+    if fmt == "json":
+        click.echo(json.dumps({"workshop": workshop.name, "seats": docs}, indent=2))
+    elif fmt == "value":
+        for d in docs:
+            click.echo(f"{d['seat']}\t{d['state']}\t{d['address'] or ''}")
+    else:
+        _table(docs, ("seat", "participant", "state", "address", "expires", "fault"))
+
+
+@workshop.command("roster")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(("csv", "json", "html")), default="csv",
+              show_default=True, help="CSV, JSON, or a printable HTML page with a card per seat.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Write to PATH (mode 0600: it holds the tokens) instead of stdout.")
+@click.option("--no-check", is_flag=True,
+              help="List every seat with an address, without checking that its URL answers.")
+@click.pass_obj
+def roster_(obj, file, fmt, output, no_check) -> None:
+    """The URL of each seat, token included, for the seats whose URL answers."""
+    from vmbinder import batch, roster
+
+    workshop, provider = _load(obj, file)
+    entries, left_out = batch.roster_entries(provider, workshop, check=not no_check)
+    text = roster.render(fmt, workshop.name, entries, source=workshop.source.repo)
+    if output:
+        import os
+
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+    from vmbinder.cli import _stderr
+
+    err = _stderr()
+    err.print(f"{len(entries)} of {len(workshop.seats)} seats listed"
+              + (f" in {output}" if output else ""))
+    for st in left_out:
+        why = ("no server (run workshop up)" if st.server is None
+               else f"{st.state}" if st.state != "active" else "its URL did not answer")
+        err.print(f"  left out {st.seat.name}: {why}")
+
+
+@workshop.command("down")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--snapshot", "snapshots", is_flag=True, help="Also delete the workshop's snapshots.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="How to print results: a table, JSON, or bare values for scripts.")
+@click.pass_obj
+def down(obj, file, snapshots, fmt) -> None:
+    """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
+    from vmbinder import batch
+    from vmbinder.cli import _stderr
+
+    workshop, provider = _load(obj, file)
+    progress = LiveTable(_stderr(), workshop, quiet=obj.quiet or fmt == "json")
+    try:
+        removed = batch.down(provider, workshop, snapshots=snapshots, reporter=progress)
+    finally:
+        progress.stop()
+    docs = [{"kind": r.kind, "id": r.id, "name": r.name} for r in removed]
+    if fmt == "json":
+        click.echo(json.dumps(docs, indent=2))
+    elif fmt == "value":
+        for d in docs:
+            click.echo(f"{d['kind']}\t{d['id']}\t{d['name']}")
+    else:
+        err = _stderr()
+        for d in docs:
+            err.print(f"removed {d['kind']} {d['name']} ({d['id']})")
+        if not docs:
+            err.print(f"nothing of workshop {workshop.name} was left to remove")

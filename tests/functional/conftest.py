@@ -63,10 +63,12 @@ class Testbed:
         return found
 
     def images(self, name: str | None = None) -> list:
-        """The member project's images uploaded by vmbinder (all of them, or one upload's)."""
+        """The member project's images uploaded by vmbinder (all of them, or one upload's),
+        and its snapshots."""
         return [i for i in self.admin.image.images(owner=self.project_id)
-                if (i.properties or {}).get("vmbinder_image") and
-                name in (None, i.properties["vmbinder_image"])]
+                if ((i.properties or {}).get("vmbinder_image") and
+                    name in (None, i.properties["vmbinder_image"]))
+                or (name is None and (i.properties or {}).get("vmbinder_snapshot_of"))]
 
     def remove(self, leftovers) -> None:
         a = self.admin

@@ -12,6 +12,7 @@ import re
 from dataclasses import replace
 
 from vmbinder import errors
+from vmbinder.providers import openstack_batch
 from vmbinder.providers.base import (
     META,
     OWNER_TAG,
@@ -20,6 +21,7 @@ from vmbinder.providers.base import (
     Removed,
     Resolved,
     Server,
+    Snapshot,
     candidates,
     find_owned,
     redact_token,
@@ -358,6 +360,48 @@ class OpenStackProvider:
         with cloud_errors(f"recording metadata on {server.name}"):
             self.conn.compute.set_server_metadata(server.id, **meta)
         return replace(server, metadata={**server.metadata, **meta})
+
+    # -- batches -------------------------------------------------------------------
+
+    def preflight(self, specs: list[LaunchSpec]) -> list[openstack_batch.Need]:
+        """Resolve every seat's image, flavor, networks and key, then check the
+        quotas they draw on; ConfigError or QuotaExceeded before anything is made."""
+        flavors, seen = [], {}
+        for spec in specs:
+            c = spec.cloud
+            key = (c.image, c.flavor, c.network, c.external_network, c.key_name)
+            if key not in seen:
+                image = self._image(c.image)
+                self._networks(c.network, c.external_network)
+                if c.key_name:
+                    self._find("keypair", self.conn.compute.find_keypair, c.key_name,
+                               self.conn.compute.keypairs, "--key-name")
+                seen[key] = self._flavor(c.flavor, image)
+            flavors.append(seen[key])
+        return openstack_batch.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs])
+
+    def release_orphans(self, names: list[str]) -> list[Removed]:
+        """Floating IPs allocated for these server names and attached to nothing:
+        what a server deleted by hand (not with vmbinder delete) leaves behind."""
+        wanted = {f"{META}{n}" for n in names}
+        removed = []
+        with cloud_errors("removing floating IPs of deleted servers"):
+            for ip in self.conn.network.ips(project_id=self.conn.current_project_id):
+                if ip.description in wanted and not ip.port_id:
+                    self.conn.network.delete_ip(ip, ignore_missing=True)
+                    removed.append(Removed("floating IP", ip.id, ip.floating_ip_address))
+        return removed
+
+    def snapshot(self, server: Server, name: str, properties: dict[str, str],
+                 ledger: Ledger) -> Snapshot:
+        return openstack_batch.snapshot(self.conn, server, name, properties, ledger,
+                                        self.active_timeout)
+
+    def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
+        return openstack_batch.snapshots(self.conn, properties)
+
+    def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
+        return openstack_batch.delete_snapshot(self.conn, snapshot)
 
     # -- deleting ------------------------------------------------------------------
 

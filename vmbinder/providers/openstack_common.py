@@ -203,6 +203,7 @@ def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
         "hostname": spec.hostname,
         "tls": spec.tls,
         "token": spec.token,
+        **dict(spec.labels),
     }
     meta = {META + k: v for k, v in values.items() if v}
     too_long = [k for k, v in meta.items() if len(v) > META_VALUE_MAX]

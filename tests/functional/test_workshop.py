@@ -1,0 +1,145 @@
+"""Workshops against the real testbed: 30 seats up, a re-run, a seat deleted by
+hand, the quota check, snapshots, roster and down.
+
+The testbed boots nothing, so seats are made with --no-wait; the snapshot path
+runs through the Python API with a hook that says the first seat is built."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from vmbinder import batch
+from vmbinder.providers.openstack import OpenStackProvider
+from vmbinder.workshop import load
+
+from .conftest import IMAGE, MEMBER, SOURCE, connect
+from .test_launch import ok
+
+TINY = "m1.tiny"  # 1 vCPU, 512 MB: 30 of them fit the raised quota
+
+
+def write_workshop(tmp_path, name, seats, extra=""):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"name: {name}\nsource: {SOURCE}\nref: main\nseats: {seats}\n"
+                    f"image: {IMAGE}\nflavor: {TINY}\nopen: index.ipynb\n{extra}")
+    return path
+
+
+def seats_on_cloud(testbed, workshop):
+    servers = [s for s in testbed.admin.compute.servers(all_projects=True, details=True,
+                                                         project_id=testbed.project_id,
+                                                         tags="vmbinder")
+               if (s.metadata or {}).get("vmbinder:workshop") == workshop]
+    return {s.name: s for s in servers}
+
+
+def test_thirty_seats_up_again_repaired_roster_and_down(testbed, vmb, quota, tmp_path, ssh_key):
+    quota(compute={"instances": 35, "cores": 35, "ram": 35 * 512},
+          network={"floating_ips": 35})
+    path = write_workshop(tmp_path, "ws30", 30, "lifetime: 8h\n")
+
+    started = time.monotonic()
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=1500))
+    first_up = time.monotonic() - started
+    doc = json.loads(res.stdout)
+    assert [s["result"] for s in doc["seats"]] == ["created"] * 30, res.stdout
+    assert doc["snapshot"] is None  # --no-wait: every seat builds its own environment
+    on_cloud = seats_on_cloud(testbed, "ws30")
+    assert sorted(on_cloud) == [f"ws30-{i:02d}" for i in range(1, 31)]
+    tokens = {s.metadata["vmbinder:token"] for s in on_cloud.values()}
+    assert len(tokens) == 30
+    for server in on_cloud.values():
+        assert server.status == "ACTIVE"
+        assert server.metadata["vmbinder:seat"] == str(int(server.name[-2:]))
+        assert server.metadata["vmbinder:expires"].endswith("Z")
+    fips = {ip.floating_ip_address: ip for ip in testbed.admin.network.ips(project_id=testbed.project_id)}
+    assert sum(1 for ip in fips.values() if ip.port_id) == 30
+
+    # Again: nothing new.
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=600))
+    assert [s["result"] for s in json.loads(res.stdout)["seats"]] == ["kept"] * 30
+    assert {s.id for s in seats_on_cloud(testbed, "ws30").values()} == {s.id for s in on_cloud.values()}
+
+    # A seat deleted by hand (its floating IP stays allocated) is made again,
+    # and the orphaned address is released, not leaked.
+    gone = on_cloud["ws30-07"]
+    testbed.admin.compute.delete_server(gone)
+    testbed.admin.compute.wait_for_delete(gone, wait=120)
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=600))
+    results = {s["seat"]: s["result"] for s in json.loads(res.stdout)["seats"]}
+    assert results.pop("ws30-07") == "created" and set(results.values()) == {"kept"}
+    again = seats_on_cloud(testbed, "ws30")
+    assert len(again) == 30 and again["ws30-07"].id != gone.id
+    ips = list(testbed.admin.network.ips(project_id=testbed.project_id))
+    assert len(ips) == 30 and all(ip.port_id for ip in ips)
+
+    res = ok(vmb("workshop", "status", str(path), "--format", "json"))
+    assert {s["state"] for s in json.loads(res.stdout)["seats"]} == {"active"}
+
+    # Roster without probing (the testbed's addresses are not reachable).
+    res = ok(vmb("workshop", "roster", str(path), "--no-check", "--format", "json"))
+    roster = json.loads(res.stdout)
+    assert len(roster["seats"]) == 30
+    assert {s["url"].rsplit("token=", 1)[1] for s in roster["seats"]} == tokens - {
+        gone.metadata["vmbinder:token"]} | {again["ws30-07"].metadata["vmbinder:token"]}
+    out = tmp_path / "roster.html"
+    ok(vmb("workshop", "roster", str(path), "--no-check", "--format", "html", "-o", str(out)))
+    assert out.stat().st_mode & 0o777 == 0o600 and out.read_text().count("token=") >= 30
+
+    res = ok(vmb("workshop", "down", str(path), "--format", "json", timeout=900))
+    kinds = [r["kind"] for r in json.loads(res.stdout)]
+    assert kinds.count("server") == 30 and kinds.count("floating IP") == 30
+    assert testbed.owned() == []
+    res = ok(vmb("workshop", "down", str(path), "--format", "json"))
+    assert json.loads(res.stdout) == []
+    print(f"30 seats up on the testbed in {first_up:.0f} s")
+
+
+def test_the_quota_check_refuses_a_too_large_workshop_with_nothing_made(testbed, vmb, quota, tmp_path):
+    quota(compute={"instances": 5}, network={"floating_ips": 6})
+    path = write_workshop(tmp_path, "wsbig", 8)
+    res = vmb("workshop", "up", str(path), "--no-wait")
+    assert res.returncode == 4, res.stderr
+    assert "quota is too small for 8 servers (8 x m1.tiny)" in res.stderr
+    assert "instances: needs 8, 5 left of 5" in res.stderr
+    assert "floating IPs: needs 8, 6 left of 6" in res.stderr
+    assert "cores" not in res.stderr  # only the short ones are named
+    assert testbed.owned() == []
+
+
+def test_snapshot_fan_out_on_the_testbed(testbed, vmb, tmp_path, ssh_key):
+    """The first seat is snapshotted (stopped, imaged, started), the others boot
+    from the snapshot; a later up reuses it; down --snapshot removes it."""
+    path = write_workshop(tmp_path, "wsfan", 3)
+    workshop = load(path)
+    provider = OpenStackProvider(conn=connect(MEMBER))
+    built = []
+    result = batch.up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
+    assert [s.name for s in built] == ["wsfan-01"] and result.snapshot_action == "made"
+    snap = result.snapshot
+    image = testbed.admin.image.get_image(snap.id)
+    assert image.status == "active" and image.visibility == "private"
+    assert image.properties["vmbinder_workshop"] == "wsfan"
+    assert image.properties["vmbinder_build"] == batch.build_key(workshop, IMAGE)
+    assert image.properties["vmbinder_snapshot_of"] == "wsfan-01"
+    seats = seats_on_cloud(testbed, "wsfan")
+    assert seats["wsfan-01"].status == "ACTIVE"  # started again after its snapshot
+    base = testbed.admin.image.find_image(IMAGE).id
+    assert seats["wsfan-01"].image.id == base
+    for name in ("wsfan-02", "wsfan-03"):
+        assert seats[name].image.id == snap.id and seats[name].metadata["vmbinder:snapshot"] == snap.id
+
+    # A seat deleted by hand comes back from the same snapshot, with a new token.
+    old = seats["wsfan-03"]
+    ok(vmb("delete", "wsfan-03"))
+    again = batch.up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
+    assert again.snapshot_action == "reused" and len(built) == 1
+    new = seats_on_cloud(testbed, "wsfan")["wsfan-03"]
+    assert new.image.id == snap.id
+    assert new.metadata["vmbinder:token"] != old.metadata["vmbinder:token"]
+
+    res = ok(vmb("workshop", "down", str(path), "--snapshot", "--format", "json", timeout=600))
+    removed = json.loads(res.stdout)
+    assert [r["id"] for r in removed if r["kind"] == "snapshot"] == [snap.id]
+    assert testbed.owned() == []

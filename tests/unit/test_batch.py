@@ -1,0 +1,321 @@
+"""Workshop seats (vmbinder.batch) against an in-memory provider: which seats are
+made, in which order, what a re-run does, failures, snapshots, roster, down."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+
+from tests.unit.fakes import FakeProvider
+from vmbinder import batch, errors
+from vmbinder.providers.base import ERROR, META, Removed, Snapshot
+from vmbinder.workshop import parse
+
+FILE = """
+name: course
+source: https://github.com/org/course
+ref: v1
+seats: {seats}
+flavor: m1.small
+"""
+
+
+def workshop(seats=4, extra=""):
+    return parse(FILE.format(seats=seats) + extra, "ws.yaml")
+
+
+class BatchFake(FakeProvider):
+    """FakeProvider plus labels, thread safety, per-seat failures and snapshots."""
+
+    def __init__(self, *, fail_seats=(), **kw):
+        super().__init__(**kw)
+        self.lock = threading.Lock()
+        self.fail_seats = set(fail_seats)
+        self.snaps: dict[str, Snapshot] = {}
+        self.specs = {}
+        self.events = []  # (event, name) in order
+        self.active = 0
+        self.most_at_once = 0
+        self.preflights = []
+
+    def _make(self, ledger, kind, name):
+        with self.lock:
+            return super()._make(ledger, kind, name)
+
+    def _step(self, name):
+        with self.lock:
+            super()._step(name)
+
+    def create(self, spec, resolved, user_data, ledger):
+        with self.lock:
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+            self.events.append(("create", spec.name))
+        try:
+            time.sleep(0.01)
+            if spec.name in self.fail_seats:
+                raise errors.CloudError(f"creating server {spec.name} failed: HTTP 500")
+            server = super().create(spec, resolved, user_data, ledger)
+            labels = {META + k: v for k, v in spec.labels}
+            server = replace(server, metadata={**server.metadata, **labels})
+            self.servers[server.id] = server
+            self.specs[spec.name] = spec
+            return server
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def wait(self, server, resolved, timeout, ledger):
+        done = super().wait(server, resolved, timeout, ledger)
+        self.events.append(("active", server.name))
+        return done
+
+    def preflight(self, specs):
+        self.preflights.append([s.name for s in specs])
+        if len(specs) > 50:
+            raise errors.QuotaExceeded(f"instances: needs {len(specs)}, 50 left of 50")
+        return []
+
+    def snapshot(self, server, name, properties, ledger):
+        self.events.append(("snapshot", server.name))
+        snap = Snapshot(id=f"snap-{len(self.snaps) + 1}", name=name, properties=dict(properties))
+        self.snaps[snap.id] = snap
+        return snap
+
+    def snapshots(self, properties):
+        return [s for s in reversed(self.snaps.values())
+                if all(s.properties.get(k) == v for k, v in properties.items())]
+
+    def delete_snapshot(self, snap):
+        return [Removed("snapshot", snap.id, snap.name)] if self.snaps.pop(snap.id, None) else []
+
+    def delete(self, server):
+        self.events.append(("delete", server.name))
+        return super().delete(server)
+
+
+def names(provider):
+    return sorted(s.name for s in provider.servers.values())
+
+
+def test_up_makes_every_seat_first_one_alone_with_its_labels_and_own_token():
+    p = BatchFake()
+    result = batch.up(p, workshop(5), wait=False, fan_out=False, parallel=2)
+    assert names(p) == [f"course-0{i}" for i in range(1, 6)]
+    assert [r.action for r in result.seats] == ["created"] * 5
+    # The first seat is ACTIVE before any other seat is created.
+    assert p.events[:2] == [("create", "course-01"), ("active", "course-01")]
+    assert p.most_at_once <= 2
+    tokens = {s.meta("token") for s in p.servers.values()}
+    assert len(tokens) == 5
+    for server in p.servers.values():
+        assert server.meta("workshop") == "course"
+        assert server.meta("seat") == str(int(server.name[-2:]))
+    assert p.preflights == [[f"course-0{i}" for i in range(1, 6)]]
+
+
+def test_a_second_up_makes_nothing_and_a_missing_or_failed_seat_is_made_again():
+    p = BatchFake()
+    batch.up(p, workshop(4), wait=False, fan_out=False)
+    again = batch.up(p, workshop(4), wait=False, fan_out=False)
+    assert [r.action for r in again.seats] == ["kept"] * 4
+    assert len(p.servers) == 4 and len(p.preflights) == 1
+    # One seat deleted by hand, one gone to ERROR.
+    by_name = {s.name: s for s in p.servers.values()}
+    p.delete(by_name["course-02"])
+    p.servers[by_name["course-03"].id] = replace(by_name["course-03"], state=ERROR)
+    repaired = batch.up(p, workshop(4), wait=False, fan_out=False)
+    assert {r.seat.name: r.action for r in repaired.seats} == {
+        "course-01": "kept", "course-02": "created", "course-03": "recreated", "course-04": "kept"}
+    assert names(p) == ["course-01", "course-02", "course-03", "course-04"]
+    assert ("delete", "course-03") in p.events
+    assert p.preflights[-1] == ["course-02", "course-03"]
+
+
+def test_the_first_seat_failing_stops_the_batch_with_nothing_else_made():
+    p = BatchFake(fail_seats={"course-01"})
+    with pytest.raises(errors.CloudError) as info:
+        batch.up(p, workshop(6), wait=False, fan_out=False)
+    assert "course-01" in info.value.message
+    assert p.servers == {}
+    assert [e for e in p.events if e[0] == "create"] == [("create", "course-01")]
+    assert p.resources == {}, "the failed seat's floating IP, key and group were not removed"
+
+
+def test_a_later_seat_failing_leaves_the_others_and_says_the_batch_partly_failed():
+    p = BatchFake(fail_seats={"course-03"})
+    with pytest.raises(errors.BatchPartlyFailed) as info:
+        batch.up(p, workshop(4), wait=False, fan_out=False)
+    assert info.value.exit_code == 10
+    assert "1 of 4 seats failed" in info.value.message and "course-03" in info.value.message
+    result = info.value.details["result"]
+    assert {r.seat.name: r.action for r in result.seats}["course-03"] == "failed"
+    assert names(p) == ["course-01", "course-02", "course-04"]
+    assert not [r for r in p.resources.values() if r["name"] == "course-03"]
+    # Running up again makes only the failed seat.
+    p.fail_seats.clear()
+    again = batch.up(p, workshop(4), wait=False, fan_out=False)
+    assert [r.seat.name for r in again.seats if r.action == "created"] == ["course-03"]
+
+
+def test_the_quota_check_refuses_before_anything_is_made():
+    p = BatchFake()
+    with pytest.raises(errors.QuotaExceeded):
+        batch.up(p, workshop(60), wait=False, fan_out=False)
+    assert p.servers == {} and p.resources == {} and "create" not in p.calls
+
+
+def test_fan_out_builds_once_snapshots_and_starts_the_rest_from_the_snapshot():
+    p = BatchFake()
+    checked = []
+    result = batch.up(p, workshop(4), wait=False, built=checked.append)
+    assert [s.name for s in checked] == ["course-01"]
+    assert result.snapshot_action == "made"
+    (snap,) = p.snaps.values()
+    assert snap.properties == {"vmbinder_workshop": "course",
+                               "vmbinder_build": batch.build_key(workshop(4), None)}
+    assert p.events.index(("snapshot", "course-01")) < p.events.index(("create", "course-02"))
+    assert p.specs["course-01"].cloud.image is None
+    for seat in ("course-02", "course-03", "course-04"):
+        assert p.specs[seat].cloud.image == snap.id
+        assert dict(p.specs[seat].labels)["snapshot"] == snap.id
+    # A later up with a seat missing reuses the snapshot: no second one.
+    p.delete(next(s for s in p.servers.values() if s.name == "course-04"))
+    again = batch.up(p, workshop(4), wait=False, built=checked.append)
+    assert again.snapshot_action == "reused" and len(p.snaps) == 1
+    assert p.specs["course-04"].cloud.image == snap.id
+
+
+def test_a_changed_ref_needs_a_new_snapshot():
+    old, new = workshop(2), parse(FILE.format(seats=2).replace("ref: v1", "ref: v2"), "ws.yaml")
+    assert batch.build_key(old, None) != batch.build_key(new, None)
+    assert batch.build_key(old, None) != batch.build_key(old, "other-image")
+    p = BatchFake()
+    batch.up(p, old, wait=False, built=lambda s: None)
+    batch.down(p, old)
+    batch.up(p, new, wait=False, built=lambda s: None)
+    assert len(p.snaps) == 2
+
+
+def test_without_waiting_and_no_build_hook_every_seat_builds_its_own():
+    p = BatchFake()
+    result = batch.up(p, workshop(3), wait=False)
+    assert result.snapshot is None and p.snaps == {}
+    assert all(p.specs[n].cloud.image is None for n in p.specs)
+
+
+def test_a_server_with_a_seat_name_from_elsewhere_is_refused():
+    p = BatchFake()
+    from vmbinder.sources import resolve_source
+    from vmbinder.spec import make_spec
+    from vmbinder import api
+
+    api.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
+               wait=False)
+    with pytest.raises(errors.BadRequest) as info:
+        batch.up(p, workshop(3), wait=False)
+    assert "course-02" in info.value.message and "not a seat of workshop course" in info.value.message
+    assert names(p) == ["course-02"]
+
+
+def test_down_removes_every_seat_then_nothing_and_snapshots_only_when_asked():
+    p = BatchFake()
+    batch.up(p, workshop(3), wait=False, built=lambda s: None)
+    removed = batch.down(p, workshop(3))
+    assert sorted(r.name for r in removed if r.kind == "server") == ["course-01", "course-02", "course-03"]
+    assert p.servers == {} and len(p.snaps) == 1
+    assert batch.down(p, workshop(3)) == []
+    gone = batch.down(p, workshop(3), snapshots=True)
+    assert [r.kind for r in gone] == ["snapshot"] and p.snaps == {}
+
+
+def test_roster_lists_only_seats_whose_url_answers_with_participants():
+    text = FILE.format(seats=1).replace("seats: 1\n", "participants: [Ada, Grace, Alan]\n")
+    ws = parse(text + "open: index.ipynb\n", "ws.yaml")
+    p = BatchFake()
+    batch.up(p, ws, wait=False, fan_out=False)
+    asked = []
+
+    def answers(server, url):
+        asked.append(url)
+        return server.name != "course-02"
+
+    entries, left_out = batch.roster_entries(p, ws, answers=answers)
+    assert [(e.seat, e.participant) for e in entries] == [("course-01", "Ada"), ("course-03", "Alan")]
+    assert [s.seat.name for s in left_out] == ["course-02"]
+    tokens = {s.name: s.meta("token") for s in p.servers.values()}
+    for e in entries:
+        assert e.url.endswith(f"lab/tree/index.ipynb?token={tokens[e.seat]}")
+    assert len(asked) == 3 and all("token=" in u for u in asked)
+    unchecked, _ = batch.roster_entries(p, ws, check=False, answers=answers)
+    assert len(unchecked) == 3 and len(asked) == 3
+
+
+def test_lifetime_is_recorded_as_an_expiry_time():
+    p = BatchFake()
+    batch.up(p, workshop(1, "lifetime: 8h\n"), wait=False)
+    (server,) = p.servers.values()
+    assert server.meta("expires").endswith("Z") and "T" in server.meta("expires")
+
+
+def test_an_interrupt_during_the_first_seat_leaves_nothing():
+    p = BatchFake(interrupt_at="wait")
+    with pytest.raises(errors.Interrupted):
+        batch.up(p, workshop(3), wait=False)
+    assert p.servers == {} and p.resources == {}
+
+
+# -- the commands -------------------------------------------------------------------------
+
+@pytest.fixture
+def cli_with(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from vmbinder import cli as cli_module
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "ws.yaml"
+    path.write_text(FILE.format(seats=3))
+
+    def run(provider, *args):
+        monkeypatch.setattr(cli_module.Context, "provider", property(lambda self: provider))
+        return CliRunner().invoke(cli_module.cli, ["--cloud", "x", "workshop", *args, str(path)],
+                                  catch_exceptions=False)
+
+    return run
+
+
+def test_up_command_prints_each_seat_and_exits_10_when_some_failed(cli_with):
+    p = BatchFake(fail_seats={"course-02"})
+    res = cli_with(p, "up", "--no-wait", "--format", "json")
+    assert res.exit_code == 10, res.output
+    doc = json.loads(res.stdout)
+    assert [(s["seat"], s["result"]) for s in doc["seats"]] == [
+        ("course-01", "created"), ("course-02", "failed"), ("course-03", "created")]
+    assert "course-02" in res.stderr and "1 of 3 seats failed" in res.stderr
+    res = cli_with(BatchFake(), "up", "--no-wait")
+    assert res.exit_code == 0
+    assert res.stdout.splitlines()[0].split() == ["seat", "participant", "result", "address",
+                                                 "seconds", "error"]
+
+
+def test_status_roster_and_down_commands(cli_with, tmp_path):
+    p = BatchFake()
+    assert cli_with(p, "up", "--no-wait").exit_code == 0
+    res = cli_with(p, "status", "--format", "value")
+    assert [line.split("\t")[:2] for line in res.stdout.splitlines()] == [
+        ["course-01", "active"], ["course-02", "active"], ["course-03", "active"]]
+    out = tmp_path / "roster.csv"
+    res = cli_with(p, "roster", "--no-check", "--format", "csv", "-o", str(out))
+    assert res.exit_code == 0 and "3 of 3 seats listed" in res.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert out.read_text().count("token=") == 3 and res.stdout == ""
+    res = cli_with(p, "down", "--format", "value")
+    assert res.exit_code == 0 and res.stdout.count("server\t") == 3
+    res = cli_with(p, "down")
+    assert res.exit_code == 0 and "nothing of workshop course was left" in res.stderr

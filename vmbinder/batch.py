@@ -1,0 +1,359 @@
+"""Workshops: every seat of a workshop file, made, checked, listed and removed.
+
+    up      makes the seats that are missing or failed, never a second one of a seat:
+            a quota check first, the first seat alone, then the rest with bounded
+            parallelism, each seat its own result. With fan-out, the first seat's
+            environment is built once and snapshotted, and the others start from the
+            snapshot; a later `up` reuses it while the source is unchanged.
+    status  each seat's server, state and address
+    roster  each seat's URL with its token, for the seats whose URL answers
+    down    removes every seat, and the snapshot when asked
+
+The seats are found by what the cloud records on them (vmbinder:workshop and
+vmbinder:seat), as every other command finds its servers. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Callable, Protocol
+
+from vmbinder import api, errors, readiness
+from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Ledger, Provider, Removed, Server, Snapshot
+from vmbinder.spec import LaunchSpec, make_spec
+from vmbinder.workshop import Seat, Workshop
+
+#: Seats made at once after the first one.
+PARALLEL = 8
+WORKSHOP, SEAT, FROM_SNAPSHOT, EXPIRES = "workshop", "seat", "snapshot", "expires"
+#: Snapshot properties: the workshop, and what was built (see build_key).
+P_WORKSHOP, P_BUILD = "vmbinder_workshop", "vmbinder_build"
+HEALTHY = (ACTIVE, BUILDING, STOPPED)
+# What happened to a seat in `up`.
+KEPT, CREATED, RECREATED, FAILED, SKIPPED = "kept", "created", "recreated", "failed", "skipped"
+
+
+class BatchReporter(Protocol):
+    def seat(self, name: str, state: str, detail: str = "") -> None: ...
+
+
+class NullBatchReporter:
+    def seat(self, name: str, state: str, detail: str = "") -> None:
+        pass
+
+
+class _SeatReporter:
+    """A launch's phases, reported as one seat's row."""
+
+    def __init__(self, batch: BatchReporter, name: str):
+        self.batch, self.name = batch, name
+
+    def phase(self, phase: str, detail: str = "") -> None:
+        self.batch.seat(self.name, phase, detail)
+
+
+@dataclass
+class SeatResult:
+    seat: Seat
+    action: str
+    server: Server | None = None
+    error: errors.VmbinderError | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class UpResult:
+    workshop: Workshop
+    seats: list[SeatResult]
+    snapshot: Snapshot | None = None
+    #: "reused", "made", or None when every seat built its own environment.
+    snapshot_action: str | None = None
+    quota: list = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[SeatResult]:
+        return [r for r in self.seats if r.action == FAILED]
+
+
+def build_key(workshop: Workshop, image: str | None) -> str:
+    """What a snapshot holds: the source, the repo2docker that built it, the image under it."""
+    s = workshop.source
+    from vmbinder import REPO2DOCKER_VERSION
+
+    what = [s.kind, s.repo, s.ref, s.subdir, REPO2DOCKER_VERSION, image]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
+
+
+def seats_of(provider: Provider, workshop: Workshop) -> dict[str, Server]:
+    """The workshop's servers by seat name. A server with a seat's name that is
+    not this workshop's seat is refused: `up` would otherwise make a second one."""
+    names = {s.name for s in workshop.seats}
+    found: dict[str, Server] = {}
+    for server in provider.list_owned():
+        if server.name not in names:
+            continue
+        if server.meta(WORKSHOP) != workshop.name:
+            raise errors.BadRequest(
+                f"a vmbinder server named {server.name} exists and is not a seat of workshop "
+                f"{workshop.name}", f"remove it first (vmbinder delete {server.name}) or rename "
+                "the workshop")
+        found[server.name] = server
+    return found
+
+
+def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, local: bool,
+          image: str | None = None, labels: dict[str, str] | None = None) -> LaunchSpec:
+    tls = workshop.tls
+    hostname = seat.hostname
+    if local:  # loopback: no public name, so no ACME
+        hostname, tls = hostname or "localhost", "internal" if tls == "acme" else tls
+    cloud = replace(seat.cloud, public_key=None if seat.cloud.key_name else public_key)
+    if image:
+        cloud = replace(cloud, image=image)
+    values = {WORKSHOP: workshop.name, SEAT: str(seat.number), **(labels or {})}
+    if workshop.lifetime_s:
+        end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=workshop.lifetime_s)
+        values[EXPIRES] = end.isoformat(timespec="minutes").replace("+00:00", "Z")
+    spec = make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=hostname, tls=tls)
+    return replace(spec, labels=tuple(values.items()))
+
+
+class _Launcher:
+    """One seat at a time: launch it, catch its failure as its result. After an
+    interrupt, seats still waiting for their environment roll back and the ones
+    not started yet are skipped."""
+
+    def __init__(self, provider, reporter, *, wait, ready_timeout, cancelled):
+        self.provider, self.reporter = provider, reporter
+        self.wait, self.ready_timeout, self.cancelled = wait, ready_timeout, cancelled
+
+    def _sleep(self, seconds: float) -> None:
+        if self.cancelled.wait(seconds):
+            raise KeyboardInterrupt
+
+    def __call__(self, seat: Seat, spec: LaunchSpec, action: str, wait: bool | None = None) -> SeatResult:
+        if self.cancelled.is_set():
+            self.reporter.seat(seat.name, SKIPPED, "interrupted before it started")
+            return SeatResult(seat, SKIPPED)
+        started = time.monotonic()
+        try:
+            launched = api.launch(self.provider, spec, _SeatReporter(self.reporter, seat.name),
+                                  wait=self.wait if wait is None else wait,
+                                  ready_timeout=self.ready_timeout,
+                                  clock=readiness.Clock(sleep=self._sleep))
+        except errors.Interrupted as exc:
+            self.reporter.seat(seat.name, SKIPPED, exc.message)
+            return SeatResult(seat, SKIPPED, error=exc, seconds=time.monotonic() - started)
+        except errors.VmbinderError as exc:
+            self.reporter.seat(seat.name, FAILED, exc.message)
+            return SeatResult(seat, FAILED, error=exc, seconds=time.monotonic() - started)
+        self.reporter.seat(seat.name, action, launched.server.address or "")
+        return SeatResult(seat, action, launched.server, seconds=time.monotonic() - started)
+
+
+def up(provider: Provider, workshop: Workshop, *, reporter: BatchReporter | None = None,
+       public_key: str | None = None, local: bool = False, parallel: int = PARALLEL,
+       wait: bool = True, fan_out: bool = True, ready_timeout: float = 1800,
+       built: Callable[[Server], None] | None = None) -> UpResult:
+    """Make the missing and failed seats. BatchPartlyFailed when some failed
+    (result in its details); the first seat's own error when it failed, with no
+    other seat started.
+
+    built(server), when given, replaces waiting for the first seat's
+    environment before its snapshot (for clouds where nothing boots)."""
+    reporter = reporter or NullBatchReporter()
+    existing = seats_of(provider, workshop)
+    results: dict[str, SeatResult] = {}
+    todo: list[tuple[Seat, str]] = []
+    for seat in workshop.seats:
+        server = existing.get(seat.name)
+        if server is not None and server.state in HEALTHY:
+            results[seat.name] = SeatResult(seat, KEPT, server)
+            reporter.seat(seat.name, KEPT, server.address or server.state)
+        else:
+            todo.append((seat, RECREATED if server is not None else CREATED))
+    outcome = UpResult(workshop, [])
+    if not todo:
+        outcome.seats = [results[s.name] for s in workshop.seats]
+        return outcome
+    # A seat in ERROR is removed first: it is what `up` replaces, and its quota is freed.
+    for seat, action in todo:
+        if action == RECREATED:
+            reporter.seat(seat.name, "delete", f"removing failed {existing[seat.name].state} server")
+            provider.delete(existing[seat.name])
+    _release_orphans(provider, [seat.name for seat, _ in todo])
+
+    plain = {seat.name: _spec(workshop, seat, public_key=public_key, local=local) for seat, _ in todo}
+    check = getattr(provider, "preflight", None)
+    if check is not None:
+        outcome.quota = check(list(plain.values()))
+
+    key = build_key(workshop, todo[0][0].cloud.image)
+    snap_props = {P_WORKSHOP: workshop.name, P_BUILD: key}
+    use_snapshot = fan_out and (wait or built is not None)
+    if use_snapshot:
+        found = provider.snapshots(snap_props)
+        if found:
+            outcome.snapshot, outcome.snapshot_action = found[0], "reused"
+    cancelled = threading.Event()
+    launch = _Launcher(provider, reporter, wait=wait, ready_timeout=ready_timeout, cancelled=cancelled)
+
+    def spec_for(seat: Seat) -> LaunchSpec:
+        if outcome.snapshot is None:
+            return plain[seat.name]
+        return _spec(workshop, seat, public_key=public_key, local=local, image=outcome.snapshot.id,
+                     labels={FROM_SNAPSHOT: outcome.snapshot.id})
+
+    # The first seat alone: a configuration error shows once, not once per seat.
+    (first, first_action), rest = todo[0], todo[1:]
+    builds = use_snapshot and outcome.snapshot is None and len(rest) > 0
+    result = launch(first, spec_for(first), first_action,
+                    wait=(wait and built is None) if builds else None)
+    results[first.name] = result
+    if result.action in (FAILED, SKIPPED):
+        for seat, _ in rest:
+            reporter.seat(seat.name, SKIPPED, f"not started: {first.name} failed")
+        raise result.error
+    if builds:
+        outcome.snapshot = _snapshot(provider, workshop, result.server, snap_props, reporter, built)
+        outcome.snapshot_action = "made"
+
+    pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="seat")
+    futures = []
+    try:
+        for seat, action in rest:
+            futures.append((seat, pool.submit(launch, seat, spec_for(seat), action)))
+        for seat, future in futures:
+            results[seat.name] = future.result()
+    except KeyboardInterrupt:
+        cancelled.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        made = [f.result().seat.name for _, f in futures if f.done() and not f.cancelled()
+                and f.result().action in (CREATED, RECREATED)]
+        raise errors.Interrupted(
+            "workshop up interrupted; seats still being made removed what they had made"
+            + (f"; made before the interrupt: {', '.join(made)}" if made else "")) from None
+    finally:
+        pool.shutdown(wait=True)
+    outcome.seats = [results[s.name] for s in workshop.seats if s.name in results]
+    if outcome.failed:
+        lines = [f"  {r.seat.name}: {r.error.message}" for r in outcome.failed]
+        raise errors.BatchPartlyFailed(
+            f"{len(outcome.failed)} of {len(todo)} seats failed; each removed what it had made:\n"
+            + "\n".join(lines),
+            f"run the same `vmbinder workshop up {workshop.path or 'FILE'}` again: it makes only "
+            "the missing seats", details={"result": outcome})
+    return outcome
+
+
+def _snapshot(provider: Provider, workshop: Workshop, server: Server, props: dict[str, str],
+              reporter: BatchReporter, built: Callable[[Server], None] | None) -> Snapshot:
+    if built is not None:
+        built(server)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    reporter.seat(server.name, "snapshot", "stopping, imaging and starting it again")
+    snap = provider.snapshot(server, f"{workshop.name}-snapshot-{stamp}", props, Ledger())
+    reporter.seat(server.name, CREATED, f"snapshot {snap.name}")
+    return snap
+
+
+def _release_orphans(provider: Provider, names: list[str]) -> list[Removed]:
+    """What seats deleted by hand left (a cloud's floating IPs), removed."""
+    release = getattr(provider, "release_orphans", None)
+    return release(names) if release is not None else []
+
+
+# -- status, roster, down -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SeatStatus:
+    seat: Seat
+    server: Server | None
+
+    @property
+    def state(self) -> str:
+        return self.server.state if self.server else "missing"
+
+
+def status(provider: Provider, workshop: Workshop) -> list[SeatStatus]:
+    found = seats_of(provider, workshop)
+    return [SeatStatus(seat, found.get(seat.name)) for seat in workshop.seats]
+
+
+def _answers(server: Server, url: str) -> bool:
+    ok, _ = readiness.http_probe(url, verify=server.meta("tls") == "acme")()
+    return ok
+
+
+def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True,
+                   answers: Callable[[Server, str], bool] = _answers,
+                   parallel: int = 16) -> tuple[list, list[SeatStatus]]:
+    """(entries for the seats whose URL answered, the seats left out). With
+    check=False every seat with an address is listed, unchecked."""
+    from vmbinder import roster
+
+    seats = status(provider, workshop)
+    candidates = []
+    for st in seats:
+        if st.server is None or st.server.state != ACTIVE:
+            continue
+        acc = api.access(st.server)
+        if acc.base is None:
+            continue
+        candidates.append((st, acc))
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        verdicts = list(pool.map(
+            lambda pair: (not check) or answers(pair[0].server, pair[1].urls["lab"]), candidates))
+    entries, listed = [], set()
+    for (st, acc), good in zip(candidates, verdicts):
+        if not good:
+            continue
+        person = st.seat.participant
+        entries.append(roster.Entry(
+            seat=st.seat.name, number=st.seat.number,
+            participant=person.name if person else None, email=person.email if person else None,
+            url=acc.open_url or acc.urls["lab"], lab_url=acc.urls["lab"],
+            expires=st.server.meta(EXPIRES)))
+        listed.add(st.seat.name)
+    return entries, [st for st in seats if st.seat.name not in listed]
+
+
+def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
+         reporter: BatchReporter | None = None, parallel: int = PARALLEL) -> list[Removed]:
+    """Remove every seat of the workshop (its floating IP with it) and, with
+    snapshots=True, its snapshots. Safe to run again: then it removes nothing."""
+    reporter = reporter or NullBatchReporter()
+    found = seats_of(provider, workshop)
+    errors_seen: list[tuple[str, errors.VmbinderError]] = []
+
+    def remove(server: Server) -> list[Removed]:
+        reporter.seat(server.name, "delete", "deleting")
+        try:
+            gone = provider.delete(server)
+        except errors.VmbinderError as exc:
+            reporter.seat(server.name, FAILED, exc.message)
+            errors_seen.append((server.name, exc))
+            return []
+        reporter.seat(server.name, "deleted", "")
+        return gone
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        removed = [r for batch in pool.map(remove, found.values()) for r in batch]
+    removed += _release_orphans(provider, [s.name for s in workshop.seats])
+    if snapshots:
+        for snap in provider.snapshots({P_WORKSHOP: workshop.name}):
+            removed += provider.delete_snapshot(snap)
+    if errors_seen:
+        raise errors.CleanupFailed(
+            "could not remove these seats:\n"
+            + "\n".join(f"  {name}: {exc.message}" for name, exc in errors_seen),
+            "run the same `vmbinder workshop down` again; if it still fails, see the hint of "
+            "each error", details={"removed": removed})
+    return removed
+
