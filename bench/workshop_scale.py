@@ -64,7 +64,7 @@ def connect(cloud: str):
     return openstack.connection.Connection(config=region)
 
 
-def run(seats: int, folder: Path, counter: RequestCounter) -> dict:
+def run(seats: int, folder: Path, counter: RequestCounter, parallel: int) -> dict:
     path = folder / f"bench{seats}.yaml"
     path.write_text(f"name: bench{seats}\nsource: https://github.com/binder-examples/requirements\n"
                     f"seats: {seats}\nimage: debian-12\nflavor: m1.tiny\n")
@@ -72,7 +72,7 @@ def run(seats: int, folder: Path, counter: RequestCounter) -> dict:
     provider = OpenStackProvider(conn=connect("testbed"))
     counter.take()
     started = time.monotonic()
-    result = batch.up(provider, workshop, wait=False, fan_out=False, parallel=batch.PARALLEL)
+    result = batch.up(provider, workshop, wait=False, fan_out=False, parallel=parallel)
     seconds = time.monotonic() - started
     requests = counter.take()
     made = sum(r.action == "created" for r in result.seats)
@@ -84,6 +84,7 @@ def run(seats: int, folder: Path, counter: RequestCounter) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seats", type=int, default=50)
+    parser.add_argument("--parallel", type=int, default=batch.PARALLEL)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (TESTBED / "clouds.yaml").is_file():
@@ -96,8 +97,8 @@ def main() -> int:
     counter = RequestCounter()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            one = run(1, Path(tmp), counter)
-            many = run(args.seats, Path(tmp), counter)
+            one = run(1, Path(tmp), counter, args.parallel)
+            many = run(args.seats, Path(tmp), counter, args.parallel)
     finally:
         admin.compute.revert_quota_set(project)
         admin.network.delete_quota(project)

@@ -253,6 +253,9 @@ def cmd_serve(args):
                 "threads": 4,
                 "timeout": 300,
                 "graceful_timeout": 5,
+                # gunicorn closes an idle keep-alive connection after 2 s by
+                # default, racing clients that reuse it: a reset under load.
+                "keepalive": 75,
                 "proc_name": f"testbed-{name}",
                 "accesslog": "-",
                 "errorlog": "-",

@@ -15,6 +15,7 @@ vmbinder:seat), as every other command finds its servers. Nothing here prints.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -167,7 +168,15 @@ def up(provider: Provider, workshop: Workshop, *, reporter: BatchReporter | None
 
     built(server), when given, replaces waiting for the first seat's
     environment before its snapshot (for clouds where nothing boots)."""
-    reporter = reporter or NullBatchReporter()
+    remembering = getattr(provider, "remembering", None)
+    with remembering() if remembering else contextlib.nullcontext():
+        return _up(provider, workshop, reporter=reporter or NullBatchReporter(),
+                   public_key=public_key, local=local, parallel=parallel, wait=wait,
+                   fan_out=fan_out, ready_timeout=ready_timeout, built=built)
+
+
+def _up(provider, workshop, *, reporter, public_key, local, parallel, wait, fan_out,
+        ready_timeout, built) -> UpResult:
     existing = seats_of(provider, workshop)
     results: dict[str, SeatResult] = {}
     todo: list[tuple[Seat, str]] = []
@@ -263,6 +272,21 @@ def _snapshot(provider: Provider, workshop: Workshop, server: Server, props: dic
     return snap
 
 
+def _retrying(call: Callable[[], list[Removed]], attempts: int = 4) -> list[Removed]:
+    """An idempotent removal, tried again after a dropped connection or a 502-504."""
+    import tenacity
+
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, errors.VmbinderError) and e.details.get("transient")),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=8),
+        stop=tenacity.stop_after_attempt(attempts), reraise=True,
+    ):
+        with attempt:
+            return call()
+    return []  # not reached: the last attempt returns or raises
+
+
 def _release_orphans(provider: Provider, names: list[str]) -> list[Removed]:
     """What seats deleted by hand left (a cloud's floating IPs), removed."""
     release = getattr(provider, "release_orphans", None)
@@ -335,7 +359,7 @@ def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
     def remove(server: Server) -> list[Removed]:
         reporter.seat(server.name, "delete", "deleting")
         try:
-            gone = provider.delete(server)
+            gone = _retrying(lambda: provider.delete(server))
         except errors.VmbinderError as exc:
             reporter.seat(server.name, FAILED, exc.message)
             errors_seen.append((server.name, exc))

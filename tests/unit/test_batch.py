@@ -319,3 +319,22 @@ def test_status_roster_and_down_commands(cli_with, tmp_path):
     assert res.exit_code == 0 and res.stdout.count("server\t") == 3
     res = cli_with(p, "down")
     assert res.exit_code == 0 and "nothing of workshop course was left" in res.stderr
+
+
+def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refusal():
+    p = BatchFake()
+    batch.up(p, workshop(2), wait=False, fan_out=False)
+    failures = {"course-01": [errors.CloudError("reset", details={"transient": True})],
+                "course-02": [errors.CloudError("HTTP 403", details={"http_status": 403})]}
+    original = p.delete
+
+    def flaky(server):
+        if failures.get(server.name):
+            raise failures[server.name].pop()
+        return original(server)
+
+    p.delete = flaky
+    with pytest.raises(errors.CleanupFailed) as info:
+        batch.down(p, workshop(2))
+    assert "course-02: HTTP 403" in info.value.message and "course-01" not in info.value.message
+    assert names(p) == ["course-02"]

@@ -8,7 +8,9 @@ credentials sees the same servers.
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
+import threading
 from dataclasses import replace
 
 from vmbinder import errors
@@ -47,6 +49,7 @@ from vmbinder.spec import LaunchSpec
 
 class OpenStackProvider:
     kind = "openstack"
+    _memo_lock = threading.Lock()
 
     def __init__(self, cloud: str | None = None, *, conn=None, active_timeout: float = 600,
                  settle_timeout: float = 60):
@@ -54,12 +57,32 @@ class OpenStackProvider:
         self._conn = conn
         self.active_timeout = active_timeout
         self.settle_timeout = settle_timeout
+        #: Lookups kept for the length of a batch (see remembering); None otherwise.
+        self._memo: dict | None = None
 
     @property
     def conn(self):
         if self._conn is None:
             self._conn = connect(self.cloud_name)
         return self._conn
+
+    @contextlib.contextmanager
+    def remembering(self):
+        """Within it, image, flavor, network, keypair and security group are looked
+        up (and made) once, not once per server: a batch of 50 asks 50 times less."""
+        self._memo = {}
+        try:
+            yield self
+        finally:
+            self._memo = None
+
+    def _remember(self, key: tuple, lookup):
+        if self._memo is None:
+            return lookup()
+        with self._memo_lock:
+            if key not in self._memo:
+                self._memo[key] = lookup()
+            return self._memo[key]
 
     # -- resolving -----------------------------------------------------------------
 
@@ -228,11 +251,17 @@ class OpenStackProvider:
         choice = spec.cloud
         server_metadata(spec, None)  # refuses values too long to record, before anything is made
         self._refuse_duplicate(spec.name)
-        image = self._image(choice.image)
-        flavor = self._flavor(choice.flavor, image)
-        network, external = self._networks(choice.network, choice.external_network)
-        key_name = self._keypair(spec, ledger)
-        group = self._security_group(spec, ledger)
+        image = self._remember(("image", choice.image), lambda: self._image(choice.image))
+        flavor = self._remember(("flavor", choice.flavor, image.id),
+                                lambda: self._flavor(choice.flavor, image))
+        network, external = self._remember(
+            ("networks", choice.network, choice.external_network),
+            lambda: self._networks(choice.network, choice.external_network))
+        # Made once by the first server of a batch, which is made alone: the
+        # others reuse them, and a rollback of one of them never removes them.
+        key_name = self._remember(("keypair", choice.key_name, choice.public_key),
+                                  lambda: self._keypair(spec, ledger))
+        group = self._remember(("group", choice.ssh_cidr), lambda: self._security_group(spec, ledger))
         conn = self.conn
         with cloud_errors(f"allocating a floating IP on {external.name}"):
             fip = conn.network.create_ip(

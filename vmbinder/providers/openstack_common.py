@@ -79,7 +79,8 @@ def cloud_errors(what: str) -> Iterator[None]:
         raise errors.CloudError(
             f"{what} failed: HTTP {status}: {detail}",
             hint,
-            details={"http_status": status, "request_id": exc.request_id},
+            details={"http_status": status, "request_id": exc.request_id,
+                     "transient": status in (502, 503, 504)},
         ) from exc
     except ksa.auth_plugins.MissingRequiredOptions as exc:
         raise errors.ConfigError(
@@ -90,6 +91,7 @@ def cloud_errors(what: str) -> Iterator[None]:
         raise errors.CloudError(
             f"{what} failed: cannot reach the cloud ({exc})",
             "check the auth_url in clouds.yaml and your network connection",
+            details={"transient": True},
         ) from exc
     except ksa.ClientException as exc:
         raise errors.CloudError(f"{what} failed: {exc}") from exc
