@@ -314,7 +314,7 @@ def test_status_roster_and_down_commands(cli_with, tmp_path):
     res = cli_with(p, "roster", "--no-check", "--format", "csv", "-o", str(out))
     assert res.exit_code == 0 and "3 of 3 seats listed" in res.stderr
     assert out.stat().st_mode & 0o777 == 0o600
-    assert out.read_text().count("token=") == 3 and res.stdout == ""
+    assert out.read_text().count("token=") == 6 and res.stdout == ""  # url and lab_url
     res = cli_with(p, "down", "--format", "value")
     assert res.exit_code == 0 and res.stdout.count("server\t") == 3
     res = cli_with(p, "down")
