@@ -16,6 +16,7 @@ import binascii
 import datetime
 import gzip
 
+from nova import exception
 from nova.virt import fake
 
 CLOUD_INIT_VERSION = "22.4.2"
@@ -83,7 +84,42 @@ def render_console(instance, now=None):
 
 
 class CloudInitFakeDriver(fake.FakeDriver):
-    """FakeDriver with a per-server, cloud-init-like console log."""
+    """FakeDriver with a per-server, cloud-init-like console log, and snapshots
+    that end up active in Glance, as a real driver's do."""
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Upload a small, plainly fake disk the way the libvirt driver uploads
+        the real one: the image Nova created (queued, with the caller's
+        properties) becomes active, kernel_id/ramdisk_id carried over."""
+        import io
+
+        from nova.compute import task_states
+        from nova.image import glance
+
+        if instance.uuid not in self.instances:
+            raise exception.InstanceNotRunning(instance_id=instance.uuid)
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+        image_api = glance.API()
+        current = image_api.get(context, image_id)
+        source = instance.image_meta
+        properties = {"image_location": "snapshot", "image_state": "available",
+                      "owner_id": instance.project_id}
+        for key in ("kernel_id", "ramdisk_id"):
+            if getattr(instance, key, None):
+                properties[key] = getattr(instance, key)
+        metadata = {
+            "name": current["name"],
+            "disk_format": (source.disk_format if source.obj_attr_is_set("disk_format")
+                            else "raw"),
+            "container_format": (source.container_format
+                                 if source.obj_attr_is_set("container_format") else "bare"),
+            "properties": properties,
+        }
+        data = (f"testbed snapshot of instance {instance.uuid}: not a bootable disk\n"
+                .encode() * 64)
+        image_api.update(context, image_id, metadata, io.BytesIO(data), purge_props=False)
 
     def get_console_output(self, context, instance):
         # Bytes: the compute manager encodes a str as latin-1, which fails on
