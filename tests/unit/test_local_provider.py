@@ -69,8 +69,8 @@ class FakeQemu:
         assert umask == 0o077
         self.calls.append(list(argv))
         folder = Path(cwd)
-        if argv[0] == q.QEMU_IMG:
-            Path(argv[-2]).write_bytes(img.QCOW2_MAGIC)
+        if argv[0] == q.QEMU_IMG:  # create ... OVERLAY SIZE, or convert ... SOURCE TARGET
+            Path(argv[-1] if argv[1] == "convert" else argv[-2]).write_bytes(img.QCOW2_MAGIC)
             return subprocess.CompletedProcess(argv, 0, "", "")
         if self.fail_qemu and self.fail_times > 0:
             self.fail_times -= 1

@@ -38,6 +38,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -58,9 +59,11 @@ from vmbinder.providers.base import (
     Removed,
     Resolved,
     Server,
+    Snapshot,
     find_owned,
     redact_token,
 )
+from vmbinder.providers import local_snapshot
 from vmbinder.providers.local_image import (
     cloud_image,
     images_dir,
@@ -97,6 +100,7 @@ from vmbinder.providers.openstack_common import keypair_name, server_metadata
 from vmbinder.spec import NAME_RE, LaunchSpec
 
 Runner = Callable[..., subprocess.CompletedProcess]
+_PORTS_LOCK = threading.Lock()
 #: Times qemu is started with newly chosen ports when a forwarded port was taken meanwhile.
 PORT_ATTEMPTS = 3
 
@@ -151,22 +155,22 @@ class LocalProvider:
         if missing:
             raise errors.ConfigError(f"{' and '.join(missing)} not found on PATH", INSTALL_HINT)
         accel = self._accel or detect_accel(self.env)
-        ports = self._free_ports()
-
-        folder = self._claim(spec.name)
-        ledger.add(Created(
-            "state folder", str(folder), spec.name, lambda: _remove_folder(folder),
-            f"rm -rf {shlex.quote(str(folder))}",
-        ))
-        metadata = server_metadata(spec, _user())
-        metadata.update({META + key: str(port) for key, port in ports.items()})
-        self._write(folder, {
-            "id": str(uuid.uuid4()), "name": spec.name, "created": _now(),
-            "metadata": metadata, "ports": ports,
-            "image": {"name": image.name, "path": str(image.path),
-                      "kind": "file" if image.path == image.disk else "folder"},
-            "flavor": flavor.name, "accel": accel, "pid": None, "argv": None,
-        })
+        with _PORTS_LOCK:  # servers prepared side by side must not choose the same ports
+            ports = self._free_ports()
+            folder = self._claim(spec.name)
+            ledger.add(Created(
+                "state folder", str(folder), spec.name, lambda: _remove_folder(folder),
+                f"rm -rf {shlex.quote(str(folder))}",
+            ))
+            metadata = server_metadata(spec, _user())
+            metadata.update({META + key: str(port) for key, port in ports.items()})
+            self._write(folder, {
+                "id": str(uuid.uuid4()), "name": spec.name, "created": _now(),
+                "metadata": metadata, "ports": ports,
+                "image": {"name": image.name, "path": str(image.path),
+                          "kind": "file" if image.path == image.disk else "folder"},
+                "flavor": flavor.name, "accel": accel, "pid": None, "argv": None,
+            })
         return Resolved(
             image_id=str(image.path), image_name=image.name,
             flavor_id=flavor.name, flavor_name=f"{flavor.name}, {accel}",
@@ -354,6 +358,37 @@ class LocalProvider:
     def console_log(self, server: Server, lines: int | None = None) -> str:
         return redact_token(console_tail(self.folder(server.name) / CONSOLE, lines), server)
 
+    # -- snapshots -----------------------------------------------------------------
+
+    def snapshot(self, server: Server, name: str, properties: dict[str, str],
+                 ledger: Ledger) -> Snapshot:
+        """Power the guest off, flatten its disk into the image folder <images>/<name>,
+        start it again with the same ports."""
+        folder = self.folder(server.name)
+        doc = self._read(folder)
+        local_snapshot.shut_down(folder, doc.get("pid"), proc=self.proc, sleep=self.sleep,
+                                 timeout=local_snapshot.POWERDOWN_TIMEOUT)
+        try:
+            return local_snapshot.write_image(self, server.name, doc, name, properties, ledger)
+        finally:
+            local_snapshot.start_again(self, server.name, doc)
+
+    def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
+        return local_snapshot.find(self.images, properties)
+
+    def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
+        return local_snapshot.delete(snapshot)
+
+    def preflight(self, specs: list[LaunchSpec]) -> list:
+        """Refuse a batch whose servers' memory is more than this machine has free."""
+        need = sum(parse_flavor(s.cloud.flavor).memory_mb for s in specs)
+        free = _available_mb(self.proc)
+        if free is not None and need > free:
+            raise errors.QuotaExceeded(
+                f"{len(specs)} local servers need {need} MB of memory and this machine has "
+                f"{free} MB available", "use fewer seats or a smaller --flavor (such as 1c1g)")
+        return []
+
     # -- deleting ------------------------------------------------------------------
 
     def delete(self, server: Server) -> list[Removed]:
@@ -375,6 +410,16 @@ class LocalProvider:
             ) from exc
         removed.append(Removed("server", server.id, server.name))
         return removed
+
+
+def _available_mb(proc: Path) -> int | None:
+    try:
+        for line in (proc / "meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _remove_folder(folder: Path) -> None:

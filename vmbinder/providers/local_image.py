@@ -126,10 +126,18 @@ def resolve_image(wanted: str | None, folder: Path) -> Image:
             raise errors.ConfigError(f"{as_path} has no {IMAGE_FILE}",
                                      "pass an image folder made by the image builder")
         raise errors.ConfigError(f"image {wanted!r} not found", _choose_hint(folder))
-    found = [load_image(p) for p in list_images(folder)]
+    # Snapshots of a workshop's first seat are chosen by the workshop, never by default.
+    found = [load_image(p) for p in list_images(folder) if not _is_snapshot(p)]
     if not found:
         raise errors.ConfigError(f"no --image given and no image in {folder}", _choose_hint(folder))
     return max(found, key=lambda i: (i.baked, i.created, i.name))
+
+
+def _is_snapshot(folder: Path) -> bool:
+    try:
+        return bool(json.loads((folder / IMAGE_FILE).read_text()).get("snapshot_of"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _choose_hint(folder: Path) -> str:
