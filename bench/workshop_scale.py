@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmbinder import batch  # noqa: E402
-from vmbinder.providers.openstack import OpenStackProvider  # noqa: E402
-from vmbinder.workshop import load  # noqa: E402
+from vmbinder import batch
+from vmbinder.providers.openstack import OpenStackProvider
+from vmbinder.workshop import load
 
 TESTBED = Path(os.environ.get("VMBINDER_TESTBED_DIR", ROOT / ".testbed"))
 

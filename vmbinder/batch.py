@@ -21,12 +21,22 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import Protocol
 
 from vmbinder import api, errors, readiness
-from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Ledger, Provider, Removed, Server, Snapshot
+from vmbinder.providers.base import (
+    ACTIVE,
+    BUILDING,
+    STOPPED,
+    Ledger,
+    Provider,
+    Removed,
+    Server,
+    Snapshot,
+)
 from vmbinder.spec import LaunchSpec, make_spec
 from vmbinder.workshop import Seat, Workshop
 
@@ -38,6 +48,7 @@ P_WORKSHOP, P_BUILD = "vmbinder_workshop", "vmbinder_build"
 HEALTHY = (ACTIVE, BUILDING, STOPPED)
 # What happened to a seat in `up`.
 KEPT, CREATED, RECREATED, FAILED, SKIPPED = "kept", "created", "recreated", "failed", "skipped"
+SNAPSHOTTED = "snapshotted"
 
 
 class BatchReporter(Protocol):
@@ -268,7 +279,7 @@ def _snapshot(provider: Provider, workshop: Workshop, server: Server, props: dic
     stamp = time.strftime("%Y%m%d-%H%M%S")
     reporter.seat(server.name, "snapshot", "stopping, imaging and starting it again")
     snap = provider.snapshot(server, f"{workshop.name}-snapshot-{stamp}", props, Ledger())
-    reporter.seat(server.name, CREATED, f"snapshot {snap.name}")
+    reporter.seat(server.name, SNAPSHOTTED, snap.name)
     return snap
 
 

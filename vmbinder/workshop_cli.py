@@ -91,7 +91,7 @@ class LiveTable:
         table = Table("seat", "participant", "state", "detail", box=None)
         for name, (state, detail) in self.rows.items():
             style = {"failed": "red", "created": "green", "recreated": "green", "kept": "cyan",
-                     "deleted": "green"}.get(state, "")
+                     "deleted": "green", "snapshotted": "green"}.get(state, "")
             table.add_row(name, self.people.get(name, ""), f"[{style}]{state}[/]" if style else state,
                           detail[:80])
         return table

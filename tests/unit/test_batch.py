@@ -210,9 +210,9 @@ def test_without_waiting_and_no_build_hook_every_seat_builds_its_own():
 
 def test_a_server_with_a_seat_name_from_elsewhere_is_refused():
     p = BatchFake()
+    from vmbinder import api
     from vmbinder.sources import resolve_source
     from vmbinder.spec import make_spec
-    from vmbinder import api
 
     api.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
                wait=False)

@@ -19,7 +19,14 @@ from pathlib import Path
 from vmbinder import errors
 from vmbinder.providers.base import Created, Removed, Snapshot
 from vmbinder.providers.local_image import IMAGE_FILE, list_images
-from vmbinder.providers.local_qemu import OVERLAY, QEMU_IMG, is_our_qemu, qmp, read_pid, stop
+from vmbinder.providers.local_qemu import (
+    OVERLAY,
+    QEMU_IMG,
+    is_our_qemu,
+    qmp,
+    read_pid,
+    stop,
+)
 
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 120.0
