@@ -135,6 +135,18 @@ def _ready_probes(provider: Provider, server: Server) -> list[readiness.Probe]:
     return probes
 
 
+def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeout: float,
+               clock: readiness.Clock = readiness.Clock()) -> Server:
+    """Wait until the server's environment answers; record which interfaces it serves."""
+    readiness.wait_until(
+        _ready_probes(provider, server), timeout=timeout, clock=clock,
+        on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
+    )
+    server = _record_interfaces(provider, server)
+    reporter.phase(READY, "the environment answers")
+    return server
+
+
 def launch(
     provider: Provider,
     spec: LaunchSpec,
@@ -162,12 +174,7 @@ def launch(
         server = provider.wait(server, resolved, active_timeout, ledger)
         if wait:
             reporter.phase(ENVIRONMENT, "building the environment")
-            readiness.wait_until(
-                _ready_probes(provider, server), timeout=ready_timeout, clock=clock,
-                on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
-            )
-            server = _record_interfaces(provider, server)
-            reporter.phase(READY, "the environment answers")
+            server = wait_ready(provider, server, reporter, timeout=ready_timeout, clock=clock)
     except BaseException as exc:
         if keep_on_failure and not isinstance(exc, KeyboardInterrupt) and ledger.items:
             kept = ", ".join(f"{i.kind} {i.name}" for i in ledger.items)

@@ -168,6 +168,21 @@ class _Launcher:
         self.reporter.seat(seat.name, action, launched.server.address or "")
         return SeatResult(seat, action, launched.server, seconds=time.monotonic() - started)
 
+    def again(self, made: SeatResult) -> SeatResult:
+        """The seat that was snapshotted, waited for until it answers again."""
+        seat, started = made.seat, time.monotonic()
+        try:
+            server = api.wait_ready(self.provider, made.server, _SeatReporter(self.reporter, seat.name),
+                                    timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep))
+        except errors.VmbinderError as exc:
+            self.reporter.seat(seat.name, FAILED, f"after its snapshot: {exc.message}")
+            return replace(made, action=FAILED, error=exc)
+        except KeyboardInterrupt:
+            self.reporter.seat(seat.name, SKIPPED, "interrupted while it started again")
+            return made
+        self.reporter.seat(seat.name, made.action, server.address or "")
+        return replace(made, server=server, seconds=made.seconds + time.monotonic() - started)
+
 
 def up(provider: Provider, workshop: Workshop, *, reporter: BatchReporter | None = None,
        public_key: str | None = None, local: bool = False, parallel: int = PARALLEL,
@@ -243,12 +258,17 @@ def _up(provider, workshop, *, reporter, public_key, local, parallel, wait, fan_
     if builds:
         outcome.snapshot = _snapshot(provider, workshop, result.server, snap_props, reporter, built)
         outcome.snapshot_action = "made"
+        if wait and built is None:  # it was stopped for the snapshot: wait for it again too
+            rest = [(first, "again"), *rest]
 
     pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="seat")
     futures = []
     try:
         for seat, action in rest:
-            futures.append((seat, pool.submit(launch, seat, spec_for(seat), action)))
+            if action == "again":
+                futures.append((seat, pool.submit(launch.again, result)))
+            else:
+                futures.append((seat, pool.submit(launch, seat, spec_for(seat), action)))
         for seat, future in futures:
             results[seat.name] = future.result()
     except KeyboardInterrupt:

@@ -338,3 +338,24 @@ def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refu
         batch.down(p, workshop(2))
     assert "course-02: HTTP 403" in info.value.message and "course-01" not in info.value.message
     assert names(p) == ["course-02"]
+
+
+def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypatch):
+    from vmbinder import api
+
+    p = BatchFake()
+    waited = []
+
+    def wait_ready(provider, server, reporter, *, timeout, clock):
+        p.events.append(("answers", server.name))
+        waited.append(server.name)
+        return server
+
+    monkeypatch.setattr(api, "wait_ready", wait_ready)
+    result = batch.up(p, workshop(3))
+    assert result.snapshot_action == "made"
+    assert sorted(waited) == ["course-01", "course-01", "course-02", "course-03"]
+    snap = p.events.index(("snapshot", "course-01"))
+    assert p.events.index(("answers", "course-01")) < snap
+    assert ("answers", "course-01") in p.events[snap + 1:]
+    assert [r.action for r in result.seats] == ["created"] * 3
