@@ -28,3 +28,16 @@ def test_shell_examples_parse():
 def test_clouds_yaml_example_is_a_clouds_file():
     doc = yaml.safe_load((EXAMPLES / "clouds.yaml").read_text())
     assert doc["clouds"]["mycloud"]["auth"]["auth_url"].endswith("/v3")
+
+
+def test_workshop_api_example_imports_and_prints_its_usage():
+    res = subprocess.run([sys.executable, str(EXAMPLES / "workshop_api.py")], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 1 and "workshop_api.py up examples/workshop.yaml" in res.stderr
+
+
+def test_workshop_example_file_is_valid():
+    from vmbinder.workshop import load
+
+    ws = load(EXAMPLES / "workshop.yaml")
+    assert ws.name == "genomics-101" and len(ws.seats) == 3
