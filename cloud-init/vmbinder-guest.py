@@ -412,7 +412,12 @@ STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_
 
 
 def run_all(doc):
-    write_state(started=read_state().get("started") or time.time(), ready=False)
+    state = read_state()
+    # A reboot keeps the start time; a server started from another's snapshot
+    # (another name in the launch document) starts its own clock.
+    fresh = state.get("server") != doc["name"]
+    write_state(started=time.time() if fresh else state.get("started") or time.time(),
+                ready=False, server=doc["name"])
     durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
         phase(name, "started")

@@ -183,6 +183,7 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     (builder.root / "etc/vmbinder/launch.json").write_text(json.dumps(doc))
     jupyter[0].token = seat.token
     first = len(builder.calls())
+    built_at = builder.state()["started"]
     res = builder.run()
     assert res.returncode == 0, res.stderr
     again = builder.calls()[first:]
@@ -192,7 +193,9 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     assert env == f"JUPYTER_TOKEN={seat.token}\n"
     assert "seat2.example.org" in (builder.root / "etc/caddy/Caddyfile").read_text()
     assert ["systemctl", "restart", "vmbinder-env.service"] in again
-    assert builder.state()["ready"] is True
+    state = builder.state()
+    assert state["ready"] is True and state["server"] == "demo-02"
+    assert state["started"] > built_at  # its own clock, not the snapshotted seat's
 
 
 def test_another_source_builds_another_image(tmp_path, jupyter):
