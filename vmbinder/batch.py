@@ -298,7 +298,12 @@ def _snapshot(provider: Provider, workshop: Workshop, server: Server, props: dic
         built(server)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     reporter.seat(server.name, "snapshot", "stopping, imaging and starting it again")
-    snap = provider.snapshot(server, f"{workshop.name}-snapshot-{stamp}", props, Ledger())
+    ledger = Ledger()
+    try:
+        snap = provider.snapshot(server, f"{workshop.name}-snapshot-{stamp}", props, ledger)
+    except BaseException as exc:  # a half-made snapshot is removed, then the error is raised
+        api.roll_back_or_report(ledger, api.NullReporter(), exc, what="snapshot")
+        raise
     reporter.seat(server.name, SNAPSHOTTED, snap.name)
     return snap
 

@@ -359,3 +359,20 @@ def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypa
     assert p.events.index(("answers", "course-01")) < snap
     assert ("answers", "course-01") in p.events[snap + 1:]
     assert [r.action for r in result.seats] == ["created"] * 3
+
+
+def test_a_failed_snapshot_removes_what_it_made_and_starts_no_other_seat():
+    from vmbinder.providers.base import Created
+
+    p = BatchFake()
+    removed = []
+
+    def failing_snapshot(server, name, properties, ledger):
+        ledger.add(Created("snapshot", "img-1", name, lambda: removed.append("img-1"), "rm img-1"))
+        raise errors.CloudError("snapshotting course-01 failed: HTTP 500")
+
+    p.snapshot = failing_snapshot
+    with pytest.raises(errors.CloudError) as info:
+        batch.up(p, workshop(3), wait=False, built=lambda s: None)
+    assert removed == ["img-1"] and "removed what it created: snapshot" in info.value.hint
+    assert names(p) == ["course-01"]
