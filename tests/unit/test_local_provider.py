@@ -107,7 +107,7 @@ def fake():
 
 
 def provider(env, fake, **kw):
-    return LocalProvider(env=env, run=fake, accel=kw.pop("accel", "tcg"), settle=0,
+    return LocalProvider(env=env, run=kw.pop("run", fake), accel=kw.pop("accel", "tcg"), settle=0,
                          sleep=lambda s: None, which=lambda tool: f"/usr/bin/{tool}", **kw)
 
 

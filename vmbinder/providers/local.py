@@ -20,6 +20,11 @@ A server is ACTIVE once its qemu process is running and still running a moment
 later, as a cloud reports ACTIVE once the hypervisor started the domain; the
 boot itself is followed on the console by the readiness probes.
 
+A snapshot (local_snapshot) powers the guest off, flattens its overlay into a
+new image folder under the images folder (image.json says `snapshot_of` and
+carries the properties) and starts the same qemu command line again; a launch
+passes that folder as its --image.
+
 What a launch can choose:
   --image    a name under the images folder ($VMBINDER_IMAGES_DIR, default
              ~/.cache/vmbinder/images), an image folder (image.json, vmlinux,
@@ -47,6 +52,7 @@ from pathlib import Path
 import yaml
 
 from vmbinder import errors
+from vmbinder.providers import local_snapshot
 from vmbinder.providers.base import (
     ACTIVE,
     BUILDING,
@@ -63,7 +69,6 @@ from vmbinder.providers.base import (
     find_owned,
     redact_token,
 )
-from vmbinder.providers import local_snapshot
 from vmbinder.providers.local_image import (
     cloud_image,
     images_dir,
@@ -215,41 +220,52 @@ class LocalProvider:
         self._run(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
 
         flavor = parse_flavor(doc["flavor"])
-        for attempt in range(1, PORT_ATTEMPTS + 1):
-            argv = qemu_argv(name=spec.name, image=image, state=folder, ports=doc["ports"],
-                             flavor=flavor, accel=doc["accel"])
-            doc["argv"] = argv
-            self._write(folder, doc)
-            try:
-                self._run(argv, folder, f"starting qemu for {spec.name}")
-                break
-            except errors.CloudError as exc:
-                if attempt == PORT_ATTEMPTS or not port_taken(exc.message):
-                    raise
-            # Another program took a port since prepare() chose it: the ports are
-            # not in the user-data, so choosing again is safe.
-            doc["ports"] = self._free_ports(set(doc["ports"].values()))
-            doc["metadata"].update({META + k: str(p) for k, p in doc["ports"].items()})
-        pid = read_pid(folder)
-        if pid is None:
-            raise errors.CloudError(f"qemu for {spec.name} started but wrote no {PIDFILE}")
+        pid = self._start(folder, doc, lambda ports: qemu_argv(
+            name=spec.name, image=image, state=folder, ports=ports, flavor=flavor,
+            accel=doc["accel"]), f"starting qemu for {spec.name}")
         ledger.add(Created(
             "qemu process", str(pid), spec.name,
             lambda: stop(pid, folder, proc=self.proc, sleep=self.sleep), f"kill {pid}",
         ))
+        return self._record(folder, doc)
+
+    def _start(self, folder: Path, doc: dict, argv_for: Callable[[dict], list[str]],
+               what: str) -> int:
+        """Start qemu with argv_for(ports), recording the command line and the pid in
+        server.json; returns the pid. A forwarded port that another program took
+        since it was chosen is chosen again (the ports are not in the user-data)."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            doc["argv"] = argv_for(doc["ports"])
+            self._write(folder, doc)
+            try:
+                self._run(doc["argv"], folder, what)
+                break
+            except errors.CloudError as exc:
+                if attempt == PORT_ATTEMPTS or not port_taken(exc.message):
+                    raise
+            with _PORTS_LOCK:
+                doc["ports"] = self._free_ports(set(doc["ports"].values()))
+            doc["metadata"].update({META + k: str(p) for k, p in doc["ports"].items()})
+        pid = read_pid(folder)
+        if pid is None:
+            raise errors.CloudError(f"{what}: qemu started but wrote no {PIDFILE}")
         doc["pid"] = pid
         self._write(folder, doc)
         # qemu sets its own umask (027) when it daemonizes: keep the files private
         for made in (CONSOLE, QMP_SOCKET, PIDFILE):
             if (folder / made).exists():
                 os.chmod(folder / made, 0o600)
-        return self._record(folder, doc)
+        return pid
 
-    def _run(self, argv: list[str], folder: Path, what: str) -> None:
+    def _run(self, argv: list[str], folder: Path, what: str, timeout: float = 120) -> None:
         try:
-            done = self.run(argv, cwd=folder, capture_output=True, text=True, timeout=120,
+            done = self.run(argv, cwd=folder, capture_output=True, text=True, timeout=timeout,
                             umask=0o077, stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except subprocess.TimeoutExpired as exc:
+            raise errors.CloudError(f"{what} failed: it took more than {timeout:g} s",
+                                    "check that this machine is not short of disk space or memory",
+                                    details={"argv": argv}) from exc
+        except OSError as exc:
             raise errors.CloudError(f"{what} failed: {exc}", INSTALL_HINT) from exc
         if done.returncode != 0:
             said = (done.stderr or done.stdout or "").strip()[-1500:]
@@ -363,15 +379,8 @@ class LocalProvider:
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
         """Power the guest off, flatten its disk into the image folder <images>/<name>,
-        start it again with the same ports."""
-        folder = self.folder(server.name)
-        doc = self._read(folder)
-        local_snapshot.shut_down(folder, doc.get("pid"), proc=self.proc, sleep=self.sleep,
-                                 timeout=local_snapshot.POWERDOWN_TIMEOUT)
-        try:
-            return local_snapshot.write_image(self, server.name, doc, name, properties, ledger)
-        finally:
-            local_snapshot.start_again(self, server.name, doc)
+        start it again with the same command line (see local_snapshot)."""
+        return local_snapshot.take(self, server, name, properties, ledger)
 
     def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
         return local_snapshot.find(self.images, properties)

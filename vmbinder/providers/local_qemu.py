@@ -196,6 +196,16 @@ def qemu_argv(*, name: str, image: Image, state: Path, ports: Mapping[str, int],
     return argv
 
 
+def with_ports(argv: list[str], old: Mapping[str, int], new: Mapping[str, int]) -> list[str]:
+    """A recorded command line with its forwarded host ports changed from old to new."""
+    out = list(argv)
+    i = out.index("-netdev") + 1
+    for key, guest in FORWARDS:
+        out[i] = out[i].replace(f"hostfwd=tcp:{LOOPBACK}:{old[key]}-:{guest}",
+                                f"hostfwd=tcp:{LOOPBACK}:{new[key]}-:{guest}")
+    return out
+
+
 def overlay_argv(image: Image, state: Path) -> list[str]:
     """qemu-img's command for the server's disk: 20 GiB, or the image's size if larger."""
     size = OVERLAY_SIZE if image.virtual_size <= OVERLAY_BYTES else str(image.virtual_size)
