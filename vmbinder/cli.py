@@ -397,6 +397,11 @@ def delete(obj: Context, names, fmt):
         removed = api.delete(obj.provider, list(names), reporter)
     finally:
         reporter.stop()
+    _print_removed(fmt, removed, err)
+
+
+def _print_removed(fmt: str, removed, err) -> None:
+    """What a delete or a workshop down removed: JSON, tab-separated values or lines on err."""
     docs = [{"kind": r.kind, "id": r.id, "name": r.name} for r in removed]
     if fmt == "json":
         click.echo(json.dumps(docs, indent=2))
@@ -411,7 +416,6 @@ def delete(obj: Context, names, fmt):
 def _register_image_commands() -> None:
     from vmbinder.guestimage import image
     from vmbinder.imageupload import upload_command
-
     from vmbinder.workshop_cli import workshop
 
     image.add_command(upload_command)

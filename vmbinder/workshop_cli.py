@@ -255,7 +255,7 @@ def roster_(obj, file, fmt, output, no_check) -> None:
 def down(obj, file, snapshots, fmt) -> None:
     """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
     from vmbinder import batch
-    from vmbinder.cli import _stderr
+    from vmbinder.cli import _print_removed, _stderr
 
     workshop, provider = _load(obj, file)
     progress = LiveTable(_stderr(), workshop, quiet=obj.quiet or fmt == "json")
@@ -263,15 +263,6 @@ def down(obj, file, snapshots, fmt) -> None:
         removed = batch.down(provider, workshop, snapshots=snapshots, reporter=progress)
     finally:
         progress.stop()
-    docs = [{"kind": r.kind, "id": r.id, "name": r.name} for r in removed]
-    if fmt == "json":
-        click.echo(json.dumps(docs, indent=2))
-    elif fmt == "value":
-        for d in docs:
-            click.echo(f"{d['kind']}\t{d['id']}\t{d['name']}")
-    else:
-        err = _stderr()
-        for d in docs:
-            err.print(f"removed {d['kind']} {d['name']} ({d['id']})")
-        if not docs:
-            err.print(f"nothing of workshop {workshop.name} was left to remove")
+    _print_removed(fmt, removed, _stderr())
+    if fmt not in ("json", "value") and not removed:
+        _stderr().print(f"nothing of workshop {workshop.name} was left to remove")
