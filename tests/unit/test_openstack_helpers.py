@@ -121,3 +121,52 @@ def test_choosing_a_flavor_honours_the_image_min_disk():
     with pytest.raises(errors.ConfigError) as info:
         provider._flavor(None, _image("d", min_disk=50, min_ram=0))
     assert "50 GB of disk" in info.value.message
+
+
+@pytest.fixture
+def flaky_http():
+    """A loopback server that answers 503 (Retry-After: 0) to the first `fail` requests."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        fail, seen = 0, 0
+
+        def do_GET(self):
+            Handler.seen += 1
+            busy = Handler.seen <= Handler.fail
+            self.send_response(503 if busy else 200)
+            if busy:
+                self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Handler, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+def test_the_session_tries_a_busy_cloud_again_then_gives_up(flaky_http):
+    handler, url = flaky_http
+    session = osp._retrying_session()
+    handler.fail = 2
+    assert session.get(url, authenticated=False).status_code == 200 and handler.seen == 3
+    handler.fail, handler.seen = 100, 0
+    assert session.get(url, authenticated=False, raise_exc=False).status_code == 503
+    assert handler.seen == 1 + osp.RETRY_DEFAULTS["status_code_retries"]
+
+
+def test_connect_fills_in_retries_and_keeps_what_clouds_yaml_says(tmp_path, monkeypatch):
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text("clouds:\n  c:\n    auth: {auth_url: 'http://127.0.0.1:9/v3', username: u,"
+                      " password: p, project_name: p, user_domain_name: d,"
+                      " project_domain_name: d}\n    api_timeout: 7\n    connect_retries: 1\n")
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    config = osp.connect("c").config
+    assert config.config["api_timeout"] == 7 and config.get_connect_retries("compute") == 1
+    assert config.get_status_code_retries("compute") == osp.RETRY_DEFAULTS["status_code_retries"]
+    assert config.get_retriable_status_codes("network") == [429, 503]

@@ -42,6 +42,20 @@ NO_CLOUD_HINT = (
     "an openrc file"
 )
 
+#: How vmbinder talks to a cloud unless clouds.yaml says otherwise (its keys of the
+#: same names win). keystoneauth tries again, waiting 0.5 s and doubling up to 60 s:
+#: after a connection that failed or timed out (connect_retries), and after an
+#: answer that means "not now", 429 or 503, whose Retry-After it honours
+#: (status_code_retries). Other errors are final: a 500 says the request is wrong
+#: or the cloud is broken, and a 502 or 504 may come after the work was done. A
+#: request with no answer for api_timeout seconds counts as a failed connection.
+RETRY_DEFAULTS = {
+    "connect_retries": 4,
+    "status_code_retries": 6,
+    "retriable_status_codes": [429, 503],
+    "api_timeout": 120,
+}
+
 _STATES = {
     "BUILD": BUILDING, "REBUILD": BUILDING, "ACTIVE": ACTIVE, "ERROR": ERROR,
     "SHUTOFF": STOPPED, "STOPPED": STOPPED, "SUSPENDED": STOPPED, "PAUSED": STOPPED,
@@ -76,6 +90,10 @@ def cloud_errors(what: str) -> Iterator[None]:
                    "and floating IPs (vmbinder list; vmbinder delete NAME)"
         elif status == 401:
             hint = "check the credentials of your cloud in clouds.yaml (openstack token issue)"
+        elif status in (429, 502, 503, 504):
+            hint = ("the cloud is overloaded or restarting"
+                    + (" (it still said so after vmbinder tried again)" if status in (429, 503) else "")
+                    + "; try again in a few minutes")
         raise errors.CloudError(
             f"{what} failed: HTTP {status}: {detail}",
             hint,
@@ -87,9 +105,15 @@ def cloud_errors(what: str) -> Iterator[None]:
             f"no cloud configured ({exc})",
             NO_CLOUD_HINT,
         ) from exc
+    except ksa.ConnectTimeout as exc:
+        raise errors.CloudError(
+            f"{what} failed: the cloud did not answer in time, also when tried again ({exc})",
+            "the cloud may be overloaded; try again later, or raise api_timeout in clouds.yaml",
+            details={"transient": True},
+        ) from exc
     except ksa.ConnectFailure as exc:
         raise errors.CloudError(
-            f"{what} failed: cannot reach the cloud ({exc})",
+            f"{what} failed: cannot reach the cloud, also when tried again ({exc})",
             "check the auth_url in clouds.yaml and your network connection",
             details={"transient": True},
         ) from exc
@@ -99,11 +123,35 @@ def cloud_errors(what: str) -> Iterator[None]:
         raise errors.CloudError(f"{what} failed: {exc}") from exc
 
 
+def _retrying_session(**kwargs):
+    """A keystoneauth session whose own requests (authentication, version
+    discovery) are tried again as the services' are (see RETRY_DEFAULTS)."""
+    from keystoneauth1 import session
+
+    class RetryingSession(session.Session):
+        def request(self, url, method, **kw):
+            kw.setdefault("status_code_retries", RETRY_DEFAULTS["status_code_retries"])
+            kw.setdefault("retriable_status_codes", RETRY_DEFAULTS["retriable_status_codes"])
+            return super().request(url, method, **kw)
+
+    kwargs.setdefault("connect_retries", RETRY_DEFAULTS["connect_retries"])
+    return RetryingSession(**kwargs)
+
+
 def connect(cloud: str | None):
-    """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_* variables)."""
+    """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_*
+    variables), with RETRY_DEFAULTS for what the configuration leaves unset."""
     sdk = _sdk()
+    from openstack import config as os_config
+
     try:
-        conn = sdk.connect(cloud=cloud, load_yaml_config=True, load_envvars=True)
+        region = os_config.OpenStackConfig(
+            load_yaml_config=True, load_envvars=True, session_constructor=_retrying_session,
+        ).get_one(cloud=cloud)
+        for key, value in RETRY_DEFAULTS.items():
+            if region.config.get(key) is None:
+                region.config[key] = value
+        conn = sdk.connection.Connection(config=region)
     except sdk.exceptions.ConfigException as exc:
         where = f"cloud {cloud!r}" if cloud else "a cloud"
         raise errors.ConfigError(
