@@ -125,21 +125,24 @@ def test_choosing_a_flavor_honours_the_image_min_disk():
 
 @pytest.fixture
 def flaky_http():
-    """A loopback server that answers 503 (Retry-After: 0) to the first `fail` requests."""
+    """A loopback server that answers `code` (with Retry-After: 0) to the first `fail` requests."""
     import http.server
     import threading
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        fail, seen = 0, 0
+        fail, seen, code = 0, 0, 503
 
-        def do_GET(self):
+        def answer(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             Handler.seen += 1
             busy = Handler.seen <= Handler.fail
-            self.send_response(503 if busy else 200)
+            self.send_response(Handler.code if busy else 200)
             if busy:
                 self.send_header("Retry-After", "0")
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        do_GET = do_POST = answer
 
         def log_message(self, *args):
             pass
@@ -150,14 +153,45 @@ def flaky_http():
     server.shutdown()
 
 
-def test_the_session_tries_a_busy_cloud_again_then_gives_up(flaky_http):
+@pytest.mark.parametrize("method, code, tries", [
+    ("GET", 503, 3), ("GET", 429, 3), ("GET", 502, 3), ("GET", 504, 3),
+    ("POST", 503, 3), ("POST", 429, 3),
+    ("POST", 502, 1), ("POST", 504, 1),  # the cloud may have acted on it: not sent again
+    ("GET", 500, 1),
+])
+def test_the_session_tries_again_only_what_is_safe_to_send_again(flaky_http, method, code, tries):
     handler, url = flaky_http
-    session = osp._retrying_session()
-    handler.fail = 2
-    assert session.get(url, authenticated=False).status_code == 200 and handler.seen == 3
-    handler.fail, handler.seen = 100, 0
-    assert session.get(url, authenticated=False, raise_exc=False).status_code == 503
+    handler.fail, handler.code = 2, code
+    resp = osp._retrying_session().request(url, method, authenticated=False, raise_exc=False)
+    assert handler.seen == tries
+    assert resp.status_code == (200 if tries == 3 else code)
+
+
+def test_the_session_gives_up_on_a_cloud_that_stays_busy(flaky_http):
+    handler, url = flaky_http
+    handler.fail = 100
+    resp = osp._retrying_session().get(url, authenticated=False, raise_exc=False)
+    assert resp.status_code == 503
     assert handler.seen == 1 + osp.RETRY_DEFAULTS["status_code_retries"]
+
+
+def test_a_post_whose_connection_failed_is_not_sent_again(monkeypatch):
+    from keystoneauth1 import exceptions as ksa
+
+    session, sent = osp._retrying_session(), []
+
+    def refuse(*args, **kwargs):
+        sent.append(args)
+        raise __import__("requests").exceptions.ConnectionError("refused")
+
+    monkeypatch.setattr(session.session, "request", refuse)
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    with pytest.raises(ksa.ConnectFailure):
+        session.post("http://127.0.0.1:9/", authenticated=False)
+    assert len(sent) == 1
+    with pytest.raises(ksa.ConnectFailure):
+        session.get("http://127.0.0.1:9/", authenticated=False)
+    assert len(sent) == 2 + osp.RETRY_DEFAULTS["connect_retries"]
 
 
 def test_connect_fills_in_retries_and_keeps_what_clouds_yaml_says(tmp_path, monkeypatch):
@@ -169,4 +203,20 @@ def test_connect_fills_in_retries_and_keeps_what_clouds_yaml_says(tmp_path, monk
     config = osp.connect("c").config
     assert config.config["api_timeout"] == 7 and config.get_connect_retries("compute") == 1
     assert config.get_status_code_retries("compute") == osp.RETRY_DEFAULTS["status_code_retries"]
-    assert config.get_retriable_status_codes("network") == [429, 503]
+    assert config.get_retriable_status_codes("network") == [429, 502, 503, 504]
+
+
+def test_a_make_call_that_fails_leaves_a_sweep_in_the_ledger_and_one_that_returns_does_not():
+    from vmbinder.providers.base import Ledger
+
+    ledger, swept = Ledger(), []
+    with OpenStackProvider._in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
+        pass
+    assert ledger.items == []
+    with pytest.raises(KeyboardInterrupt):
+        with OpenStackProvider._in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
+            raise KeyboardInterrupt
+    (pending,) = ledger.items
+    assert (pending.kind, pending.name, pending.command) == ("server", "s", "cmd")
+    pending.remove()
+    assert swept == ["s"]

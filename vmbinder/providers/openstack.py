@@ -84,6 +84,17 @@ class OpenStackProvider:
                 self._memo[key] = lookup()
             return self._memo[key]
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _in_flight(ledger: Ledger, kind: str, name: str, sweep, command: str):
+        """Around a call that makes something: if it fails or is interrupted, the cloud
+        may still have made it (a dropped connection, a timeout), so until it returns
+        a rollback sweeps for it by its ownership marks."""
+        pending = Created(kind, "(being made)", name, sweep, command)
+        ledger.add(pending)
+        yield
+        ledger.items.remove(pending)
+
     # -- resolving -----------------------------------------------------------------
 
     def _find(self, kind: str, finder, name_or_id: str, lister, option: str):
@@ -189,7 +200,10 @@ class OpenStackProvider:
         with cloud_errors(f"looking up keypair {name}"):
             if conn.compute.find_keypair(name, ignore_missing=True) is not None:
                 return name
-            conn.compute.create_keypair(name=name, public_key=choice.public_key.strip())
+            with self._in_flight(ledger, "keypair", name,
+                                 lambda: conn.compute.delete_keypair(name, ignore_missing=True),
+                                 f"openstack keypair delete {name}"):
+                conn.compute.create_keypair(name=name, public_key=choice.public_key.strip())
         ledger.add(Created(
             "keypair", name, name,
             lambda: conn.compute.delete_keypair(name, ignore_missing=True),
@@ -204,8 +218,11 @@ class OpenStackProvider:
         with cloud_errors(f"preparing security group {name}"):
             group = conn.network.find_security_group(name, project_id=project_id, ignore_missing=True)
             if group is None:
-                group = conn.network.create_security_group(
-                    name=name, description="vmbinder: ingress 22, 80 and 443 only")
+                with self._in_flight(ledger, "security group", name,
+                                     lambda: self._sweep_group(name),
+                                     f"openstack security group delete {name}"):
+                    group = conn.network.create_security_group(
+                        name=name, description="vmbinder: ingress 22, 80 and 443 only")
                 group_id = group.id
                 ledger.add(Created(
                     "security group", group_id, name,
@@ -238,6 +255,13 @@ class OpenStackProvider:
             with attempt:
                 self.conn.network.delete_security_group(group_id, ignore_missing=True)
 
+    def _sweep_group(self, name: str) -> None:
+        conn = self.conn
+        group = conn.network.find_security_group(name, project_id=conn.current_project_id,
+                                                 ignore_missing=True)
+        if group is not None:
+            self._delete_created_group(group.id)
+
     def _delete_group_if_unused(self, group_id: str) -> bool:
         """Delete a vmbinder security group unless a port still uses it."""
         sdk = _sdk()
@@ -263,7 +287,9 @@ class OpenStackProvider:
                                   lambda: self._keypair(spec, ledger))
         group = self._remember(("group", choice.ssh_cidr), lambda: self._security_group(spec, ledger))
         conn = self.conn
-        with cloud_errors(f"allocating a floating IP on {external.name}"):
+        with cloud_errors(f"allocating a floating IP on {external.name}"), self._in_flight(
+                ledger, "floating IP", spec.name, lambda: self.release_orphans([spec.name]),
+                f"openstack floating ip list --long  # description {META}{spec.name}"):
             fip = conn.network.create_ip(
                 floating_network_id=external.id, description=f"{META}{spec.name}")
         fip_id = fip.id
@@ -304,7 +330,9 @@ class OpenStackProvider:
         )
         if resolved.key_name:
             attrs["key_name"] = resolved.key_name
-        with cloud_errors(f"creating server {spec.name}"):
+        with cloud_errors(f"creating server {spec.name}"), self._in_flight(
+                ledger, "server", spec.name, lambda: self._sweep_servers(spec),
+                f"openstack server delete --wait {spec.name}"):
             server = conn.compute.create_server(**attrs)
         server_id = server.id
         ledger.add(Created(
@@ -313,6 +341,14 @@ class OpenStackProvider:
             f"openstack server delete --wait {server_id}",
         ))
         return self._record(server)
+
+    def _sweep_servers(self, spec: LaunchSpec) -> None:
+        """Servers of this name carrying this launch's token: what a create call that
+        failed or was interrupted may have made."""
+        mine = [s for s in self.conn.compute.servers(tags=OWNER_TAG, name=f"^{re.escape(spec.name)}$")
+                if s.name == spec.name and (s.metadata or {}).get(f"{META}token") == spec.token]
+        for server in mine:
+            self._delete_server_and_wait(server.id)
 
     def _delete_server_and_wait(self, server_id: str) -> None:
         conn = self.conn

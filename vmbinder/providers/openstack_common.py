@@ -43,18 +43,24 @@ NO_CLOUD_HINT = (
 )
 
 #: How vmbinder talks to a cloud unless clouds.yaml says otherwise (its keys of the
-#: same names win). keystoneauth tries again, waiting 0.5 s and doubling up to 60 s:
-#: after a connection that failed or timed out (connect_retries), and after an
-#: answer that means "not now", 429 or 503, whose Retry-After it honours
-#: (status_code_retries). Other errors are final: a 500 says the request is wrong
-#: or the cloud is broken, and a 502 or 504 may come after the work was done. A
-#: request with no answer for api_timeout seconds counts as a failed connection.
+#: same names win). keystoneauth tries a request again, waiting 0.5 s and doubling
+#: up to 60 s, after a connection that failed or timed out (connect_retries: 6,
+#: about 30 s, long enough for an API service to restart) and after an answer that
+#: means "not now" (retriable_status_codes), honouring Retry-After. A request with
+#: no answer for api_timeout seconds counts as a failed connection. Requests that
+#: make something (POST, PATCH) are tried again only after 429 or 503, which say
+#: the cloud did not act on them: after a dropped connection, a timeout, a 502 or
+#: a 504 the cloud may have acted, so the launch stops and its rollback looks for
+#: what the request may have made. Other errors, such as 500, are final.
 RETRY_DEFAULTS = {
-    "connect_retries": 4,
+    "connect_retries": 6,
     "status_code_retries": 6,
-    "retriable_status_codes": [429, 503],
+    "retriable_status_codes": [429, 502, 503, 504],
     "api_timeout": 120,
 }
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: The answers that say the cloud did not act on a request.
+NOT_ACTED_ON = frozenset({429, 503})
 
 _STATES = {
     "BUILD": BUILDING, "REBUILD": BUILDING, "ACTIVE": ACTIVE, "ERROR": ERROR,
@@ -91,9 +97,7 @@ def cloud_errors(what: str) -> Iterator[None]:
         elif status == 401:
             hint = "check the credentials of your cloud in clouds.yaml (openstack token issue)"
         elif status in (429, 502, 503, 504):
-            hint = ("the cloud is overloaded or restarting"
-                    + (" (it still said so after vmbinder tried again)" if status in (429, 503) else "")
-                    + "; try again in a few minutes")
+            hint = "the cloud is overloaded or restarting; try again in a few minutes"
         raise errors.CloudError(
             f"{what} failed: HTTP {status}: {detail}",
             hint,
@@ -107,13 +111,13 @@ def cloud_errors(what: str) -> Iterator[None]:
         ) from exc
     except ksa.ConnectTimeout as exc:
         raise errors.CloudError(
-            f"{what} failed: the cloud did not answer in time, also when tried again ({exc})",
+            f"{what} failed: the cloud did not answer in time ({exc})",
             "the cloud may be overloaded; try again later, or raise api_timeout in clouds.yaml",
             details={"transient": True},
         ) from exc
     except ksa.ConnectFailure as exc:
         raise errors.CloudError(
-            f"{what} failed: cannot reach the cloud, also when tried again ({exc})",
+            f"{what} failed: cannot reach the cloud ({exc})",
             "check the auth_url in clouds.yaml and your network connection",
             details={"transient": True},
         ) from exc
@@ -132,6 +136,10 @@ def _retrying_session(**kwargs):
         def request(self, url, method, **kw):
             kw.setdefault("status_code_retries", RETRY_DEFAULTS["status_code_retries"])
             kw.setdefault("retriable_status_codes", RETRY_DEFAULTS["retriable_status_codes"])
+            if method.upper() not in IDEMPOTENT:
+                kw["connect_retries"] = 0
+                kw["retriable_status_codes"] = [
+                    c for c in kw["retriable_status_codes"] or () if c in NOT_ACTED_ON]
             return super().request(url, method, **kw)
 
     kwargs.setdefault("connect_retries", RETRY_DEFAULTS["connect_retries"])
