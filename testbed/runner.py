@@ -5,6 +5,7 @@ is also its process-group ID, and recorded under pids/ for `down`.  One-shot
 setup commands run in the caller's process group and are killed on abort.
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -93,12 +94,17 @@ class Runner:
         return env
 
     def start(self, name, argv, env=None):
-        """Start a long-running service in its own session and record it."""
+        """Start a long-running service in its own session and record it, with
+        how it was started (run/NAME.start.json, for `testbed.py restart`)."""
         log = self.lay.logs / f"{name}.log"
+        argv, env = [str(a) for a in argv], env or self.env()
+        how = self.lay.run / f"{name}.start.json"
+        how.write_text(json.dumps({"argv": argv, "env": env, "cwd": str(self.lay.run)}))
+        how.chmod(0o600)
         with open(log, "ab") as fh:
             proc = subprocess.Popen(
-                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=fh,
-                stderr=subprocess.STDOUT, env=env or self.env(),
+                argv, stdin=subprocess.DEVNULL, stdout=fh,
+                stderr=subprocess.STDOUT, env=env,
                 cwd=self.lay.run, start_new_session=True)
         with self.lock:
             self.seq += 1

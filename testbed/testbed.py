@@ -4,6 +4,9 @@
     testbed.py up        start every service fresh, bootstrap, wait until READY
     testbed.py down      stop exactly the processes that `up` started
     testbed.py status    list the recorded processes and their memory
+    testbed.py restart SERVICE [--pause S]
+                         stop one running service (nova-api, neutron, ...) and
+                         start it again as it was, after S seconds down
 
 Internal subcommands, run by `up` with the testbed's venv:
 
@@ -17,6 +20,7 @@ with any Python 3 even when the venv is gone.
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -197,6 +201,44 @@ def cmd_up(args):
         return starter.up()
 
 
+def cmd_restart(args):
+    """Stop one recorded service and start it again as `up` started it (its
+    run/NAME.start.json), keeping its record; wait until its port answers."""
+    import socket
+    import subprocess
+
+    state = state_dir()
+    with state_lock(state):
+        records = [r for r in read_records(state / "pids") if r.name == args.service]
+        if not records or not group_alive(records[0]):
+            sys.exit(f"testbed: {args.service} is not running (testbed.py status lists what is)")
+        rec = records[0]
+        how = json.loads((state / "run" / f"{rec.name}.start.json").read_text())
+        argv, env, cwd = how["argv"], how["env"], how["cwd"]
+        port = int(argv[-1]) if argv[-1].isdigit() else None
+        t0 = time.monotonic()
+        stop_groups([rec], grace=15.0, log=lambda m: print(f"[restart] {m}", file=sys.stderr))
+        time.sleep(args.pause)
+        log = state / "logs" / f"{rec.name}.log"
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                    start_new_session=True)
+        rec.path.write_text(f"{proc.pid} {proc_starttime(proc.pid) or '?'}\n")
+        deadline = time.monotonic() + args.timeout
+        while port and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                sys.exit(f"testbed: {rec.name} exited with {proc.returncode}; see {log}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.2)
+        else:
+            if port:
+                sys.exit(f"testbed: {rec.name} did not answer on {port} in {args.timeout:.0f} s")
+    print(f"testbed: {rec.name} restarted in {time.monotonic() - t0:.1f} s")
+    return 0
+
+
 def cmd_status(args):
     state = state_dir()
     records = read_records(state / "pids")
@@ -319,6 +361,14 @@ def main(argv=None):
 
     p = sub.add_parser("status", help="recorded processes and their RSS")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("restart", help="stop one service and start it again as it was")
+    p.add_argument("service")
+    p.add_argument("--pause", type=float, default=0.0,
+                   help="seconds it stays down (default 0)")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait until it answers again (default 120)")
+    p.set_defaults(func=cmd_restart)
 
     p = sub.add_parser("serve")
     p.add_argument("name")

@@ -184,3 +184,16 @@ def quota(testbed):
         a.compute.revert_quota_set(testbed.project_id)
     if changed["network"]:
         a.network.delete_quota(testbed.project_id)
+
+
+
+@pytest.fixture
+def fault_proxy(tmp_path):
+    """mitmdump with faultproxy.py between vmbinder and the testbed (see proxyctl)."""
+    from . import proxyctl
+
+    if not proxyctl.MITMDUMP.exists():
+        pytest.fail(f"mitmproxy is not installed ({proxyctl.MITMDUMP} is missing): "
+                    "run scripts/setup", pytrace=False)
+    with proxyctl.running(tmp_path / "proxy") as proxy:
+        yield proxy
