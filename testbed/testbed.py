@@ -298,6 +298,10 @@ def cmd_serve(args):
                 # gunicorn closes an idle keep-alive connection after 2 s by
                 # default, racing clients that reuse it: a reset under load.
                 "keepalive": 75,
+                # Nova asks Neutron for the ports of every listed server in one
+                # query string: 100 servers pass gunicorn's default 4094 bytes.
+                # Deployments behind uwsgi or Apache take far longer lines.
+                "limit_request_line": 0,
                 "proc_name": f"testbed-{name}",
                 "accesslog": "-",
                 "errorlog": "-",
