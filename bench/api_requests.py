@@ -7,7 +7,8 @@ Goals: a launch in at most 15 requests, `list` in at most 3 whatever the count.
     testbed/up && .venv/bin/python bench/api_requests.py [--servers 100] [--json]
 
 Each command is a fresh `python -m vmbinder` process as the testbed's member, as
-a user runs it. The 99 extra servers for the second `list` are made with
+a user runs it, with an ssh key in its HOME. The first launch also uploads the
+key and makes the security group; a launch after it finds both. The 99 extra servers for the second `list` are made with
 vmbinder.batch (no waiting); the member's quotas are raised for the run and put
 back afterwards.
 """
@@ -57,10 +58,25 @@ def counted(proxy, env: dict, *args: str) -> dict:
                          capture_output=True, text=True, timeout=600, check=False)
     if res.returncode != 0:
         raise SystemExit(f"vmbinder {' '.join(args)} failed ({res.returncode}):\n{res.stderr}")
+    listed = json.loads(res.stdout) if args[:1] == ("list",) else None
     calls = collections.Counter(f"{r['method']} {service(r['port'])} {r['path']}"
                                 for r in proxy.requests())
-    return {"requests": sum(calls.values()), "seconds": round(time.monotonic() - started, 1),
-            "calls": dict(sorted(calls.items()))}
+    doc = {"requests": sum(calls.values()), "seconds": round(time.monotonic() - started, 1),
+           "calls": dict(sorted(calls.items()))}
+    if listed is not None:
+        doc["servers_listed"] = len(listed)
+    return doc
+
+
+def make_key(home: Path) -> None:
+    """An ssh key where vmbinder looks for one: a launch uploads it as a keypair."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    public = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519.pub").write_text(public + " bench@vmbinder\n")
 
 
 def connect(cloud: str):
@@ -91,6 +107,7 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "VMBINDER_"))}
         env.update(OS_CLIENT_CONFIG_FILE=str(CLOUDS), OS_CLOUD="testbed", HOME=str(home),
                    XDG_STATE_HOME=str(home / "state"))
+        make_key(home)
         path = home / "extra.yaml"
         path.write_text(f"name: reqbench\nsource: {SOURCE}\nseats: {max(extra, 1)}\n"
                         "image: debian-12\nflavor: m1.tiny\n")
@@ -98,9 +115,11 @@ def main() -> int:
         provider = OpenStackProvider(conn=member)
         try:
             with proxyctl.running(home / "proxy") as proxy:
-                figures["launch"] = counted(proxy, env, "launch", "--no-wait", "--format", "json",
-                                            "--name", "reqbench-one", "--image", "debian-12",
+                for what, name in (("first_launch", "reqbench-one"), ("launch", "reqbench-two")):
+                    figures[what] = counted(proxy, env, "launch", "--no-wait", "--format", "json",
+                                            "--name", name, "--image", "debian-12",
                                             "--flavor", "m1.small", SOURCE)
+                counted(proxy, env, "delete", "reqbench-two")
                 figures["list_1"] = counted(proxy, env, "list", "--format", "json")
                 if extra:
                     batch.up(provider, workshop, wait=False, fan_out=False, parallel=8)
@@ -108,16 +127,20 @@ def main() -> int:
                 figures["delete"] = counted(proxy, env, "delete", "reqbench-one")
         finally:
             batch.down(provider, workshop)
-            for server in member.compute.servers(name="^reqbench-one$"):
+            for server in member.compute.servers(name="^reqbench-(one|two)$"):
                 subprocess.run([sys.executable, "-m", "vmbinder", "delete", server.id], env=env,
                                capture_output=True, timeout=300, check=False)
+            for keypair in member.compute.keypairs():
+                if keypair.name.startswith("vmbinder-"):
+                    member.compute.delete_keypair(keypair)
             admin.compute.revert_quota_set(project)
             admin.network.delete_quota(project)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
     for what, doc in figures.items():
-        print(f"{what}: {doc['requests']} requests in {doc['seconds']} s")
+        listed = f", {doc['servers_listed']} servers listed" if "servers_listed" in doc else ""
+        print(f"{what}: {doc['requests']} requests in {doc['seconds']} s{listed}")
         if args.calls:
             for call, n in doc["calls"].items():
                 print(f"    {n:3d}  {call}")

@@ -46,6 +46,8 @@ from vmbinder.providers.openstack_common import (
 )
 from vmbinder.spec import LaunchSpec
 
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+
 
 class OpenStackProvider:
     kind = "openstack"
@@ -118,10 +120,31 @@ class OpenStackProvider:
             )
         return found
 
+    def _one(self, kind: str, hits: list, wanted: str, option: str, lister):
+        """The single record named or numbered wanted among hits, else ConfigError
+        (listing what there is, for the hint)."""
+        hits = [h for h in hits if wanted in (h.id, h.name)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise errors.ConfigError(f"more than one {kind} is named {wanted!r}",
+                                     f"pass the {kind}'s id to {option} instead")
+        with cloud_errors(f"listing {kind}s"):
+            names = [x.name for x in lister()]
+        raise errors.ConfigError(f"{kind} {wanted!r} not found",
+                                 f"choose one with {option}: {candidates(names)}")
+
     def _image(self, wanted: str | None):
         conn = self.conn
         if wanted:
-            return self._find("image", conn.image.find_image, wanted, conn.image.images, "--image")
+            # One request: by id when it looks like one, else by name.
+            with cloud_errors(f"looking up image {wanted!r}"):
+                if UUID_RE.match(wanted):
+                    found = conn.image.find_image(wanted, ignore_missing=True)
+                    hits = [found] if found is not None else []
+                else:
+                    hits = list(conn.image.images(name=wanted))
+            return self._one("image", hits, wanted, "--image", conn.image.images)
         with cloud_errors("listing images"):
             images = bootable(conn.image.images(status="active"))
         for pattern in PREFERRED_IMAGES:
@@ -138,10 +161,10 @@ class OpenStackProvider:
 
     def _flavor(self, wanted: str | None, image=None):
         conn = self.conn
-        if wanted:
-            return self._find("flavor", conn.compute.find_flavor, wanted, conn.compute.flavors, "--flavor")
         with cloud_errors("listing flavors"):
             flavors = list(conn.compute.flavors())
+        if wanted:
+            return self._one("flavor", flavors, wanted, "--flavor", lambda: flavors)
         # An image's min_disk (such as the 20 GB disk of `vmbinder image upload`) raises the floor.
         ram = max(MIN_RAM_MB, getattr(image, "min_ram", 0) or 0)
         disk = max(MIN_DISK_GB, getattr(image, "min_disk", 0) or 0)
@@ -216,7 +239,8 @@ class OpenStackProvider:
         name = security_group_name(spec.cloud.ssh_cidr)
         project_id = conn.current_project_id
         with cloud_errors(f"preparing security group {name}"):
-            group = conn.network.find_security_group(name, project_id=project_id, ignore_missing=True)
+            found = list(conn.network.security_groups(name=name, project_id=project_id))
+            group = found[0] if found else None
             if group is None:
                 with self._in_flight(ledger, "security group", name,
                                      lambda: self._sweep_group(name),
@@ -359,7 +383,9 @@ class OpenStackProvider:
     def wait(self, server: Server, resolved: Resolved, timeout: float, ledger: Ledger) -> Server:
         sdk = _sdk()
         conn = self.conn
-        raw = conn.compute.get_server(server.id)
+        from openstack.compute.v2.server import Server as RawServer
+
+        raw = RawServer(id=server.id)  # the first poll reads it
         try:
             with cloud_errors(f"waiting for server {server.name}"):
                 raw = conn.compute.wait_for_server(
@@ -375,9 +401,11 @@ class OpenStackProvider:
                     details={"server_id": server.id, "fault": failed.fault},
                 ) from exc
             if isinstance(exc.__cause__, sdk.exceptions.ResourceTimeout):
+                with cloud_errors(f"reading server {server.name}"):
+                    status = conn.compute.get_server(server.id).status
                 raise errors.CloudError(
                     f"server {server.name} was not ACTIVE after {timeout:.0f} s "
-                    f"(status {raw.status})", "the cloud may be overloaded; try again later",
+                    f"(status {status})", "the cloud may be overloaded; try again later",
                 ) from exc
             raise
         if resolved.floating_ip_id:

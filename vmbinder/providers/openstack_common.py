@@ -146,6 +146,15 @@ def _retrying_session(**kwargs):
     return RetryingSession(**kwargs)
 
 
+def _plain_v3_password(config: dict) -> bool:
+    """A password cloud whose auth_url names Keystone's v3 API: no version
+    discovery is needed to authenticate."""
+    auth_url = str((config.get("auth") or {}).get("auth_url") or "").rstrip("/")
+    return (config.get("auth_type") in (None, "", "password")
+            and str(config.get("identity_api_version") or "3").startswith("3")
+            and auth_url.endswith("/v3"))
+
+
 def connect(cloud: str | None):
     """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_*
     variables), with RETRY_DEFAULTS for what the configuration leaves unset."""
@@ -153,9 +162,13 @@ def connect(cloud: str | None):
     from openstack import config as os_config
 
     try:
-        region = os_config.OpenStackConfig(
-            load_yaml_config=True, load_envvars=True, session_constructor=_retrying_session,
-        ).get_one(cloud=cloud)
+        config = os_config.OpenStackConfig(
+            load_yaml_config=True, load_envvars=True, session_constructor=_retrying_session)
+        region = config.get_one(cloud=cloud)
+        if _plain_v3_password(region.config):
+            # The generic password plugin asks Keystone which versions it has
+            # before every authentication; this one goes straight to /v3.
+            region = config.get_one(cloud=cloud, auth_type="v3password")
         for key, value in RETRY_DEFAULTS.items():
             if region.config.get(key) is None:
                 region.config[key] = value
