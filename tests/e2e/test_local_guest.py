@@ -1,6 +1,10 @@
 """End to end: `vmbinder launch --cloud local` boots a real qemu guest from the
 baked image, the real rendered cloud-init builds a repository served from this
-machine, and every URL printed answers over HTTPS with the token.
+machine, and every URL printed answers over HTTPS with the token. Then what is
+exposed: inside the guest (over SSH, its host key checked against the one
+cloud-init printed) only 22, 80 and 443 answer on its network address; the
+token is in no console line, no vmbinder log and no host `ps` line; the status
+and log pages need it.
 
 Needs root, qemu and the baked image with the container base image inside it
 (tests/e2e/conftest.py builds them when missing). Missing parts fail, never skip.
@@ -8,7 +12,10 @@ Needs root, qemu and the baked image with the container base image inside it
 
 from __future__ import annotations
 
+import base64
 import json
+import shlex
+import socket
 import ssl
 import subprocess
 import sys
@@ -34,8 +41,67 @@ def get(url: str, timeout: float = 20) -> tuple[int, str]:
         return exc.code, exc.read().decode(errors="replace")
 
 
+#: Run in the guest: every TCP port of its network address that accepts a connection
+#: from another socket.
+SCAN = """
+import socket, subprocess
+addr = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()[0]
+open_ = []
+for port in range(1, 65536):
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        # A connection to itself (its own port picked as the source) is no listener.
+        if s.connect_ex((addr, port)) == 0 and s.getsockname() != s.getpeername():
+            open_.append(port)
+print(addr, *open_)
+"""
+
+
+def ssh_key(home):
+    """An ed25519 key in HOME/.ssh, where vmbinder takes the public key from."""
+    import paramiko
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    folder = home / ".ssh"
+    folder.mkdir(mode=0o700)
+    private = folder / "id_ed25519"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    (folder / "id_ed25519.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b" e2e\n")
+    return paramiko.Ed25519Key.from_private_key_file(str(private))
+
+
+def guest_run(port: int, key, console: str, command: str) -> str:
+    """command's output in the guest, as the image's default user over the forwarded
+    ssh port; the host key must be the one cloud-init printed on the console."""
+    import paramiko
+
+    block = console.split("-----BEGIN SSH HOST KEY KEYS-----")[-1].split("-----END SSH HOST KEY KEYS-----")[0]
+    printed = [line.split()[1] for line in block.splitlines() if line.startswith("ssh-ed25519 ")]
+    assert printed, "cloud-init printed no ed25519 host key on the console"
+    client = paramiko.SSHClient()
+    client.get_host_keys().add(f"[127.0.0.1]:{port}", "ssh-ed25519",
+                               paramiko.Ed25519Key(data=base64.b64decode(printed[-1])))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    client.connect("127.0.0.1", port=port, username="debian", pkey=key, timeout=30,
+                   allow_agent=False, look_for_keys=False)
+    try:
+        _, stdout, stderr = client.exec_command(command, timeout=300)
+        out = stdout.read().decode()
+        assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
+        return out
+    finally:
+        client.close()
+
+
 def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_image, test_repo, tmp_path):
     name = "e2e-local"
+    pkey = ssh_key(tmp_path / "home")
+    ps_lines: list[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmbinder", "--cloud", "local", "launch", "--name", name,
          "--image", str(baked_image), "--format", "json", "--timeout", "2400", test_repo],
@@ -46,6 +112,8 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
         state_file = tmp_path / "state" / "vmbinder" / "local" / name / "server.json"
         deadline = time.monotonic() + 2400
         while proc.poll() is None and time.monotonic() < deadline:
+            ps_lines += subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                       text=True, check=True).stdout.splitlines()
             if state_file.exists():
                 meta = json.loads(state_file.read_text())["metadata"]
                 port = meta.get("vmbinder:https-port")
@@ -72,6 +140,32 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     assert get(f"{base}/api/status?token={token}")[0] == 200
     assert get(f"{base}/api/status?token=wrong")[0] in (401, 403)
     assert get(f"{base}/vmbinder/status.json?token=wrong")[0] == 403
+    assert get(f"{base}/vmbinder/status.json")[0] == 403
+
+    # The status and log pages: the log only with the token.
+    code, page = get(f"{base}/vmbinder/page")
+    assert code == 200 and "<h2>Log</h2>" not in page
+    code, page = get(f"{base}/vmbinder/page?token={token}")
+    assert code == 200 and "<h2>Log</h2>" in page
+
+    # The token is in no console line, no vmbinder log and no host process's arguments.
+    state = tmp_path / "state" / "vmbinder"
+    console = (state / "local" / name / "console.log").read_text(errors="replace")
+    assert token not in console
+    logs = list((state / "logs").glob("*.log"))
+    assert logs, "vmbinder wrote no debug log"
+    assert not [p for p in logs if token in p.read_text(errors="replace")]
+    assert len(ps_lines) > 100, "ps was hardly sampled"
+    assert not [line for line in ps_lines if token in line]
+
+    # From outside the guest, only ssh, http and https answer: Jupyter (8888)
+    # and the status service (8081) listen on the guest's loopback only.
+    meta = json.loads(state_file.read_text())["metadata"]
+    addr, *open_ports = guest_run(int(meta["vmbinder:ssh-port"]), pkey, console,
+                                  f"python3 -c {shlex.quote(SCAN)}").split()
+    socket.inet_aton(addr)  # the guest's own network address
+    assert sorted(map(int, open_ports)) == [22, 80, 443], (addr, open_ports)
+    assert "127.0.0.1:8888" in guest_run(int(meta["vmbinder:ssh-port"]), pkey, console, "ss -Hltn")
 
     # After a reboot the same URL works with the same token.
     from vmbinder.providers.local import LocalProvider
