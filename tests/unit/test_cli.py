@@ -1,6 +1,8 @@
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -157,3 +159,18 @@ def test_redacting_filter_removes_the_token_from_log_records(tmp_path, monkeypat
             if h not in before:
                 root.removeHandler(h)
                 h.close()
+
+
+def test_help_starts_without_the_cloud_libraries():
+    # Start-up time is mostly imports: openstacksdk alone takes longer than all
+    # of vmbinder's --help. A guard that they stay lazy (bench/cli_startup.py).
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom vmbinder.cli import cli\n"
+             "for args in (['--help'], ['launch', '--help'], ['workshop', '--help']):\n"
+             "    assert CliRunner().invoke(cli, args).exit_code == 0, args\n"
+             "heavy = ('openstack', 'keystoneauth1', 'requests', 'jinja2', 'paramiko', 'rich',"
+             " 'segno', 'tenacity', 'pycdlib')\n"
+             "print(' '.join(m for m in heavy if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == []
