@@ -18,6 +18,9 @@ RESOLVE, CREATE, BOOT, ENVIRONMENT, READY, ROLLBACK = (
     "resolve", "create", "boot", "environment", "ready", "rollback")
 PHASES = (RESOLVE, CREATE, BOOT, ENVIRONMENT, READY)
 
+#: The longest public address a server can get (IPv6, written out in full).
+LONGEST_ADDRESS = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+
 
 class Reporter(Protocol):
     def phase(self, phase: str, detail: str = "") -> None: ...
@@ -163,6 +166,9 @@ def launch(
     On any failure or interrupt, everything this attempt created is removed
     (unless keep_on_failure), and the error says so or names the leftovers."""
     reporter = reporter or NullReporter()
+    # User-data Nova would refuse is refused before the cloud is asked anything:
+    # rendered with the longest address there is, it is as big as it can get.
+    cloudinit.render(spec, LONGEST_ADDRESS)
     ledger = Ledger()
     try:
         reporter.phase(RESOLVE, f"finding image, flavor and networks on {provider.kind}")
