@@ -220,3 +220,14 @@ def test_a_make_call_that_fails_leaves_a_sweep_in_the_ledger_and_one_that_return
     assert (pending.kind, pending.name, pending.command) == ("server", "s", "cmd")
     pending.remove()
     assert swept == ["s"]
+
+
+@pytest.mark.parametrize("config, plain", [
+    ({"auth": {"auth_url": "https://k.example/v3/"}, "identity_api_version": "3"}, True),
+    ({"auth": {"auth_url": "https://k.example/v3"}, "auth_type": "password"}, True),
+    ({"auth": {"auth_url": "https://k.example:5000"}, "identity_api_version": "3"}, False),
+    ({"auth": {"auth_url": "https://k.example/v3"}, "auth_type": "v3applicationcredential"}, False),
+    ({"auth": {"auth_url": "https://k.example/v3"}, "identity_api_version": "2.0"}, False),
+])
+def test_only_a_password_cloud_on_keystone_v3_skips_version_discovery(config, plain):
+    assert osp._plain_v3_password(config) is plain
