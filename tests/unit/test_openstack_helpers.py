@@ -192,6 +192,10 @@ def test_a_post_whose_connection_failed_is_not_sent_again(monkeypatch):
     with pytest.raises(ksa.ConnectFailure):
         session.get("http://127.0.0.1:9/", authenticated=False)
     assert len(sent) == 2 + osp.RETRY_DEFAULTS["connect_retries"]
+    # Authentication makes nothing that lasts: it is tried again like a read.
+    with pytest.raises(ksa.ConnectFailure):
+        session.post("http://127.0.0.1:9/v3/auth/tokens", authenticated=False)
+    assert len(sent) == 3 + 2 * osp.RETRY_DEFAULTS["connect_retries"]
 
 
 def test_connect_fills_in_retries_and_keeps_what_clouds_yaml_says(tmp_path, monkeypatch):

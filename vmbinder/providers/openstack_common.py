@@ -136,7 +136,9 @@ def _retrying_session(**kwargs):
         def request(self, url, method, **kw):
             kw.setdefault("status_code_retries", RETRY_DEFAULTS["status_code_retries"])
             kw.setdefault("retriable_status_codes", RETRY_DEFAULTS["retriable_status_codes"])
-            if method.upper() not in IDEMPOTENT:
+            # A token asked for twice is harmless: authentication is sent again like a read.
+            makes = method.upper() not in IDEMPOTENT and not url.rstrip("/").endswith("/auth/tokens")
+            if makes:
                 kw["connect_retries"] = 0
                 kw["retriable_status_codes"] = [
                     c for c in kw["retriable_status_codes"] or () if c in NOT_ACTED_ON]
