@@ -122,13 +122,21 @@ PHASES = {
 }
 
 
+def _ctrl_c_as_from_a_terminal() -> None:
+    # A shell without job control starts its background commands with SIGINT
+    # ignored, and children inherit that: a test run started so would see
+    # vmbinder carry on through the signal. Ctrl-C reaches it from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("phase", list(PHASES))
 def test_ctrl_c_at_each_phase_of_launch_leaves_nothing(fault_proxy, cli_env, ssh_key, name, phase):
     method, path = PHASES[phase]
     fault_proxy.set({"method": method, "path": path, "action": "hold_response",
                      "seconds": 120, "times": 1})
     proc = subprocess.Popen(launch(name), env=fault_proxy.through(cli_env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_from_a_terminal)
     try:
         deadline = time.monotonic() + 120
         while not seen(fault_proxy, method, path, "hold_response"):
