@@ -39,10 +39,12 @@ ADMIN = {"cloud": "testbed-admin", "username": "admin", "project_name": "admin"}
 MEMBER = {"cloud": "testbed", "username": "demo", "project_name": "demo"}
 
 
-def cloud_config(lay, who):
+def cloud_config(lay, who, interface="public"):
+    """A clouds.yaml entry.  In real mode the public one (what clouds.yaml
+    holds) answers only inside "the internet" namespace, as for a guest."""
     return {
         "auth": {
-            "auth_url": lay.auth_url,
+            "auth_url": lay.public_auth_url if interface == "public" else lay.auth_url,
             "username": who["username"],
             "password": lay.password,
             "project_name": who["project_name"],
@@ -50,14 +52,15 @@ def cloud_config(lay, who):
             "project_domain_name": "Default",
         },
         "region_name": REGION,
-        "interface": "public",
+        "interface": interface,
         "identity_api_version": "3",
     }
 
 
 def connect(lay, who):
+    """As `who`, on loopback through the internal endpoints."""
     # Ignore clouds.yaml files and OS_* variables of whoever runs this.
-    config = cloud_config(lay, who)
+    config = cloud_config(lay, who, interface="internal")
     return openstack.connect(load_yaml_config=False, load_envvars=False, api_timeout=60,
                              **config["auth"], **{k: v for k, v in config.items()
                                                   if k != "auth"})
@@ -99,20 +102,26 @@ def _identity(lay, conn):
     idn.assign_project_role_to_user(demo, user, roles["member"])
     for name, kind, port_key, path in CATALOG:
         svc = idn.create_service(name=name, type=kind)
-        for interface in ("public", "internal"):
-            idn.create_endpoint(service_id=svc.id, interface=interface,
-                                url=lay.url(port_key, path), region_id=REGION)
+        idn.create_endpoint(service_id=svc.id, interface="public",
+                            url=lay.public_url(port_key, path), region_id=REGION)
+        idn.create_endpoint(service_id=svc.id, interface="internal",
+                            url=lay.url(port_key, path), region_id=REGION)
     conn.close()
 
 
 def resources(lay, step):
     """Flavors, the image, the external network, and demo's network and router."""
     admin = connect(lay, ADMIN)
+    flavors = FLAVORS
+    if lay.real:
+        import realconf
+
+        flavors += realconf.FLAVORS
     with blame(lay, "nova-api", "creating flavors"):
-        for name, vcpus, ram, disk in FLAVORS:
+        for name, vcpus, ram, disk in flavors:
             admin.compute.create_flavor(name=name, vcpus=vcpus, ram=ram, disk=disk,
                                         is_public=True)
-    step("flavors created: " + ", ".join(f[0] for f in FLAVORS))
+    step("flavors created: " + ", ".join(f[0] for f in flavors))
 
     with blame(lay, "glance", f"uploading image {IMAGE_NAME}"):
         admin.image.create_image(
@@ -121,10 +130,26 @@ def resources(lay, step):
             os_version="12", wait=True)
     step(f"image {IMAGE_NAME} uploaded")
 
+    with blame(lay, "neutron", "creating the default security group rules"):
+        _default_rules(admin)
     with blame(lay, "neutron", "creating networks and router1"):
         _networks(lay, admin)
     admin.close()
     step("networks public and private, router router1 created")
+
+
+def _default_rules(admin):
+    """The rules every new security group starts with, as Neutron's data
+    migration seeds them (the schema is made with create_all, which skips it):
+    egress for every group, ingress from members of the same group for a
+    project's default group."""
+    for ethertype in ("IPv4", "IPv6"):
+        admin.network.create_default_security_group_rule(
+            direction="egress", ethertype=ethertype,
+            used_in_default_sg=True, used_in_non_default_sg=True)
+        admin.network.create_default_security_group_rule(
+            direction="ingress", ethertype=ethertype, remote_group_id="PARENT",
+            used_in_default_sg=True, used_in_non_default_sg=False)
 
 
 def _networks(lay, admin):

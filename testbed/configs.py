@@ -7,6 +7,8 @@ from pathlib import Path
 
 REGION = "RegionOne"
 HOST = "127.0.0.1"
+#: Where real mode's public endpoints are (realconf.INET_ADDRESS).
+PUBLIC_HOST = "203.0.113.1"
 COMPUTE_HOST = "testbed"
 
 # Fixed ports in an unusual range, so that the testbed does not clash with a
@@ -21,6 +23,7 @@ PORTS = {
     "placement": 45778,
     "neutron": 45696,
     "nova-api": 45774,
+    "nova-metadata": 45775,
 }
 
 DATABASES = ("keystone", "glance", "placement", "neutron",
@@ -36,6 +39,8 @@ class Layout:
 
     state: Path
     password: str
+    #: Real compute (libvirt, Open vSwitch, Neutron's agents) instead of the fake driver.
+    real: bool = False
 
     @property
     def venv(self):
@@ -73,6 +78,16 @@ class Layout:
 
     def url(self, service, path=""):
         return f"http://{HOST}:{PORTS[service]}{path}"
+
+    def public_url(self, service, path=""):
+        """The public endpoint: on loopback, or in real mode at the external
+        gateway's address inside "the internet" namespace, where guests reach it."""
+        host = PUBLIC_HOST if self.real else HOST
+        return f"http://{host}:{PORTS[service]}{path}"
+
+    @property
+    def public_auth_url(self):
+        return self.public_url("keystone", "/v3")
 
     @property
     def auth_url(self):
@@ -275,6 +290,15 @@ def write_all(lay, debug=False):
         etc / "nova" / "nova.conf": nova_conf(lay, debug),
         etc / "nova" / "nova-db.conf": nova_db_conf(lay, debug),
     }
+    if lay.real:
+        import realconf
+
+        for path, change in (("neutron/neutron.conf", realconf.neutron_conf),
+                             ("neutron/plugins/ml2/ml2_conf.ini", realconf.ml2_conf),
+                             ("nova/nova.conf", realconf.nova_conf)):
+            files[etc / path] = change(lay, files[etc / path])
+        for name, sections in realconf.agent_confs(lay).items():
+            files[etc / "neutron" / name] = sections
     for path, sections in files.items():
         _write(path, render_ini(sections))
     # Paste pipelines ship with the packages.

@@ -64,8 +64,8 @@ def tcp_open(port):
 class Runner:
     """Processes of one `up`, its deadline and its abort flag."""
 
-    def __init__(self, state, password, timeout):
-        self.lay = Layout(Path(state), password)
+    def __init__(self, state, password, timeout, real=False):
+        self.lay = Layout(Path(state), password, real=real)
         self.timeout = timeout
         self.t0 = time.monotonic()
         self.deadline = self.t0 + timeout
@@ -90,6 +90,12 @@ class Runner:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
         env["PATH"] = f"{self.lay.venv / 'bin'}:{env.get('PATH', '')}:/usr/sbin:/sbin"
         env["PYTHONUNBUFFERED"] = "1"
+        if self.lay.real:
+            import realconf
+
+            # The sudo shim first (privsep and Neutron's root_helper call sudo).
+            env["PATH"] = f"{self.lay.run / 'bin'}:{env['PATH']}"
+            env.update({k: str(v) for k, v in realconf.ovs_env(self.lay).items()})
         env.update({k: str(v) for k, v in extra.items()})
         return env
 

@@ -18,18 +18,21 @@ from cryptography.fernet import Fernet
 
 import bootstrap
 import configs
+import realconf
 from configs import COMPUTE_HOST, HOST, PORTS, REGION
+from realstart import RealMode
 from runner import LOG_TAIL, NotReady, Runner, port_free, tail, tcp_open
 from testbed import HERE, Failure, down, group_alive, read_records
+from testbed import mode as testbed_mode
 
 
 def _sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
-class Starter(Runner):
-    def __init__(self, state, password, timeout, debug=False):
-        super().__init__(state, password, timeout)
+class Starter(RealMode, Runner):
+    def __init__(self, state, password, timeout, debug=False, real=False):
+        super().__init__(state, password, timeout, real=real)
         self.debug = debug
         self.futures = []
 
@@ -48,6 +51,9 @@ class Starter(Runner):
             path.mkdir(parents=True, exist_ok=True)
         lay.mysql_socket.unlink(missing_ok=True)
         configs.write_all(lay, self.debug)
+        (lay.run / "mode").write_text("fake\n")
+        if lay.real:
+            self.prepare_real()
         # Fernet and credential keys: what keystone-manage fernet_setup and
         # credential_setup write, without paying two more CLI start-ups.
         for repo in ("fernet-keys", "credential-keys"):
@@ -146,7 +152,7 @@ class Starter(Runner):
             "--bootstrap-project-name", "admin",
             "--bootstrap-admin-url", lay.auth_url,
             "--bootstrap-internal-url", lay.auth_url,
-            "--bootstrap-public-url", lay.auth_url,
+            "--bootstrap-public-url", lay.public_auth_url,
             "--bootstrap-region-id", REGION,
         ], env=self.env(OS_BOOTSTRAP_PASSWORD=lay.password))
         self.serve("keystone", "keystone.wsgi.api:application",
@@ -172,6 +178,8 @@ class Starter(Runner):
                              "neutron-db", "--config-file", etc / "neutron.conf",
                              "--config-file", etc / "plugins" / "ml2" / "ml2_conf.ini"])
         self.serve("neutron", "neutron.wsgi.api:application", OS_NEUTRON_CONFIG_DIR=etc)
+        if self.lay.real:
+            self.neutron_real()
 
     def nova_manage(self):
         etc = self.lay.etc / "nova"
@@ -189,6 +197,8 @@ class Starter(Runner):
         self.serve("nova-api", "nova.wsgi.osapi_compute:application",
                    OS_NOVA_CONFIG_DIR=etc,
                    OS_NOVA_CONFIG_FILES="api-paste.ini;nova.conf;nova-db.conf")
+        if self.lay.real:
+            self.nova_metadata()
 
     def serve(self, name, app, **env):
         self.start(name, [self.lay.venv / "bin" / "python", HERE / "testbed.py",
@@ -277,6 +287,8 @@ class Starter(Runner):
         self.prepare()
         self.start_rabbitmq()
         self.start_mariadb()
+        if lay.real:
+            self.start_dataplane()
         with cf.ThreadPoolExecutor(max_workers=6) as pool:
             try:
                 tasks = {name: pool.submit(getattr(self, name)) for name in
@@ -295,6 +307,8 @@ class Starter(Runner):
                 self.start_compute()
                 self.wait_compute()
                 self._await(resources)
+                if lay.real:
+                    self.wait_wired()
                 self.check_alive(*self.procs)
             except BaseException:
                 self.abort.set()
@@ -314,6 +328,11 @@ class Starter(Runner):
 
     def up(self):
         state = self.current_state()
+        running = testbed_mode(self.lay.state)
+        if state == "up" and running != ("real" if self.lay.real else "fake"):
+            print(f"testbed: already up with {running} compute; run testbed/down first",
+                  file=sys.stderr)
+            return 1
         if state == "up":
             print(f"testbed already up (run testbed/down first to restart it)\n"
                   f"clouds.yaml: {self.lay.clouds_yaml}")
@@ -332,11 +351,15 @@ class Starter(Runner):
         finally:
             signal.signal(signal.SIGTERM, previous)
         elapsed = time.monotonic() - self.t0
-        print(f"testbed READY in {elapsed:.0f} s\n"
+        mode = "real compute" if self.lay.real else "fake compute"
+        print(f"testbed READY ({mode}) in {elapsed:.0f} s\n"
               f"clouds.yaml: {self.lay.clouds_yaml}\n"
               f"use: export OS_CLIENT_CONFIG_FILE={self.lay.clouds_yaml} OS_CLOUD=testbed"
               f"   (admin: OS_CLOUD=testbed-admin)\n"
               f"logs: {self.lay.logs}")
+        if self.lay.real:
+            print(f"real compute: the public endpoints and floating IPs answer only inside "
+                  f"network namespace {realconf.NETNS}: run clients with testbed/inet COMMAND")
         return 0
 
     def report_failure(self, exc):

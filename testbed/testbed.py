@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Start, stop and inspect the vmbinder OpenStack testbed.
 
-    testbed.py up        start every service fresh, bootstrap, wait until READY
+    testbed.py up [--real]   start every service fresh, bootstrap, wait until READY
     testbed.py down      stop exactly the processes that `up` started
     testbed.py status    list the recorded processes and their memory
     testbed.py restart SERVICE [--pause S]
@@ -151,18 +151,38 @@ def stop_groups(records, grace, log=print):
 
 
 def down(state, grace=15.0, log=print):
-    """Stop what `up` recorded, services first and their backends last."""
+    """Stop what `up` recorded, services first and their backends last; in
+    real mode also the guests, the agents' helpers, the namespaces and the
+    devices of the data plane."""
     pids_dir = state / "pids"
     records = read_records(pids_dir)
+    (state / "clouds.yaml").unlink(missing_ok=True)
+    real = mode(state) == "real"
+    if real:
+        import dataplane
+        from configs import Layout
+
+        lay = Layout(state, password(), real=True)
+        interfaces = dataplane.ovs_interfaces(lay)
     services = [r for r in records if r.name not in BACKENDS]
     backends = [r for r in records if r.name in BACKENDS]
     stop_groups(list(reversed(services)), grace, log)
+    if real:
+        dataplane.kill_strays(lay, log, groups={r.pid for r in backends})
+        dataplane.remove(lay, interfaces, log)
     for name in BACKENDS:
         stop_groups([r for r in backends if r.name == name], grace, log)
     for rec in records:
         rec.path.unlink(missing_ok=True)
-    (state / "clouds.yaml").unlink(missing_ok=True)
     return len(records)
+
+
+def mode(state):
+    """"real" or "fake": how the testbed in `state` was last started."""
+    try:
+        return (state / "run" / "mode").read_text().strip()
+    except OSError:
+        return "fake"
 
 
 @contextlib.contextmanager
@@ -197,7 +217,8 @@ def cmd_up(args):
 
     state = state_dir()
     with state_lock(state):
-        starter = Starter(state, password(), timeout=args.timeout, debug=args.debug)
+        starter = Starter(state, password(), timeout=args.timeout, debug=args.debug,
+                          real=args.real)
         return starter.up()
 
 
@@ -254,6 +275,19 @@ def cmd_status(args):
         total_rss += rss
         total_pss += pss
         print(f"{rec.name:16} {rec.pid:>8} {len(members) or 'DEAD':>5} "
+              f"{rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
+    if mode(state) == "real":
+        # Guests (qemu), privsep helpers, dnsmasq and haproxy run outside the groups.
+        import dataplane
+        from configs import Layout
+
+        strays = dataplane.stray_processes(Layout(state, password(), real=True),
+                                           {r.pid for r in records})
+        mem = [_memory(pid) for pid in strays]
+        rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
+        total_rss += rss
+        total_pss += pss
+        print(f"{'guests, helpers':16} {'':>8} {len(strays):>5} "
               f"{rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
     print(f"{'total':16} {'':>8} {'':>5} {total_rss / 2**20:>8.0f} {total_pss / 2**20:>8.0f}")
     ready = (state / "clouds.yaml").exists()
@@ -356,6 +390,9 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true",
                    default=bool(os.environ.get("VMBINDER_TESTBED_DEBUG")),
                    help="debug logging in every service")
+    p.add_argument("--real", action="store_true",
+                   help="real compute: guests boot under libvirt (qemu, TCG) on a "
+                        "Neutron data plane with Open vSwitch (needs root)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop the processes that up started")

@@ -70,7 +70,22 @@ CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "LANG": "C",
               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 TRIXIE_PIN = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
 
+#: The image's own cloud-init settings (from guest/rootfs).
+CLOUD_CFG = "/etc/cloud/cloud.cfg.d/90_vmbinder.cfg"
+
 Log = Callable[[str], None]
+
+
+def datasource_list(cfg: Path) -> list[str]:
+    """The datasource_list of a cloud-init config file ([] when it has none)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(cfg.read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    found = doc.get("datasource_list") if isinstance(doc, dict) else None
+    return [str(d) for d in found] if isinstance(found, list) else []
 
 
 @dataclass
@@ -85,6 +100,8 @@ class ImageInfo:
     root: str = "/dev/vda"
     append: str = APPEND
     contents: dict = field(default_factory=dict)
+    #: Where the image's cloud-init looks for user-data (its datasource_list).
+    datasources: list = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -418,7 +435,8 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
     with step(log, f"mkfs.ext4 -d and qemu-img convert ({disk_size} sparse)"):
         make_disk(root, output_dir, disk_size, run, keep_raw=keep_rootfs)
     info = ImageInfo(name=f"debian-12-{'baked' if baked else 'stock'}", distro="debian-12",
-                     baked=baked, created=_now(), contents=contents)
+                     baked=baked, created=_now(), contents=contents,
+                     datasources=datasource_list(root / CLOUD_CFG.lstrip("/")))
     (output_dir / "image.json").write_text(info.to_json())
     if not keep_rootfs:
         shutil.rmtree(output_dir / "work")

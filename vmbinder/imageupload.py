@@ -54,6 +54,8 @@ CHECK, UPLOAD, REPLACE = "check", "upload", "replace"
 #: As vmbinder.cli.FORMATS (cli imports this module, so it cannot be imported here).
 FORMATS = ("table", "json", "value")
 BUILD_HINT = "build it (again) with: sudo vmbinder image build [--baked]"
+#: What an image needs to read user-data on Nova: a config drive or the metadata service.
+OPENSTACK_DATASOURCES = ("ConfigDrive", "OpenStack")
 
 if TYPE_CHECKING:  # vmbinder.api loads jinja2 and yaml: imported when an upload runs
     from vmbinder.api import Reporter
@@ -136,6 +138,15 @@ def read_folder(folder: Path) -> ImageFolder:
         raise errors.BadRequest(
             f"{folder / IMAGE_FILE} has no usable 'append' (the kernel command line, at most "
             f"{VALUE_MAX} characters)", BUILD_HINT)
+    sources = doc.get("datasources")
+    missing = [d for d in OPENSTACK_DATASOURCES if d not in (sources if isinstance(sources, list) else [])]
+    if missing:
+        raise errors.BadRequest(
+            f"image {folder.name}: its cloud-init does not read OpenStack's "
+            f"{' or '.join(missing)} datasource (it lists {sources or 'only NoCloud'}), so on Nova "
+            f"it would boot and never see the launch's user-data",
+            "build it again with this version of `vmbinder image build`, which lists NoCloud, "
+            "ConfigDrive and OpenStack")
     contents = doc.get("contents")
     return ImageFolder(
         path=folder, name=str(doc.get("name") or folder.name), distro=str(doc.get("distro") or ""),

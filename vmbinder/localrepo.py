@@ -11,6 +11,8 @@ commits FOLDER's files into a bare repository in a temporary folder, serves it,
 runs the command with `{url}` replaced by git://10.0.2.2:PORT/repo.git, and
 stops serving when the command ends (its exit code is this one's). A folder that
 is already a git work tree is served as it is committed (its HEAD).
+`--listen ADDRESS` serves on another address of this machine, for guests that
+reach it there (the URL then names ADDRESS).
 """
 
 from __future__ import annotations
@@ -53,27 +55,30 @@ def bare_repository(folder: Path, dest: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """Serve folder over git:// on 127.0.0.1; yields the URL a local guest clones."""
+def serve(folder: Path, listen: str = "127.0.0.1", host: str | None = None) -> Iterator[str]:
+    """Serve folder over git:// on `listen` (127.0.0.1); yields the URL a guest
+    clones, at `host` (the local target's 10.0.2.2 for loopback, else `listen`)."""
+    if host is None:
+        host = HOST_FROM_GUEST if listen == "127.0.0.1" else listen
     with tempfile.TemporaryDirectory(prefix="vmbinder-repo-") as tmp:
         base = Path(tmp)
         bare_repository(folder, base)
         (port,) = free_ports(1)
         daemon = subprocess.Popen(
             ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
-             "--listen=127.0.0.1", f"--port={port}", str(base)],
+             f"--listen={listen}", f"--port={port}", str(base)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(100):
                 if daemon.poll() is not None:
                     raise RuntimeError(f"git daemon exited with {daemon.returncode}")
                 with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                    if s.connect_ex((listen, port)) == 0:
                         break
                 time.sleep(0.1)
             else:
-                raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{port}")
-            yield f"git://{HOST_FROM_GUEST}:{port}/repo.git"
+                raise RuntimeError(f"git daemon did not listen on {listen}:{port}")
+            yield f"git://{host}:{port}/repo.git"
         finally:
             daemon.terminate()
             try:
@@ -83,15 +88,18 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 def main(argv: list[str]) -> int:
+    listen = "127.0.0.1"
+    if len(argv) > 2 and argv[1] == "--listen":
+        listen, argv = argv[2], [argv[0], *argv[3:]]
     if len(argv) < 3 or argv[1] != "--":
-        print("usage: python -m vmbinder.localrepo FOLDER -- COMMAND... ({url} is the git URL)",
-              file=sys.stderr)
+        print("usage: python -m vmbinder.localrepo FOLDER [--listen ADDRESS] -- COMMAND... "
+              "({url} is the git URL)", file=sys.stderr)
         return 2
     folder, command = Path(argv[0]), argv[2:]
     if not folder.is_dir():
         print(f"error: {folder} is not a folder", file=sys.stderr)
         return 2
-    with serve(folder) as url:
+    with serve(folder, listen) as url:
         print(f"serving {folder} as {url}", file=sys.stderr)
         child = subprocess.Popen([part.replace("{url}", url) for part in command])
         # Ctrl-C reaches the command too: let it finish its own cleanup, then stop serving.

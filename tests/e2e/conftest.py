@@ -29,21 +29,35 @@ def _inputs_hash() -> str:
     return digest.hexdigest()[:12]
 
 
-@pytest.fixture(scope="session")
-def baked_image() -> Path:
+def image_folder() -> Path:
+    """Where the baked image for this tree is (VMBINDER_E2E_IMAGE, or the cache)."""
     given = os.environ.get("VMBINDER_E2E_IMAGE")
-    if given:  # an image folder built beforehand
-        assert (Path(given) / "image.json").exists(), f"VMBINDER_E2E_IMAGE={given} has no image.json"
-        return Path(given)
+    return Path(given) if given else IMAGES / f"debian-12-baked-{_inputs_hash()}"
+
+
+def ensure_baked_image() -> Path:
+    """The baked image with the container base image inside, built when missing."""
+    output = image_folder()
+    if os.environ.get("VMBINDER_E2E_IMAGE"):  # an image folder built beforehand
+        assert (output / "image.json").exists(), f"VMBINDER_E2E_IMAGE={output} has no image.json"
+        return output
     assert os.geteuid() == 0, "the end-to-end test builds a guest image: run it as root"
     for tool in ("qemu-system-x86_64", "qemu-img"):
         assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
-    output = IMAGES / f"debian-12-baked-{_inputs_hash()}"
     if not (output / "image.json").exists():
         shutil.rmtree(output, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "vmbinder", "image", "build", "--baked",
                         "--base-container", "--output", str(output)], check=True, timeout=3600)
     return output
+
+
+@pytest.fixture(scope="session")
+def baked_image() -> Path:
+    return ensure_baked_image()
+
+
+if __name__ == "__main__":  # scripts/test-real builds the image before entering the namespace
+    print(ensure_baked_image())
 
 
 @pytest.fixture(scope="session")

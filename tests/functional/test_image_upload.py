@@ -33,6 +33,7 @@ IMAGE_JSON = {
         "jupyter-repo2docker": "2026.4.0", "base-images": ["vmbinder/base:bookworm"],
         "kernel": "6.1.0-56-cloud-amd64",
     },
+    "datasources": ["NoCloud", "ConfigDrive", "OpenStack", "None"],
 }
 
 

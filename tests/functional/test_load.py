@@ -44,7 +44,7 @@ def test_fifty_seats_at_once_under_throttling_are_each_accounted_for(
     seats = {s["seat"]: s for s in json.loads(res.stdout)["seats"]}
     assert len(seats) == SEATS
     failed = sorted(n for n, s in seats.items() if s["result"] == "failed")
-    assert len(failed) == 2, seats
+    assert len(failed) == 2, {n: seats[n].get("error") for n in failed}
     assert {s["result"] for n, s in seats.items() if n not in failed} == {"created"}
     for name in failed:
         assert "HTTP 500" in seats[name]["error"], seats[name]

@@ -210,7 +210,7 @@ def test_stock_build_commands_and_image_json_contract(host, tmp_path):
                           log=lines.append, run=run, keep_rootfs=True)
     doc = json.loads((out / "image.json").read_text())
     assert list(doc) == ["name", "distro", "baked", "created", "kernel", "initrd", "disk",
-                         "root", "append", "contents"]
+                         "root", "append", "contents", "datasources"]
     assert doc["name"] == info.name == "debian-12-stock"
     assert (doc["distro"], doc["baked"], doc["root"]) == ("debian-12", False, "/dev/vda")
     assert (doc["kernel"], doc["initrd"], doc["disk"]) == ("vmlinux", "initrd.img", "disk.qcow2")
@@ -241,8 +241,12 @@ def test_stock_build_commands_and_image_json_contract(host, tmp_path):
     assert (root / "etc/apt/apt.conf.d/99valid").exists()
     assert 'Check-Valid-Until "false"' in (root / "etc/apt/apt.conf.d/99vmbinder").read_text()
     assert not (root / "etc/apt/preferences.d/trixie-pin").exists()
-    assert "datasource_list: [ NoCloud, None ]" in \
-        (root / "etc/cloud/cloud.cfg.d/90_vmbinder.cfg").read_text()
+    # NoCloud for the local target, ConfigDrive and OpenStack's metadata service on Nova,
+    # and image.json says so (image upload checks it).
+    assert gi.datasource_list(root / "etc/cloud/cloud.cfg.d/90_vmbinder.cfg") == \
+        ["NoCloud", "ConfigDrive", "OpenStack", "None"]
+    assert json.loads((out / "image.json").read_text())["datasources"] == \
+        ["NoCloud", "ConfigDrive", "OpenStack", "None"]
     assert "iface eth0 inet dhcp" in (root / "etc/network/interfaces.d/vmbinder-dhcp").read_text()
     assert not (root / "usr/sbin/policy-rc.d").exists()
     assert any("done in" in line for line in lines)

@@ -32,6 +32,7 @@ def image_doc(**changes) -> dict:
         "disk": "disk.qcow2", "root": "/dev/vda", "append": APPEND,
         "contents": {"cloud-init": "22.4.2-1+deb12u4", "jupyter-repo2docker": "2026.4.0",
                      "base-images": ["vmbinder/base:bookworm"], "kernel": "6.1.0-56-cloud-amd64"},
+        "datasources": ["NoCloud", "ConfigDrive", "OpenStack", "None"],
     }
     doc.update(changes)
     return doc
@@ -134,6 +135,13 @@ def _remove(path, name):
     (lambda p: (p / "disk.qcow2").write_bytes(b"\x00" * 4096), "is not a qcow2 image"),
     (lambda p: (p / "image.json").write_text(json.dumps(image_doc(append=None))), "'append'"),
     (lambda p: (p / "image.json").write_text(json.dumps(image_doc(append="x" * 300))), "'append'"),
+    # Built before images read OpenStack's datasources: on Nova the user-data is never read.
+    (lambda p: (p / "image.json").write_text(json.dumps(image_doc(datasources=None))),
+     "does not read OpenStack's ConfigDrive or OpenStack datasource"),
+    (lambda p: (p / "image.json").write_text(json.dumps(image_doc(datasources=["NoCloud", "None"]))),
+     "never see the launch's user-data"),
+    (lambda p: (p / "image.json").write_text(json.dumps(image_doc(datasources=["NoCloud", "ConfigDrive"]))),
+     "OpenStack datasource"),
 ])
 def test_a_broken_folder_is_refused_naming_the_file_and_the_fix(folder, breakage, message):
     breakage(folder)

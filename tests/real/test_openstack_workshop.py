@@ -1,0 +1,79 @@
+"""End to end on OpenStack: a two-seat workshop. The first seat reads its
+user-data from the metadata service (router, haproxy, Neutron's metadata
+agent, Nova's metadata API), builds the environment and is snapshotted into
+Glance; the second boots from that real snapshot and answers without
+building; `workshop down --snapshot` leaves nothing owned by vmbinder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.kernel import execute
+
+from .conftest import FLAVOR, cli_environment, owned_but_the_image, vmbinder
+from .test_openstack_guest import TIMEOUT, console_of, get, get_json, ssh_key
+
+pytestmark = pytest.mark.real
+PHASE = '"phase": "build", "result": "%s", "status": "done"'  # sort_keys order
+
+
+def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_image, repo_url,
+                                                         tmp_path, phase):
+    tb = real_testbed
+    (tmp_path / "home").mkdir()
+    env = cli_environment(tmp_path / "home")
+    ssh_key(tmp_path / "home")
+    path = tmp_path / "ws.yaml"
+    path.write_text(f"name: real-ws\nsource: {repo_url}\nseats: 2\nimage: {uploaded_image}\n"
+                    f"flavor: {FLAVOR}\ntls: internal\nopen: index.ipynb\n")
+    try:
+        res = vmbinder(env, "workshop", "up", str(path), "--format", "json", "--timeout",
+                       str(TIMEOUT), timeout=2 * TIMEOUT)
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        phase("workshop up: first seat built, snapshotted and answering again, second seat from the snapshot")
+        assert [(s["seat"], s["result"]) for s in doc["seats"]] == [
+            ("real-ws-01", "created"), ("real-ws-02", "created")]
+        assert doc["snapshot_action"] == "made"
+        snap = tb.admin.image.get_image(doc["snapshot"])
+        assert snap.status == "active" and snap.properties["vmbinder_snapshot_of"] == "real-ws-01"
+        assert snap.properties["vmbinder_workshop"] == "real-ws"
+
+        first, second = tb.server("real-ws-01"), tb.server("real-ws-02")
+        assert second.image.id == snap.id and second.metadata["vmbinder:snapshot"] == snap.id
+        # No config drive: both read the user-data from the metadata service.
+        for server in (first, second):
+            assert server.has_config_drive in (False, "", None, "False"), server.has_config_drive
+            assert "Datasource DataSourceOpenStackLocal" in console_of(tb, server)
+        # The second seat found the environment built in the snapshot.
+        console = console_of(tb, second)
+        assert PHASE % "present" in console and PHASE % "built" not in console
+
+        res = vmbinder(env, "workshop", "roster", str(path), "--format", "json", timeout=300)
+        assert res.returncode == 0, res.stderr
+        seats = json.loads(res.stdout)["seats"]
+        assert [s["seat"] for s in seats] == ["real-ws-01", "real-ws-02"]
+        assert len({s["url"].rsplit("token=", 1)[1] for s in seats}) == 2
+        steps = {}
+        for seat in seats:
+            assert get(seat["url"]) == 200 and get(seat["lab_url"]) == 200
+            base, token = seat["lab_url"].split("/lab?token=")
+            assert get(f"{base}/api/status?token=wrong") in (401, 403)
+            steps[seat["seat"]] = get_json(f"{base}/vmbinder/status.json?token={token}")["durations"]
+            out = execute(base, token, "print(6 * 7)")
+            assert out.strip() == "42", out
+        assert steps["real-ws-01"]["build"] > 10 > steps["real-ws-02"]["build"], steps
+        seconds = {s["seat"]: s["seconds"] for s in doc["seats"]}
+        phase(f"roster, URLs and kernels (first seat {seconds['real-ws-01']:.0f} s, second "
+              f"{seconds['real-ws-02']:.0f} s; guest steps {steps})")
+    finally:
+        res = vmbinder(env, "workshop", "down", str(path), "--snapshot", "--format", "json",
+                       timeout=900)
+    assert res.returncode == 0, res.stderr
+    kinds = sorted(r["kind"] for r in json.loads(res.stdout))
+    assert kinds.count("server") == 2 and kinds.count("snapshot") == 1, kinds
+    assert owned_but_the_image(tb, uploaded_image) == []
+    phase("workshop down --snapshot")
+
