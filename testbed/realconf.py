@@ -94,7 +94,9 @@ def neutron_conf(lay, conf):
 def ml2_conf(lay, conf):
     conf["ml2"].update({"type_drivers": "flat,vxlan,local",
                         "project_network_types": "local",
-                        "mechanism_drivers": "openvswitch"})
+                        # openvswitch, with taps that survive a reboot on the
+                        # userspace datapath (plugins/testbed_plugins/ovs_netdev.py)
+                        "mechanism_drivers": "testbed_openvswitch"})
     conf["securitygroup"] = {"firewall_driver": "openvswitch",
                              "enable_security_group": True}
     return conf

@@ -266,29 +266,24 @@ def cmd_status(args):
     if not records:
         print("testbed: not running")
         return 1
-    total_rss = total_pss = 0
-    print(f"{'service':16} {'pgid':>8} {'procs':>5} {'RSS MiB':>8} {'PSS MiB':>8}")
-    for rec in records:
-        members = group_members(rec.pid) if group_alive(rec) else []
-        mem = [_memory(pid) for pid in members]
-        rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
-        total_rss += rss
-        total_pss += pss
-        print(f"{rec.name:16} {rec.pid:>8} {len(members) or 'DEAD':>5} "
-              f"{rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
+    rows = [(rec.name, rec.pid, group_members(rec.pid) if group_alive(rec) else [])
+            for rec in records]
     if mode(state) == "real":
         # Guests (qemu), privsep helpers, dnsmasq and haproxy run outside the groups.
         import dataplane
         from configs import Layout
 
-        strays = dataplane.stray_processes(Layout(state, password(), real=True),
-                                           {r.pid for r in records})
-        mem = [_memory(pid) for pid in strays]
+        rows.append(("guests, helpers", "", dataplane.stray_processes(
+            Layout(state, password(), real=True), {r.pid for r in records})))
+    total_rss = total_pss = 0
+    print(f"{'service':16} {'pgid':>8} {'procs':>5} {'RSS MiB':>8} {'PSS MiB':>8}")
+    for name, pgid, members in rows:
+        mem = [_memory(pid) for pid in members]
         rss, pss = sum(m[0] for m in mem), sum(m[1] for m in mem)
         total_rss += rss
         total_pss += pss
-        print(f"{'guests, helpers':16} {'':>8} {len(strays):>5} "
-              f"{rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
+        count = len(members) or ("DEAD" if pgid else 0)
+        print(f"{name:16} {pgid:>8} {count:>5} {rss / 2**20:>8.0f} {pss / 2**20:>8.0f}")
     print(f"{'total':16} {'':>8} {'':>5} {total_rss / 2**20:>8.0f} {total_pss / 2**20:>8.0f}")
     ready = (state / "clouds.yaml").exists()
     print(f"clouds.yaml: {state / 'clouds.yaml'}" if ready else "not READY")

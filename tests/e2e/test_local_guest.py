@@ -76,18 +76,23 @@ def ssh_key(home):
 
 
 def guest_run(port: int, key, console: str, command: str) -> str:
-    """command's output in the guest, as the image's default user over the forwarded
-    ssh port; the host key must be the one cloud-init printed on the console."""
+    """command's output in the guest over the forwarded ssh port on loopback."""
+    return ssh_run("127.0.0.1", port, key, console, command)
+
+
+def ssh_run(address: str, port: int, key, console: str, command: str) -> str:
+    """command's output on a guest, as the image's default user; its host key
+    must be the one cloud-init printed on the console."""
     import paramiko
 
     block = console.split("-----BEGIN SSH HOST KEY KEYS-----")[-1].split("-----END SSH HOST KEY KEYS-----")[0]
     printed = [line.split()[1] for line in block.splitlines() if line.startswith("ssh-ed25519 ")]
     assert printed, "cloud-init printed no ed25519 host key on the console"
     client = paramiko.SSHClient()
-    client.get_host_keys().add(f"[127.0.0.1]:{port}", "ssh-ed25519",
+    client.get_host_keys().add(address if port == 22 else f"[{address}]:{port}", "ssh-ed25519",
                                paramiko.Ed25519Key(data=base64.b64decode(printed[-1])))
     client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect("127.0.0.1", port=port, username="debian", pkey=key, timeout=30,
+    client.connect(address, port=port, username="debian", pkey=key, timeout=30,
                    allow_agent=False, look_for_keys=False)
     try:
         _, stdout, stderr = client.exec_command(command, timeout=300)

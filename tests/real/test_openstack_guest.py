@@ -10,7 +10,6 @@ again; `delete` leaves nothing owned by vmbinder.
 
 from __future__ import annotations
 
-import base64
 import json
 import selectors
 import socket
@@ -21,6 +20,7 @@ import urllib.request
 
 import pytest
 
+from tests.e2e.test_local_guest import ssh_key, ssh_run
 from tests.kernel import execute
 
 from .conftest import (FLAVOR, INET_ADDRESS, cli_environment, owned_but_the_image, stack_memory,
@@ -53,35 +53,9 @@ def get_json(url: str, timeout: float = 20) -> dict:
         return json.load(resp)
 
 
-def ssh_key(home):
-    """An ed25519 key in HOME/.ssh, where vmbinder takes the public key from."""
-    from tests.e2e.test_local_guest import ssh_key as make
-
-    return make(home)
-
-
 def guest_run(address: str, key, console: str, command: str) -> str:
-    """command's output on the server, as the image's default user; its host key
-    must be the one cloud-init printed on the console."""
-    import paramiko
-
-    block = console.split("-----BEGIN SSH HOST KEY KEYS-----")[-1].split(
-        "-----END SSH HOST KEY KEYS-----")[0]
-    printed = [line.split()[1] for line in block.splitlines() if line.startswith("ssh-ed25519 ")]
-    assert printed, "cloud-init printed no ed25519 host key on the console"
-    client = paramiko.SSHClient()
-    client.get_host_keys().add(address, "ssh-ed25519",
-                               paramiko.Ed25519Key(data=base64.b64decode(printed[-1])))
-    client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    client.connect(address, username="debian", pkey=key, timeout=30, allow_agent=False,
-                   look_for_keys=False)
-    try:
-        _, stdout, stderr = client.exec_command(command, timeout=120)
-        out = stdout.read().decode()
-        assert stdout.channel.recv_exit_status() == 0, stderr.read().decode()
-        return out
-    finally:
-        client.close()
+    """command's output on the server over ssh to its floating IP (host key checked)."""
+    return ssh_run(address, 22, key, console, command)
 
 
 def scan(address: str, batch: int = 4000, wait: float = 3.0) -> tuple[list[int], list[int]]:
@@ -211,7 +185,7 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
             wait_rebooted(tb, server)
             codes = wait_answering(f"{base}/api/status?token={token}")
             assert codes[-1] == 200, f"the URL did not answer again after a {kind} reboot: {codes[-5:]}"
-            after = guest_run(address, key, console_of(tb, server), BOOT_ID)
+            after = guest_run(address, key, console, BOOT_ID)  # the host keys of the first boot
             assert after != before, f"the {kind} reboot did not restart the guest"
             assert get(doc["urls"]["lab"]) == 200
             phase(f"{kind.lower()} reboot until the same URL answers")

@@ -59,3 +59,21 @@ def test_a_missing_folder_is_refused(tmp_path):
     res = subprocess.run([sys.executable, "-m", "vmbinder.localrepo", str(tmp_path / "nope"), "--",
                           "true"], check=False, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "is not a folder" in res.stderr
+
+
+def test_listen_serves_on_another_address_and_names_it_in_the_url(tmp_path):
+    """For guests that reach this machine at an address of its own (the real-compute
+    testbed's "internet" namespace): the URL names that address, not 10.0.2.2."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a\n")
+    probe = ("import subprocess, sys; "
+             "out = subprocess.run(['git', 'ls-remote', sys.argv[1]], capture_output=True, text=True); "
+             "sys.exit(3 if 'HEAD' in out.stdout else 1)")
+    res = subprocess.run([sys.executable, "-m", "vmbinder.localrepo", str(folder), "--listen",
+                          "127.0.0.2", "--", sys.executable, "-c", probe, "{url}"],
+                         check=False, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 3, res.stderr
+    assert "git://127.0.0.2:" in res.stderr
+    with serve(folder, listen="127.0.0.1", host="192.0.2.7") as url:
+        assert url.startswith("git://192.0.2.7:")
