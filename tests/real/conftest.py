@@ -159,6 +159,20 @@ def stack_memory() -> str:
 
 
 def owned_but_the_image(testbed: Testbed, image_name: str) -> list:
-    """What vmbinder owns in the member's project, the test's uploaded image aside."""
+    """What vmbinder owns in the member's project, the test's uploaded image
+    aside, and any server port left there (a server's port outlives it only
+    by mistake)."""
     base = {i.id for i in testbed.images(image_name)}
-    return [item for item in testbed.owned() if not (item[0] == "image" and item[1] in base)]
+    found = [item for item in testbed.owned() if not (item[0] == "image" and item[1] in base)]
+    found += [("port", p.id, p.device_id) for p in testbed.admin.network.ports(
+        project_id=testbed.project_id) if (p.device_owner or "").startswith("compute:")]
+    return found
+
+
+def only_the_keypair_is_left(testbed: Testbed, image_name: str) -> None:
+    """After delete or workshop down: nothing of the servers is left; the
+    keypair vmbinder uploaded once for this SSH key is kept for later launches
+    (as on any cloud), and removed here."""
+    left = owned_but_the_image(testbed, image_name)
+    assert [kind for kind, _, _ in left] == ["keypair"], left
+    testbed.admin.compute.delete_keypair(left[0][1], user_id=testbed.user_id)

@@ -23,8 +23,8 @@ import pytest
 from tests.e2e.test_local_guest import ssh_key, ssh_run
 from tests.kernel import execute
 
-from .conftest import (FLAVOR, INET_ADDRESS, cli_environment, owned_but_the_image, stack_memory,
-                       vmbinder)
+from .conftest import (FLAVOR, INET_ADDRESS, cli_environment, only_the_keypair_is_left,
+                       stack_memory, vmbinder)
 
 pytestmark = pytest.mark.real
 TIMEOUT = 1800
@@ -192,5 +192,5 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
     finally:
         res = vmbinder(env, "delete", name, "--format", "json", timeout=300)
     assert res.returncode == 0, res.stderr
-    assert owned_but_the_image(tb, uploaded_image) == []
+    only_the_keypair_is_left(tb, uploaded_image)
     phase("delete")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.kernel import execute
 
-from .conftest import FLAVOR, cli_environment, owned_but_the_image, vmbinder
+from .conftest import FLAVOR, cli_environment, only_the_keypair_is_left, vmbinder
 from .test_openstack_guest import TIMEOUT, console_of, get, get_json, ssh_key
 
 pytestmark = pytest.mark.real
@@ -74,6 +74,6 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
     assert res.returncode == 0, res.stderr
     kinds = sorted(r["kind"] for r in json.loads(res.stdout))
     assert kinds.count("server") == 2 and kinds.count("snapshot") == 1, kinds
-    assert owned_but_the_image(tb, uploaded_image) == []
+    only_the_keypair_is_left(tb, uploaded_image)
     phase("workshop down --snapshot")
 
