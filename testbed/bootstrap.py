@@ -130,8 +130,9 @@ def resources(lay, step):
             os_version="12", wait=True)
     step(f"image {IMAGE_NAME} uploaded")
 
-    with blame(lay, "neutron", "creating the default security group rules"):
-        _default_rules(admin)
+    if lay.real:  # fake mode moves no packets: its groups stay as they were
+        with blame(lay, "neutron", "creating the default security group rules"):
+            _default_rules(admin)
     with blame(lay, "neutron", "creating networks and router1"):
         _networks(lay, admin)
     admin.close()
