@@ -1,3 +1,3 @@
-from vmbinder.cli import main
+from vmbinder.commands.main import main
 
 main()

@@ -30,8 +30,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import click
-
 from vmbinder import errors
 from vmbinder.providers.local_image import images_dir
 
@@ -551,37 +549,12 @@ def host_ca_files() -> list[Path]:
     return sorted(HOST_CA_DIR.rglob("*.crt")) if HOST_CA_DIR.is_dir() else []
 
 
-@click.group("image")
-def image() -> None:
-    """Build guest images for the local qemu target, or upload them to OpenStack."""
-
-
-@image.command("build")
-@click.option("--baked/--stock", default=False, show_default=True,
-              help="Bake docker, buildx, caddy, git and repo2docker into the image.")
-@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}, "
-                   "in the home of the user who ran sudo].")
-@click.option("--ca-cert", "ca_certs", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="A CA certificate (PEM) the guest must trust; repeatable. "
-                   "Default: the host's /usr/local/share/ca-certificates.")
-@click.option("--host-apt-sources/--debian-apt-sources", default=True, show_default=True,
-              help="Use the host's apt mirrors and settings, or deb.debian.org.")
-@click.option("--repo2docker-version", default=REPO2DOCKER_VERSION, show_default=True)
-@click.option("--base-container", is_flag=True,
-              help="Also build a container base image with Jupyter (base-container.tar.gz) and "
-                   "put it in the image, where the guest imports it into Docker.")
-@click.option("--keep-rootfs", is_flag=True, help="Keep work/rootfs and work/disk.raw.")
-def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
-                  base_container, keep_rootfs) -> None:
-    """Build a Debian 12 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
-    output = output or default_output(baked)
-    ca_files = list(ca_certs) or host_ca_files()
-
-    def log(message: str) -> None:
-        click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
-
+def build_image_folder(output: Path, *, baked: bool, ca_files: list[Path],
+                       apt_sources_from_host: bool = True, repo2docker_version: str,
+                       base_container: bool = False, keep_rootfs: bool = False,
+                       log: Log) -> ImageInfo:
+    """What `vmbinder image build` makes: the image in output (with a container base
+    image inside it when base_container), owned by the user who ran sudo."""
     preflight()
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
@@ -589,10 +562,10 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
     if base_container:  # built first, so the image carries it
         tarball = output / "base-container.tar.gz"
         build_base_container(tarball, ca_files=ca_files, log=log,
-                             apt_sources_from_host=host_apt_sources, keep_rootfs=keep_rootfs)
+                             apt_sources_from_host=apt_sources_from_host, keep_rootfs=keep_rootfs)
         base_images.append(tarball)
     info = build_image(output, baked=baked, ca_files=ca_files,
-                       apt_sources_from_host=host_apt_sources,
+                       apt_sources_from_host=apt_sources_from_host,
                        repo2docker_version=repo2docker_version, log=log,
                        keep_rootfs=keep_rootfs, base_images=base_images)
     log(f"image {info.name} built in {time.monotonic() - t0:.0f} s")
@@ -601,4 +574,4 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
         for path in [output, *output.iterdir()]:
             if not path.name.endswith("work"):
                 os.chown(path, user[0], user[1])
-    click.echo(str(output / "image.json"))
+    return info

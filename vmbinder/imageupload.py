@@ -25,13 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
-
 from vmbinder import __version__, errors
 from vmbinder.providers.base import Created, Ledger
 from vmbinder.providers.glance import OWNER_PROPERTY, Found, Glance
 from vmbinder.providers.local_image import IMAGE_FILE, disk_format, images_dir
-from vmbinder.providers.openstack_common import NO_CLOUD_HINT
 
 KERNEL, INITRD, DISK = "kernel", "initrd", "disk"
 ROLES = (KERNEL, INITRD, DISK)
@@ -51,8 +48,6 @@ ACTIVE_TIMEOUT = 600
 GIB = 1024 ** 3
 # Phases of an upload, for the progress display.
 CHECK, UPLOAD, REPLACE = "check", "upload", "replace"
-#: As vmbinder.cli.FORMATS (cli imports this module, so it cannot be imported here).
-FORMATS = ("table", "json", "value")
 BUILD_HINT = "build it (again) with: sudo vmbinder image build [--baked]"
 #: What an image needs to read user-data on Nova: a config drive or the metadata service.
 OPENSTACK_DATASOURCES = ("ConfigDrive", "OpenStack")
@@ -277,48 +272,3 @@ def upload_image(glance: Glance, folder: Path, *, name: str | None = None, repla
     if old:
         _delete_replaced(glance, name, old, reporter)
     return Result(name, tuple(made[r] for r in ROLES), old)
-
-
-@click.command("upload")
-@click.argument("folder")
-@click.option("--name", help="Name in Glance [default: the image's, such as debian-12-baked]; "
-                             "the kernel and initrd get -kernel and -initrd after it.")
-@click.option("--replace", is_flag=True,
-              help="Delete the images of an earlier upload with this name, once the new ones "
-                   "are active.")
-@click.option("--public/--private", default=False, show_default=True,
-              help="Who sees the images (public images usually need an administrator).")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print results: a table, JSON, or bare values for scripts.")
-@click.pass_obj
-def upload_command(obj, folder, name, replace, public, fmt) -> None:
-    """Upload an image folder (or its name in the images folder) to the cloud's
-    Glance as a kernel, an initrd and a disk image, for `vmbinder launch --image NAME`."""
-    from vmbinder import cli
-
-    if obj.os_cloud == cli.LOCAL:
-        raise errors.BadRequest(
-            "the local target boots image folders as they are: there is nothing to upload",
-            "launch it with: vmbinder --cloud local launch --image FOLDER SOURCE; to upload to "
-            "OpenStack, name a cloud with --os-cloud or OS_CLOUD")
-    if obj.is_local:
-        raise errors.ConfigError("no OpenStack cloud is configured to upload to", NO_CLOUD_HINT)
-    reporter = cli.Quiet() if (obj.quiet or fmt == "json") else cli.Progress(cli._stderr())
-    try:
-        result = upload_image(Glance(obj.os_cloud), find_folder(folder), name=name,
-                              replace=replace, visibility=PUBLIC if public else PRIVATE,
-                              reporter=reporter)
-    finally:
-        reporter.stop()
-    doc = {"name": result.name,
-           "images": [{"role": u.role, "id": u.id, "name": u.name, "disk_format": u.disk_format,
-                       "container_format": u.container_format} for u in result.images],
-           "replaced": [{"id": f.id, "name": f.name} for f in result.replaced]}
-    if fmt != "json":
-        err = cli._stderr()
-        for f in result.replaced:
-            err.print(f"deleted the replaced image {f.name} ({f.id})")
-        err.print(f"[green]uploaded[/] {result.name}; launch it with: "
-                  f"vmbinder launch --image {result.name} SOURCE")
-    cli._emit(fmt, doc, [(u.role, f"{u.id}  {u.name}") for u in result.images],
-              value="\n".join(f"{u.role}\t{u.id}\t{u.name}" for u in result.images))

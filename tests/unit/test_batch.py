@@ -275,7 +275,7 @@ def test_an_interrupt_during_the_first_seat_leaves_nothing():
 def cli_with(monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    from vmbinder import cli as cli_module
+    from vmbinder.commands import main as cli_module
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("HOME", str(tmp_path))

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from vmbinder import cli as cli_mod
-from vmbinder.cli import cli
+from vmbinder.commands import output
+from vmbinder.commands.main import cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -76,7 +76,7 @@ def test_unparseable_source_lists_the_accepted_forms():
 
 
 def test_without_any_cloud_configured_the_local_target_is_used(monkeypatch):
-    from vmbinder.cli import Context
+    from vmbinder.commands.main import Context
 
     assert Context(None, quiet=True).provider.kind == "local"
     assert Context("local", quiet=True).provider.kind == "local"
@@ -85,7 +85,7 @@ def test_without_any_cloud_configured_the_local_target_is_used(monkeypatch):
 
 
 def test_a_clouds_yaml_makes_openstack_the_default(clean_environment):
-    from vmbinder.cli import Context
+    from vmbinder.commands.main import Context
 
     folder = clean_environment / ".config" / "openstack"
     folder.mkdir(parents=True)
@@ -147,7 +147,7 @@ def test_redacting_filter_removes_the_token_from_log_records(tmp_path, monkeypat
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     root = logging.getLogger()
     before = list(root.handlers)
-    path = cli_mod._debug_log("demo", "s3cret-token")
+    path = output.debug_log("demo", "s3cret-token")
     try:
         logging.getLogger("vmbinder.test").info("url https://h/lab?token=%s", "s3cret-token")
         for h in root.handlers:
@@ -164,7 +164,7 @@ def test_redacting_filter_removes_the_token_from_log_records(tmp_path, monkeypat
 def test_help_starts_without_the_cloud_libraries():
     # Start-up time is mostly imports: openstacksdk alone takes longer than all
     # of vmbinder's --help. A guard that they stay lazy (bench/cli_startup.py).
-    probe = ("import sys\nfrom click.testing import CliRunner\nfrom vmbinder.cli import cli\n"
+    probe = ("import sys\nfrom click.testing import CliRunner\nfrom vmbinder.commands.main import cli\n"
              "for args in (['--help'], ['launch', '--help'], ['workshop', '--help']):\n"
              "    assert CliRunner().invoke(cli, args).exit_code == 0, args\n"
              "heavy = ('openstack', 'keystoneauth1', 'requests', 'jinja2', 'paramiko', 'rich',"

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from vmbinder import errors
 from vmbinder import guestimage as gi
+from vmbinder.commands import image as image_commands
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 HOST_SOURCES = """\
@@ -129,13 +130,13 @@ def test_refuses_when_a_host_tool_is_missing():
 def test_cli_refuses_before_touching_anything(monkeypatch, tmp_path):
     monkeypatch.setattr(gi.os, "geteuid", lambda: 1000)
     with pytest.raises(errors.BadRequest):
-        CliRunner().invoke(gi.image, ["build", "--output", str(tmp_path / "img")],
+        CliRunner().invoke(image_commands.image, ["build", "--output", str(tmp_path / "img")],
                            catch_exceptions=False)
     assert not (tmp_path / "img").exists()
 
 
 def test_cli_help_names_the_default_output():
-    res = CliRunner().invoke(gi.image, ["build", "--help"], catch_exceptions=False,
+    res = CliRunner().invoke(image_commands.image, ["build", "--help"], catch_exceptions=False,
                             terminal_width=200, max_content_width=200)
     assert res.exit_code == 0
     assert "~/.cache/vmbinder/images/debian-12-{baked|stock}" in res.output
@@ -357,7 +358,7 @@ def test_cli_names_the_missing_packages(monkeypatch, tmp_path):
     monkeypatch.setattr(gi.os, "geteuid", lambda: 0)
     monkeypatch.setattr(gi.shutil, "which", lambda tool: None if tool == "debootstrap" else "/x")
     with pytest.raises(errors.ConfigError, match="host tools missing: debootstrap") as exc:
-        CliRunner().invoke(gi.image, ["build", "--output", str(tmp_path / "img")],
+        CliRunner().invoke(image_commands.image, ["build", "--output", str(tmp_path / "img")],
                            catch_exceptions=False)
     assert "apt-get install debootstrap qemu-utils e2fsprogs zstd" in exc.value.hint
     assert not (tmp_path / "img").exists()

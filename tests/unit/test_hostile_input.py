@@ -192,7 +192,7 @@ def monkeypatch_cli(tmp_path_factory, monkeypatch):
     """The CLI with a provider that records every call made to it."""
     from click.testing import CliRunner
 
-    from vmbinder import cli as cli_mod
+    from vmbinder.commands import main as cli_mod
 
     calls: list[str] = []
 

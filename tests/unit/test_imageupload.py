@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vmbinder import cli as cli_mod
 from vmbinder import errors
 from vmbinder import imageupload as iu
-from vmbinder.cli import cli
+from vmbinder.commands import image as image_commands
+from vmbinder.commands import output
+from vmbinder.commands.main import cli
 from vmbinder.providers.glance import OWNER_PROPERTY, Found, Reading
 
 GIB = 1024 ** 3
@@ -427,4 +428,5 @@ def test_a_clash_exits_2_with_the_hint(folder, fake_cloud):
 def test_upload_has_help_and_the_same_formats_as_every_command():
     res = run("image", "upload", "--help")
     assert res.exit_code == 0 and "--replace" in res.stdout and "--public / --private" in res.stdout
-    assert iu.FORMATS == cli_mod.FORMATS
+    fmt = next(p for p in image_commands.upload_command.params if p.name == "fmt")
+    assert tuple(fmt.type.choices) == output.FORMATS

@@ -104,7 +104,7 @@ def test_workshop_check_prints_the_seats_and_refuses_bad_files(tmp_path):
 
     from click.testing import CliRunner
 
-    from vmbinder.cli import cli
+    from vmbinder.commands.main import cli
 
     runner = CliRunner()
     res = runner.invoke(cli, ["workshop", "check", str(EXAMPLE)], catch_exceptions=False)

@@ -1,4 +1,5 @@
-"""`vmbinder workshop ...`: commands for a workshop file (see vmbinder.workshop)."""
+"""`vmbinder workshop check|up|status|roster|down`: the seats of a workshop file
+(see vmbinder.workshop and vmbinder.batch), with a live table of their progress."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from dataclasses import asdict
 import click
 
 from vmbinder import workshop as ws
-
-FORMATS = ("table", "json", "value")  # as vmbinder.cli.FORMATS, which imports this module
+from vmbinder.commands.launch import read_public_key
+from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
 
 
 def plan(workshop: ws.Workshop) -> dict:
@@ -42,8 +43,7 @@ def workshop() -> None:
 
 @workshop.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print results: a table, JSON, or bare values for scripts.")
+@format_option
 def check(file, fmt) -> None:
     """Check a workshop FILE without touching the cloud and print its seats."""
     doc = plan(ws.load(file))
@@ -147,18 +147,16 @@ def _seat_docs(results) -> list[dict]:
               help="Seconds each seat may take to answer.")
 @click.option("--public-key", type=click.Path(dir_okay=False), metavar="FILE",
               help="OpenSSH public key for every seat [default: ~/.ssh/id_ed25519.pub, ...].")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print results: a table, JSON, or bare values for scripts.")
+@format_option
 @click.pass_obj
 def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> None:
     """Make every seat of FILE that is missing or failed; run it again to repair."""
     from vmbinder import batch, errors
-    from vmbinder.cli import _debug_log, _public_key, _stderr
 
     workshop, provider = _load(obj, file)
-    key = None if any(s.cloud.key_name for s in workshop.seats) else _public_key(public_key)
-    log_path = _debug_log(f"workshop-{workshop.name}", None)
-    progress = LiveTable(_stderr(), workshop, quiet=obj.quiet or fmt == "json")
+    key = None if any(s.cloud.key_name for s in workshop.seats) else read_public_key(public_key)
+    log_path = debug_log(f"workshop-{workshop.name}", None)
+    progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
     failure = None
     try:
         result = batch.up(provider, workshop, reporter=progress, public_key=key,
@@ -178,7 +176,7 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
             click.echo(f"{d['seat']}\t{d['result']}\t{d['address'] or ''}")
     else:
         _table(docs, ("seat", "participant", "result", "address", "seconds", "error"))
-        err = _stderr()
+        err = stderr()
         if result.snapshot is not None:
             err.print(f"snapshot {result.snapshot.name} ({result.snapshot_action})")
         err.print(f"debug log: {log_path}\nthe URLs with their tokens: vmbinder workshop roster {file}")
@@ -188,8 +186,7 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
 
 @workshop.command("status")
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print results: a table, JSON, or bare values for scripts.")
+@format_option
 @click.pass_obj
 def status(obj, file, fmt) -> None:
     """Each seat's server: state, address, expiry and whether it came from the snapshot."""
@@ -235,9 +232,7 @@ def roster_(obj, file, fmt, output, no_check) -> None:
             fh.write(text)
     else:
         click.echo(text, nl=not text.endswith("\n"))
-    from vmbinder.cli import _stderr
-
-    err = _stderr()
+    err = stderr()
     err.print(f"{len(entries)} of {len(workshop.seats)} seats listed"
               + (f" in {output}" if output else ""))
     for st in left_out:
@@ -249,20 +244,18 @@ def roster_(obj, file, fmt, output, no_check) -> None:
 @workshop.command("down")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--snapshot", "snapshots", is_flag=True, help="Also delete the workshop's snapshots.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print results: a table, JSON, or bare values for scripts.")
+@format_option
 @click.pass_obj
 def down(obj, file, snapshots, fmt) -> None:
     """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
     from vmbinder import batch
-    from vmbinder.cli import _print_removed, _stderr
 
     workshop, provider = _load(obj, file)
-    progress = LiveTable(_stderr(), workshop, quiet=obj.quiet or fmt == "json")
+    progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
     try:
         removed = batch.down(provider, workshop, snapshots=snapshots, reporter=progress)
     finally:
         progress.stop()
-    _print_removed(fmt, removed, _stderr())
+    print_removed(fmt, removed, stderr())
     if fmt not in ("json", "value") and not removed:
-        _stderr().print(f"nothing of workshop {workshop.name} was left to remove")
+        stderr().print(f"nothing of workshop {workshop.name} was left to remove")

@@ -1,0 +1,95 @@
+"""`vmbinder image build` and `image upload`: the guest image of the local qemu
+target (vmbinder.guestimage) and its upload to OpenStack's Glance
+(vmbinder.imageupload)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from vmbinder import errors, guestimage, imageupload
+from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
+from vmbinder.providers.openstack_common import NO_CLOUD_HINT
+
+
+@click.group("image")
+def image() -> None:
+    """Build guest images for the local qemu target, or upload them to OpenStack."""
+
+
+@image.command("build")
+@click.option("--baked/--stock", default=False, show_default=True,
+              help="Bake docker, buildx, caddy, git and repo2docker into the image.")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}, "
+                   "in the home of the user who ran sudo].")
+@click.option("--ca-cert", "ca_certs", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A CA certificate (PEM) the guest must trust; repeatable. "
+                   "Default: the host's /usr/local/share/ca-certificates.")
+@click.option("--host-apt-sources/--debian-apt-sources", default=True, show_default=True,
+              help="Use the host's apt mirrors and settings, or deb.debian.org.")
+@click.option("--repo2docker-version", default=guestimage.REPO2DOCKER_VERSION, show_default=True)
+@click.option("--base-container", is_flag=True,
+              help="Also build a container base image with Jupyter (base-container.tar.gz) and "
+                   "put it in the image, where the guest imports it into Docker.")
+@click.option("--keep-rootfs", is_flag=True, help="Keep work/rootfs and work/disk.raw.")
+def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
+                  base_container, keep_rootfs) -> None:
+    """Build a Debian 12 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
+    output = output or guestimage.default_output(baked)
+    ca_files = list(ca_certs) or guestimage.host_ca_files()
+
+    def log(message: str) -> None:
+        click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
+
+    guestimage.build_image_folder(output, baked=baked, ca_files=ca_files,
+                                  apt_sources_from_host=host_apt_sources,
+                                  repo2docker_version=repo2docker_version,
+                                  base_container=base_container, keep_rootfs=keep_rootfs, log=log)
+    click.echo(str(output / "image.json"))
+
+
+@image.command("upload")
+@click.argument("folder")
+@click.option("--name", help="Name in Glance [default: the image's, such as debian-12-baked]; "
+                             "the kernel and initrd get -kernel and -initrd after it.")
+@click.option("--replace", is_flag=True,
+              help="Delete the images of an earlier upload with this name, once the new ones "
+                   "are active.")
+@click.option("--public/--private", default=False, show_default=True,
+              help="Who sees the images (public images usually need an administrator).")
+@format_option
+@click.pass_obj
+def upload_command(obj, folder, name, replace, public, fmt) -> None:
+    """Upload an image folder (or its name in the images folder) to the cloud's
+    Glance as a kernel, an initrd and a disk image, for `vmbinder launch --image NAME`."""
+    if obj.named_local:
+        raise errors.BadRequest(
+            "the local target boots image folders as they are: there is nothing to upload",
+            "launch it with: vmbinder --cloud local launch --image FOLDER SOURCE; to upload to "
+            "OpenStack, name a cloud with --os-cloud or OS_CLOUD")
+    if obj.is_local:
+        raise errors.ConfigError("no OpenStack cloud is configured to upload to", NO_CLOUD_HINT)
+    reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(stderr())
+    try:
+        result = imageupload.upload_image(
+            imageupload.Glance(obj.os_cloud), imageupload.find_folder(folder), name=name,
+            replace=replace, visibility=imageupload.PUBLIC if public else imageupload.PRIVATE,
+            reporter=reporter)
+    finally:
+        reporter.stop()
+    doc = {"name": result.name,
+           "images": [{"role": u.role, "id": u.id, "name": u.name, "disk_format": u.disk_format,
+                       "container_format": u.container_format} for u in result.images],
+           "replaced": [{"id": f.id, "name": f.name} for f in result.replaced]}
+    if fmt != "json":
+        err = stderr()
+        for f in result.replaced:
+            err.print(f"deleted the replaced image {f.name} ({f.id})")
+        err.print(f"[green]uploaded[/] {result.name}; launch it with: "
+                  f"vmbinder launch --image {result.name} SOURCE")
+    emit(fmt, doc, [(u.role, f"{u.id}  {u.name}") for u in result.images],
+         value="\n".join(f"{u.role}\t{u.id}\t{u.name}" for u in result.images))

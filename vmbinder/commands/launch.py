@@ -1,0 +1,116 @@
+"""`vmbinder launch`: one server for one source, from the command line to api.launch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from vmbinder import errors
+from vmbinder.commands.output import (Progress, Quiet, debug_log, emit, format_option,
+                                      print_server, stderr)
+
+if TYPE_CHECKING:
+    from vmbinder.commands.main import Context
+
+DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+#: A dry run creates nothing, so no real token is made or shown.
+DRY_RUN_TOKEN = "0" * 64
+
+
+@click.command()
+@click.argument("source")
+@click.option("--ref", help="Branch, tag or commit to build (git sources).")
+@click.option("--subdir", help="Folder of the repository that holds the environment files.")
+@click.option("--open", "open_path", metavar="PATH",
+              help="What to open after launch: a file (x.ipynb) or a URL path (lab/tree/x.ipynb).")
+@click.option("--name", help="Server name [default: from the repository, plus 4 random hex digits].")
+@click.option("--image", envvar="VMBINDER_IMAGE", help="Image name or id [env: VMBINDER_IMAGE].")
+@click.option("--flavor", envvar="VMBINDER_FLAVOR", help="Flavor name or id [env: VMBINDER_FLAVOR].")
+@click.option("--network", envvar="VMBINDER_NETWORK", help="Tenant network [env: VMBINDER_NETWORK].")
+@click.option("--external-network", envvar="VMBINDER_EXTERNAL_NETWORK",
+              help="Network for the floating IP [env: VMBINDER_EXTERNAL_NETWORK].")
+@click.option("--key-name", envvar="VMBINDER_KEY_NAME", help="Existing keypair to inject.")
+@click.option("--public-key", type=click.Path(dir_okay=False), metavar="FILE",
+              help="OpenSSH public key to upload once and reuse [default: ~/.ssh/id_ed25519.pub, "
+                   "id_ecdsa.pub or id_rsa.pub].")
+@click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
+              help="Who may reach SSH (port 22).")
+@click.option("--hostname", help="Your own DNS name for the server [default: <ip>.sslip.io].")
+@click.option("--tls", type=click.Choice(("acme", "internal", "off")),
+              help="HTTPS certificate: Let's Encrypt (default on a cloud), Caddy's own CA "
+                   "(default on the local target), or plain HTTP.")
+@click.option("--ca-cert", "ca_certs", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              metavar="FILE", help="Extra CA certificate (PEM) the server must trust; repeatable.")
+@click.option("--apt-mirror", metavar="URL", help="Debian/Ubuntu package mirror for the server.")
+@click.option("--pip-index-url", metavar="URL", help="Python package index for the server.")
+@click.option("--dry-run", is_flag=True, help="Resolve and render everything; create nothing.")
+@click.option("--no-wait", is_flag=True, help="Return once the server is ACTIVE with its IP.")
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Seconds to wait for the environment to answer.")
+@click.option("--keep-on-failure", is_flag=True, help="Keep what a failed launch created, to inspect it.")
+@format_option
+@click.pass_obj
+def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, network,
+           external_network, key_name, public_key, ssh_cidr, hostname, tls, ca_certs, apt_mirror,
+           pip_index_url, dry_run, no_wait, timeout, keep_on_failure, fmt):
+    """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
+    record, a Software Heritage id, or a pasted mybinder.org link or badge."""
+    from vmbinder import api, sources
+    from vmbinder import spec as specs
+
+    src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path)
+    cloud = specs.CloudChoice(
+        image=image, flavor=flavor, network=network, external_network=external_network,
+        key_name=key_name,
+        public_key=None if (key_name or dry_run) else read_public_key(public_key),
+        ssh_cidr=ssh_cidr,
+    )
+    guest_network = specs.GuestNetwork(
+        ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
+        apt_mirror=apt_mirror, pip_index_url=pip_index_url,
+    )
+    if obj.is_local:  # reached on this machine's loopback: no public DNS name, no ACME
+        hostname, tls = hostname or "localhost", tls or "internal"
+    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls or "acme",
+                           guest_network=guest_network)
+    if dry_run:
+        doc = api.dry_run(spec.with_token(DRY_RUN_TOKEN))
+        emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),
+                        ("open", doc["open"]), ("name", doc["name"]),
+                        ("user_data_b64_bytes", doc["user_data_b64_bytes"])],
+             value=doc["user_data"])
+        return
+    log_path = debug_log(spec.name, spec.token)
+    err = stderr()
+    reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
+    if not cloud.key_name and not cloud.public_key:
+        err.print("[yellow]note:[/] no SSH key found (~/.ssh/id_*.pub); launching without one.")
+    try:
+        result = api.launch(obj.provider, spec, reporter, wait=not no_wait,
+                            ready_timeout=timeout, keep_on_failure=keep_on_failure)
+    finally:
+        reporter.stop()
+    if fmt != "json":
+        err.print(f"[green]launched[/] {result.server.name} at {result.server.address} "
+                  f"(debug log: {log_path})")
+        if not result.ready:
+            err.print("not waiting for the environment (--no-wait); these URLs answer once it "
+                      f"is built: vmbinder status {result.server.name}")
+    print_server(fmt, result.server, result.access)
+
+
+def read_public_key(path: str | None) -> str | None:
+    """The OpenSSH public key at path, else the first of ~/.ssh/id_*.pub, else None."""
+    if path:
+        try:
+            return Path(path).expanduser().read_text()
+        except OSError as exc:
+            raise errors.BadRequest(f"cannot read --public-key {path}: {exc.strerror}",
+                                    "give the path of an OpenSSH .pub file") from None
+    for candidate in DEFAULT_PUBLIC_KEYS:
+        p = Path.home() / ".ssh" / candidate
+        if p.is_file():
+            return p.read_text()
+    return None

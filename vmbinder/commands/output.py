@@ -1,0 +1,196 @@
+"""Everything the commands print, in one place.
+
+Results go to stdout, progress and messages to stderr through rich consoles.
+Here are the `--format` option (declared once, applied to every command that
+prints results), the renderings of a result as a table, JSON or bare values,
+the progress reporters, the per-launch debug log and the rendering of errors.
+rich is imported only when something is printed, so --help stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+
+import click
+
+from vmbinder import errors
+
+FORMATS = ("table", "json", "value")
+
+
+def stderr():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stdout():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def format_option(f):
+    """`--format table|json|value`, the same on every command that prints results."""
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+        help="How to print results: a table, JSON, or bare values for scripts.",
+    )(f)
+
+
+class Progress:
+    """One spinner with step text on stderr."""
+
+    def __init__(self, console):
+        self.console = console
+        self.status = None
+        self.last = ""
+        self.started = time.monotonic()
+
+    def phase(self, phase: str, detail: str = "") -> None:
+        from rich.markup import escape
+
+        logging.getLogger("vmbinder.progress").info("%s: %s", phase, detail)
+        text = f"[bold]{phase}[/bold] {escape(detail)}"
+        if not self.console.is_terminal:
+            # No spinner in a log file: one line per step, without repeats.
+            if text != self.last:
+                self.console.print(f"{time.monotonic() - self.started:6.1f}s {text}")
+                self.last = text
+            return
+        if self.status is None:
+            self.status = self.console.status(text)
+            self.status.start()
+        else:
+            self.status.update(text)
+
+    def stop(self) -> None:
+        if self.status is not None:
+            self.status.stop()
+            self.status = None
+
+
+class Quiet:
+    """No display (--quiet, --format json): the steps go to the debug log only."""
+
+    def phase(self, phase: str, detail: str = "") -> None:
+        logging.getLogger("vmbinder.progress").info("%s: %s", phase, detail)
+
+    def stop(self) -> None:
+        pass
+
+
+class _Redact(logging.Filter):
+    """Replaces the token, or with None anything shaped like a token, by <token>."""
+
+    TOKEN_RE = re.compile(r"\b[0-9a-f]{64}\b")
+
+    def __init__(self, secret: str | None):
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = (self.TOKEN_RE.sub("<token>", message) if self.secret is None
+                    else message.replace(self.secret, "<token>"))
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def debug_log(name: str, token: str | None) -> Path:
+    """A debug log per launch. Request bodies (user-data, metadata) never reach
+    it: the HTTP libraries log at WARNING only, and the token (any token, when
+    None) is redacted."""
+    base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+    folder = base / "vmbinder" / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"launch-{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_Redact(token))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for noisy in ("keystoneauth", "openstack", "urllib3", "stevedore", "os_service_types"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return path
+
+
+def server_doc(server, acc) -> dict:
+    """A server and its URLs (acc, from api.access) as the JSON document commands print."""
+    doc = {
+        "name": server.name,
+        "id": server.id,
+        "status": server.state,
+        "cloud_status": server.cloud_status,
+        "address": server.address,
+        "fault": server.fault,
+        "created": server.created,
+        "flavor": server.flavor,
+    }
+    for key in ("repo", "ref", "subdir", "open", "source", "repo2docker", "version", "hostname", "tls"):
+        doc[key] = server.meta(key)
+    if acc is not None:
+        doc["urls"] = acc.urls
+        doc["open_url"] = acc.open_url
+        doc["absent"] = acc.absent
+    return doc
+
+
+def print_server(fmt: str, server, acc) -> None:
+    """One server for launch and status: aligned lines, JSON, or its URL (else its address)."""
+    doc = server_doc(server, acc)
+    rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "subdir",
+                                   "open", "repo2docker", "fault") if doc[k]]
+    urls = [(f"{k} url", v) for k, v in (acc.urls if acc else {}).items()]
+    if acc and acc.open_url:
+        urls.insert(0, ("open url", acc.open_url))
+    absent = [(f"{k}", f"not shown: {why}") for k, why in (acc.absent if acc else {}).items()]
+    value = acc.open_url or acc.urls.get("lab") if acc and acc.base else server.address
+    emit(fmt, doc, rows + urls + absent, value=value or "")
+
+
+def emit(fmt: str, doc, rows, value=None) -> None:
+    """doc as JSON, the rows as aligned `key  value` lines, or value (else every row's value)."""
+    if fmt == "json":
+        click.echo(json.dumps(doc, indent=2, sort_keys=False))
+    elif fmt == "value":
+        click.echo(value if value is not None else "\n".join(str(v) for _, v in rows))
+    else:
+        # Plain aligned lines, never wrapped, so a URL can be copied whole.
+        width = max((len(key) for key, _ in rows), default=0)
+        for key, val in rows:
+            click.echo(f"{key:<{width}}  {'' if val is None else val}")
+
+
+def print_removed(fmt: str, removed, err) -> None:
+    """What a delete or a workshop down removed: JSON, tab-separated values or lines on err."""
+    docs = [{"kind": r.kind, "id": r.id, "name": r.name} for r in removed]
+    if fmt == "json":
+        click.echo(json.dumps(docs, indent=2))
+    elif fmt == "value":
+        for d in docs:
+            click.echo(f"{d['kind']}\t{d['id']}\t{d['name']}")
+    else:
+        for d in docs:
+            err.print(f"removed {d['kind']} {d['name']} ({d['id']})")
+
+
+def render_error(exc: errors.VmbinderError) -> None:
+    """An error's message, the cloud's HTTP status and request id, and its hint, on stderr."""
+    from rich.markup import escape
+
+    err = stderr()
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+    status = exc.details.get("http_status")
+    request_id = exc.details.get("request_id")
+    if request_id:
+        err.print(f"  (HTTP {status}, request id {request_id})", soft_wrap=True)
+    if exc.hint:
+        err.print(f"[bold]hint:[/] {escape(exc.hint)}", soft_wrap=True)
