@@ -174,3 +174,21 @@ def test_help_starts_without_the_cloud_libraries():
                          check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == []
+
+
+def test_only_the_commands_import_click_and_the_library_never_imports_them():
+    package = Path(__file__).resolve().parents[2] / "vmbinder"
+    library = [p for p in package.rglob("*.py") if "commands" not in p.relative_to(package).parts
+               and p.name != "__main__.py"]
+    for path in library:
+        text = path.read_text()
+        assert not re.search(r"^\s*(import click|from click|import rich|from rich)", text, re.M), path
+        assert "vmbinder.commands" not in text, path
+    modules = sorted("vmbinder." + ".".join(p.relative_to(package).with_suffix("").parts)
+                     for p in library if p.name != "__init__.py")
+    probe = (f"import importlib, sys\nfor m in {modules!r}:\n    importlib.import_module(m)\n"
+             "print(' '.join(m for m in ('click', 'rich', 'vmbinder.commands') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == []
