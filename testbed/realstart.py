@@ -95,13 +95,8 @@ class RealMode:
         server = ["--config-file", etc / "neutron.conf",
                   "--config-file", etc / "plugins" / "ml2" / "ml2_conf.ini"]
 
-        def rabbit():
-            from runner import tcp_open
-
-            if not tcp_open(PORTS["rabbitmq"]):
-                raise NotReady("AMQP port closed")
-
-        self.wait("rabbitmq", "AMQP listener", rabbit, watch=("rabbitmq",))
+        # Runs beside wait_rabbitmq: the rpc server needs the broker too.
+        self.wait("rabbitmq", "AMQP listener", self.rabbitmq_answers, watch=("rabbitmq",))
         self.start("neutron-rpc", [bin_ / "neutron-rpc-server", *server])
         self.start("neutron-periodic", [bin_ / "neutron-periodic-workers", *server])
 

@@ -96,12 +96,13 @@ class Starter(RealMode, Runner):
         self.start("rabbitmq", ["/usr/lib/rabbitmq/bin/rabbitmq-server"], env)
         self.step("rabbitmq starting")
 
-    def wait_rabbitmq(self):
-        def probe():
-            if not tcp_open(PORTS["rabbitmq"]):
-                raise NotReady("AMQP port closed")
+    def rabbitmq_answers(self):
+        """The probe of RabbitMQ's AMQP listener (NotReady while it is closed)."""
+        if not tcp_open(PORTS["rabbitmq"]):
+            raise NotReady("AMQP port closed")
 
-        self.wait("rabbitmq", "AMQP listener", probe, watch=("rabbitmq", "epmd"))
+    def wait_rabbitmq(self):
+        self.wait("rabbitmq", "AMQP listener", self.rabbitmq_answers, watch=("rabbitmq", "epmd"))
         self.step("rabbitmq answers")
 
     def start_mariadb(self):
