@@ -29,7 +29,6 @@ from vmbinder.providers.base import (
     candidates,
     find_object,
     find_owned,
-    not_found,
     redact_token,
 )
 from vmbinder.providers.openstack_common import (
