@@ -2,6 +2,8 @@ import os
 
 import pytest
 
+from tests import deprecations
+
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path_factory, request):
@@ -17,3 +19,13 @@ def clean_environment(monkeypatch, tmp_path_factory, request):
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     monkeypatch.chdir(home)
     yield home
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_calls():
+    """A test fails when vmbinder's code made a deprecated call (see tests/deprecations.py)."""
+    with deprecations.watch() as seen:
+        yield
+    if seen:
+        pytest.fail("deprecated calls made from vmbinder's code:\n  " + "\n  ".join(seen),
+                    pytrace=False)

@@ -15,7 +15,6 @@ vmbinder:seat), as every other command finds its servers. Nothing here prints.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -37,7 +36,7 @@ from vmbinder.providers.base import (
     Server,
     Snapshot,
 )
-from vmbinder.spec import LaunchSpec, make_spec
+from vmbinder.spec import ACME, LaunchSpec, make_spec
 from vmbinder.workshop import Seat, Workshop
 
 #: Seats made at once after the first one.
@@ -119,12 +118,13 @@ def seats_of(provider: Provider, workshop: Workshop) -> dict[str, Server]:
     return found
 
 
-def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, local: bool,
+def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Provider,
           image: str | None = None, labels: dict[str, str] | None = None) -> LaunchSpec:
+    """A seat's launch. A workshop file is meant for any target: its tls acme (the
+    default) becomes the target's own default where Let's Encrypt cannot reach it."""
     tls = workshop.tls
-    hostname = seat.hostname
-    if local:  # loopback: no public name, so no ACME
-        hostname, tls = hostname or "localhost", "internal" if tls == "acme" else tls
+    if tls == ACME and not target.target_defaults.acme:
+        tls = None
     cloud = replace(seat.cloud, public_key=None if seat.cloud.key_name else public_key)
     if image:
         cloud = replace(cloud, image=image)
@@ -132,8 +132,8 @@ def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, local: bool
     if workshop.lifetime_s:
         end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=workshop.lifetime_s)
         values[EXPIRES] = end.isoformat(timespec="minutes").replace("+00:00", "Z")
-    spec = make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=hostname, tls=tls)
-    return replace(spec, labels=tuple(values.items()))
+    return make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=seat.hostname,
+                     tls=tls, labels=values, target=target)
 
 
 class _Launcher:
@@ -185,7 +185,7 @@ class _Launcher:
 
 
 def up(provider: Provider, workshop: Workshop, *, reporter: BatchReporter | None = None,
-       public_key: str | None = None, local: bool = False, parallel: int = PARALLEL,
+       public_key: str | None = None, parallel: int = PARALLEL,
        wait: bool = True, fan_out: bool = True, ready_timeout: float = 1800,
        built: Callable[[Server], None] | None = None) -> UpResult:
     """Make the missing and failed seats. BatchPartlyFailed when some failed
@@ -194,14 +194,13 @@ def up(provider: Provider, workshop: Workshop, *, reporter: BatchReporter | None
 
     built(server), when given, replaces waiting for the first seat's
     environment before its snapshot (for clouds where nothing boots)."""
-    remembering = getattr(provider, "remembering", None)
-    with remembering() if remembering else contextlib.nullcontext():
+    with provider.remembering():
         return _up(provider, workshop, reporter=reporter or NullBatchReporter(),
-                   public_key=public_key, local=local, parallel=parallel, wait=wait,
+                   public_key=public_key, parallel=parallel, wait=wait,
                    fan_out=fan_out, ready_timeout=ready_timeout, built=built)
 
 
-def _up(provider, workshop, *, reporter, public_key, local, parallel, wait, fan_out,
+def _up(provider, workshop, *, reporter, public_key, parallel, wait, fan_out,
         ready_timeout, built) -> UpResult:
     existing = seats_of(provider, workshop)
     results: dict[str, SeatResult] = {}
@@ -224,14 +223,14 @@ def _up(provider, workshop, *, reporter, public_key, local, parallel, wait, fan_
             provider.delete(existing[seat.name])
     _release_orphans(provider, [seat.name for seat, _ in todo])
 
-    plain = {seat.name: _spec(workshop, seat, public_key=public_key, local=local) for seat, _ in todo}
-    check = getattr(provider, "preflight", None)
-    if check is not None:
-        outcome.quota = check(list(plain.values()))
+    plain = {seat.name: _spec(workshop, seat, public_key=public_key, target=provider)
+             for seat, _ in todo}
+    if provider.supports("preflight"):
+        outcome.quota = provider.preflight(list(plain.values()))
 
     key = build_key(workshop, todo[0][0].cloud.image)
     snap_props = {P_WORKSHOP: workshop.name, P_BUILD: key}
-    use_snapshot = fan_out and (wait or built is not None)
+    use_snapshot = fan_out and (wait or built is not None) and provider.supports("snapshot")
     if use_snapshot:
         found = provider.snapshots(snap_props)
         if found:
@@ -242,7 +241,7 @@ def _up(provider, workshop, *, reporter, public_key, local, parallel, wait, fan_
     def spec_for(seat: Seat) -> LaunchSpec:
         if outcome.snapshot is None:
             return plain[seat.name]
-        return _spec(workshop, seat, public_key=public_key, local=local, image=outcome.snapshot.id,
+        return _spec(workshop, seat, public_key=public_key, target=provider, image=outcome.snapshot.id,
                      labels={FROM_SNAPSHOT: outcome.snapshot.id})
 
     # The first seat alone: a configuration error shows once, not once per seat.
@@ -325,8 +324,7 @@ def _retrying(call: Callable[[], list[Removed]], attempts: int = 4) -> list[Remo
 
 def _release_orphans(provider: Provider, names: list[str]) -> list[Removed]:
     """What seats deleted by hand left (a cloud's floating IPs), removed."""
-    release = getattr(provider, "release_orphans", None)
-    return release(names) if release is not None else []
+    return provider.release_orphans(names) if provider.supports("release_orphans") else []
 
 
 # -- status, roster, down -----------------------------------------------------------------
@@ -347,7 +345,7 @@ def status(provider: Provider, workshop: Workshop) -> list[SeatStatus]:
 
 
 def _answers(server: Server, url: str) -> bool:
-    ok, _ = readiness.http_probe(url, verify=server.meta("tls") == "acme")()
+    ok, _ = readiness.http_probe(url, verify=server.meta("tls") == ACME)()
     return ok
 
 

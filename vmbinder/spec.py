@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from vmbinder import REPO2DOCKER_VERSION, __version__
 from vmbinder.errors import BadRequest
@@ -15,7 +17,9 @@ NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$"
 )
-TLS_MODES = ("acme", "internal", "off")
+#: Let's Encrypt: the certificate a launch gets unless it or its target says otherwise.
+ACME = "acme"
+TLS_MODES = (ACME, "internal", "off")
 #: Bits of randomness in a generated Jupyter token (at least 128 are required).
 TOKEN_BYTES = 32
 
@@ -47,12 +51,38 @@ class GuestNetwork:
 
 
 @dataclass(frozen=True)
+class TargetDefaults:
+    """What a target fills in for a launch that leaves them out (its provider's
+    target_defaults)."""
+
+    hostname: str | None = None
+    tls: str = ACME
+    #: Whether its servers can get a Let's Encrypt certificate (they have a public address).
+    acme: bool = True
+
+
+@dataclass(frozen=True)
+class MetadataLimits:
+    """What a server on a target can record about its launch (its provider's metadata_limits)."""
+
+    #: The longest value, in characters.
+    value_max: int
+
+
+class Target(Protocol):
+    """What make_spec asks of a provider: data it declares, never a call to the cloud."""
+
+    target_defaults: TargetDefaults
+    metadata_limits: MetadataLimits
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     source: Source
     name: str
     cloud: CloudChoice = field(default_factory=CloudChoice)
     hostname: str | None = None
-    tls: str = "acme"
+    tls: str = ACME
     guest_network: GuestNetwork = field(default_factory=GuestNetwork)
     token: str = field(default_factory=new_token, repr=False)
     repo2docker_version: str = REPO2DOCKER_VERSION
@@ -80,6 +110,12 @@ def validate_name(name: str) -> str:
             "letter or digit (it becomes part of the server name and host name)",
         )
     return name
+
+
+def validate_tls(tls: str) -> str:
+    if tls not in TLS_MODES:
+        raise BadRequest(f"invalid --tls {tls!r}", f"use one of: {', '.join(TLS_MODES)}")
+    return tls
 
 
 def validate_hostname(hostname: str) -> str:
@@ -125,17 +161,60 @@ def validate_mirror(url: str, option: str) -> str:
     return url
 
 
+def recorded(spec: LaunchSpec, limits: MetadataLimits) -> dict[str, str]:
+    """What a server records about its launch (the vmbinder:* metadata, keys without
+    the prefix and without the owner): the values given, none empty. A pasted badge
+    too long to record or spanning lines is recorded as the repository it names."""
+    src = spec.source
+    given = src.given if len(src.given) <= limits.value_max and src.given.isprintable() else src.repo
+    values = {
+        "version": spec.vmbinder_version,
+        "repo2docker": spec.repo2docker_version,
+        "source": given,
+        "repo": src.repo,
+        "ref": src.ref,
+        "subdir": src.subdir,
+        "open": src.open,
+        "hostname": spec.hostname,
+        "tls": spec.tls,
+        "token": spec.token,
+        **dict(spec.labels),
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def check_recorded(values: Mapping[str, str], limits: MetadataLimits) -> None:
+    """BadRequest naming the values (keys without the prefix) too long to record."""
+    too_long = [k for k, v in values.items() if len(v) > limits.value_max]
+    if too_long:
+        raise BadRequest(
+            f"{', '.join(too_long)} is longer than the "
+            f"{limits.value_max} characters a server can record",
+            "shorten the value",
+        )
+
+
 def make_spec(
     source: Source,
     *,
     name: str | None = None,
     cloud: CloudChoice | None = None,
     hostname: str | None = None,
-    tls: str = "acme",
+    tls: str | None = None,
     guest_network: GuestNetwork | None = None,
+    labels: Mapping[str, str] | tuple[tuple[str, str], ...] = (),
+    target: Target | None = None,
 ) -> LaunchSpec:
-    if tls not in TLS_MODES:
-        raise BadRequest(f"invalid --tls {tls!r}", f"use one of: {', '.join(TLS_MODES)}")
+    """A launch request, every value checked: the one place a spec is validated.
+
+    With a target (a provider), the hostname and tls left out are the target's
+    defaults, and what the server will record must fit the target's metadata
+    limits. Without one, the defaults are a cloud's (no hostname, ACME) and the
+    provider checks the record when it prepares the launch."""
+    defaults = target.target_defaults if target is not None else TargetDefaults()
+    tls = tls or defaults.tls
+    hostname = hostname or defaults.hostname
+    validate_tls(tls)
     cloud = cloud or CloudChoice()
     cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr))
     given = guest_network or GuestNetwork()
@@ -145,11 +224,15 @@ def make_spec(
         pip_index_url=(validate_mirror(given.pip_index_url, "--pip-index-url")
                        if given.pip_index_url else None),
     )
-    return LaunchSpec(
+    spec = LaunchSpec(
         guest_network=checked,
         source=source,
         name=validate_name(name) if name is not None else default_name(source),
         cloud=cloud,
         hostname=validate_hostname(hostname) if hostname else None,
         tls=tls,
+        labels=tuple(dict(labels).items()),
     )
+    if target is not None:
+        check_recorded(recorded(spec, target.metadata_limits), target.metadata_limits)
+    return spec

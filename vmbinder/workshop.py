@@ -26,7 +26,7 @@ import yaml
 
 from vmbinder.errors import BadRequest
 from vmbinder.sources import Source, has_control, resolve_source
-from vmbinder.spec import NAME_RE, TLS_MODES, CloudChoice, validate_hostname
+from vmbinder.spec import ACME, NAME_RE, CloudChoice, validate_hostname, validate_tls
 
 MAX_SEATS = 200
 #: A seat name is `<workshop>-NN`: the workshop name leaves room for the number.
@@ -60,7 +60,7 @@ class Workshop:
     name: str
     source: Source
     seats: tuple[Seat, ...]
-    tls: str = "acme"
+    tls: str = ACME
     lifetime_s: int | None = None
     path: Path | None = field(default=None, compare=False)
 
@@ -267,10 +267,11 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
         culprit = next((k for k in ("ref", "subdir", "open") if options[k] is not None
                         and k in exc.message), "source")
         raise doc.error(doc.node(culprit), exc.message, exc.hint) from None
-    tls = doc.text("tls") or "acme"
-    if tls not in TLS_MODES:
-        raise doc.error(doc.node("tls"), f"tls {tls!r} is not a mode",
-                        f"use one of: {', '.join(TLS_MODES)}")
+    tls = doc.text("tls") or ACME
+    try:
+        validate_tls(tls)
+    except BadRequest as exc:
+        raise doc.error(doc.node("tls"), f"tls {tls!r} is not a mode", exc.hint) from None
     lifetime = _parse_lifetime(doc)
     people = _parse_participants(doc)
     count = _parse_count(doc, people)

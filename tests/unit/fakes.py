@@ -11,13 +11,16 @@ from vmbinder.providers.base import (
     META,
     Created,
     Ledger,
+    Provider,
     Removed,
     Resolved,
     Server,
 )
 
 
-class FakeProvider:
+class FakeProvider(Provider):
+    """The required verbs only; subclasses add optional ones to capabilities."""
+
     kind = "fake"
 
     def __init__(self, *, fail_at: str | None = None, interrupt_at: str | None = None,

@@ -31,6 +31,8 @@ def workshop(seats=4, extra=""):
 class BatchFake(FakeProvider):
     """FakeProvider plus labels, thread safety, per-seat failures and snapshots."""
 
+    capabilities = frozenset({"preflight", "snapshot", "snapshots", "delete_snapshot"})
+
     def __init__(self, *, fail_seats=(), **kw):
         super().__init__(**kw)
         self.lock = threading.Lock()

@@ -193,11 +193,15 @@ def monkeypatch_cli(tmp_path_factory, monkeypatch):
     from click.testing import CliRunner
 
     from vmbinder.commands import main as cli_mod
+    from vmbinder.providers.openstack import OpenStackProvider
 
     calls: list[str] = []
 
     class Recording:
         kind = "openstack"
+        # What the provider declares (data, not calls): make_spec reads them.
+        target_defaults = OpenStackProvider.target_defaults
+        metadata_limits = OpenStackProvider.metadata_limits
 
         def __getattr__(self, name):
             def call(*args, **kwargs):

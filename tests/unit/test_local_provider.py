@@ -473,12 +473,12 @@ def test_a_port_taken_meanwhile_is_chosen_again(env):
     ledger = Ledger()
     s = spec()
     resolved = p.prepare(s, ledger)
-    chosen = p._read(p.folder("demo"))["ports"]
+    chosen = p.read_state(p.folder("demo"))["ports"]
     try:
         server = p.create(s, resolved, "#cloud-config\n", ledger)
     finally:
         fake.reap()
-    now = p._read(p.folder("demo"))["ports"]
+    now = p.read_state(p.folder("demo"))["ports"]
     assert set(now.values()).isdisjoint(chosen.values())
     assert server.meta("https-port") == str(now["https-port"])
     first, second = (argv[argv.index("-netdev") + 1] for argv in fake.calls[1:])

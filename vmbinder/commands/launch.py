@@ -71,10 +71,8 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
         apt_mirror=apt_mirror, pip_index_url=pip_index_url,
     )
-    if obj.is_local:  # reached on this machine's loopback: no public DNS name, no ACME
-        hostname, tls = hostname or "localhost", tls or "internal"
-    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls or "acme",
-                           guest_network=guest_network)
+    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls,
+                           guest_network=guest_network, target=obj.provider)
     if dry_run:
         doc = api.dry_run(spec.with_token(DRY_RUN_TOKEN))
         emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),

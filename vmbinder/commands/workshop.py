@@ -160,7 +160,7 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
     failure = None
     try:
         result = batch.up(provider, workshop, reporter=progress, public_key=key,
-                          local=obj.is_local, parallel=parallel, wait=not no_wait,
+                          parallel=parallel, wait=not no_wait,
                           fan_out=not no_fan_out, ready_timeout=timeout)
     except errors.BatchPartlyFailed as exc:
         result, failure = exc.details["result"], exc

@@ -1,13 +1,14 @@
-"""The small verb set every cloud implements, and the records it trades in."""
+"""The verb set every target implements, if only to refuse, and the records it trades in."""
 
 from __future__ import annotations
 
+import abc
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from vmbinder import errors
-from vmbinder.spec import LaunchSpec
+from vmbinder.spec import LaunchSpec, MetadataLimits, TargetDefaults, check_recorded, recorded
 
 #: Tag on every server vmbinder creates; `list` asks the cloud for it.
 OWNER_TAG = "vmbinder"
@@ -95,46 +96,161 @@ class Removed:
     name: str
 
 
-class Provider(Protocol):
-    #: Short name shown to users, e.g. "openstack".
-    kind: str
+# -- the contract ---------------------------------------------------------------------
+#
+# Every provider has every verb below. The required ones are abstract; an optional
+# one a target cannot do refuses in words (BadRequest naming the verb and the target),
+# and callers ask `provider.supports(verb)` before they use it. A verb's name is the
+# name of its method.
 
+#: What every target does: a launch, and finding, reading and removing its servers.
+REQUIRED = ("prepare", "create", "wait", "get", "list_owned", "console_log", "set_metadata",
+            "delete")
+#: What some targets do; each provider lists the ones it does in `capabilities`.
+OPTIONAL = ("snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
+            "release_orphans", "remembering")
+#: Declared for the work to come; no target does them yet.
+PLANNED = ("stop", "start", "shelve", "unshelve", "resize", "attach_volume", "detach_volume",
+           "logs", "ssh_target")
+VERBS = REQUIRED + OPTIONAL + PLANNED
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Where `ssh` reaches a server: host, port and user."""
+
+    host: str
+    port: int
+    user: str
+
+
+class Provider(abc.ABC):
+    """One target's verb set (see REQUIRED, OPTIONAL and PLANNED above)."""
+
+    #: Short name shown to users, e.g. "openstack".
+    kind: str = "provider"
+    #: The optional verbs this target does (names from OPTIONAL).
+    capabilities: frozenset[str] = frozenset()
+    #: What a launch on this target gets for the values it leaves out.
+    target_defaults: TargetDefaults = TargetDefaults()
+    #: The longest vmbinder:* metadata value a server on this target can record.
+    metadata_limits: MetadataLimits = MetadataLimits(value_max=255)
+
+    def supports(self, verb: str) -> bool:
+        if verb not in VERBS:
+            raise ValueError(f"{verb!r} is not a provider verb; the verbs: {', '.join(VERBS)}")
+        return verb in REQUIRED or verb in self.capabilities
+
+    def unsupported(self, verb: str) -> errors.BadRequest:
+        """The refusal of a verb this target does not do."""
+        can = sorted(v for v in OPTIONAL if self.supports(v))
+        hint = (f"vmbinder does not {verb.replace('_', ' ')} servers on any target yet"
+                if verb in PLANNED else
+                f"the {self.kind} target does: {', '.join(can) if can else 'none of the optional verbs'}")
+        return errors.BadRequest(f"{verb} is not supported on the {self.kind} target", hint,
+                                 details={"verb": verb, "target": self.kind})
+
+    # -- required ------------------------------------------------------------------
+
+    @abc.abstractmethod
     def prepare(self, spec: LaunchSpec, ledger: Ledger) -> Resolved:
         """Resolve image, flavor and networks, ensure keypair and security
         group, allocate the public address; record what it made in ledger."""
 
+    @abc.abstractmethod
     def create(self, spec: LaunchSpec, resolved: Resolved, user_data: str, ledger: Ledger) -> Server:
-        ...
+        """Start the server with this user-data; record it in ledger."""
 
+    @abc.abstractmethod
     def wait(self, server: Server, resolved: Resolved, timeout: float, ledger: Ledger) -> Server:
         """Wait for ACTIVE and attach the public address; CloudError on ERROR."""
 
+    @abc.abstractmethod
     def get(self, name_or_id: str) -> Server:
-        ...
+        """The vmbinder server with this name or id (see find_owned)."""
 
+    @abc.abstractmethod
     def list_owned(self) -> list[Server]:
-        ...
+        """Every vmbinder server of this target."""
 
+    @abc.abstractmethod
     def console_log(self, server: Server, lines: int | None = None) -> str:
-        ...
+        """The serial console's last lines, the token redacted."""
 
+    @abc.abstractmethod
     def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
         """Record vmbinder:* values on the server (keys without the prefix)."""
 
+    @abc.abstractmethod
     def delete(self, server: Server) -> list[Removed]:
-        ...
+        """Remove the server and what was made for it alone."""
+
+    # -- optional ------------------------------------------------------------------
 
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
         """Stop the server, image its disk with these properties, start it again.
         The snapshot goes into ledger, so a failure after it removes it."""
+        raise self.unsupported("snapshot")
 
     def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
         """vmbinder's snapshots carrying all of these properties, newest first."""
+        raise self.unsupported("snapshots")
 
     def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
-        ...
+        raise self.unsupported("delete_snapshot")
 
+    def reboot(self, server: Server) -> None:
+        """Power-cycle the server; its disk and address stay."""
+        raise self.unsupported("reboot")
+
+    def preflight(self, specs: list[LaunchSpec]) -> list:
+        """Check, before anything is made, that these servers fit (quota, memory);
+        what was checked, or QuotaExceeded."""
+        raise self.unsupported("preflight")
+
+    def release_orphans(self, names: list[str]) -> list[Removed]:
+        """What servers of these names deleted by hand left behind, removed."""
+        raise self.unsupported("release_orphans")
+
+    def remembering(self) -> contextlib.AbstractContextManager:
+        """Within it, lookups shared by many launches are made once. A target without
+        such lookups keeps nothing: the default is a context that does nothing, so
+        callers may always use it."""
+        return contextlib.nullcontext(self)
+
+    # -- planned (no target does them yet) ------------------------------------------
+
+    def stop(self, server: Server) -> Server:
+        raise self.unsupported("stop")
+
+    def start(self, server: Server) -> Server:
+        raise self.unsupported("start")
+
+    def shelve(self, server: Server) -> Server:
+        raise self.unsupported("shelve")
+
+    def unshelve(self, server: Server) -> Server:
+        raise self.unsupported("unshelve")
+
+    def resize(self, server: Server, flavor: str) -> Server:
+        raise self.unsupported("resize")
+
+    def attach_volume(self, server: Server, volume: str) -> None:
+        raise self.unsupported("attach_volume")
+
+    def detach_volume(self, server: Server, volume: str) -> None:
+        raise self.unsupported("detach_volume")
+
+    def logs(self, server: Server, lines: int | None = None) -> str:
+        """The guest's build and service logs (not the console)."""
+        raise self.unsupported("logs")
+
+    def ssh_target(self, server: Server) -> SshTarget:
+        raise self.unsupported("ssh_target")
+
+
+# -- finding one by name or id ------------------------------------------------------------
 
 def candidates(names) -> str:
     """Names for an error hint: sorted, unique, or "(none visible)"."""
@@ -142,20 +258,58 @@ def candidates(names) -> str:
     return ", ".join(names) if names else "(none visible)"
 
 
-def find_owned(servers: list[Server], name_or_id: str) -> Server:
-    """The one server of `servers` with this name or id, or a BadRequest naming the others."""
-    hits = [s for s in servers if name_or_id in (s.id, s.name)]
+def find_one(records, wanted: str, *, several: Callable[[list], Exception],
+             missing: Callable[[], Exception]):
+    """The one record whose id or name is wanted. Else the error several(hits) when
+    more than one has that name, or missing() (which lists the candidates) when none has."""
+    hits = [r for r in records if wanted in (r.id, r.name)]
     if len(hits) == 1:
         return hits[0]
-    if len(hits) > 1:
-        raise errors.BadRequest(
+    raise several(hits) if hits else missing()
+
+
+def ambiguous(kind: str, wanted: str, option: str, id_of: str | None = None) -> errors.ConfigError:
+    """More than one cloud object (image, flavor, network, keypair) has this name."""
+    return errors.ConfigError(f"more than one {kind} is named {wanted!r}",
+                              f"pass the {id_of or kind}'s id to {option} instead")
+
+
+def not_found(kind: str, wanted: str, option: str, names) -> errors.ConfigError:
+    """No cloud object has this name or id; names are the candidates."""
+    return errors.ConfigError(f"{kind} {wanted!r} not found",
+                              f"choose one with {option}: {candidates(names)}")
+
+
+def find_object(records, wanted: str, kind: str, option: str, *,
+                names: Callable[[], list] | None = None, id_of: str | None = None):
+    """The image, flavor, network or keypair named or numbered wanted among records,
+    else ConfigError; the hint lists names() (default: the records' names)."""
+    return find_one(
+        records, wanted,
+        several=lambda hits: ambiguous(kind, wanted, option, id_of),
+        missing=lambda: not_found(kind, wanted, option,
+                                  names() if names else [r.name for r in records]))
+
+
+def find_owned(servers: list[Server], name_or_id: str) -> Server:
+    """The one server of `servers` with this name or id, or a BadRequest naming the others."""
+    return find_one(
+        servers, name_or_id,
+        several=lambda hits: errors.BadRequest(
             f"more than one vmbinder server is named {name_or_id!r}",
-            "use its id: " + ", ".join(s.id for s in hits),
-        )
-    raise errors.BadRequest(
-        f"no vmbinder server named {name_or_id!r}",
-        f"vmbinder servers here: {candidates(s.name for s in servers)} (see vmbinder list)",
-    )
+            "use its id: " + ", ".join(s.id for s in hits)),
+        missing=lambda: errors.BadRequest(
+            f"no vmbinder server named {name_or_id!r}",
+            f"vmbinder servers here: {candidates(s.name for s in servers)} (see vmbinder list)"))
+
+
+def server_metadata(spec: LaunchSpec, user_id: str | None,
+                    limits: MetadataLimits) -> dict[str, str]:
+    """The vmbinder:* metadata of a server: its owner and what it records about its
+    launch; BadRequest when a value is longer than the target can record."""
+    values = {k: v for k, v in {"owner": user_id, **recorded(spec, limits)}.items() if v}
+    check_recorded(values, limits)
+    return {META + k: v for k, v in values.items()}
 
 
 def redact_token(text: str, server: Server) -> str:

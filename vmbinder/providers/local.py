@@ -62,12 +62,14 @@ from vmbinder.providers.base import (
     UNKNOWN,
     Created,
     Ledger,
+    Provider,
     Removed,
     Resolved,
     Server,
     Snapshot,
     find_owned,
     redact_token,
+    server_metadata,
 )
 from vmbinder.providers.local_image import (
     cloud_image,
@@ -101,8 +103,8 @@ from vmbinder.providers.local_qemu import (
     state_root,
     stop,
 )
-from vmbinder.providers.openstack_common import keypair_name, server_metadata
-from vmbinder.spec import NAME_RE, LaunchSpec
+from vmbinder.providers.openstack_common import keypair_name
+from vmbinder.spec import NAME_RE, LaunchSpec, MetadataLimits, TargetDefaults
 
 Runner = Callable[..., subprocess.CompletedProcess]
 _PORTS_LOCK = threading.Lock()
@@ -110,8 +112,14 @@ _PORTS_LOCK = threading.Lock()
 PORT_ATTEMPTS = 3
 
 
-class LocalProvider:
+class LocalProvider(Provider):
     kind = "local"
+    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "preflight"})
+    #: Reached on this machine's loopback: no public DNS name, so no Let's Encrypt.
+    target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False)
+    #: server.json has no limit of its own; a cloud's (Nova's 255) keeps a launch that
+    #: works here working there.
+    metadata_limits = MetadataLimits(value_max=255)
 
     def __init__(
         self,
@@ -153,7 +161,8 @@ class LocalProvider:
                     "leave it out (pass your key with --public-key)" if option == "--key-name"
                     else "leave it out: the local server uses qemu's user-mode network",
                 )
-        server_metadata(spec, None)  # refuses values too long to record, before anything is made
+        # refuses values too long to record, before anything is made
+        server_metadata(spec, None, self.metadata_limits)
         flavor = parse_flavor(choice.flavor)
         image = resolve_image(choice.image, self.images)
         missing = [tool for tool in (QEMU, QEMU_IMG) if self.which(tool) is None]
@@ -167,9 +176,9 @@ class LocalProvider:
                 "state folder", str(folder), spec.name, lambda: _remove_folder(folder),
                 f"rm -rf {shlex.quote(str(folder))}",
             ))
-            metadata = server_metadata(spec, _user())
+            metadata = server_metadata(spec, _user(), self.metadata_limits)
             metadata.update({META + key: str(port) for key, port in ports.items()})
-            self._write(folder, {
+            self.write_state(folder, {
                 "id": str(uuid.uuid4()), "name": spec.name, "created": _now(),
                 "metadata": metadata, "ports": ports,
                 "image": {"name": image.name, "path": str(image.path),
@@ -209,7 +218,7 @@ class LocalProvider:
 
     def create(self, spec: LaunchSpec, resolved: Resolved, user_data: str, ledger: Ledger) -> Server:
         folder = self.folder(spec.name)
-        doc = self._read(folder)
+        doc = self.read_state(folder)
         kind = doc["image"].get("kind")
         path = Path(doc["image"]["path"])
         image = load_image(path) if kind == "folder" else cloud_image(path)
@@ -217,28 +226,28 @@ class LocalProvider:
         if spec.cloud.public_key:
             meta_data["public-keys"] = [spec.cloud.public_key.strip()]
         write_seed(folder / SEED, user_data, yaml.safe_dump(meta_data, sort_keys=False))
-        self._run(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
+        self.run_tool(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
 
         flavor = parse_flavor(doc["flavor"])
-        pid = self._start(folder, doc, lambda ports: qemu_argv(
+        pid = self.start_qemu(folder, doc, lambda ports: qemu_argv(
             name=spec.name, image=image, state=folder, ports=ports, flavor=flavor,
             accel=doc["accel"]), f"starting qemu for {spec.name}")
         ledger.add(Created(
             "qemu process", str(pid), spec.name,
             lambda: stop(pid, folder, proc=self.proc, sleep=self.sleep), f"kill {pid}",
         ))
-        return self._record(folder, doc)
+        return self.record(folder, doc)
 
-    def _start(self, folder: Path, doc: dict, argv_for: Callable[[dict], list[str]],
+    def start_qemu(self, folder: Path, doc: dict, argv_for: Callable[[dict], list[str]],
                what: str) -> int:
         """Start qemu with argv_for(ports), recording the command line and the pid in
         server.json; returns the pid. A forwarded port that another program took
         since it was chosen is chosen again (the ports are not in the user-data)."""
         for attempt in range(1, PORT_ATTEMPTS + 1):
             doc["argv"] = argv_for(doc["ports"])
-            self._write(folder, doc)
+            self.write_state(folder, doc)
             try:
-                self._run(doc["argv"], folder, what)
+                self.run_tool(doc["argv"], folder, what)
                 break
             except errors.CloudError as exc:
                 if attempt == PORT_ATTEMPTS or not port_taken(exc.message):
@@ -250,14 +259,15 @@ class LocalProvider:
         if pid is None:
             raise errors.CloudError(f"{what}: qemu started but wrote no {PIDFILE}")
         doc["pid"] = pid
-        self._write(folder, doc)
+        self.write_state(folder, doc)
         # qemu sets its own umask (027) when it daemonizes: keep the files private
         for made in (CONSOLE, QMP_SOCKET, PIDFILE):
             if (folder / made).exists():
                 os.chmod(folder / made, 0o600)
         return pid
 
-    def _run(self, argv: list[str], folder: Path, what: str, timeout: float = 120) -> None:
+    def run_tool(self, argv: list[str], folder: Path, what: str, timeout: float = 120) -> None:
+        """Run qemu or qemu-img in the server's folder; CloudError saying what failed."""
         try:
             done = self.run(argv, cwd=folder, capture_output=True, text=True, timeout=timeout,
                             umask=0o077, stdin=subprocess.DEVNULL)
@@ -277,25 +287,25 @@ class LocalProvider:
         waited = 0.0
         settle = min(self.settle, timeout)
         while True:
-            doc = self._read(folder)
+            doc = self.read_state(folder)
             if not is_our_qemu(doc.get("pid"), folder, self.proc):
-                tail = self.console_log(self._record(folder, doc), lines=20)
+                tail = self.console_log(self.record(folder, doc), lines=20)
                 raise errors.CloudError(
                     f"qemu for {server.name} exited while starting",
                     "last console lines:\n" + (tail or "(the console is empty)"),
                     details={"server_id": server.id},
                 )
             if waited >= settle:
-                return self._record(folder, doc)
+                return self.record(folder, doc)
             self.sleep(0.25)
             waited += 0.25
 
     def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
         folder = self.folder(server.name)
-        doc = self._read(folder)
+        doc = self.read_state(folder)
         doc["metadata"] = {**(doc.get("metadata") or {}), **{META + k: v for k, v in values.items()}}
-        self._write(folder, doc)
-        return self._record(folder, doc)
+        self.write_state(folder, doc)
+        return self.record(folder, doc)
 
     def reboot(self, server: Server) -> None:
         """Reset the guest (a power cycle; the disk and the forwarded ports stay)."""
@@ -307,7 +317,7 @@ class LocalProvider:
         docs = []
         for folder in self._folders():
             try:
-                docs.append(self._read(folder))
+                docs.append(self.read_state(folder))
             except errors.VmbinderError:
                 continue
         return docs
@@ -318,7 +328,11 @@ class LocalProvider:
         except FileNotFoundError:
             return []
 
-    def _read(self, folder: Path) -> dict:
+    # The server's state (server.json), for this module and local_snapshot:
+    # read_state, write_state, record (the Server it describes), start_qemu, run_tool.
+
+    def read_state(self, folder: Path) -> dict:
+        """The server.json of a server's folder; CloudError when it cannot be read."""
         try:
             doc = json.loads((folder / SERVER_JSON).read_text())
             if not isinstance(doc, dict) or doc.get("name") != folder.name:
@@ -327,7 +341,8 @@ class LocalProvider:
         except (OSError, ValueError) as exc:
             raise errors.CloudError(f"cannot read {folder / SERVER_JSON}: {exc}") from exc
 
-    def _write(self, folder: Path, doc: dict) -> None:
+    def write_state(self, folder: Path, doc: dict) -> None:
+        """Replace the server.json of a server's folder at once (readable by its user only)."""
         tmp = folder / f".{SERVER_JSON}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(fd, 0o600)
@@ -336,7 +351,8 @@ class LocalProvider:
             f.write("\n")
         os.replace(tmp, folder / SERVER_JSON)
 
-    def _record(self, folder: Path, doc: dict) -> Server:
+    def record(self, folder: Path, doc: dict) -> Server:
+        """The Server a server.json describes, its state read from its qemu process."""
         pid = doc.get("pid")
         fault = None
         if is_our_qemu(pid, folder, self.proc):
@@ -363,7 +379,7 @@ class LocalProvider:
         servers = []
         for folder in self._folders():
             try:
-                servers.append(self._record(folder, self._read(folder)))
+                servers.append(self.record(folder, self.read_state(folder)))
             except errors.VmbinderError as exc:
                 servers.append(self._broken(folder, exc))
         return servers
@@ -404,7 +420,7 @@ class LocalProvider:
         folder = self.folder(server.name)
         removed = []
         try:
-            pid = self._read(folder).get("pid")
+            pid = self.read_state(folder).get("pid")
         except errors.VmbinderError:
             pid = read_pid(folder)
         if stop(pid, folder, proc=self.proc, sleep=self.sleep):

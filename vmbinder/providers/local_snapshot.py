@@ -66,7 +66,7 @@ def take(provider, server: Server, name: str, properties: dict[str, str],
          ledger: Ledger) -> Snapshot:
     """Shut the server down, flatten its disk into <images>/<name>, start it again."""
     folder = provider.folder(server.name)
-    doc = provider._read(folder)
+    doc = provider.read_state(folder)
     if not doc.get("pid") or not doc.get("argv"):
         raise errors.BadRequest(f"{server.name} has not started: there is no disk to snapshot",
                                 f"wait until it runs: vmbinder status {server.name}")
@@ -156,7 +156,7 @@ def _write(provider, server_name: str, image_doc: dict, source: Path | None, tar
     for key in ("kernel", "initrd"):
         if source is not None and image_doc.get(key):
             _link_or_copy(source / image_doc[key], target / image_doc[key])
-    provider._run([QEMU_IMG, "convert", "-O", "qcow2", str(folder / OVERLAY), str(target / DISK)],
+    provider.run_tool([QEMU_IMG, "convert", "-O", "qcow2", str(folder / OVERLAY), str(target / DISK)],
                   folder, f"writing the snapshot of {server_name}", timeout=CONVERT_TIMEOUT)
     doc = {**image_doc, "name": name, "disk": DISK, "created": _now(),
            "baked": bool(image_doc.get("baked")), "snapshot_of": server_name,
@@ -182,11 +182,11 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def start_again(provider, server_name: str) -> None:
     """The server's qemu, with its recorded command line, running again."""
     folder = provider.folder(server_name)
-    doc = provider._read(folder)  # as it is now: metadata may have changed meanwhile
+    doc = provider.read_state(folder)  # as it is now: metadata may have changed meanwhile
     recorded, ports = list(doc["argv"]), dict(doc["ports"])
-    provider._start(folder, doc, lambda now: with_ports(recorded, ports, now),
+    provider.start_qemu(folder, doc, lambda now: with_ports(recorded, ports, now),
                     f"starting qemu for {server_name} again")
-    provider.wait(provider._record(folder, doc), None, provider.settle, Ledger())
+    provider.wait(provider.record(folder, doc), None, provider.settle, Ledger())
 
 
 def find(images: Path, properties: dict[str, str]) -> list[Snapshot]:

@@ -20,23 +20,28 @@ from vmbinder.providers.base import (
     OWNER_TAG,
     Created,
     Ledger,
+    Provider,
     Removed,
     Resolved,
     Server,
     Snapshot,
+    ambiguous,
     candidates,
+    find_object,
     find_owned,
     redact_token,
 )
 from vmbinder.providers.openstack_common import (
     MIN_DISK_GB,
     MIN_RAM_MB,
+    NOVA_METADATA,
     PREFERRED_IMAGES,
     _sdk,
     bootable,
     cloud_errors,
     connect,
     existing_rules,
+    find_or_none,
     floating_address,
     keypair_name,
     security_group_name,
@@ -44,13 +49,18 @@ from vmbinder.providers.openstack_common import (
     state_of,
     wanted_rules,
 )
-from vmbinder.spec import LaunchSpec
+from vmbinder.spec import LaunchSpec, TargetDefaults
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
-class OpenStackProvider:
+class OpenStackProvider(Provider):
     kind = "openstack"
+    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "preflight",
+                              "release_orphans", "remembering"})
+    #: A floating IP with a public name (<ip>.sslip.io unless --hostname): Let's Encrypt.
+    target_defaults = TargetDefaults()
+    metadata_limits = NOVA_METADATA
     _memo_lock = threading.Lock()
 
     def __init__(self, cloud: str | None = None, *, conn=None, active_timeout: float = 600,
@@ -100,39 +110,25 @@ class OpenStackProvider:
     # -- resolving -----------------------------------------------------------------
 
     def _find(self, kind: str, finder, name_or_id: str, lister, option: str):
+        """One request, the proxy's find_* (by id, else by name), then find_object's errors."""
         sdk = _sdk()
         try:
             with cloud_errors(f"looking up {kind} {name_or_id!r}"):
-                found = finder(name_or_id, ignore_missing=True)
+                found = find_or_none(finder, name_or_id)
         except errors.CloudError as exc:
             if isinstance(exc.__cause__, sdk.exceptions.DuplicateResource):
-                raise errors.ConfigError(
-                    f"more than one {kind} is named {name_or_id!r}",
-                    f"pass the {kind}'s id to {option} instead",
-                ) from exc
+                raise ambiguous(kind, name_or_id, option) from exc
             raise
-        if found is None:
-            with cloud_errors(f"listing {kind}s"):
-                names = [x.name for x in lister()]
-            raise errors.ConfigError(
-                f"{kind} {name_or_id!r} not found",
-                f"choose one with {option}: {candidates(names)}",
-            )
-        return found
+        return self._one(kind, [found] if found is not None else [], name_or_id, option, lister)
 
     def _one(self, kind: str, hits: list, wanted: str, option: str, lister):
         """The single record named or numbered wanted among hits, else ConfigError
         (listing what there is, for the hint)."""
-        hits = [h for h in hits if wanted in (h.id, h.name)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            raise errors.ConfigError(f"more than one {kind} is named {wanted!r}",
-                                     f"pass the {kind}'s id to {option} instead")
-        with cloud_errors(f"listing {kind}s"):
-            names = [x.name for x in lister()]
-        raise errors.ConfigError(f"{kind} {wanted!r} not found",
-                                 f"choose one with {option}: {candidates(names)}")
+        def names():
+            with cloud_errors(f"listing {kind}s"):
+                return [x.name for x in lister()]
+
+        return find_object(hits, wanted, kind, option, names=names)
 
     def _image(self, wanted: str | None):
         conn = self.conn
@@ -140,7 +136,7 @@ class OpenStackProvider:
             # One request: by id when it looks like one, else by name.
             with cloud_errors(f"looking up image {wanted!r}"):
                 if UUID_RE.match(wanted):
-                    found = conn.image.find_image(wanted, ignore_missing=True)
+                    found = find_or_none(conn.image.find_image, wanted)
                     hits = [found] if found is not None else []
                 else:
                     hits = list(conn.image.images(name=wanted))
@@ -185,18 +181,7 @@ class OpenStackProvider:
 
         def pick(wanted, pool, kind, option):
             if wanted:
-                hits = [n for n in pool if wanted in (n.id, n.name)]
-                if len(hits) == 1:
-                    return hits[0]
-                if len(hits) > 1:
-                    raise errors.ConfigError(
-                        f"more than one {kind} is named {wanted!r}",
-                        f"pass the network's id to {option} instead",
-                    )
-                raise errors.ConfigError(
-                    f"{kind} {wanted!r} not found",
-                    f"choose one with {option}: {candidates(n.name for n in pool)}",
-                )
+                return find_object(pool, wanted, kind, option, id_of="network")
             if len(pool) == 1:
                 return pool[0]
             why = "none is visible" if not pool else "there are several"
@@ -221,7 +206,7 @@ class OpenStackProvider:
             return None
         name = keypair_name(choice.public_key)
         with cloud_errors(f"looking up keypair {name}"):
-            if conn.compute.find_keypair(name, ignore_missing=True) is not None:
+            if find_or_none(conn.compute.find_keypair, name) is not None:
                 return name
             with self._in_flight(ledger, "keypair", name,
                                  lambda: conn.compute.delete_keypair(name, ignore_missing=True),
@@ -281,8 +266,8 @@ class OpenStackProvider:
 
     def _sweep_group(self, name: str) -> None:
         conn = self.conn
-        group = conn.network.find_security_group(name, project_id=conn.current_project_id,
-                                                 ignore_missing=True)
+        group = find_or_none(conn.network.find_security_group, name,
+                             project_id=conn.current_project_id)
         if group is not None:
             self._delete_created_group(group.id)
 
@@ -525,8 +510,8 @@ class OpenStackProvider:
             for name in groups:
                 if not name.startswith(OWNER_TAG):
                     continue
-                group = conn.network.find_security_group(
-                    name, project_id=conn.current_project_id, ignore_missing=True)
+                group = find_or_none(conn.network.find_security_group, name,
+                                     project_id=conn.current_project_id)
                 if group is not None and self._delete_group_if_unused(group.id):
                     removed.append(Removed("security group", group.id, name))
         return removed

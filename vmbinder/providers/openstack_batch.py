@@ -11,6 +11,7 @@ from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
 from vmbinder.providers.openstack_common import (
     cloud_errors,
     existing_rules,
+    find_or_none,
     security_group_name,
     wanted_rules,
 )
@@ -56,8 +57,8 @@ def _network_needs(conn, count: int, cidrs: list[str]) -> list[Need]:
         quota = conn.network.get_quota(conn.current_project_id, details=True)
         groups, rules = 0, 0
         for cidr in sorted(set(cidrs)):
-            group = conn.network.find_security_group(
-                security_group_name(cidr), project_id=conn.current_project_id, ignore_missing=True)
+            group = find_or_none(conn.network.find_security_group, security_group_name(cidr),
+                                 project_id=conn.current_project_id)
             have = existing_rules(group.security_group_rules or []) if group else set()
             groups += group is None
             # A new group also gets Neutron's two default egress rules.
@@ -144,7 +145,7 @@ def snapshots(conn, properties: dict[str, str]) -> list[Snapshot]:
 
 def delete_snapshot(conn, snap: Snapshot) -> list[Removed]:
     with cloud_errors(f"deleting snapshot {snap.name}"):
-        image = conn.image.find_image(snap.id, ignore_missing=True)
+        image = find_or_none(conn.image.find_image, snap.id)
         if image is None:
             return []
         if not (image.properties or {}).get(SNAPSHOT_OF):

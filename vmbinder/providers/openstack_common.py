@@ -19,10 +19,12 @@ from vmbinder.providers.base import (
     STOPPED,
     UNKNOWN,
 )
-from vmbinder.spec import LaunchSpec
+from vmbinder.providers.base import server_metadata as base_server_metadata
+from vmbinder.spec import LaunchSpec, MetadataLimits
 
-#: Metadata values longer than this are refused by Nova.
+#: Metadata values longer than this are refused by Nova (keys too, but vmbinder's are short).
 META_VALUE_MAX = 255
+NOVA_METADATA = MetadataLimits(value_max=META_VALUE_MAX)
 #: Image names tried, in order, when --image is not given.
 PREFERRED_IMAGES = (
     r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
@@ -125,6 +127,16 @@ def cloud_errors(what: str) -> Iterator[None]:
         raise errors.CloudError(f"{what} failed: {exc}") from exc
     except sdk.exceptions.SDKException as exc:
         raise errors.CloudError(f"{what} failed: {exc}") from exc
+
+
+def find_or_none(finder, name_or_id: str, **query):
+    """finder(name_or_id, **query) (a proxy's find_*), or None when nothing matches.
+    openstacksdk 6 makes ignore_missing=False the default of every find_*, and 4.x
+    warns about True: ask for the exception and catch it."""
+    try:
+        return finder(name_or_id, ignore_missing=False, **query)
+    except _sdk().exceptions.NotFoundException:
+        return None
 
 
 def _retrying_session(**kwargs):
@@ -261,29 +273,5 @@ def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
 
 
 def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:
-    src = spec.source
-    # A pasted badge can be long or span lines: then record what it resolved to.
-    given = src.given if len(src.given) <= META_VALUE_MAX and src.given.isprintable() else src.repo
-    values = {
-        "owner": user_id,
-        "version": spec.vmbinder_version,
-        "repo2docker": spec.repo2docker_version,
-        "source": given,
-        "repo": src.repo,
-        "ref": src.ref,
-        "subdir": src.subdir,
-        "open": src.open,
-        "hostname": spec.hostname,
-        "tls": spec.tls,
-        "token": spec.token,
-        **dict(spec.labels),
-    }
-    meta = {META + k: v for k, v in values.items() if v}
-    too_long = [k for k, v in meta.items() if len(v) > META_VALUE_MAX]
-    if too_long:
-        raise errors.BadRequest(
-            f"{', '.join(k[len(META):] for k in too_long)} is longer than the "
-            f"{META_VALUE_MAX} characters a server can record",
-            "shorten the value",
-        )
-    return meta
+    """A Nova server's vmbinder:* metadata (see base.server_metadata)."""
+    return base_server_metadata(spec, user_id, NOVA_METADATA)
