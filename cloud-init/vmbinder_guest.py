@@ -269,7 +269,8 @@ def ensure_docker(doc):
     if distro == "debian" and version == "12":
         # Debian 12 has no buildx: take Debian 13's, pinned low so nothing else moves.
         write(where(doc, "trixie_pin"), doc["guest"]["trixie_pin"])
-        write(where(doc, "trixie_sources"), trixie_sources(read_text("/etc/apt/sources.list.d/debian.sources")))
+        bookworm = read_text("/etc/apt/sources.list.d/debian.sources")
+        write(where(doc, "trixie_sources"), trixie_sources(bookworm))
         apt_install(doc, "docker.io", "apparmor", "xz-utils", "git")
         apt_install(doc, "docker-buildx", target="trixie")
     else:

@@ -5,7 +5,12 @@ whole script in a scratch root."""
 from __future__ import annotations
 
 import importlib
+import json
+import threading
+import urllib.error
+import urllib.request
 from dataclasses import replace
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -69,14 +74,15 @@ def test_the_image_is_named_after_what_is_built_not_after_the_server():
                                      hostname="seat2.example.org")) == one
     assert guest.image_name(document(ref="v2.0")) != one
     assert guest.image_name(document(ref="v1.0", subdir="binder")) != one
-    older = launchdoc.document(replace(make_spec(Source("https://github.com/o/r", "git", ref="v1.0"),
-                                                 name="demo"), repo2docker_version="2025.1.0"))
+    same = make_spec(Source("https://github.com/o/r", "git", ref="v1.0"), name="demo")
+    older = launchdoc.document(replace(same, repo2docker_version="2025.1.0"))
     assert guest.image_name(older) != one
 
 
 def test_trixie_sources_keep_the_bookworm_mirror():
-    bookworm = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
-                "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    bookworm = ("Types: deb\nURIs: http://mirror.example/debian\n"
+                "Suites: bookworm bookworm-updates\nComponents: main\n"
+                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
     assert guest.trixie_sources(bookworm) == (
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n")
 
@@ -133,3 +139,28 @@ def test_base_images_are_imported_with_every_change():
     assert guest.docker_import_argv("/d/b.tar.gz", sidecar) == [
         "docker", "import", "--change", "USER 1000", "--change", "ENV A=b c", "/d/b.tar.gz",
         "vmbinder/base:bookworm"]
+
+
+def test_the_status_page_reads_the_state_where_the_document_says(monkeypatch, tmp_path):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    doc = document()
+    guest.write_state(doc, phase="build", status="started", started=0)
+    assert (tmp_path / doc["guest"]["paths"]["state"].lstrip("/")).is_file()
+    monkeypatch.setattr(guest.StatusHandler, "doc", doc)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/vmbinder"
+    try:
+        with urllib.request.urlopen(f"{base}/status.json?token={doc['token']}", timeout=10) as resp:
+            got = json.load(resp)
+        assert (got["phase"], got["status"], got["ready"]) == ("build", "started", None)
+        for url, code in ((f"{base}/status.json?token=wrong", 403), (f"{base}/page", 503)):
+            try:
+                urllib.request.urlopen(url, timeout=10)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == code
+            else:
+                raise AssertionError(f"{url} answered 200")
+    finally:
+        server.shutdown()
+        server.server_close()
