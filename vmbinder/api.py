@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vmbinder import cloudinit, errors, interfaces, readiness
+from vmbinder import cloudinit, errors, interfaces, launchdoc, readiness
 from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
 from vmbinder.spec import LaunchSpec
 
@@ -52,7 +52,7 @@ class Launched:
 def dry_run(spec: LaunchSpec) -> dict:
     """Everything a launch would send, created nowhere."""
     user_data = cloudinit.render(spec)
-    doc = cloudinit.launch_document(spec)
+    doc = launchdoc.request(spec)
     del doc["token"], doc["public_ip"]  # made at launch time
     return {
         **doc,

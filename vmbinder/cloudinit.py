@@ -1,4 +1,6 @@
-"""Find and render the cloud-init templates, then check the result."""
+"""Find and render the cloud-init templates, then check the result.
+
+The launch document they carry is made by launchdoc.py."""
 
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ from importlib import resources
 import jinja2
 import yaml
 
+from vmbinder import guestcontract, launchdoc
 from vmbinder.errors import BadRequest
 from vmbinder.spec import LaunchSpec
 
 #: Nova refuses user_data longer than this once base64-encoded.
 NOVA_USER_DATA_LIMIT = 65535
 TEMPLATE = "user-data.yaml.j2"
-GUEST_SCRIPT = "vmbinder-guest.py"
+#: The guest script in the package; cloud-init writes it to guestcontract.GUEST_SCRIPT_PATH.
+GUEST_SCRIPT = "vmbinder_guest.py"
 
 
 def _templates():
@@ -34,29 +38,6 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def launch_document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
-    """Everything the guest needs to know, as data: the guest reads it with a
-    JSON parser, so no user value is ever pasted into a shell command."""
-    src = spec.source
-    return {
-        "name": spec.name,
-        "kind": src.kind,
-        "repo": src.repo,
-        "ref": src.ref,
-        "subdir": src.subdir,
-        "open": src.open,
-        "token": spec.token,
-        "hostname": spec.hostname,
-        "public_ip": public_ip,
-        "tls": spec.tls,
-        "repo2docker_version": spec.repo2docker_version,
-        "vmbinder_version": spec.vmbinder_version,
-        "ca_certs": list(spec.guest_network.ca_certs),
-        "apt_mirror": spec.guest_network.apt_mirror,
-        "pip_index_url": spec.guest_network.pip_index_url,
-    }
-
-
 def _gz_b64(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
@@ -65,7 +46,9 @@ def render(spec: LaunchSpec, public_ip: str | None = None) -> str:
     guest = _templates().joinpath(GUEST_SCRIPT).read_text()
     text = _environment().get_template(TEMPLATE).render(
         vmbinder_version=spec.vmbinder_version,
-        launch_json=json.dumps(launch_document(spec, public_ip), indent=2, sort_keys=True),
+        launch_path=guestcontract.LAUNCH_PATH,
+        launch_json=json.dumps(launchdoc.document(spec, public_ip), indent=2, sort_keys=True),
+        guest_script_path=guestcontract.GUEST_SCRIPT_PATH,
         guest_script_gz_b64=_gz_b64(guest),
     )
     check(text)

@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmbinder import errors
+from vmbinder.guestcontract import (BASE_IMAGES_DIR, REPO2DOCKER_VENV, REPO2DOCKER_VERSION,
+                                    TRIXIE_PIN, docker_import_argv)
 from vmbinder.providers.local_image import images_dir
 
 #: Debian packages the build runs on the host.
@@ -52,10 +54,9 @@ GUEST_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "cloud-init",
 BAKED_PACKAGES = ("docker.io", "apparmor", "xz-utils", "caddy", "git")
 #: Debian 12 has no buildx; Debian 13's static binary works with docker 20.10.
 BAKED_FROM_TRIXIE = ("docker-buildx",)
-REPO2DOCKER_VERSION = "2026.4.0"
-REPO2DOCKER_VENV = "/opt/vmbinder/repo2docker"
-#: Where the guest script looks for container base images to `docker import`.
-BASE_IMAGES_DIR = "/var/lib/vmbinder/base-images"
+# REPO2DOCKER_VERSION, REPO2DOCKER_VENV, BASE_IMAGES_DIR (where the guest looks for
+# container base images to `docker import`), TRIXIE_PIN and docker_import_argv are
+# guestcontract.py's, shared with the guest script.
 BASE_VENV = "/srv/venv"
 BASE_PIP_PACKAGES = ("jupyterlab", "notebook", "jupyter-server")
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
@@ -66,7 +67,6 @@ HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 HOST_APT = Path("/etc/apt")
 CHROOT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C", "LANG": "C",
               "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-TRIXIE_PIN = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
 
 #: The image's own cloud-init settings (from guest/rootfs).
 CLOUD_CFG = "/etc/cloud/cloud.cfg.d/90_vmbinder.cfg"
@@ -522,14 +522,6 @@ def build_base_container(output_tar: Path, *, ca_files: list[Path], log: Log,
     if not keep_rootfs:
         shutil.rmtree(work)
     return doc
-
-
-def docker_import_argv(tarball: str, doc: dict) -> list[str]:
-    """`docker import` with every recorded --change, for the guest or a host with docker."""
-    argv = ["docker", "import"]
-    for change in doc["changes"]:
-        argv += ["--change", change]
-    return [*argv, tarball, doc["name"]]
 
 
 def _invoking_user(env=os.environ) -> tuple[int, int, str] | None:

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
+from vmbinder.guestcontract import INTERFACE_PATHS
+
 #: Wildcard DNS service used to derive a host name from a floating IP.
 WILDCARD_DNS = "sslip.io"
 
@@ -22,26 +24,26 @@ class Interface:
 
 
 INTERFACES: tuple[Interface, ...] = (
-    Interface("tree", "Jupyter", "tree", True, ""),
-    Interface("lab", "JupyterLab", "lab", True, ""),
+    Interface("tree", "Jupyter", INTERFACE_PATHS["tree"], True, ""),
+    Interface("lab", "JupyterLab", INTERFACE_PATHS["lab"], True, ""),
     Interface(
         "rstudio",
         "RStudio",
-        "rstudio/",
+        INTERFACE_PATHS["rstudio"],
         False,
         "served only when repo2docker detects R (runtime.txt r-..., DESCRIPTION or conda r-base)",
     ),
     Interface(
         "shiny",
         "Shiny",
-        "shiny/",
+        INTERFACE_PATHS["shiny"],
         False,
         "served only when repo2docker detects R, like RStudio",
     ),
     Interface(
         "nteract",
         "nteract",
-        "nteract",
+        INTERFACE_PATHS["nteract"],
         False,
         "repo2docker removed nteract in 2023.06; it is served only if the repository installs it",
     ),

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmbinder.errors import BuildFailed, ReadinessTimeout
+from vmbinder.guestcontract import LAYOUT, PHASE_PREFIX
 
-PHASE_PREFIX = "VMBINDER-PHASE "
 Probe = Callable[[], "tuple[bool, str]"]
 
 
@@ -50,7 +50,7 @@ def console_probe(read_console: Callable[[], str]) -> Probe:
             tail = "\n".join(console.splitlines()[-20:])
             raise BuildFailed(
                 f"the guest step {doc['phase']!r} failed ({doc.get('error', 'see the log')})",
-                "see /var/log/vmbinder/ on the server; last console lines:\n" + tail,
+                f"see {LAYOUT['log_dir']}/ on the server; last console lines:\n" + tail,
             )
         return doc.get("phase") == "ready", f"{doc['phase']} {doc.get('status', '')}".strip()
 

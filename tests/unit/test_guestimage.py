@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vmbinder import errors
+from vmbinder import errors, launchdoc
 from vmbinder import guestimage as gi
 from vmbinder.commands import image as image_commands
 
@@ -376,6 +376,5 @@ def test_base_images_are_put_where_the_guest_imports_them(host, tmp_path):
     assert (folder / tar.name).read_bytes() == b"tarball"
     assert json.loads((folder / f"{tar.name}.json").read_text())["name"] == "vmbinder/base:bookworm"
     assert info.contents["base-images"] == ["vmbinder/base:bookworm"]
-    # the guest script looks in the same place
-    guest = (Path(gi.__file__).parents[1] / "cloud-init/vmbinder-guest.py").read_text()
-    assert f'BASE_IMAGES = "{gi.BASE_IMAGES_DIR}"' in guest
+    # the guest script looks in the same place: the launch document names it
+    assert launchdoc.guest()["paths"]["base_images"] == gi.BASE_IMAGES_DIR

@@ -4,15 +4,20 @@
     vmbinder-guest.py run            every step, in order (cloud-init runs this)
     vmbinder-guest.py serve-status   the status page and JSON, behind Caddy
 
-Reads /etc/vmbinder/launch.json (written by cloud-init, mode 0600), logs fully
-to /var/log/vmbinder/, and writes one machine-readable phase line per step to
-the console. Every external command is run from an argument list: no value of
-the launch document is ever interpreted by a shell. Running it again, or
-rebooting, ends in the same state: each step checks before it acts, and the
-services it installs are enabled in systemd.
+Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
+fully to the log folder the document names, and writes one machine-readable
+phase line per step to the console. Every external command is run from an
+argument list: no value of the launch document is ever interpreted by a shell.
+Running it again, or rebooting, ends in the same state: each step checks before
+it acts, and the services it installs are enabled in systemd.
+
+Everything it must agree on with vmbinder (paths, the phase prefix, interface
+paths, the site name, the image name, pins) comes from the launch document,
+made by vmbinder/launchdoc.py from vmbinder/guestcontract.py. It runs with the
+server's python3 (3.11 on Debian 12) and the standard library only; importing
+it does nothing, so tests import it (tests/unit/test_guest_contract.py).
 """
 
-import hashlib
 import html
 import json
 import os
@@ -34,54 +39,51 @@ def at(path):
     return os.path.join(ROOT, path.lstrip("/"))
 
 
+#: The one path known before the launch document is read: it is that document.
+#: Its twin is LAUNCH_PATH in vmbinder/guestcontract.py.
 LAUNCH = "/etc/vmbinder/launch.json"
-LOG_DIR = "/var/log/vmbinder"
-STATE = "/var/lib/vmbinder/status.json"
-VENV = "/opt/vmbinder/repo2docker"
-R2D_CONFIG = "/etc/vmbinder/repo2docker_config.py"
-ENV_FILE = "/etc/vmbinder/jupyter.env"
-WORK_DIR = "/srv/vmbinder/work"
-CADDYFILE = "/etc/caddy/Caddyfile"
-UNIT_DIR = "/etc/systemd/system"
-JUPYTER = os.environ.get("VMBINDER_GUEST_JUPYTER", "127.0.0.1:8888")
-STATUS = "127.0.0.1:8081"
-PHASE_PREFIX = "VMBINDER-PHASE "
-#: Which repo2docker content providers a source kind needs. Only those are
-#: enabled: the Dataverse provider downloads a list from the internet before it
-#: matches anything, which fails on restricted networks.
-PROVIDERS = {
-    "git": ["Git"], "gist": ["Git"], "zenodo": ["Zenodo"], "figshare": ["Figshare"],
-    "dataverse": ["Dataverse"], "hydroshare": ["Hydroshare"], "swh": ["Swhid"],
-    "ckan": ["CKAN"], "doi": ["Zenodo", "Figshare", "Hydroshare", "Dataverse"],
-}
-#: Paths probed after the build, and the interface each one proves.
-INTERFACES = {"tree": "tree", "lab": "lab", "rstudio": "rstudio/", "shiny": "shiny/",
-              "nteract": "nteract"}
+
+
+def load(path=LAUNCH):
+    with open(at(path)) as fh:
+        return json.load(fh)
+
+
+def where(doc, key):
+    """A path on the server, by its name in guestcontract.LAYOUT."""
+    return doc["guest"]["paths"][key]
+
+
+def jupyter_address(doc):
+    """Where the container's Jupyter listens (tests point it at a stand-in)."""
+    return os.environ.get("VMBINDER_GUEST_JUPYTER") or doc["guest"]["jupyter"]
 
 
 # -- reporting ---------------------------------------------------------------------
 
-def log(message):
-    os.makedirs(at(LOG_DIR), exist_ok=True)
-    with open(at(LOG_DIR + "/guest.log"), "a") as fh:
+def log(doc, message):
+    folder = at(where(doc, "log_dir"))
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "guest.log"), "a") as fh:
         fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {message}\n")
 
 
-def read_state():
+def read_state(doc):
     try:
-        with open(at(STATE)) as fh:
+        with open(at(where(doc, "state"))) as fh:
             return json.load(fh)
     except (OSError, ValueError):
         return {}
 
 
-def write_state(**changes):
-    state = {**read_state(), **changes, "updated": time.time()}
-    os.makedirs(os.path.dirname(at(STATE)), exist_ok=True)
-    tmp = at(STATE) + ".tmp"
+def write_state(doc, **changes):
+    state = {**read_state(doc), **changes, "updated": time.time()}
+    target = at(where(doc, "state"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = target + ".tmp"
     with open(tmp, "w") as fh:
         json.dump(state, fh)
-    os.replace(tmp, at(STATE))
+    os.replace(tmp, target)
     return state
 
 
@@ -95,21 +97,30 @@ def console(line):
             continue
 
 
-def phase(name, status, **extra):
+def phase_line(doc, report):
+    """The console line vmbinder's readiness.last_phase parses."""
+    return doc["guest"]["phase_prefix"] + json.dumps(report, sort_keys=True)
+
+
+def phase(doc, name, status, **extra):
     """One JSON line per step on the console and in the state file."""
-    doc = {"phase": name, "status": status, **extra}
-    state = write_state(**doc)
-    doc["elapsed"] = round(time.time() - state.setdefault("started", time.time()))
-    line = PHASE_PREFIX + json.dumps(doc, sort_keys=True)
-    log(line)
+    report = {"phase": name, "status": status, **extra}
+    state = write_state(doc, **report)
+    report["elapsed"] = round(time.time() - state.setdefault("started", time.time()))
+    line = phase_line(doc, report)
+    log(doc, line)
     console(line)
 
 
-def run(argv, **kwargs):
+def commands_log(doc):
+    return at(where(doc, "log_dir") + "/commands.log")
+
+
+def run(doc, argv, **kwargs):
     """Run a command, its output appended to the commands log; raise on failure."""
-    log("run: " + " ".join(argv[:4]) + (" ..." if len(argv) > 4 else ""))
-    os.makedirs(at(LOG_DIR), exist_ok=True)
-    with open(at(LOG_DIR + "/commands.log"), "a") as out:
+    log(doc, "run: " + " ".join(argv[:4]) + (" ..." if len(argv) > 4 else ""))
+    os.makedirs(at(where(doc, "log_dir")), exist_ok=True)
+    with open(commands_log(doc), "a") as out:
         subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=True, **kwargs)
 
 
@@ -152,13 +163,13 @@ def os_release():
     return info.get("ID", ""), info.get("VERSION_ID", ""), info.get("VERSION_CODENAME", "")
 
 
-def apt_install(*packages, target=None):
+def apt_install(doc, *packages, target=None):
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(["apt-get", "update"], env=env)
+    run(doc, ["apt-get", "update"], env=env)
     argv = ["apt-get", "install", "-y", "--no-install-recommends"]
     if target:
         argv += ["-t", target]
-    run(argv + list(packages), env=env)
+    run(doc, argv + list(packages), env=env)
 
 
 def ensure_trust(doc):
@@ -167,7 +178,7 @@ def ensure_trust(doc):
     for i, pem in enumerate(doc.get("ca_certs") or []):
         changed |= write(f"/usr/local/share/ca-certificates/vmbinder-{i}.crt", pem)
     if changed:
-        run(["update-ca-certificates"])
+        run(doc, ["update-ca-certificates"])
     return "updated" if changed else "nothing to do"
 
 
@@ -187,35 +198,39 @@ def ensure_mirrors(doc):
     return "updated" if changed else "nothing to do"
 
 
+def caddy_site(doc):
+    """The Caddyfile's site address, from the site vmbinder decided on: its name
+    over HTTPS, or plain HTTP on port 80 (any name when it has none)."""
+    if doc["site"]["scheme"] == "http":
+        return "http://" + (doc["site"]["host"] or ":80")
+    return doc["site"]["host"]
+
+
 def caddyfile(doc):
     """Caddy in front: HTTPS on the DNS name, status page while Jupyter is not up."""
-    host = doc.get("hostname") or ""
-    tls = doc.get("tls", "acme")
-    if not host and doc.get("public_ip"):
-        host = doc["public_ip"].replace(".", "-").replace(":", "-") + ".sslip.io"
-    site = f"http://{host or ':80'}" if tls == "off" else (host or "localhost")
-    lines = [site + " {"]
-    if tls == "internal":
-        lines.append("\ttls internal")
+    status = doc["guest"]["status"]
+    lines = [caddy_site(doc) + " {"]
+    if doc["site"]["issuer"] == "internal":
+        lines.append("\ttls internal")  # else Caddy's default: ACME (Let's Encrypt, ZeroSSL)
     lines += [
         "\thandle /vmbinder/* {",
-        f"\t\treverse_proxy {STATUS}",
+        f"\t\treverse_proxy {status}",
         "\t}",
         "\thandle {",
-        f"\t\treverse_proxy {JUPYTER}",
+        f"\t\treverse_proxy {jupyter_address(doc)}",
         "\t}",
         # Only errors inside Caddy land here (Jupyter not answering yet): show progress.
         "\thandle_errors {",
         "\t\trewrite * /vmbinder/page",
-        f"\t\treverse_proxy {STATUS}",
+        f"\t\treverse_proxy {status}",
         "\t}",
         "}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def unit(name, description, exec_start, after="network-online.target", extra=""):
-    return write(f"{UNIT_DIR}/{name}", f"""[Unit]
+def unit(doc, name, description, exec_start, after="network-online.target", extra=""):
+    return write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
 Description={description}
 After={after}
 Wants=network-online.target
@@ -233,17 +248,17 @@ WantedBy=multi-user.target
 def ensure_proxy(doc):
     installed = "present"
     if not ok(["caddy", "version"]):
-        apt_install("caddy")
+        apt_install(doc, "caddy")
         installed = "installed"
     script = os.path.abspath(__file__)
-    changed = unit("vmbinder-status.service", "vmbinder status page",
+    changed = unit(doc, "vmbinder-status.service", "vmbinder status page",
                    f"/usr/bin/python3 {script} serve-status")
-    changed |= write(CADDYFILE, caddyfile(doc))
+    changed |= write(where(doc, "caddyfile"), caddyfile(doc))
     if changed or installed == "installed":
-        run(["systemctl", "daemon-reload"])
-        run(["systemctl", "enable", "--now", "vmbinder-status.service"])
-        run(["systemctl", "enable", "caddy.service"])
-        run(["systemctl", "restart", "caddy.service"])
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", "--now", "vmbinder-status.service"])
+        run(doc, ["systemctl", "enable", "caddy.service"])
+        run(doc, ["systemctl", "restart", "caddy.service"])
     return installed
 
 
@@ -253,35 +268,47 @@ def ensure_docker(doc):
     distro, version, _ = os_release()
     if distro == "debian" and version == "12":
         # Debian 12 has no buildx: take Debian 13's, pinned low so nothing else moves.
-        write("/etc/apt/preferences.d/vmbinder-trixie",
-              "Package: *\nPin: release n=trixie\nPin-Priority: 100\n")
-        write("/etc/apt/sources.list.d/vmbinder-trixie.sources", trixie_sources())
-        apt_install("docker.io", "apparmor", "xz-utils", "git")
-        apt_install("docker-buildx", target="trixie")
+        write(where(doc, "trixie_pin"), doc["guest"]["trixie_pin"])
+        bookworm = read_text("/etc/apt/sources.list.d/debian.sources")
+        write(where(doc, "trixie_sources"), trixie_sources(bookworm))
+        apt_install(doc, "docker.io", "apparmor", "xz-utils", "git")
+        apt_install(doc, "docker-buildx", target="trixie")
     else:
-        apt_install("docker.io", "docker-buildx", "apparmor", "xz-utils", "git")
-    run(["systemctl", "restart", "docker"])
+        apt_install(doc, "docker.io", "docker-buildx", "apparmor", "xz-utils", "git")
+    run(doc, ["systemctl", "restart", "docker"])
     return "installed"
 
 
-def trixie_sources():
-    """The bookworm deb822 sources, with the suite changed to trixie."""
+def read_text(path):
+    """A file's text, or None when it cannot be read."""
     try:
-        with open(at("/etc/apt/sources.list.d/debian.sources")) as fh:
-            text = fh.read()
-        uri = re.search(r"^URIs:\s*(\S+)", text, re.M).group(1)
-    except (OSError, AttributeError):
-        uri = "http://deb.debian.org/debian"
+        with open(at(path)) as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def trixie_sources(debian_sources):
+    """The bookworm deb822 sources (their text, or None), with the suite changed to trixie."""
+    found = re.search(r"^URIs:\s*(\S+)", debian_sources or "", re.M)
+    uri = found.group(1) if found else "http://deb.debian.org/debian"
     return f"Types: deb\nURIs: {uri}\nSuites: trixie\nComponents: main\n"
 
 
-BASE_IMAGES = "/var/lib/vmbinder/base-images"
+def docker_import_argv(tarball, sidecar):
+    """`docker import` with every --change a base image's sidecar records.
+
+    Its twin is docker_import_argv in vmbinder/guestcontract.py."""
+    argv = ["docker", "import"]
+    for change in sidecar.get("changes", []):
+        argv += ["--change", change]
+    return [*argv, tarball, sidecar["name"]]
 
 
 def ensure_base_images(doc):
     """Container images baked into the VM image as tarballs (no registry needed):
     each <tarball>.json beside its tarball says {"name", "tarball", "changes"}."""
-    folder = at(BASE_IMAGES)
+    folder = at(where(doc, "base_images"))
     if not os.path.isdir(folder):
         return "none baked"
     imported = []
@@ -289,51 +316,59 @@ def ensure_base_images(doc):
         if not entry.endswith(".json"):
             continue
         with open(os.path.join(folder, entry)) as fh:
-            spec = json.load(fh)
-        if ok(["docker", "image", "inspect", spec["name"]]):
+            sidecar = json.load(fh)
+        if ok(["docker", "image", "inspect", sidecar["name"]]):
             continue
-        argv = ["docker", "import"]
-        for change in spec.get("changes", []):
-            argv += ["--change", change]
-        run(argv + [os.path.join(folder, spec["tarball"]), spec["name"]])
-        imported.append(spec["name"])
+        run(doc, docker_import_argv(os.path.join(folder, sidecar["tarball"]), sidecar))
+        imported.append(sidecar["name"])
     return ("imported " + ", ".join(imported)) if imported else "present"
 
 
 def ensure_repo2docker(doc):
-    exe = at(VENV + "/bin/repo2docker")
+    venv = where(doc, "venv")
+    exe = at(venv + "/bin/repo2docker")
     want = doc["repo2docker_version"]
     if os.path.exists(exe):
         got = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
         if got == want:
             return "present"
-    run(["python3", "-m", "venv", at(VENV)])
-    run([at(VENV + "/bin/pip"), "install", f"jupyter-repo2docker=={want}"])
+    run(doc, ["python3", "-m", "venv", at(venv)])
+    run(doc, [at(venv + "/bin/pip"), "install", f"jupyter-repo2docker=={want}"])
     return "installed"
 
 
 def image_name(doc):
-    """Named after what is built, not after the server: a server started from a
-    snapshot of another one finds the environment already there and skips the build."""
-    what = json.dumps([doc.get(k) for k in ("kind", "repo", "ref", "subdir", "repo2docker_version")])
-    return "vmbinder-env:" + hashlib.sha256(what.encode()).hexdigest()[:16]
+    """The build key vmbinder put in the document (launchdoc.image_name): named
+    after what is built, not after the server, so a server started from a
+    snapshot of another one finds the environment already there."""
+    return doc["build"]["image"]
+
+
+def repo2docker_config(doc):
+    """Only the content providers the source's kind needs (vmbinder chose them)."""
+    providers = ", ".join(f"contentproviders.{p}" for p in doc["build"]["content_providers"])
+    return ("from repo2docker import contentproviders\n"
+            f"c.Repo2Docker.content_providers = [{providers}]\n")
+
+
+def repo2docker_argv(doc):
+    """The build, every user value one argument of its own."""
+    argv = [at(where(doc, "venv") + "/bin/repo2docker"), "--config", at(where(doc, "r2d_config")),
+            "--no-run", "--json-logs", "--user-id", "1000", "--user-name", "jovyan",
+            "--image-name", image_name(doc)]
+    if doc.get("ref"):
+        argv.append("--ref=" + doc["ref"])
+    if doc.get("subdir"):
+        argv.append("--subdir=" + doc["subdir"])
+    return argv + ["--", doc["repo"]]
 
 
 def ensure_image(doc):
     image = image_name(doc)
     if ok(["docker", "image", "inspect", image]):
         return "present"
-    providers = ", ".join(f"contentproviders.{p}" for p in PROVIDERS.get(doc.get("kind"), ["Git"]))
-    write(R2D_CONFIG, "from repo2docker import contentproviders\n"
-                      f"c.Repo2Docker.content_providers = [{providers}]\n")
-    argv = [at(VENV + "/bin/repo2docker"), "--config", at(R2D_CONFIG), "--no-run", "--json-logs",
-            "--user-id", "1000", "--user-name", "jovyan", "--image-name", image]
-    if doc.get("ref"):
-        argv.append("--ref=" + doc["ref"])
-    if doc.get("subdir"):
-        argv.append("--subdir=" + doc["subdir"])
-    argv += ["--", doc["repo"]]
-    run(argv)
+    write(where(doc, "r2d_config"), repo2docker_config(doc))
+    run(doc, repo2docker_argv(doc))
     inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", image],
                              capture_output=True, text=True)
     built = {}
@@ -341,46 +376,52 @@ def ensure_image(doc):
         info = json.loads(inspect.stdout) if inspect.returncode == 0 else {}
         built = {"image_id": info.get("Id"), "labels": info.get("Config", {}).get("Labels") or {}}
     except (ValueError, AttributeError):
-        log("could not read the built image's id and labels")
-    write_state(built=built, commit=resolved_commit())
+        log(doc, "could not read the built image's id and labels")
+    write_state(doc, built=built, commit=resolved_commit(doc))
     return "built"
 
 
-def resolved_commit():
+def resolved_commit(doc):
     """The commit git checked out, from the build log ("HEAD is now at <sha> ...")."""
     try:
-        with open(at(LOG_DIR + "/commands.log")) as fh:
+        with open(commands_log(doc)) as fh:
             found = re.findall(r"HEAD is now at ([0-9a-f]{7,40})", fh.read())
     except OSError:
         return None
     return found[-1] if found else None
 
 
+def env_service_command(doc):
+    """The container, with the token in its env file, never on its command line."""
+    work = where(doc, "work_dir")
+    return ("/usr/bin/docker run --rm --name vmbinder-env --env-file " + where(doc, "env_file")
+            + f" -p {jupyter_address(doc)}:8888 -v {work}:/home/jovyan/work " + image_name(doc)
+            + " jupyter notebook --ip 0.0.0.0 --port 8888 --no-browser"
+            + " --ServerApp.trust_xheaders=True")
+
+
 def ensure_service(doc):
-    os.makedirs(at(WORK_DIR), exist_ok=True)
+    work = at(where(doc, "work_dir"))
+    os.makedirs(work, exist_ok=True)
     try:
-        os.chown(at(WORK_DIR), 1000, 1000)
+        os.chown(work, 1000, 1000)
     except PermissionError:
         pass
-    changed = write(ENV_FILE, f"JUPYTER_TOKEN={doc['token']}\n", mode=0o600)
+    changed = write(where(doc, "env_file"), f"JUPYTER_TOKEN={doc['token']}\n", mode=0o600)
     changed |= unit(
-        "vmbinder-env.service", "vmbinder environment",
-        "/usr/bin/docker run --rm --name vmbinder-env --env-file " + ENV_FILE
-        + f" -p {JUPYTER}:8888 -v {WORK_DIR}:/home/jovyan/work " + image_name(doc)
-        + " jupyter notebook --ip 0.0.0.0 --port 8888 --no-browser"
-        + " --ServerApp.trust_xheaders=True",
+        doc, "vmbinder-env.service", "vmbinder environment", env_service_command(doc),
         after="docker.service", extra="ExecStartPre=-/usr/bin/docker rm -f vmbinder-env\n",
     )
     if changed:
-        run(["systemctl", "daemon-reload"])
-        run(["systemctl", "enable", "vmbinder-env.service"])
-        run(["systemctl", "restart", "vmbinder-env.service"])
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", "vmbinder-env.service"])
+        run(doc, ["systemctl", "restart", "vmbinder-env.service"])
     wait_for_jupyter(doc)
     return "running"
 
 
-def jupyter_get(path, token, timeout=5):
-    url = f"http://{JUPYTER}/{path}?" + urllib.parse.urlencode({"token": token})
+def jupyter_get(doc, path, timeout=5):
+    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode({"token": doc["token"]})
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return resp.status
@@ -393,15 +434,16 @@ def jupyter_get(path, token, timeout=5):
 def wait_for_jupyter(doc, timeout=900):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if jupyter_get("api/status", doc["token"]) == 200:
+        if jupyter_get(doc, "api/status") == 200:
             return
         time.sleep(2)
-    raise TimeoutError("Jupyter did not answer on " + JUPYTER)
+    raise TimeoutError("Jupyter did not answer on " + jupyter_address(doc))
 
 
 def detect_interfaces(doc):
-    found = [key for key, path in INTERFACES.items() if jupyter_get(path, doc["token"]) == 200]
-    write_state(interfaces=found)
+    """Which interfaces answer, probed at the paths vmbinder prints (interfaces.py)."""
+    found = [key for key, path in doc["guest"]["interfaces"] if jupyter_get(doc, path) == 200]
+    write_state(doc, interfaces=found)
     return ",".join(found)
 
 
@@ -412,26 +454,26 @@ STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_
 
 
 def run_all(doc):
-    state = read_state()
+    state = read_state(doc)
     # A reboot keeps the start time; a server started from another's snapshot
     # (another name in the launch document) starts its own clock.
     fresh = state.get("server") != doc["name"]
-    write_state(started=time.time() if fresh else state.get("started") or time.time(),
+    write_state(doc, started=time.time() if fresh else state.get("started") or time.time(),
                 ready=False, server=doc["name"])
     durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
-        phase(name, "started")
+        phase(doc, name, "started")
         t0 = time.time()
         try:
             result = step(doc)
         except (OSError, subprocess.CalledProcessError, TimeoutError, ValueError) as exc:
-            phase(name, "failed", error=type(exc).__name__)
+            phase(doc, name, "failed", error=type(exc).__name__)
             return 1
         durations[name] = round(time.time() - t0, 1)
-        write_state(durations=durations)
-        phase(name, "done", result=result)
-    write_state(ready=True)
-    phase("ready", "done")
+        write_state(doc, durations=durations)
+        phase(doc, name, "done", result=result)
+    write_state(doc, ready=True)
+    phase(doc, "ready", "done")
     return 0
 
 
@@ -443,20 +485,21 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="ref
 This page reloads itself and hands over to Jupyter when it is ready.</p>{tail}</body></html>"""
 
 
-def log_tail(lines=40):
+def log_tail(doc, lines=40):
     try:
-        with open(at(LOG_DIR + "/commands.log"), errors="replace") as fh:
+        with open(commands_log(doc), errors="replace") as fh:
             return "".join(fh.readlines()[-lines:])
     except OSError:
         return ""
 
 
 class StatusHandler(BaseHTTPRequestHandler):
-    token = ""
+    doc = {}  # the launch document, set by serve_status
 
     def authorised(self):
+        token = self.doc.get("token") or ""
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        return query.get("token", [""])[0] == self.token and bool(self.token)
+        return query.get("token", [""])[0] == token and bool(token)
 
     def send(self, code, body, kind):
         data = body.encode()
@@ -468,7 +511,7 @@ class StatusHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        state = read_state()
+        state = read_state(self.doc)
         elapsed = round(time.time() - state.get("started", time.time()))
         path = urllib.parse.urlsplit(self.path).path
         if path == "/vmbinder/status.json":
@@ -480,7 +523,7 @@ class StatusHandler(BaseHTTPRequestHandler):
             return self.send(200, json.dumps(doc), "application/json")
         tail = ""
         if self.authorised():
-            tail = "<h2>Log</h2><pre>" + html.escape(log_tail()) + "</pre>"
+            tail = "<h2>Log</h2><pre>" + html.escape(log_tail(self.doc)) + "</pre>"
         page = PAGE.format(phase=html.escape(str(state.get("phase", "starting"))),
                            status=html.escape(str(state.get("status", ""))), elapsed=elapsed, tail=tail)
         self.send(503 if not state.get("ready") else 200, page, "text/html; charset=utf-8")
@@ -490,17 +533,16 @@ class StatusHandler(BaseHTTPRequestHandler):
 
 
 def serve_status(doc):
-    StatusHandler.token = doc["token"]
-    host, port = STATUS.split(":")
+    StatusHandler.doc = doc
+    host, port = doc["guest"]["status"].rsplit(":", 1)
     server = ThreadingHTTPServer((host, int(port)), StatusHandler)
 
     def re_emit():  # the console API returns only a tail: repeat the newest phase
         while True:
             time.sleep(60)
-            state = read_state()
+            state = read_state(doc)
             if state.get("phase"):
-                console(PHASE_PREFIX + json.dumps(
-                    {k: state.get(k) for k in ("phase", "status")}, sort_keys=True))
+                console(phase_line(doc, {k: state.get(k) for k in ("phase", "status")}))
 
     threading.Thread(target=re_emit, daemon=True).start()
     server.serve_forever()
@@ -511,9 +553,7 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in commands:
         print("usage: vmbinder-guest.py run|serve-status", file=sys.stderr)
         return 2
-    with open(at(LAUNCH)) as fh:
-        doc = json.load(fh)
-    return commands[argv[1]](doc)
+    return commands[argv[1]](load())
 
 
 if __name__ == "__main__":

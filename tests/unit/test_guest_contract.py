@@ -1,0 +1,188 @@
+"""Host and guest agree: the guest script (cloud-init/vmbinder_guest.py, stdlib
+only, run on the server) is imported next to the host modules that write its
+launch document, and every fact they share is checked from both sides."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+import yaml
+
+import vmbinder
+from vmbinder import cloudinit, guestcontract, interfaces, launchdoc, readiness
+from vmbinder import guestimage as gi
+from vmbinder.sources import Source
+from vmbinder.spec import LaunchSpec, make_spec
+
+guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
+SOURCE = resources.files("vmbinder.cloud_init").joinpath(cloudinit.GUEST_SCRIPT).read_text()
+
+
+def spec_for(**kw) -> LaunchSpec:
+    src = Source(repo="https://github.com/o/r", kind=kw.pop("kind", "git"), ref=kw.pop("ref", None))
+    return make_spec(src, name="demo", **kw)
+
+
+def rendered_document(spec: LaunchSpec, public_ip: str | None) -> dict:
+    files = {f["path"]: f for f in yaml.safe_load(cloudinit.render(spec, public_ip))["write_files"]}
+    return json.loads(files[guestcontract.LAUNCH_PATH]["content"])
+
+
+def guest_reads() -> set[tuple[str, ...]]:
+    """Every key path the guest script reads from the launch document: doc["a"]["b"],
+    doc.get("a"), self.doc.get("a") and where(doc, "k") (doc["guest"]["paths"]["k"])."""
+
+    def is_doc(node) -> bool:
+        return (isinstance(node, ast.Name) and node.id == "doc") or (
+            isinstance(node, ast.Attribute) and node.attr == "doc")
+
+    def chain(node) -> tuple[str, ...] | None:
+        if is_doc(node):
+            return ()
+        if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+            head = chain(node.value)
+            return None if head is None else (*head, node.slice.value)
+        return None
+
+    found: set[tuple[str, ...]] = set()
+    for node in ast.walk(ast.parse(SOURCE)):
+        if isinstance(node, ast.Subscript):
+            keys = chain(node)
+            if keys:
+                found.add(keys)
+        elif isinstance(node, ast.Call) and node.args:
+            func, args = node.func, node.args
+            if (isinstance(func, ast.Attribute) and func.attr == "get"
+                    and isinstance(args[0], ast.Constant) and chain(func.value) is not None):
+                found.add((*chain(func.value), args[0].value))
+            elif (isinstance(func, ast.Name) and func.id == "where" and len(args) == 2
+                  and is_doc(args[0]) and isinstance(args[1], ast.Constant)):
+                found.add(("guest", "paths", args[1].value))
+    return found
+
+
+def test_the_guest_is_found_reading_the_document():
+    reads = guest_reads()
+    assert {("token",), ("repo",), ("site", "host"), ("build", "image"),
+            ("guest", "phase_prefix"), ("guest", "paths", "state")} <= reads
+    assert len(reads) > 20
+
+
+@pytest.mark.parametrize("public_ip", ["203.0.113.9", "2001:db8::1", None])
+@pytest.mark.parametrize("tls", ["acme", "internal", "off"])
+def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
+    doc = rendered_document(spec_for(tls=tls), public_ip)
+    for keys in sorted(guest_reads()):
+        value = doc
+        for key in keys:
+            assert isinstance(value, dict) and key in value, f"the guest reads doc{list(keys)}"
+            value = value[key]
+
+
+def test_the_request_part_is_what_a_dry_run_shows():
+    spec = spec_for()
+    doc = launchdoc.document(spec, "203.0.113.9")
+    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest")} == \
+        launchdoc.request(spec, "203.0.113.9")
+
+
+@pytest.mark.parametrize("hostname, public_ip, tls", [
+    (None, "203.0.113.9", "acme"),
+    (None, "2001:db8::1", "acme"),
+    (None, "2001:0DB8:0000:0000:0000:0000:0000:0001", "acme"),
+    ("nb.example.org", "203.0.113.9", "acme"),
+    ("localhost", "127.0.0.1", "internal"),
+    (None, "198.51.100.7", "internal"),
+    ("nb.example.org", "203.0.113.9", "off"),
+])
+def test_caddy_serves_the_name_vmbinder_prints(hostname, public_ip, tls):
+    spec = spec_for(tls=tls, hostname=hostname)
+    doc = rendered_document(spec, public_ip)
+    printed = interfaces.base_url(public_ip, hostname, tls)
+    scheme, _, rest = printed.partition("://")
+    site = guest.caddyfile(doc).splitlines()[0].removesuffix(" {")
+    assert site == (f"http://{rest.rstrip('/')}" if scheme == "http" else rest.rstrip("/"))
+    assert doc["site"]["host"] == rest.rstrip("/")
+
+
+def test_without_a_name_and_tls_off_the_site_is_the_sslip_name_as_before():
+    doc = rendered_document(spec_for(tls="off"), "2001:db8::1")
+    assert guest.caddyfile(doc).startswith("http://2001-db8--1.sslip.io {\n")
+    assert doc["site"]["host"] == interfaces.host_for_ip("2001:db8::1")
+
+
+def test_the_phase_line_the_guest_writes_is_the_one_readiness_parses():
+    doc = launchdoc.document(spec_for())
+    line = guest.phase_line(doc, {"phase": "build", "status": "started", "elapsed": 3})
+    assert line.startswith(readiness.PHASE_PREFIX)
+    console = f"[   12.5] cloud-init[412]: {line}\nsome other output\n"
+    assert readiness.last_phase(console) == {"phase": "build", "status": "started", "elapsed": 3}
+
+
+def test_the_guest_probes_the_interface_paths_vmbinder_prints():
+    doc = rendered_document(spec_for(), "203.0.113.9")
+    assert doc["guest"]["interfaces"] == [[i.key, i.path] for i in interfaces.INTERFACES]
+
+
+def test_the_image_the_guest_builds_is_the_build_key_of_the_document():
+    spec = spec_for(ref="v1.0")
+    doc = rendered_document(spec, "203.0.113.9")
+    assert guest.image_name(doc) == launchdoc.image_name(
+        "git", "https://github.com/o/r", "v1.0", None, spec.repo2docker_version)
+    # Snapshots of servers launched before keep their images only if this holds.
+    assert launchdoc.image_name("git", "https://github.com/o/r", "v1.0", None, "2026.4.0") \
+        == "vmbinder-env:fad4eed53033afbd"
+
+
+def test_baked_images_have_what_the_guest_looks_for():
+    paths = launchdoc.document(spec_for())["guest"]["paths"]
+    assert paths["venv"] == gi.REPO2DOCKER_VENV
+    assert paths["base_images"] == gi.BASE_IMAGES_DIR
+    assert launchdoc.document(spec_for())["guest"]["trixie_pin"] == gi.TRIXIE_PIN
+
+
+def test_base_images_are_imported_the_same_way_on_both_sides():
+    sidecar = {"name": "vmbinder/base:bookworm", "tarball": "b.tar.gz",
+               "changes": gi.base_container_changes()}
+    assert guest.docker_import_argv("/x/b.tar.gz", sidecar) == \
+        gi.docker_import_argv("/x/b.tar.gz", sidecar)
+    bare = {"name": "n", "tarball": "t"}
+    assert guest.docker_import_argv("t", bare) == guestcontract.docker_import_argv("t", bare)
+
+
+def test_one_repo2docker_pin():
+    assert vmbinder.REPO2DOCKER_VERSION == guestcontract.REPO2DOCKER_VERSION
+    assert spec_for().repo2docker_version == guestcontract.REPO2DOCKER_VERSION
+    assert gi.REPO2DOCKER_VERSION == guestcontract.REPO2DOCKER_VERSION
+
+
+def test_cloud_init_writes_the_files_where_the_guest_reads_them():
+    doc = yaml.safe_load(cloudinit.render(spec_for(), "203.0.113.9"))
+    assert guest.LAUNCH == guestcontract.LAUNCH_PATH
+    assert [f["path"] for f in doc["write_files"]] == [guestcontract.LAUNCH_PATH,
+                                                       guestcontract.GUEST_SCRIPT_PATH]
+    assert doc["runcmd"] == [["python3", guestcontract.GUEST_SCRIPT_PATH, "run"]]
+
+
+def test_the_guest_script_is_stdlib_only_and_parses_as_python_3_11():
+    tree = ast.parse(SOURCE, feature_version=(3, 11))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom)}
+    assert imported <= sys.stdlib_module_names, imported - sys.stdlib_module_names
+
+
+def test_importing_the_guest_script_does_nothing(tmp_path):
+    env = dict(os.environ, VMBINDER_GUEST_ROOT=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", "import vmbinder.cloud_init.vmbinder_guest"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0 and done.stdout == done.stderr == ""
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,166 @@
+"""The guest script's pure parts, imported: each takes the launch document (or
+a file's text) and returns text or arguments. test_guest_script.py runs the
+whole script in a scratch root."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from http.server import ThreadingHTTPServer
+
+import pytest
+
+from vmbinder import launchdoc
+from vmbinder.sources import Source
+from vmbinder.spec import make_spec
+
+guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
+
+
+def document(public_ip="203.0.113.9", *, kind="git", repo="https://github.com/o/r", ref=None,
+             subdir=None, name="demo", **kw) -> dict:
+    src = Source(repo=repo, kind=kind, ref=ref, subdir=subdir, open=None, given=repo)
+    return launchdoc.document(make_spec(src, name=name, **kw), public_ip)
+
+
+def test_the_caddyfile_for_an_address_under_acme(monkeypatch):
+    monkeypatch.delenv("VMBINDER_GUEST_JUPYTER", raising=False)
+    assert guest.caddyfile(document()) == (
+        "203-0-113-9.sslip.io {\n"
+        "\thandle /vmbinder/* {\n"
+        "\t\treverse_proxy 127.0.0.1:8081\n"
+        "\t}\n"
+        "\thandle {\n"
+        "\t\treverse_proxy 127.0.0.1:8888\n"
+        "\t}\n"
+        "\thandle_errors {\n"
+        "\t\trewrite * /vmbinder/page\n"
+        "\t\treverse_proxy 127.0.0.1:8081\n"
+        "\t}\n"
+        "}\n")
+
+
+@pytest.mark.parametrize("public_ip, hostname, tls, first, tls_line", [
+    ("203.0.113.9", None, "acme", "203-0-113-9.sslip.io {", None),
+    ("203.0.113.9", "nb.example.org", "acme", "nb.example.org {", None),
+    ("2001:db8::1", None, "acme", "2001-db8--1.sslip.io {", None),
+    # Written out in full or in capitals, an IPv6 address gets the same name.
+    ("2001:0DB8:0:0:0:0:0:1", None, "acme", "2001-db8--1.sslip.io {", None),
+    ("::1", None, "acme", "--1.sslip.io {", None),
+    ("2a01:4f8:c17:b8f::2", None, "internal", "2a01-4f8-c17-b8f--2.sslip.io {", "\ttls internal"),
+    (None, None, "internal", "localhost {", "\ttls internal"),
+    (None, None, "acme", "localhost {", None),
+    ("127.0.0.1", "localhost", "internal", "localhost {", "\ttls internal"),
+    ("203.0.113.9", None, "off", "http://203-0-113-9.sslip.io {", None),
+    ("2001:db8::1", None, "off", "http://2001-db8--1.sslip.io {", None),
+    (None, "nb.example.org", "off", "http://nb.example.org {", None),
+    (None, None, "off", "http://:80 {", None),
+])
+def test_the_caddyfile_for_each_tls_mode(public_ip, hostname, tls, first, tls_line):
+    lines = guest.caddyfile(document(public_ip, hostname=hostname, tls=tls)).splitlines()
+    assert lines[0] == first
+    assert [ln for ln in lines if "tls" in ln] == ([tls_line] if tls_line else [])
+
+
+def test_the_image_is_named_after_what_is_built_not_after_the_server():
+    one = guest.image_name(document(ref="v1.0"))
+    assert one.startswith("vmbinder-env:") and len(one) == len("vmbinder-env:") + 16
+    # Another seat (name, token, host name, address) of the same build: the same image.
+    assert guest.image_name(document("203.0.113.10", ref="v1.0", name="demo-02",
+                                     hostname="seat2.example.org")) == one
+    assert guest.image_name(document(ref="v2.0")) != one
+    assert guest.image_name(document(ref="v1.0", subdir="binder")) != one
+    same = make_spec(Source("https://github.com/o/r", "git", ref="v1.0"), name="demo")
+    older = launchdoc.document(replace(same, repo2docker_version="2025.1.0"))
+    assert guest.image_name(older) != one
+
+
+def test_trixie_sources_keep_the_bookworm_mirror():
+    bookworm = ("Types: deb\nURIs: http://mirror.example/debian\n"
+                "Suites: bookworm bookworm-updates\nComponents: main\n"
+                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    assert guest.trixie_sources(bookworm) == (
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n")
+
+
+@pytest.mark.parametrize("text", [None, "", "# no URIs here\nTypes: deb\n"])
+def test_trixie_sources_fall_back_to_deb_debian_org(text):
+    assert guest.trixie_sources(text) == (
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\n")
+
+
+def test_the_trixie_pin_is_low():
+    pin = document()["guest"]["trixie_pin"]
+    assert "Pin: release n=trixie\n" in pin and "Pin-Priority: 100\n" in pin
+
+
+@pytest.mark.parametrize("kind, providers", [
+    ("git", "contentproviders.Git"),
+    ("zenodo", "contentproviders.Zenodo"),
+    ("doi", "contentproviders.Zenodo, contentproviders.Figshare, contentproviders.Hydroshare, "
+            "contentproviders.Dataverse"),
+    ("something new", "contentproviders.Git"),
+])
+def test_repo2docker_gets_only_the_content_providers_the_kind_needs(kind, providers):
+    assert guest.repo2docker_config(document(kind=kind)) == (
+        "from repo2docker import contentproviders\n"
+        f"c.Repo2Docker.content_providers = [{providers}]\n")
+
+
+def test_the_build_passes_each_value_as_one_argument(monkeypatch):
+    monkeypatch.setattr(guest, "ROOT", "/")
+    value = "x; touch PWNED\n--help"
+    doc = document(repo=value, ref=value, subdir=value)
+    assert guest.repo2docker_argv(doc) == [
+        "/opt/vmbinder/repo2docker/bin/repo2docker", "--config",
+        "/etc/vmbinder/repo2docker_config.py", "--no-run", "--json-logs", "--user-id", "1000",
+        "--user-name", "jovyan", "--image-name", guest.image_name(doc),
+        f"--ref={value}", f"--subdir={value}", "--", value]
+    bare = document()
+    assert guest.repo2docker_argv(bare)[-3:] == [guest.image_name(bare), "--", bare["repo"]]
+
+
+def test_the_token_stays_off_the_container_command_line(monkeypatch):
+    monkeypatch.delenv("VMBINDER_GUEST_JUPYTER", raising=False)
+    doc = document()
+    command = guest.env_service_command(doc)
+    assert doc["token"] not in command
+    assert "--env-file /etc/vmbinder/jupyter.env -p 127.0.0.1:8888:8888" in command
+    assert command.split()[-9] == guest.image_name(doc)
+
+
+def test_base_images_are_imported_with_every_change():
+    sidecar = {"name": "vmbinder/base:bookworm", "tarball": "b.tar.gz",
+               "changes": ["USER 1000", "ENV A=b c"]}
+    assert guest.docker_import_argv("/d/b.tar.gz", sidecar) == [
+        "docker", "import", "--change", "USER 1000", "--change", "ENV A=b c", "/d/b.tar.gz",
+        "vmbinder/base:bookworm"]
+
+
+def test_the_status_page_reads_the_state_where_the_document_says(monkeypatch, tmp_path):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    doc = document()
+    guest.write_state(doc, phase="build", status="started", started=0)
+    assert (tmp_path / doc["guest"]["paths"]["state"].lstrip("/")).is_file()
+    monkeypatch.setattr(guest.StatusHandler, "doc", doc)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/vmbinder"
+    try:
+        with urllib.request.urlopen(f"{base}/status.json?token={doc['token']}", timeout=10) as resp:
+            got = json.load(resp)
+        assert (got["phase"], got["status"], got["ready"]) == ("build", "started", None)
+        for url, code in ((f"{base}/status.json?token=wrong", 403), (f"{base}/page", 503)):
+            try:
+                urllib.request.urlopen(url, timeout=10)
+            except urllib.error.HTTPError as exc:
+                assert exc.code == code
+            else:
+                raise AssertionError(f"{url} answered 200")
+    finally:
+        server.shutdown()
+        server.server_close()

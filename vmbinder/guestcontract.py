@@ -1,0 +1,84 @@
+"""The facts host and guest share: pins, paths on the server, the phase line.
+
+The guest script (cloud-init/vmbinder_guest.py) runs on the server with only
+the standard library, so it cannot import this module: it learns these values
+from the launch document (vmbinder/launchdoc.py), and the few it needs before
+it has read that document say here where their twin is.
+tests/unit/test_guest_contract.py imports both sides and checks they agree.
+
+guestimage.py bakes the same facts into images (repo2docker in REPO2DOCKER_VENV,
+the trixie pin, base images in BASE_IMAGES_DIR), so a baked server finds
+everything where the guest looks for it.
+"""
+
+from __future__ import annotations
+
+#: The repo2docker release installed on every guest. Pinned so that a launch
+#: today and a launch next year build the same way; recorded in server metadata.
+REPO2DOCKER_VERSION = "2026.4.0"
+#: The virtualenv repo2docker is installed into (by the guest, or baked in).
+REPO2DOCKER_VENV = "/opt/vmbinder/repo2docker"
+
+#: Written by cloud-init; the guest's twin is LAUNCH in vmbinder_guest.py.
+LAUNCH_PATH = "/etc/vmbinder/launch.json"
+#: Where cloud-init writes the guest script on the server.
+GUEST_SCRIPT_PATH = "/usr/local/lib/vmbinder/vmbinder-guest.py"
+
+#: Starts every machine-readable progress line the guest writes to the console.
+PHASE_PREFIX = "VMBINDER-PHASE "
+
+#: Debian 12 has no docker-buildx: it comes from trixie, pinned low so that
+#: nothing else is upgraded from there.
+TRIXIE_PIN = "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
+
+#: Container base images baked into a VM image as tarballs, each with a JSON
+#: sidecar {"name", "tarball", "changes"}; the guest `docker import`s them.
+BASE_IMAGES_DIR = "/var/lib/vmbinder/base-images"
+
+#: Where the guest keeps its state and logs, its configuration and the work folder.
+LAYOUT = {
+    "log_dir": "/var/log/vmbinder",
+    "state": "/var/lib/vmbinder/status.json",
+    "venv": REPO2DOCKER_VENV,
+    "base_images": BASE_IMAGES_DIR,
+    "r2d_config": "/etc/vmbinder/repo2docker_config.py",
+    "env_file": "/etc/vmbinder/jupyter.env",
+    "work_dir": "/srv/vmbinder/work",
+    "caddyfile": "/etc/caddy/Caddyfile",
+    "unit_dir": "/etc/systemd/system",
+    "trixie_pin": "/etc/apt/preferences.d/vmbinder-trixie",
+    "trixie_sources": "/etc/apt/sources.list.d/vmbinder-trixie.sources",
+}
+#: Loopback addresses behind Caddy: the container's Jupyter, the status page.
+JUPYTER_ADDRESS = "127.0.0.1:8888"
+STATUS_ADDRESS = "127.0.0.1:8081"
+
+#: Each interface's URL path below the server's root. interfaces.py describes
+#: them; the guest probes them after the build to see which are served.
+INTERFACE_PATHS = {
+    "tree": "tree",
+    "lab": "lab",
+    "rstudio": "rstudio/",
+    "shiny": "shiny/",
+    "nteract": "nteract",
+}
+
+#: Which repo2docker content providers a source kind needs. Only those are
+#: enabled: the Dataverse provider downloads a list from the internet before it
+#: matches anything, which fails on restricted networks.
+CONTENT_PROVIDERS = {
+    "git": ["Git"], "gist": ["Git"], "zenodo": ["Zenodo"], "figshare": ["Figshare"],
+    "dataverse": ["Dataverse"], "hydroshare": ["Hydroshare"], "swh": ["Swhid"],
+    "ckan": ["CKAN"], "doi": ["Zenodo", "Figshare", "Hydroshare", "Dataverse"],
+}
+DEFAULT_CONTENT_PROVIDERS = ["Git"]
+
+
+def docker_import_argv(tarball: str, sidecar: dict) -> list[str]:
+    """`docker import` with every --change a base image's sidecar records.
+
+    The guest's twin is docker_import_argv in vmbinder_guest.py."""
+    argv = ["docker", "import"]
+    for change in sidecar.get("changes", []):
+        argv += ["--change", change]
+    return [*argv, tarball, sidecar["name"]]
