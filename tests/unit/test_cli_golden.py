@@ -5,7 +5,7 @@ read the diff.
 
 Each case runs `python -m vmbinder` in a fresh home with no OpenStack
 configuration, 100 columns wide; the home's path is written <home>, the
-project's <root>. The one
+project's <root>, and a progress line's seconds <t>. The one
 thing left out is the user-data a dry run renders (the launch document's
 contents and size), which is not the CLI's text."""
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,7 @@ def run_case(args: list[str], home: Path) -> str:
                           capture_output=True, text=True, timeout=120, check=False)
     out, err = (s.replace(str(home), "<home>").replace(str(ROOT), "<root>")
                 for s in (done.stdout, done.stderr))
+    err = re.sub(r"(?m)^( *)\d+\.\ds ", lambda m: " " * (len(m.group(0)) - 5) + "<t>s ", err)
     if "--dry-run" in args:
         out = _without_user_data(out, args)
     return (f"$ vmbinder {' '.join(args)}\n[exit {done.returncode}]\n"
