@@ -18,6 +18,7 @@ server's python3 (3.11 on Debian 12) and the standard library only; importing
 it does nothing, so tests import it (tests/unit/test_guest_contract.py).
 """
 
+import hashlib
 import html
 import json
 import os
@@ -49,6 +50,14 @@ def load(path=LAUNCH):
         return json.load(fh)
 
 
+def load_again(doc):
+    """The launch document as it is on disk now, else the one given."""
+    try:
+        return load()
+    except (OSError, ValueError):
+        return doc
+
+
 def where(doc, key):
     """A path on the server, by its name in guestcontract.LAYOUT."""
     return doc["guest"]["paths"][key]
@@ -76,8 +85,20 @@ def read_state(doc):
         return {}
 
 
+def launch_id(doc):
+    """Which launch a state belongs to. A server started from another's snapshot
+    finds that server's state on its disk and must not report it as its own."""
+    return hashlib.sha256(doc["token"].encode()).hexdigest()[:16]
+
+
+def current_state(doc):
+    """The state if this launch wrote it, else {} (nothing done yet)."""
+    state = read_state(doc)
+    return state if state.get("launch") == launch_id(doc) else {}
+
+
 def write_state(doc, **changes):
-    state = {**read_state(doc), **changes, "updated": time.time()}
+    state = {**read_state(doc), **changes, "launch": launch_id(doc), "updated": time.time()}
     target = at(where(doc, "state"))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = target + ".tmp"
@@ -230,9 +251,11 @@ def caddyfile(doc):
 
 
 def unit(doc, name, description, exec_start, after="network-online.target", extra=""):
+    # After cloud-init.service: on a server's first boot from a snapshot, cloud-init
+    # writes this server's launch document before these units start.
     return write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
 Description={description}
-After={after}
+After={after} cloud-init.service
 Wants=network-online.target
 
 [Service]
@@ -407,10 +430,12 @@ def ensure_service(doc):
         os.chown(work, 1000, 1000)
     except PermissionError:
         pass
-    changed = write(where(doc, "env_file"), f"JUPYTER_TOKEN={doc['token']}\n", mode=0o600)
+    changed = write_env_file(doc)
     changed |= unit(
         doc, "vmbinder-env.service", "vmbinder environment", env_service_command(doc),
-        after="docker.service", extra="ExecStartPre=-/usr/bin/docker rm -f vmbinder-env\n",
+        after="docker.service",
+        extra="ExecStartPre=-/usr/bin/docker rm -f vmbinder-env\n"
+              f"ExecStartPre=/usr/bin/python3 {os.path.abspath(__file__)} env-file\n",
     )
     if changed:
         run(doc, ["systemctl", "daemon-reload"])
@@ -418,6 +443,19 @@ def ensure_service(doc):
         run(doc, ["systemctl", "restart", "vmbinder-env.service"])
     wait_for_jupyter(doc)
     return "running"
+
+
+def write_env_file(doc):
+    """The Jupyter token from the launch document as it is now. Run again before
+    every start, so a server started from another's snapshot never serves with
+    the other server's token. True when the file changed."""
+    return write(where(doc, "env_file"), f"JUPYTER_TOKEN={doc['token']}\n", mode=0o600)
+
+
+def refresh_env_file(doc):
+    """`env-file`: the unit's ExecStartPre."""
+    write_env_file(doc)
+    return 0
 
 
 def jupyter_get(doc, path, timeout=5):
@@ -456,8 +494,8 @@ STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_
 def run_all(doc):
     state = read_state(doc)
     # A reboot keeps the start time; a server started from another's snapshot
-    # (another name in the launch document) starts its own clock.
-    fresh = state.get("server") != doc["name"]
+    # (another launch: the state on its disk is the other server's) starts its own clock.
+    fresh = state.get("launch") != launch_id(doc)
     write_state(doc, started=time.time() if fresh else state.get("started") or time.time(),
                 ready=False, server=doc["name"])
     durations = {}  # seconds per step in this run: what a boot spends where
@@ -495,6 +533,14 @@ def log_tail(doc, lines=40):
 
 class StatusHandler(BaseHTTPRequestHandler):
     doc = {}  # the launch document, set by serve_status
+    #: Read the launch document again per request: on a first boot from a
+    #: snapshot this service may start before cloud-init has written this server's.
+    reread = False
+
+    def current(self):
+        if self.reread:
+            self.doc = load_again(self.doc)
+        return self.doc
 
     def authorised(self):
         token = self.doc.get("token") or ""
@@ -511,7 +557,7 @@ class StatusHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        state = read_state(self.doc)
+        state = current_state(self.current())
         elapsed = round(time.time() - state.get("started", time.time()))
         path = urllib.parse.urlsplit(self.path).path
         if path == "/vmbinder/status.json":
@@ -533,25 +579,26 @@ class StatusHandler(BaseHTTPRequestHandler):
 
 
 def serve_status(doc):
-    StatusHandler.doc = doc
+    StatusHandler.doc, StatusHandler.reread = doc, True
     host, port = doc["guest"]["status"].rsplit(":", 1)
     server = ThreadingHTTPServer((host, int(port)), StatusHandler)
 
     def re_emit():  # the console API returns only a tail: repeat the newest phase
         while True:
             time.sleep(60)
-            state = read_state(doc)
+            now = load_again(doc)
+            state = current_state(now)
             if state.get("phase"):
-                console(phase_line(doc, {k: state.get(k) for k in ("phase", "status")}))
+                console(phase_line(now, {k: state.get(k) for k in ("phase", "status")}))
 
     threading.Thread(target=re_emit, daemon=True).start()
     server.serve_forever()
 
 
 def main(argv):
-    commands = {"run": run_all, "serve-status": serve_status}
+    commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status", file=sys.stderr)
+        print("usage: vmbinder-guest.py run|serve-status|env-file", file=sys.stderr)
         return 2
     return commands[argv[1]](load())
 

@@ -42,7 +42,9 @@ def test_a_local_workshop_builds_once_and_fans_out_from_the_snapshot(cli_env, ba
     # this boot only; the first seat's console was started again after the snapshot).
     state = tmp_path / "state" / "vmbinder" / "local"
     second = (state / "e2e-ws-02" / "console.log").read_text(errors="replace")
-    assert PHASE % "present" in second and PHASE % "built" not in second
+    phases = [line for line in second.splitlines() if "VMBINDER-PHASE" in line]
+    assert PHASE % "present" in second and PHASE % "built" not in second, (
+        image.get("snapshot_shutdown"), phases)
     meta = json.loads((state / "e2e-ws-02" / "server.json").read_text())["metadata"]
     assert meta["vmbinder:snapshot"] == str(snapshot)
 

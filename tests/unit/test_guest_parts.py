@@ -164,3 +164,56 @@ def test_the_status_page_reads_the_state_where_the_document_says(monkeypatch, tm
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _launch_file(tmp_path, doc):
+    path = tmp_path / guest.LAUNCH.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_a_state_left_by_another_launch_is_not_reported_as_this_ones(monkeypatch, tmp_path):
+    # A seat started from the first seat's snapshot finds the first seat's state
+    # (ready) on its disk: until its own run writes, it reports nothing done.
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    first, second = document(name="ws-01"), document(name="ws-02")
+    guest.write_state(first, phase="ready", status="done", ready=True, started=0)
+    assert guest.current_state(first)["ready"] is True
+    assert guest.current_state(second) == {}
+    guest.write_state(second, phase="trust", status="started")
+    assert guest.current_state(second)["phase"] == "trust"
+    assert guest.current_state(first) == {}
+
+
+def test_the_status_page_follows_the_launch_document_cloud_init_writes(monkeypatch, tmp_path):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    first, second = document(name="ws-01"), document(name="ws-02")
+    guest.write_state(first, phase="ready", status="done", ready=True, started=0)
+    _launch_file(tmp_path, second)  # cloud-init's write_files on the snapshot's first boot
+    monkeypatch.setattr(guest.StatusHandler, "doc", first)
+    monkeypatch.setattr(guest.StatusHandler, "reread", True)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}/vmbinder"
+    try:
+        with urllib.request.urlopen(f"{base}/status.json?token={second['token']}", timeout=10) as resp:
+            got = json.load(resp)
+        assert (got["phase"], got["ready"]) == (None, None)
+        for url, code in ((f"{base}/status.json?token={first['token']}", 403), (f"{base}/page", 503)):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(url, timeout=10)
+            assert info.value.code == code
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_jupyter_gets_the_token_of_the_launch_document_at_every_start(monkeypatch, tmp_path):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    first, second = document(name="ws-01"), document(name="ws-02")
+    env = tmp_path / first["guest"]["paths"]["env_file"].lstrip("/")
+    assert guest.write_env_file(first) is True
+    _launch_file(tmp_path, second)
+    assert guest.main(["vmbinder-guest.py", "env-file"]) == 0
+    assert env.read_text() == f"JUPYTER_TOKEN={second['token']}\n"
+    assert env.stat().st_mode & 0o777 == 0o600

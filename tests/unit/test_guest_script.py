@@ -157,6 +157,11 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert guest.spec.token not in "\n".join(console)
     unitfile = (guest.root / "etc/systemd/system/vmbinder-env.service").read_text()
     assert guest.spec.token not in unitfile and "--env-file /etc/vmbinder/jupyter.env" in unitfile
+    # Every start takes the token of the launch document cloud-init wrote (a
+    # server started from another's snapshot must not serve that one's token).
+    assert "After=docker.service cloud-init.service\n" in unitfile
+    assert "ExecStartPre=/usr/bin/python3 " in unitfile and unitfile.index(" env-file\n") < \
+        unitfile.index("ExecStart=/usr/bin/docker run")
 
 
 def test_a_second_run_changes_nothing(tmp_path, jupyter):
