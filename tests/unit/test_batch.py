@@ -15,7 +15,7 @@ from vmbinder import errors
 from vmbinder.providers.base import ERROR, META, Removed, Snapshot
 from vmbinder.workshops import seats
 from vmbinder.workshops.file import parse
-from vmbinder.workshops.up import build_key, up
+from vmbinder.workshops.up import build_key, run, up
 
 FILE = """
 name: course
@@ -164,6 +164,21 @@ def test_a_later_seat_failing_leaves_the_others_and_says_the_batch_partly_failed
     p.fail_seats.clear()
     again = up(p, workshop(4), wait=False, fan_out=False)
     assert [r.seat.name for r in again.seats if r.action == "created"] == ["course-03"]
+
+
+def test_run_returns_a_partly_failed_result_and_up_raises_its_failure():
+    p = BatchFake(fail_seats={"course-02"})
+    result = run(p, workshop(3), wait=False, fan_out=False)
+    assert result.partly_failed and result.attempted == 3
+    assert [r.seat.name for r in result.made] == ["course-01", "course-03"]
+    assert [r.seat.name for r in result.failed] == ["course-02"]
+    failure = result.failure()
+    assert failure.exit_code == 10 and failure.message.startswith("1 of 3 seats failed")
+    assert "course-02: creating server course-02 failed" in failure.message
+    p.fail_seats.clear()
+    again = run(p, workshop(3), wait=False, fan_out=False)
+    assert not again.partly_failed and again.failure() is None and again.attempted == 1
+    assert [r.seat.name for r in again.kept] == ["course-01", "course-03"]
 
 
 def test_the_quota_check_refuses_before_anything_is_made():

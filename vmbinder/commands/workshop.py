@@ -151,20 +151,16 @@ def _seat_docs(results) -> list[dict]:
 @click.pass_obj
 def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> None:
     """Make every seat of FILE that is missing or failed; run it again to repair."""
-    from vmbinder import errors
-    from vmbinder.workshops import up as batch
+    from vmbinder.workshops import up as workshop_up
 
     workshop, provider = _load(obj, file)
     key = None if any(s.cloud.key_name for s in workshop.seats) else read_public_key(public_key)
     log_path = debug_log(f"workshop-{workshop.name}", None)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
-    failure = None
     try:
-        result = batch.up(provider, workshop, reporter=progress, public_key=key,
-                          parallel=parallel, wait=not no_wait,
-                          fan_out=not no_fan_out, ready_timeout=timeout)
-    except errors.BatchPartlyFailed as exc:
-        result, failure = exc.details["result"], exc
+        result = workshop_up.run(provider, workshop, reporter=progress, public_key=key,
+                                 parallel=parallel, wait=not no_wait,
+                                 fan_out=not no_fan_out, ready_timeout=timeout)
     finally:
         progress.stop()
     docs = _seat_docs(result.seats)
@@ -181,8 +177,8 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
         if result.snapshot is not None:
             err.print(f"snapshot {result.snapshot.name} ({result.snapshot_action})")
         err.print(f"debug log: {log_path}\nthe URLs with their tokens: vmbinder workshop roster {file}")
-    if failure is not None:
-        raise failure
+    if result.partly_failed:  # exit 10, after every seat's result is shown
+        raise result.failure()
 
 
 @workshop.command("status")
