@@ -9,7 +9,7 @@ Goals: a launch in at most 15 requests, `list` in at most 3 whatever the count.
 Each command is a fresh `python -m vmbinder` process as the testbed's member, as
 a user runs it, with an ssh key in its HOME. The first launch also uploads the
 key and makes the security group; a launch after it finds both. The 99 extra servers for the second `list` are made with
-vmbinder.batch (no waiting); the member's quotas are raised for the run and put
+vmbinder.workshops.up (no waiting); the member's quotas are raised for the run and put
 back afterwards.
 """
 
@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT / "tests" / "functional"))
 
 import proxyctl
 
-from vmbinder import batch
 from vmbinder.providers.openstack import OpenStackProvider
-from vmbinder.workshop import load
+from vmbinder.workshops.file import load
+from vmbinder.workshops.seats import down
+from vmbinder.workshops.up import up
 
 TESTBED = Path(os.environ.get("VMBINDER_TESTBED_DIR", ROOT / ".testbed"))
 CLOUDS = TESTBED / "clouds.yaml"
@@ -122,11 +123,11 @@ def main() -> int:
                 counted(proxy, env, "delete", "reqbench-two")
                 figures["list_1"] = counted(proxy, env, "list", "--format", "json")
                 if extra:
-                    batch.up(provider, workshop, wait=False, fan_out=False, parallel=8)
+                    up(provider, workshop, wait=False, fan_out=False, parallel=8)
                 figures[f"list_{args.servers}"] = counted(proxy, env, "list", "--format", "json")
                 figures["delete"] = counted(proxy, env, "delete", "reqbench-one")
         finally:
-            batch.down(provider, workshop)
+            down(provider, workshop)
             for server in member.compute.servers(name="^reqbench-(one|two)$"):
                 subprocess.run([sys.executable, "-m", "vmbinder", "delete", server.id], env=env,
                                capture_output=True, timeout=300, check=False)

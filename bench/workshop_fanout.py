@@ -2,7 +2,7 @@
 against the seat that built the environment.
 
 Serves examples/local-repo from this machine and runs a two-seat workshop of it
-with vmbinder.batch.up on the local target (baked image): the first seat builds
+with vmbinder.workshops.up.up on the local target (baked image): the first seat builds
 the environment and is snapshotted, the second starts from the snapshot. Prints
 the seconds of each part, then removes the seats and the snapshot.
 
@@ -24,12 +24,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmbinder import batch
 from vmbinder.localrepo import serve
 from vmbinder.providers.local import LocalProvider
 from vmbinder.providers.local_image import images_dir
 from vmbinder.readiness import fetch_json
-from vmbinder.workshop import load
+from vmbinder.workshops.file import load
+from vmbinder.workshops.seats import CREATED, SNAPSHOTTED, down, roster_entries
+from vmbinder.workshops.up import up
 
 
 class Clock:
@@ -49,7 +50,7 @@ class Clock:
 def guest_steps(provider, workshop) -> dict[str, dict]:
     """Each seat's own seconds per step, from its status.json (Caddy's internal CA
     is not checked here)."""
-    entries, _ = batch.roster_entries(provider, workshop, check=False)
+    entries, _ = roster_entries(provider, workshop, check=False)
     steps = {}
     for entry in entries:
         base, token = entry.lab_url.split("/lab?token=")
@@ -71,19 +72,19 @@ def main() -> int:
         workshop = load(path)
         clock = Clock()
         try:
-            result = batch.up(provider, workshop, reporter=clock, local=True)
+            result = up(provider, workshop, reporter=clock, local=True)
             total = time.monotonic() - clock.started
             steps = guest_steps(provider, workshop)
         finally:
-            batch.down(provider, workshop, snapshots=True)
-    built = clock.at("fanout-01", batch.CREATED)
-    snap_start, snap_end = clock.at("fanout-01", "snapshot"), clock.at("fanout-01", batch.SNAPSHOTTED)
+            down(provider, workshop, snapshots=True)
+    built = clock.at("fanout-01", CREATED)
+    snap_start, snap_end = clock.at("fanout-01", "snapshot"), clock.at("fanout-01", SNAPSHOTTED)
     second = next(r for r in result.seats if r.seat.name == "fanout-02")
     one, two = steps.get("fanout-01", {}), steps.get("fanout-02", {})
     figures = {
         "build_seat_s": round(built, 1),
         "snapshot_s": round(snap_end - snap_start, 1),
-        "first_seat_again_s": round(clock.at("fanout-01", batch.CREATED, 1) - snap_end, 1),
+        "first_seat_again_s": round(clock.at("fanout-01", CREATED, 1) - snap_end, 1),
         "seat_from_snapshot_s": round(second.seconds, 1),
         "total_s": round(total, 1),
         "guest_build_s": {"fanout-01": one.get("build"), "fanout-02": two.get("build")},

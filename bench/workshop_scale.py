@@ -1,9 +1,9 @@
 """Workshop scaling on the OpenStack testbed: `up` of 50 seats against 1 seat.
 
-For each size, runs vmbinder.batch.up (as `vmbinder workshop up --no-wait`,
-parallelism 8) as the testbed's member, counts the HTTP requests it sends to
-the cloud, then removes the seats with batch.down. The quotas are raised for
-the run as the admin and put back afterwards. Goal: 50 seats in at most 3x the
+For each size, runs vmbinder.workshops.up.up (as `vmbinder workshop up
+--no-wait`, parallelism 8) as the testbed's member, counts the HTTP requests it
+sends to the cloud, then removes the seats with vmbinder.workshops.seats.down.
+The quotas are raised for the run as the admin and put back afterwards. Goal: 50 seats in at most 3x the
 wall time of 1.
 
     testbed/up && .venv/bin/python bench/workshop_scale.py [--seats 50] [--json]
@@ -26,9 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vmbinder import batch
 from vmbinder.providers.openstack import OpenStackProvider
-from vmbinder.workshop import load
+from vmbinder.workshops.file import load
+from vmbinder.workshops.seats import PARALLEL, down
+from vmbinder.workshops.up import up
 
 TESTBED = Path(os.environ.get("VMBINDER_TESTBED_DIR", ROOT / ".testbed"))
 
@@ -72,11 +73,11 @@ def run(seats: int, folder: Path, counter: RequestCounter, parallel: int) -> dic
     provider = OpenStackProvider(conn=connect("testbed"))
     counter.take()
     started = time.monotonic()
-    result = batch.up(provider, workshop, wait=False, fan_out=False, parallel=parallel)
+    result = up(provider, workshop, wait=False, fan_out=False, parallel=parallel)
     seconds = time.monotonic() - started
     requests = counter.take()
     made = sum(r.action == "created" for r in result.seats)
-    batch.down(provider, workshop)
+    down(provider, workshop)
     return {"seats": seats, "created": made, "seconds": round(seconds, 1),
             "requests": requests, "requests_per_seat": round(requests / seats, 1)}
 
@@ -84,7 +85,7 @@ def run(seats: int, folder: Path, counter: RequestCounter, parallel: int) -> dic
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seats", type=int, default=50)
-    parser.add_argument("--parallel", type=int, default=batch.PARALLEL)
+    parser.add_argument("--parallel", type=int, default=PARALLEL)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not (TESTBED / "clouds.yaml").is_file():

@@ -14,8 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from vmbinder import batch, errors, roster, workshop
+from vmbinder import errors
 from vmbinder.providers.openstack import OpenStackProvider
+from vmbinder.workshops import roster, seats
+from vmbinder.workshops import up as workshop_up
+from vmbinder.workshops.file import load
 
 
 class Printer:
@@ -26,27 +29,25 @@ class Printer:
 
 
 def up(file: str, html: str) -> int:
-    ws = workshop.load(file)
+    ws = load(file)
     provider = OpenStackProvider()  # OS_CLOUD
     key = Path.home() / ".ssh" / "id_ed25519.pub"
-    try:
-        result = batch.up(provider, ws, reporter=Printer(), parallel=8,
-                          public_key=key.read_text() if key.exists() else None)
-    except errors.BatchPartlyFailed as exc:
-        result = exc.details["result"]
-        print(f"some seats failed: {exc.message}", file=sys.stderr)
+    result = workshop_up.run(provider, ws, reporter=Printer(), parallel=8,
+                             public_key=key.read_text() if key.exists() else None)
+    if result.partly_failed:
+        print(f"some seats failed: {result.failure().message}", file=sys.stderr)
     for seat in result.seats:
         print(seat.seat.name, seat.action, seat.server.address if seat.server else "-")
-    entries, left_out = batch.roster_entries(provider, ws)
+    entries, left_out = seats.roster_entries(provider, ws)
     # Mode 0600 from the start: the page holds every seat's token.
     with os.fdopen(os.open(html, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         fh.write(roster.to_html(ws.name, entries, source=ws.source.repo))
     print(f"{len(entries)} seats in {html}; left out: {[s.seat.name for s in left_out]}")
-    return 10 if result.failed else 0
+    return 10 if result.partly_failed else 0
 
 
 def down(file: str) -> int:
-    removed = batch.down(OpenStackProvider(), workshop.load(file), snapshots=True)
+    removed = seats.down(OpenStackProvider(), load(file), snapshots=True)
     for item in removed:
         print("removed", item.kind, item.name)
     return 0

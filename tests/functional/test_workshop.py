@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import time
 
-from vmbinder import batch
 from vmbinder.providers.openstack import OpenStackProvider
-from vmbinder.workshop import load
+from vmbinder.workshops.file import load
+from vmbinder.workshops.up import build_key, up
 
 from .conftest import IMAGE, MEMBER, SOURCE, connect
 from .test_launch import ok
@@ -123,13 +123,13 @@ def test_snapshot_fan_out_on_the_testbed(testbed, vmb, tmp_path, ssh_key):
     workshop = load(path)
     provider = OpenStackProvider(conn=connect(MEMBER))
     built = []
-    result = batch.up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
+    result = up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
     assert [s.name for s in built] == ["wsfan-01"] and result.snapshot_action == "made"
     snap = result.snapshot
     image = testbed.admin.image.get_image(snap.id)
     assert image.status == "active" and image.visibility == "private"
     assert image.properties["vmbinder_workshop"] == "wsfan"
-    assert image.properties["vmbinder_build"] == batch.build_key(workshop, IMAGE)
+    assert image.properties["vmbinder_build"] == build_key(workshop, IMAGE)
     assert image.properties["vmbinder_snapshot_of"] == "wsfan-01"
     seats = seats_on_cloud(testbed, "wsfan")
     assert seats["wsfan-01"].status == "ACTIVE"  # started again after its snapshot
@@ -141,7 +141,7 @@ def test_snapshot_fan_out_on_the_testbed(testbed, vmb, tmp_path, ssh_key):
     # A seat deleted by hand comes back from the same snapshot, with a new token.
     old = seats["wsfan-03"]
     ok(vmb("delete", "wsfan-03"))
-    again = batch.up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
+    again = up(provider, workshop, public_key=ssh_key, wait=False, built=built.append)
     assert again.snapshot_action == "reused" and len(built) == 1
     new = seats_on_cloud(testbed, "wsfan")["wsfan-03"]
     assert new.image.id == snap.id

@@ -1,4 +1,4 @@
-"""Workshop seats (vmbinder.batch) against an in-memory provider: which seats are
+"""Workshop seats (vmbinder.workshops.up and .seats) against an in-memory provider: which seats are
 made, in which order, what a re-run does, failures, snapshots, roster, down."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.fakes import FakeProvider
-from vmbinder import batch, errors
+from vmbinder import errors
 from vmbinder.providers.base import ERROR, META, Removed, Snapshot
-from vmbinder.workshop import parse
+from vmbinder.workshops import seats
+from vmbinder.workshops.file import parse
+from vmbinder.workshops.up import build_key, run, up
 
 FILE = """
 name: course
@@ -106,7 +108,7 @@ def names(provider):
 
 def test_up_makes_every_seat_first_one_alone_with_its_labels_and_own_token():
     p = BatchFake()
-    result = batch.up(p, workshop(5), wait=False, fan_out=False, parallel=2)
+    result = up(p, workshop(5), wait=False, fan_out=False, parallel=2)
     assert names(p) == [f"course-0{i}" for i in range(1, 6)]
     assert [r.action for r in result.seats] == ["created"] * 5
     # The first seat is ACTIVE before any other seat is created.
@@ -122,15 +124,15 @@ def test_up_makes_every_seat_first_one_alone_with_its_labels_and_own_token():
 
 def test_a_second_up_makes_nothing_and_a_missing_or_failed_seat_is_made_again():
     p = BatchFake()
-    batch.up(p, workshop(4), wait=False, fan_out=False)
-    again = batch.up(p, workshop(4), wait=False, fan_out=False)
+    up(p, workshop(4), wait=False, fan_out=False)
+    again = up(p, workshop(4), wait=False, fan_out=False)
     assert [r.action for r in again.seats] == ["kept"] * 4
     assert len(p.servers) == 4 and len(p.preflights) == 1
     # One seat deleted by hand, one gone to ERROR.
     by_name = {s.name: s for s in p.servers.values()}
     p.delete(by_name["course-02"])
     p.servers[by_name["course-03"].id] = replace(by_name["course-03"], state=ERROR)
-    repaired = batch.up(p, workshop(4), wait=False, fan_out=False)
+    repaired = up(p, workshop(4), wait=False, fan_out=False)
     assert {r.seat.name: r.action for r in repaired.seats} == {
         "course-01": "kept", "course-02": "created", "course-03": "recreated", "course-04": "kept"}
     assert names(p) == ["course-01", "course-02", "course-03", "course-04"]
@@ -141,7 +143,7 @@ def test_a_second_up_makes_nothing_and_a_missing_or_failed_seat_is_made_again():
 def test_the_first_seat_failing_stops_the_batch_with_nothing_else_made():
     p = BatchFake(fail_seats={"course-01"})
     with pytest.raises(errors.CloudError) as info:
-        batch.up(p, workshop(6), wait=False, fan_out=False)
+        up(p, workshop(6), wait=False, fan_out=False)
     assert "course-01" in info.value.message
     assert p.servers == {}
     assert [e for e in p.events if e[0] == "create"] == [("create", "course-01")]
@@ -151,7 +153,7 @@ def test_the_first_seat_failing_stops_the_batch_with_nothing_else_made():
 def test_a_later_seat_failing_leaves_the_others_and_says_the_batch_partly_failed():
     p = BatchFake(fail_seats={"course-03"})
     with pytest.raises(errors.BatchPartlyFailed) as info:
-        batch.up(p, workshop(4), wait=False, fan_out=False)
+        up(p, workshop(4), wait=False, fan_out=False)
     assert info.value.exit_code == 10
     assert "1 of 4 seats failed" in info.value.message and "course-03" in info.value.message
     result = info.value.details["result"]
@@ -160,26 +162,41 @@ def test_a_later_seat_failing_leaves_the_others_and_says_the_batch_partly_failed
     assert not [r for r in p.resources.values() if r["name"] == "course-03"]
     # Running up again makes only the failed seat.
     p.fail_seats.clear()
-    again = batch.up(p, workshop(4), wait=False, fan_out=False)
+    again = up(p, workshop(4), wait=False, fan_out=False)
     assert [r.seat.name for r in again.seats if r.action == "created"] == ["course-03"]
+
+
+def test_run_returns_a_partly_failed_result_and_up_raises_its_failure():
+    p = BatchFake(fail_seats={"course-02"})
+    result = run(p, workshop(3), wait=False, fan_out=False)
+    assert result.partly_failed and result.attempted == 3
+    assert [r.seat.name for r in result.made] == ["course-01", "course-03"]
+    assert [r.seat.name for r in result.failed] == ["course-02"]
+    failure = result.failure()
+    assert failure.exit_code == 10 and failure.message.startswith("1 of 3 seats failed")
+    assert "course-02: creating server course-02 failed" in failure.message
+    p.fail_seats.clear()
+    again = run(p, workshop(3), wait=False, fan_out=False)
+    assert not again.partly_failed and again.failure() is None and again.attempted == 1
+    assert [r.seat.name for r in again.kept] == ["course-01", "course-03"]
 
 
 def test_the_quota_check_refuses_before_anything_is_made():
     p = BatchFake()
     with pytest.raises(errors.QuotaExceeded):
-        batch.up(p, workshop(60), wait=False, fan_out=False)
+        up(p, workshop(60), wait=False, fan_out=False)
     assert p.servers == {} and p.resources == {} and "create" not in p.calls
 
 
 def test_fan_out_builds_once_snapshots_and_starts_the_rest_from_the_snapshot():
     p = BatchFake()
     checked = []
-    result = batch.up(p, workshop(4), wait=False, built=checked.append)
+    result = up(p, workshop(4), wait=False, built=checked.append)
     assert [s.name for s in checked] == ["course-01"]
     assert result.snapshot_action == "made"
     (snap,) = p.snaps.values()
     assert snap.properties == {"vmbinder_workshop": "course",
-                               "vmbinder_build": batch.build_key(workshop(4), None)}
+                               "vmbinder_build": build_key(workshop(4), None)}
     assert p.events.index(("snapshot", "course-01")) < p.events.index(("create", "course-02"))
     assert p.specs["course-01"].cloud.image is None
     for seat in ("course-02", "course-03", "course-04"):
@@ -187,25 +204,25 @@ def test_fan_out_builds_once_snapshots_and_starts_the_rest_from_the_snapshot():
         assert dict(p.specs[seat].labels)["snapshot"] == snap.id
     # A later up with a seat missing reuses the snapshot: no second one.
     p.delete(next(s for s in p.servers.values() if s.name == "course-04"))
-    again = batch.up(p, workshop(4), wait=False, built=checked.append)
+    again = up(p, workshop(4), wait=False, built=checked.append)
     assert again.snapshot_action == "reused" and len(p.snaps) == 1
     assert p.specs["course-04"].cloud.image == snap.id
 
 
 def test_a_changed_ref_needs_a_new_snapshot():
     old, new = workshop(2), parse(FILE.format(seats=2).replace("ref: v1", "ref: v2"), "ws.yaml")
-    assert batch.build_key(old, None) != batch.build_key(new, None)
-    assert batch.build_key(old, None) != batch.build_key(old, "other-image")
+    assert build_key(old, None) != build_key(new, None)
+    assert build_key(old, None) != build_key(old, "other-image")
     p = BatchFake()
-    batch.up(p, old, wait=False, built=lambda s: None)
-    batch.down(p, old)
-    batch.up(p, new, wait=False, built=lambda s: None)
+    up(p, old, wait=False, built=lambda s: None)
+    seats.down(p, old)
+    up(p, new, wait=False, built=lambda s: None)
     assert len(p.snaps) == 2
 
 
 def test_without_waiting_and_no_build_hook_every_seat_builds_its_own():
     p = BatchFake()
-    result = batch.up(p, workshop(3), wait=False)
+    result = up(p, workshop(3), wait=False)
     assert result.snapshot is None and p.snaps == {}
     assert all(p.specs[n].cloud.image is None for n in p.specs)
 
@@ -219,19 +236,19 @@ def test_a_server_with_a_seat_name_from_elsewhere_is_refused():
     api.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
                wait=False)
     with pytest.raises(errors.BadRequest) as info:
-        batch.up(p, workshop(3), wait=False)
+        up(p, workshop(3), wait=False)
     assert "course-02" in info.value.message and "not a seat of workshop course" in info.value.message
     assert names(p) == ["course-02"]
 
 
 def test_down_removes_every_seat_then_nothing_and_snapshots_only_when_asked():
     p = BatchFake()
-    batch.up(p, workshop(3), wait=False, built=lambda s: None)
-    removed = batch.down(p, workshop(3))
+    up(p, workshop(3), wait=False, built=lambda s: None)
+    removed = seats.down(p, workshop(3))
     assert sorted(r.name for r in removed if r.kind == "server") == ["course-01", "course-02", "course-03"]
     assert p.servers == {} and len(p.snaps) == 1
-    assert batch.down(p, workshop(3)) == []
-    gone = batch.down(p, workshop(3), snapshots=True)
+    assert seats.down(p, workshop(3)) == []
+    gone = seats.down(p, workshop(3), snapshots=True)
     assert [r.kind for r in gone] == ["snapshot"] and p.snaps == {}
 
 
@@ -239,27 +256,27 @@ def test_roster_lists_only_seats_whose_url_answers_with_participants():
     text = FILE.format(seats=1).replace("seats: 1\n", "participants: [Ada, Grace, Alan]\n")
     ws = parse(text + "open: index.ipynb\n", "ws.yaml")
     p = BatchFake()
-    batch.up(p, ws, wait=False, fan_out=False)
+    up(p, ws, wait=False, fan_out=False)
     asked = []
 
     def answers(server, url):
         asked.append(url)
         return server.name != "course-02"
 
-    entries, left_out = batch.roster_entries(p, ws, answers=answers)
+    entries, left_out = seats.roster_entries(p, ws, answers=answers)
     assert [(e.seat, e.participant) for e in entries] == [("course-01", "Ada"), ("course-03", "Alan")]
     assert [s.seat.name for s in left_out] == ["course-02"]
     tokens = {s.name: s.meta("token") for s in p.servers.values()}
     for e in entries:
         assert e.url.endswith(f"lab/tree/index.ipynb?token={tokens[e.seat]}")
     assert len(asked) == 3 and all("token=" in u for u in asked)
-    unchecked, _ = batch.roster_entries(p, ws, check=False, answers=answers)
+    unchecked, _ = seats.roster_entries(p, ws, check=False, answers=answers)
     assert len(unchecked) == 3 and len(asked) == 3
 
 
 def test_lifetime_is_recorded_as_an_expiry_time():
     p = BatchFake()
-    batch.up(p, workshop(1, "lifetime: 8h\n"), wait=False)
+    up(p, workshop(1, "lifetime: 8h\n"), wait=False)
     (server,) = p.servers.values()
     assert server.meta("expires").endswith("Z") and "T" in server.meta("expires")
 
@@ -267,7 +284,7 @@ def test_lifetime_is_recorded_as_an_expiry_time():
 def test_an_interrupt_during_the_first_seat_leaves_nothing():
     p = BatchFake(interrupt_at="wait")
     with pytest.raises(errors.Interrupted):
-        batch.up(p, workshop(3), wait=False)
+        up(p, workshop(3), wait=False)
     assert p.servers == {} and p.resources == {}
 
 
@@ -325,7 +342,7 @@ def test_status_roster_and_down_commands(cli_with, tmp_path):
 
 def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refusal():
     p = BatchFake()
-    batch.up(p, workshop(2), wait=False, fan_out=False)
+    up(p, workshop(2), wait=False, fan_out=False)
     failures = {"course-01": [errors.CloudError("reset", details={"transient": True})],
                 "course-02": [errors.CloudError("HTTP 403", details={"http_status": 403})]}
     original = p.delete
@@ -337,7 +354,7 @@ def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refu
 
     p.delete = flaky
     with pytest.raises(errors.CleanupFailed) as info:
-        batch.down(p, workshop(2))
+        seats.down(p, workshop(2))
     assert "course-02: HTTP 403" in info.value.message and "course-01" not in info.value.message
     assert names(p) == ["course-02"]
 
@@ -354,7 +371,7 @@ def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypa
         return server
 
     monkeypatch.setattr(api, "wait_ready", wait_ready)
-    result = batch.up(p, workshop(3))
+    result = up(p, workshop(3))
     assert result.snapshot_action == "made"
     assert sorted(waited) == ["course-01", "course-01", "course-02", "course-03"]
     snap = p.events.index(("snapshot", "course-01"))
@@ -375,6 +392,6 @@ def test_a_failed_snapshot_removes_what_it_made_and_starts_no_other_seat():
 
     p.snapshot = failing_snapshot
     with pytest.raises(errors.CloudError) as info:
-        batch.up(p, workshop(3), wait=False, built=lambda s: None)
+        up(p, workshop(3), wait=False, built=lambda s: None)
     assert removed == ["img-1"] and "removed what it created: snapshot" in info.value.hint
     assert names(p) == ["course-01"]

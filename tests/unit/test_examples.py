@@ -37,7 +37,7 @@ def test_workshop_api_example_imports_and_prints_its_usage():
 
 
 def test_workshop_example_file_is_valid():
-    from vmbinder.workshop import load
+    from vmbinder.workshops.file import load
 
     ws = load(EXAMPLES / "workshop.yaml")
     assert ws.name == "genomics-101" and len(ws.seats) == 3

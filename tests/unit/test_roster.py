@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from vmbinder import roster
-from vmbinder.roster import Entry
+from vmbinder.workshops import roster
+from vmbinder.workshops.roster import Entry
 
 URL = "https://203-0-113-{n}.sslip.io/lab/tree/index.ipynb?token={t}"
 

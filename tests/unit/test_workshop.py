@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vmbinder import workshop
+from vmbinder.workshops import file as workshop
 from vmbinder.errors import BadRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "workshop.yaml"

@@ -1,5 +1,5 @@
 """`vmbinder workshop check|up|status|roster|down`: the seats of a workshop file
-(see vmbinder.workshop and vmbinder.batch), with a live table of their progress."""
+(see vmbinder.workshops), with a live table of their progress."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 import click
 
-from vmbinder import workshop as ws
+from vmbinder.workshops import file as ws
 from vmbinder.commands.launch import read_public_key
 from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
 
@@ -151,19 +151,16 @@ def _seat_docs(results) -> list[dict]:
 @click.pass_obj
 def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> None:
     """Make every seat of FILE that is missing or failed; run it again to repair."""
-    from vmbinder import batch, errors
+    from vmbinder.workshops import up as workshop_up
 
     workshop, provider = _load(obj, file)
     key = None if any(s.cloud.key_name for s in workshop.seats) else read_public_key(public_key)
     log_path = debug_log(f"workshop-{workshop.name}", None)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
-    failure = None
     try:
-        result = batch.up(provider, workshop, reporter=progress, public_key=key,
-                          parallel=parallel, wait=not no_wait,
-                          fan_out=not no_fan_out, ready_timeout=timeout)
-    except errors.BatchPartlyFailed as exc:
-        result, failure = exc.details["result"], exc
+        result = workshop_up.run(provider, workshop, reporter=progress, public_key=key,
+                                 parallel=parallel, wait=not no_wait,
+                                 fan_out=not no_fan_out, ready_timeout=timeout)
     finally:
         progress.stop()
     docs = _seat_docs(result.seats)
@@ -180,8 +177,8 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
         if result.snapshot is not None:
             err.print(f"snapshot {result.snapshot.name} ({result.snapshot_action})")
         err.print(f"debug log: {log_path}\nthe URLs with their tokens: vmbinder workshop roster {file}")
-    if failure is not None:
-        raise failure
+    if result.partly_failed:  # exit 10, after every seat's result is shown
+        raise result.failure()
 
 
 @workshop.command("status")
@@ -190,15 +187,15 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
 @click.pass_obj
 def status(obj, file, fmt) -> None:
     """Each seat's server: state, address, expiry and whether it came from the snapshot."""
-    from vmbinder import batch
+    from vmbinder.workshops import seats
 
     workshop, provider = _load(obj, file)
     docs = [{"seat": st.seat.name, "participant": st.seat.participant.name if st.seat.participant else None,
              "state": st.state, "address": st.server.address if st.server else None,
-             "expires": st.server.meta(batch.EXPIRES) if st.server else None,
-             "snapshot": st.server.meta(batch.FROM_SNAPSHOT) if st.server else None,
+             "expires": st.server.meta(seats.EXPIRES) if st.server else None,
+             "snapshot": st.server.meta(seats.FROM_SNAPSHOT) if st.server else None,
              "fault": st.server.fault if st.server else None}
-            for st in batch.status(provider, workshop)]
+            for st in seats.status(provider, workshop)]
     if fmt == "json":
         click.echo(json.dumps({"workshop": workshop.name, "seats": docs}, indent=2))
     elif fmt == "value":
@@ -219,10 +216,10 @@ def status(obj, file, fmt) -> None:
 @click.pass_obj
 def roster_(obj, file, fmt, output, no_check) -> None:
     """The URL of each seat, token included, for the seats whose URL answers."""
-    from vmbinder import batch, roster
+    from vmbinder.workshops import roster, seats
 
     workshop, provider = _load(obj, file)
-    entries, left_out = batch.roster_entries(provider, workshop, check=not no_check)
+    entries, left_out = seats.roster_entries(provider, workshop, check=not no_check)
     text = roster.render(fmt, workshop.name, entries, source=workshop.source.repo)
     if output:
         import os
@@ -248,12 +245,12 @@ def roster_(obj, file, fmt, output, no_check) -> None:
 @click.pass_obj
 def down(obj, file, snapshots, fmt) -> None:
     """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
-    from vmbinder import batch
+    from vmbinder.workshops import seats
 
     workshop, provider = _load(obj, file)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
     try:
-        removed = batch.down(provider, workshop, snapshots=snapshots, reporter=progress)
+        removed = seats.down(provider, workshop, snapshots=snapshots, reporter=progress)
     finally:
         progress.stop()
     print_removed(fmt, removed, stderr())

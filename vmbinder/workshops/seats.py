@@ -1,0 +1,166 @@
+"""A workshop's seats on the cloud: found, listed and removed.
+
+    status  each seat's server, state and address
+    roster  each seat's URL with its token, for the seats whose URL answers
+    down    removes every seat, and the snapshot when asked
+
+The seats are found by what the cloud records on them (vmbinder:workshop and
+vmbinder:seat), as every other command finds its servers. Making them is
+vmbinder.workshops.up. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from vmbinder import api, errors, readiness
+from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Provider, Removed, Server
+from vmbinder.spec import ACME
+from vmbinder.workshops.file import Seat, Workshop
+
+#: Seats made or removed at once (after the first one, for `up`).
+PARALLEL = 8
+#: Labels on a seat's server: its workshop, its number, the snapshot it started from, its expiry.
+WORKSHOP, SEAT, FROM_SNAPSHOT, EXPIRES = "workshop", "seat", "snapshot", "expires"
+#: Snapshot properties: the workshop, and what was built (see up.build_key).
+P_WORKSHOP, P_BUILD = "vmbinder_workshop", "vmbinder_build"
+HEALTHY = (ACTIVE, BUILDING, STOPPED)
+# What happened to a seat in `up`.
+KEPT, CREATED, RECREATED, FAILED, SKIPPED = "kept", "created", "recreated", "failed", "skipped"
+SNAPSHOTTED = "snapshotted"
+
+
+class BatchReporter(Protocol):
+    def seat(self, name: str, state: str, detail: str = "") -> None: ...
+
+
+class NullBatchReporter:
+    def seat(self, name: str, state: str, detail: str = "") -> None:
+        pass
+
+
+def seats_of(provider: Provider, workshop: Workshop) -> dict[str, Server]:
+    """The workshop's servers by seat name. A server with a seat's name that is
+    not this workshop's seat is refused: `up` would otherwise make a second one."""
+    names = {s.name for s in workshop.seats}
+    found: dict[str, Server] = {}
+    for server in provider.list_owned():
+        if server.name not in names:
+            continue
+        if server.meta(WORKSHOP) != workshop.name:
+            raise errors.BadRequest(
+                f"a vmbinder server named {server.name} exists and is not a seat of workshop "
+                f"{workshop.name}", f"remove it first (vmbinder delete {server.name}) or rename "
+                "the workshop")
+        found[server.name] = server
+    return found
+
+
+def release_orphans(provider: Provider, names: list[str]) -> list[Removed]:
+    """What seats deleted by hand left (a cloud's floating IPs), removed."""
+    return provider.release_orphans(names) if provider.supports("release_orphans") else []
+
+
+def _retrying(call: Callable[[], list[Removed]], attempts: int = 4) -> list[Removed]:
+    """An idempotent removal, tried again after a dropped connection or a 502-504."""
+    import tenacity
+
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception(
+            lambda e: isinstance(e, errors.VmbinderError) and e.details.get("transient")),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=8),
+        stop=tenacity.stop_after_attempt(attempts), reraise=True,
+    ):
+        with attempt:
+            return call()
+    return []  # not reached: the last attempt returns or raises
+
+
+@dataclass(frozen=True)
+class SeatStatus:
+    seat: Seat
+    server: Server | None
+
+    @property
+    def state(self) -> str:
+        return self.server.state if self.server else "missing"
+
+
+def status(provider: Provider, workshop: Workshop) -> list[SeatStatus]:
+    found = seats_of(provider, workshop)
+    return [SeatStatus(seat, found.get(seat.name)) for seat in workshop.seats]
+
+
+def _answers(server: Server, url: str) -> bool:
+    ok, _ = readiness.http_probe(url, verify=server.meta("tls") == ACME)()
+    return ok
+
+
+def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True,
+                   answers: Callable[[Server, str], bool] = _answers,
+                   parallel: int = 16) -> tuple[list, list[SeatStatus]]:
+    """(entries for the seats whose URL answered, the seats left out). With
+    check=False every seat with an address is listed, unchecked."""
+    from vmbinder.workshops import roster
+
+    seats = status(provider, workshop)
+    candidates = []
+    for st in seats:
+        if st.server is None or st.server.state != ACTIVE:
+            continue
+        acc = api.access(st.server)
+        if acc.base is None:
+            continue
+        candidates.append((st, acc))
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        verdicts = list(pool.map(
+            lambda pair: (not check) or answers(pair[0].server, pair[1].urls["lab"]), candidates))
+    entries, listed = [], set()
+    for (st, acc), good in zip(candidates, verdicts):
+        if not good:
+            continue
+        person = st.seat.participant
+        entries.append(roster.Entry(
+            seat=st.seat.name, number=st.seat.number,
+            participant=person.name if person else None, email=person.email if person else None,
+            url=acc.open_url or acc.urls["lab"], lab_url=acc.urls["lab"],
+            expires=st.server.meta(EXPIRES)))
+        listed.add(st.seat.name)
+    return entries, [st for st in seats if st.seat.name not in listed]
+
+
+def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
+         reporter: BatchReporter | None = None, parallel: int = PARALLEL) -> list[Removed]:
+    """Remove every seat of the workshop (its floating IP with it) and, with
+    snapshots=True, its snapshots. Safe to run again: then it removes nothing."""
+    reporter = reporter or NullBatchReporter()
+    found = seats_of(provider, workshop)
+    errors_seen: list[tuple[str, errors.VmbinderError]] = []
+
+    def remove(server: Server) -> list[Removed]:
+        reporter.seat(server.name, "delete", "deleting")
+        try:
+            gone = _retrying(lambda: provider.delete(server))
+        except errors.VmbinderError as exc:
+            reporter.seat(server.name, FAILED, exc.message)
+            errors_seen.append((server.name, exc))
+            return []
+        reporter.seat(server.name, "deleted", "")
+        return gone
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        removed = [r for batch in pool.map(remove, found.values()) for r in batch]
+    removed += release_orphans(provider, [s.name for s in workshop.seats])
+    if snapshots:
+        for snap in provider.snapshots({P_WORKSHOP: workshop.name}):
+            removed += provider.delete_snapshot(snap)
+    if errors_seen:
+        raise errors.CleanupFailed(
+            "could not remove these seats:\n"
+            + "\n".join(f"  {name}: {exc.message}" for name, exc in errors_seen),
+            "run the same `vmbinder workshop down` again; if it still fails, see the hint of "
+            "each error", details={"removed": removed})
+    return removed
