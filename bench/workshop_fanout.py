@@ -72,7 +72,7 @@ def main() -> int:
         workshop = load(path)
         clock = Clock()
         try:
-            result = up(provider, workshop, reporter=clock, local=True)
+            result = up(provider, workshop, reporter=clock)
             total = time.monotonic() - clock.started
             steps = guest_steps(provider, workshop)
         finally:
