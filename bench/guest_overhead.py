@@ -36,8 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vmbinder.images.folder import images_dir
 from vmbinder.localrepo import serve
-from vmbinder.providers.local_image import images_dir
 from vmbinder.readiness import fetch_json, http_probe
 
 BASE = "vmbinder/base:bookworm"

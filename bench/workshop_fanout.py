@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vmbinder.images.folder import images_dir
 from vmbinder.localrepo import serve
 from vmbinder.providers.local import LocalProvider
-from vmbinder.providers.local_image import images_dir
 from vmbinder.readiness import fetch_json
 from vmbinder.workshops.file import load
 from vmbinder.workshops.seats import CREATED, SNAPSHOTTED, down, roster_entries

@@ -6,9 +6,9 @@ from the launch document (vmbinder/launchdoc.py), and the few it needs before
 it has read that document say here where their twin is.
 tests/unit/test_guest_contract.py imports both sides and checks they agree.
 
-guestimage.py bakes the same facts into images (repo2docker in REPO2DOCKER_VENV,
-the trixie pin, base images in BASE_IMAGES_DIR), so a baked server finds
-everything where the guest looks for it.
+images/build.py and images/rootfs.py bake the same facts into images (repo2docker
+in REPO2DOCKER_VENV, the trixie pin, base images in BASE_IMAGES_DIR), so a baked
+server finds everything where the guest looks for it.
 """
 
 from __future__ import annotations

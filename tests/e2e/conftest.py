@@ -23,7 +23,8 @@ IMAGES = Path(os.environ.get("VMBINDER_E2E_IMAGES", Path.home() / ".cache" / "vm
 
 def _inputs_hash() -> str:
     digest = hashlib.sha256()
-    for path in sorted([ROOT / "vmbinder" / "guestimage.py", *(ROOT / "guest").rglob("*")]):
+    builder = [ROOT / "vmbinder" / "images" / name for name in ("build.py", "rootfs.py")]
+    for path in sorted([*builder, *(ROOT / "guest").rglob("*")]):
         if path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

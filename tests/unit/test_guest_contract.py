@@ -17,7 +17,8 @@ import yaml
 
 import vmbinder
 from vmbinder import cloudinit, guestcontract, interfaces, launchdoc, readiness
-from vmbinder import guestimage as gi
+from vmbinder.images import build as gi
+from vmbinder.images import rootfs
 from vmbinder.sources import Source
 from vmbinder.spec import LaunchSpec, make_spec
 
@@ -145,14 +146,14 @@ def test_baked_images_have_what_the_guest_looks_for():
     paths = launchdoc.document(spec_for())["guest"]["paths"]
     assert paths["venv"] == gi.REPO2DOCKER_VENV
     assert paths["base_images"] == gi.BASE_IMAGES_DIR
-    assert launchdoc.document(spec_for())["guest"]["trixie_pin"] == gi.TRIXIE_PIN
+    assert launchdoc.document(spec_for())["guest"]["trixie_pin"] == rootfs.TRIXIE_PIN
 
 
 def test_base_images_are_imported_the_same_way_on_both_sides():
     sidecar = {"name": "vmbinder/base:bookworm", "tarball": "b.tar.gz",
                "changes": gi.base_container_changes()}
     assert guest.docker_import_argv("/x/b.tar.gz", sidecar) == \
-        gi.docker_import_argv("/x/b.tar.gz", sidecar)
+        guestcontract.docker_import_argv("/x/b.tar.gz", sidecar)
     bare = {"name": "n", "tarball": "t"}
     assert guest.docker_import_argv("t", bare) == guestcontract.docker_import_argv("t", bare)
 

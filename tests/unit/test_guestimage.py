@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vmbinder import errors, launchdoc
-from vmbinder import guestimage as gi
+from vmbinder import errors, guestcontract, launchdoc
+from vmbinder.images import build as gi
+from vmbinder.images import rootfs
 from vmbinder.commands import image as image_commands
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
@@ -73,7 +74,7 @@ def test_extract_vmlinux_without_an_elf_inside_is_a_build_failure():
 
 
 def test_guest_sources_keep_bookworm_and_drop_third_party():
-    kept = gi.guest_sources({
+    kept = rootfs.guest_sources({
         "debian.sources": HOST_SOURCES,
         "nodesource.sources": "Types: deb\nURIs: https://deb.nodesource.com/node_20.x\n"
                               "Suites: nodistro\nComponents: main\n",
@@ -87,21 +88,21 @@ def test_guest_sources_keep_bookworm_and_drop_third_party():
 
 
 def test_mirror_is_the_hosts_archive_not_security_nor_a_comment():
-    assert gi.mirror_of({"debian.sources": HOST_SOURCES}) == "http://mirror.example/debian"
-    assert gi.mirror_of({"a.list": "deb [signed-by=/k.gpg] http://m.example/d bookworm main\n"}) \
+    assert rootfs.mirror_of({"debian.sources": HOST_SOURCES}) == "http://mirror.example/debian"
+    assert rootfs.mirror_of({"a.list": "deb [signed-by=/k.gpg] http://m.example/d bookworm main\n"}) \
         == "http://m.example/d"
-    assert gi.mirror_of({}) == gi.DEFAULT_MIRROR
+    assert rootfs.mirror_of({}) == rootfs.DEFAULT_MIRROR
 
 
 def test_trixie_is_pinned_below_bookworm():
-    assert gi.trixie_sources("http://mirror.example/debian") == (
+    assert rootfs.trixie_sources("http://mirror.example/debian") == (
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n"
         "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-    assert gi.TRIXIE_PIN == "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
+    assert rootfs.TRIXIE_PIN == "Package: *\nPin: release n=trixie\nPin-Priority: 100\n"
 
 
 def test_only_host_apt_settings_about_acquiring_are_copied():
-    kept = gi.host_apt_settings({
+    kept = rootfs.host_apt_settings({
         "99artifact-registry": 'Acquire::Check-Valid-Until "false";\n',
         "01proxy": 'Acquire::http::Proxy "http://proxy:3128";\n',
         "70debconf": 'DPkg::Pre-Install-Pkgs {"/usr/sbin/dpkg-preconfigure --apt || true";};\n',
@@ -114,21 +115,21 @@ def test_only_host_apt_settings_about_acquiring_are_copied():
 
 def test_refuses_without_root_naming_the_fix():
     with pytest.raises(errors.BadRequest) as exc:
-        gi.preflight(euid=1000, which=lambda tool: "/usr/bin/" + tool)
+        rootfs.preflight(euid=1000, which=lambda tool: "/usr/bin/" + tool)
     assert exc.value.exit_code == 2
     assert exc.value.hint == "Run it as root: sudo vmbinder image build ..."
 
 
 def test_refuses_when_a_host_tool_is_missing():
     with pytest.raises(errors.ConfigError) as exc:
-        gi.preflight(euid=0, which=lambda tool: None if tool == "qemu-img" else "/x")
+        rootfs.preflight(euid=0, which=lambda tool: None if tool == "qemu-img" else "/x")
     assert exc.value.exit_code == 3
     assert str(exc.value) == "host tools missing: qemu-img"
     assert exc.value.hint.startswith("apt-get install debootstrap qemu-utils e2fsprogs zstd")
 
 
 def test_cli_refuses_before_touching_anything(monkeypatch, tmp_path):
-    monkeypatch.setattr(gi.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(rootfs.os, "geteuid", lambda: 1000)
     with pytest.raises(errors.BadRequest):
         CliRunner().invoke(image_commands.image, ["build", "--output", str(tmp_path / "img")],
                            catch_exceptions=False)
@@ -198,7 +199,7 @@ def host(monkeypatch, tmp_path):
     (apt / "apt.conf.d").mkdir()
     (apt / "sources.list.d/debian.sources").write_text(HOST_SOURCES)
     (apt / "apt.conf.d/99valid").write_text('Acquire::Check-Valid-Until "false";\n')
-    monkeypatch.setattr(gi, "HOST_APT", apt)
+    monkeypatch.setattr(rootfs, "HOST_APT", apt)
     monkeypatch.setattr(gi, "preflight", lambda: None)
     ca = tmp_path / "egress-ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
@@ -265,7 +266,7 @@ def test_baked_build_pins_trixie_and_records_what_it_baked(host, tmp_path):
         ["venv", "/opt/vmbinder/repo2docker", "jupyter-repo2docker==2026.4.0"],
         ["finish"], ["trim"]]
     root = out / "work/rootfs"
-    assert (root / "etc/apt/preferences.d/trixie-pin").read_text() == gi.TRIXIE_PIN
+    assert (root / "etc/apt/preferences.d/trixie-pin").read_text() == rootfs.TRIXIE_PIN
     assert "Suites: trixie" in (root / "etc/apt/sources.list.d/trixie.sources").read_text()
     baked = json.loads((root / "etc/vmbinder/baked.json").read_text())
     assert baked["repo2docker_venv"] == "/opt/vmbinder/repo2docker"
@@ -290,7 +291,7 @@ def test_a_failing_chroot_step_still_unmounts_everything(host, tmp_path):
 def test_ctrl_c_inside_the_chroot_unmounts(tmp_path):
     run, root = FakeRun(), tmp_path / "rootfs"
     make_rootfs(root)
-    with pytest.raises(KeyboardInterrupt), gi.chroot(root, run, log=lambda m: None):
+    with pytest.raises(KeyboardInterrupt), rootfs.chroot(root, run, log=lambda m: None):
         raise KeyboardInterrupt
     assert [c[0] for c in run.calls] == ["mount"] * 4 + ["umount"] * 4
 
@@ -312,15 +313,15 @@ def test_base_container_tarball_and_its_docker_import_sidecar(host, tmp_path):
     assert {"USER 1000", "WORKDIR /home/jovyan"} <= set(side["changes"])
     assert side["contents"] == {"jupyterlab": "4.4.1", "notebook": "7.4.1",
                                 "jupyter_server": "2.16.0"}
-    argv = gi.docker_import_argv("/srv/base.tar.gz", side)
+    argv = guestcontract.docker_import_argv("/srv/base.tar.gz", side)
     assert argv[:4] == ["docker", "import", "--change", side["changes"][0]]
     assert argv[-2:] == ["/srv/base.tar.gz", "vmbinder/base:bookworm"]
     assert not (tmp_path / "base-container.tar.gz.work").exists()
 
 
 def test_provision_script_is_valid_shell():
-    subprocess.run(["sh", "-n", str(gi.GUEST_DIR / "provision.sh")], check=True)
-    subprocess.run(["bash", "-n", str(gi.GUEST_DIR / "boot-check.sh")], check=True)
+    subprocess.run(["sh", "-n", str(rootfs.GUEST_DIR / "provision.sh")], check=True)
+    subprocess.run(["bash", "-n", str(rootfs.GUEST_DIR / "boot-check.sh")], check=True)
 
 
 def test_default_output_is_in_the_images_folder_of_the_user_who_ran_sudo(monkeypatch):
@@ -338,13 +339,13 @@ def test_default_output_is_in_the_images_folder_of_the_user_who_ran_sudo(monkeyp
 
 
 def test_refuses_when_the_guest_files_are_not_installed(monkeypatch, tmp_path):
-    monkeypatch.setattr(gi, "GUEST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(rootfs, "GUEST_DIR", tmp_path / "nowhere")
     with pytest.raises(errors.ConfigError, match="guest files are missing"):
-        gi.preflight(euid=0, which=lambda tool: "/x")
+        rootfs.preflight(euid=0, which=lambda tool: "/x")
 
 
 def test_runner_logs_every_command_and_names_the_log_on_failure(tmp_path):
-    run = gi.Runner(tmp_path / "build.log")
+    run = rootfs.Runner(tmp_path / "build.log")
     assert run(["sh", "-c", "echo hello"], capture=True) == "hello\n"
     with pytest.raises(errors.BuildFailed) as exc:
         run(["sh", "-c", "echo broken mirror; exit 100"])
@@ -355,8 +356,8 @@ def test_runner_logs_every_command_and_names_the_log_on_failure(tmp_path):
 
 
 def test_cli_names_the_missing_packages(monkeypatch, tmp_path):
-    monkeypatch.setattr(gi.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(gi.shutil, "which", lambda tool: None if tool == "debootstrap" else "/x")
+    monkeypatch.setattr(rootfs.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(rootfs.shutil, "which", lambda tool: None if tool == "debootstrap" else "/x")
     with pytest.raises(errors.ConfigError, match="host tools missing: debootstrap") as exc:
         CliRunner().invoke(image_commands.image, ["build", "--output", str(tmp_path / "img")],
                            catch_exceptions=False)

@@ -9,10 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 from vmbinder import errors
-from vmbinder import imageupload as iu
 from vmbinder.commands import image as image_commands
 from vmbinder.commands import output
 from vmbinder.commands.main import cli
+from vmbinder.images import folder as image_folder
+from vmbinder.images import upload as iu
 from vmbinder.providers.glance import OWNER_PROPERTY, Found, Reading
 
 GIB = 1024 ** 3
@@ -177,10 +178,10 @@ def test_invalid_names_are_refused_before_any_call(folder, name):
 
 def test_a_folder_can_be_named_by_its_name_in_the_images_folder(folder, monkeypatch):
     monkeypatch.setenv("VMBINDER_IMAGES_DIR", str(folder.parent))
-    assert iu.find_folder("debian-12-baked") == folder
-    assert iu.find_folder(str(folder)) == folder
+    assert image_folder.find_folder("debian-12-baked") == folder
+    assert image_folder.find_folder(str(folder)) == folder
     # a path is taken as it is, even where a name would match
-    assert iu.find_folder("./debian-12-baked") == Path("debian-12-baked")
+    assert image_folder.find_folder("./debian-12-baked") == Path("debian-12-baked")
 
 
 # -- the three parts ----------------------------------------------------------------------------

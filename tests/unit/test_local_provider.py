@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from vmbinder import api, errors
-from vmbinder.providers import local_image as img
+from vmbinder.images import folder as img
+from vmbinder.images import seed as seed_disk
 from vmbinder.providers import local_qemu as q
 from vmbinder.providers.base import (
     ACTIVE,
@@ -321,16 +322,16 @@ def test_images_folder_default_and_override(tmp_path):
 def test_seed_round_trip_and_mode(tmp_path):
     path = tmp_path / "seed.iso"
     user_data = "#cloud-config\nruncmd: [[echo, 'é']]\n"
-    img.write_seed(path, user_data, "instance-id: abc\n")
+    seed_disk.write_seed(path, user_data, "instance-id: abc\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert img.read_seed(path) == {"volume": "cidata", "user-data": user_data,
+    assert seed_disk.read_seed(path) == {"volume": "cidata", "user-data": user_data,
                                  "meta-data": "instance-id: abc\n"}
 
 
 def test_without_pycdlib_the_seed_is_a_configuration_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pycdlib", None)
     with pytest.raises(errors.ConfigError) as info:
-        img.write_seed(tmp_path / "seed.iso", "#cloud-config\n", "")
+        seed_disk.write_seed(tmp_path / "seed.iso", "#cloud-config\n", "")
     assert info.value.hint.startswith("pip install pycdlib")
 
 
@@ -406,7 +407,7 @@ def test_create_writes_seed_and_overlay_and_starts_qemu_without_the_token(env, f
     assert overlay[overlay.index("-b") + 1] == f"{env[img.IMAGES_ENV]}/debian-12/disk.qcow2"
     assert qemu[0] == "qemu-system-x86_64"
     assert not any(run.spec.token in arg for arg in qemu)
-    seed = img.read_seed(folder / "seed.iso")
+    seed = seed_disk.read_seed(folder / "seed.iso")
     assert seed["user-data"] == "#cloud-config\nruncmd: [[echo, hi]]\n"
     meta = yaml.safe_load(seed["meta-data"])
     assert meta == {"instance-id": run.server.id, "local-hostname": "demo",

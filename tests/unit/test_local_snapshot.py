@@ -27,7 +27,8 @@ from tests.unit.test_local_provider import (  # noqa: F401
     spec,
 )
 from vmbinder import api, errors
-from vmbinder.providers import local_image as img
+from vmbinder.images import folder as img
+from vmbinder.images import seed as seed_disk
 from vmbinder.providers import local_qemu as q
 from vmbinder.providers import local_snapshot as ls
 from vmbinder.providers.base import ACTIVE, STOPPED, Ledger, Snapshot
@@ -344,7 +345,7 @@ def test_a_seat_starts_from_the_snapshot_folder(env, fake):
     assert argv[argv.index("-kernel") + 1] == f"{snap.id}/vmlinux"
     assert argv[argv.index("-append") + 1] == "root=/dev/vda console=ttyS0 quiet"
     # its own instance: a new id in its seed, the same disk underneath
-    assert img.read_seed(folder / q.SEED)["meta-data"].startswith(
+    assert seed_disk.read_seed(folder / q.SEED)["meta-data"].startswith(
         f"instance-id: {doc_of(run, 'seat2')['id']}")
     assert doc_of(run, "seat2")["id"] != doc_of(run)["id"]
     # and a snapshot of a seat that came from a snapshot works the same way

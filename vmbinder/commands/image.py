@@ -1,6 +1,6 @@
 """`vmbinder image build` and `image upload`: the guest image of the local qemu
-target (vmbinder.guestimage) and its upload to OpenStack's Glance
-(vmbinder.imageupload)."""
+target (vmbinder.images.build) and its upload to OpenStack's Glance
+(vmbinder.images.upload)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
-from vmbinder import errors, guestimage, imageupload
+from vmbinder import errors
+from vmbinder.images import build, upload
+from vmbinder.images.folder import IMAGE_FILE, find_folder
 from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
 from vmbinder.providers.openstack_common import NO_CLOUD_HINT
 
@@ -31,7 +33,7 @@ def image() -> None:
                    "Default: the host's /usr/local/share/ca-certificates.")
 @click.option("--host-apt-sources/--debian-apt-sources", default=True, show_default=True,
               help="Use the host's apt mirrors and settings, or deb.debian.org.")
-@click.option("--repo2docker-version", default=guestimage.REPO2DOCKER_VERSION, show_default=True)
+@click.option("--repo2docker-version", default=build.REPO2DOCKER_VERSION, show_default=True)
 @click.option("--base-container", is_flag=True,
               help="Also build a container base image with Jupyter (base-container.tar.gz) and "
                    "put it in the image, where the guest imports it into Docker.")
@@ -39,17 +41,17 @@ def image() -> None:
 def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
                   base_container, keep_rootfs) -> None:
     """Build a Debian 12 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
-    output = output or guestimage.default_output(baked)
-    ca_files = list(ca_certs) or guestimage.host_ca_files()
+    output = output or build.default_output(baked)
+    ca_files = list(ca_certs) or build.host_ca_files()
 
     def log(message: str) -> None:
         click.echo(f"[{time.strftime('%H:%M:%S')}] {message}", err=True)
 
-    guestimage.build_image_folder(output, baked=baked, ca_files=ca_files,
-                                  apt_sources_from_host=host_apt_sources,
-                                  repo2docker_version=repo2docker_version,
-                                  base_container=base_container, keep_rootfs=keep_rootfs, log=log)
-    click.echo(str(output / "image.json"))
+    build.build_image_folder(output, baked=baked, ca_files=ca_files,
+                             apt_sources_from_host=host_apt_sources,
+                             repo2docker_version=repo2docker_version,
+                             base_container=base_container, keep_rootfs=keep_rootfs, log=log)
+    click.echo(str(output / IMAGE_FILE))
 
 
 @image.command("upload")
@@ -75,9 +77,9 @@ def upload_command(obj, folder, name, replace, public, fmt) -> None:
         raise errors.ConfigError("no OpenStack cloud is configured to upload to", NO_CLOUD_HINT)
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(stderr())
     try:
-        result = imageupload.upload_image(
-            imageupload.Glance(obj.os_cloud), imageupload.find_folder(folder), name=name,
-            replace=replace, visibility=imageupload.PUBLIC if public else imageupload.PRIVATE,
+        result = upload.upload_image(
+            upload.Glance(obj.os_cloud), find_folder(folder), name=name,
+            replace=replace, visibility=upload.PUBLIC if public else upload.PRIVATE,
             reporter=reporter)
     finally:
         reporter.stop()

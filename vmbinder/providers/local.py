@@ -52,6 +52,8 @@ from pathlib import Path
 import yaml
 
 from vmbinder import errors
+from vmbinder.images.folder import cloud_image, images_dir, load_image, resolve_image
+from vmbinder.images.seed import write_seed
 from vmbinder.providers import local_snapshot
 from vmbinder.providers.base import (
     ACTIVE,
@@ -70,13 +72,6 @@ from vmbinder.providers.base import (
     find_owned,
     redact_token,
     server_metadata,
-)
-from vmbinder.providers.local_image import (
-    cloud_image,
-    images_dir,
-    load_image,
-    resolve_image,
-    write_seed,
 )
 from vmbinder.providers.local_qemu import (
     CONSOLE,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmbinder import errors
-from vmbinder.providers.local_image import Image
+from vmbinder.images.folder import Image
 
 #: Debian/Ubuntu packages that provide the programs this provider runs.
 HOST_PACKAGES = ("qemu-system-x86", "qemu-utils")

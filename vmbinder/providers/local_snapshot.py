@@ -24,8 +24,6 @@ only, booted by its own bootloader as the cloud image was.
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import re
 import shlex
@@ -34,8 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmbinder import errors
+from vmbinder.images.folder import (ImageFileError, created_now, list_images, read_image_file,
+                                    write_image_file)
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
-from vmbinder.providers.local_image import IMAGE_FILE, list_images
 from vmbinder.providers.local_qemu import (
     OVERLAY,
     QEMU_IMG,
@@ -55,11 +54,6 @@ DISK = "disk.qcow2"
 #: A snapshot's name is a folder name under the images folder.
 SNAPSHOT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 POWERED_OFF, STOPPED_BY_QEMU, NOT_RUNNING = "powered off", "stopped by qemu", "not running"
-
-
-def _now() -> str:
-    # The image builder's format, so snapshots and images sort together.
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def take(provider, server: Server, name: str, properties: dict[str, str],
@@ -97,14 +91,11 @@ def _source_image(doc: dict) -> tuple[dict, Path | None]:
         return {}, None
     source = Path(image["path"])
     try:
-        image_doc = json.loads((source / IMAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        image_doc = exc
-    if not isinstance(image_doc, dict):
-        said = image_doc if isinstance(image_doc, Exception) else "not a JSON object"
+        image_doc = read_image_file(source)
+    except ImageFileError as exc:
         raise errors.ConfigError(
-            f"cannot read {source / IMAGE_FILE}, the image this server started from: {said}",
-            "a snapshot copies its kernel and settings; restore the image folder")
+            f"cannot read {exc.path}, the image this server started from: {exc.reason}",
+            "a snapshot copies its kernel and settings; restore the image folder") from None
     return image_doc, source
 
 
@@ -158,12 +149,10 @@ def _write(provider, server_name: str, image_doc: dict, source: Path | None, tar
             _link_or_copy(source / image_doc[key], target / image_doc[key])
     provider.run_tool([QEMU_IMG, "convert", "-O", "qcow2", str(folder / OVERLAY), str(target / DISK)],
                   folder, f"writing the snapshot of {server_name}", timeout=CONVERT_TIMEOUT)
-    doc = {**image_doc, "name": name, "disk": DISK, "created": _now(),
+    doc = {**image_doc, "name": name, "disk": DISK, "created": created_now(),
            "baked": bool(image_doc.get("baked")), "snapshot_of": server_name,
            "snapshot_shutdown": how, "properties": dict(properties)}
-    tmp = target / f".{IMAGE_FILE}.tmp"
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, target / IMAGE_FILE)
+    write_image_file(target, doc)
     return Snapshot(id=str(target), name=name, properties=dict(properties), created=doc["created"])
 
 
@@ -194,10 +183,10 @@ def find(images: Path, properties: dict[str, str]) -> list[Snapshot]:
     found = []
     for folder in list_images(images):
         try:
-            doc = json.loads((folder / IMAGE_FILE).read_text())
-        except (OSError, ValueError):
+            doc = read_image_file(folder)
+        except ImageFileError:
             continue
-        if not isinstance(doc, dict) or not doc.get("snapshot_of"):
+        if not doc.get("snapshot_of"):
             continue
         props = doc.get("properties") or {}
         if isinstance(props, dict) and all(props.get(k) == v for k, v in properties.items()):
@@ -212,12 +201,14 @@ def delete(snap: Snapshot) -> list[Removed]:
     if not folder.is_dir():
         return []
     try:
-        doc = json.loads((folder / IMAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise errors.BadRequest(
-            f"cannot read {folder / IMAGE_FILE}, so {folder} is not known to be a snapshot: {exc}",
-            f"if it is one, remove it by hand: rm -rf {shlex.quote(str(folder))}") from None
-    if not isinstance(doc, dict) or not doc.get("snapshot_of"):
+        doc = read_image_file(folder)
+    except ImageFileError as exc:
+        if exc.problem != exc.NOT_AN_OBJECT:
+            raise errors.BadRequest(
+                f"cannot read {exc.path}, so {folder} is not known to be a snapshot: {exc.reason}",
+                f"if it is one, remove it by hand: rm -rf {shlex.quote(str(folder))}") from None
+        doc = {}  # a JSON document, but not an image's: not a snapshot either
+    if not doc.get("snapshot_of"):
         raise errors.BadRequest(f"{folder} is an image, not a snapshot: it was left alone",
                                 "remove an image you built by hand if you mean to")
     try:

@@ -1,9 +1,15 @@
-"""What a local server boots from: guest images (a folder made by the image
-builder, or a plain qcow2 cloud image) and the NoCloud seed disk."""
+"""An image folder: image.json and the files it names, relative to it.
+
+`vmbinder image build` makes them, local snapshots are them, the local target
+boots them and `vmbinder image upload` sends them to Glance. This module reads
+and writes image.json (one reader, one atomic writer), lists the folders of the
+images folder and finds one by name or path. A plain qcow2 cloud image file is
+booted as an image too.
+"""
 
 from __future__ import annotations
 
-import io
+import datetime
 import json
 import os
 from collections.abc import Mapping
@@ -52,18 +58,54 @@ def disk_format(path: Path) -> tuple[str, int]:
         return "raw", f.seek(0, os.SEEK_END)
 
 
+class ImageFileError(errors.ConfigError):
+    """An image folder's image.json is missing, cannot be read or parsed, or is not
+    a JSON object. The message is "cannot read <path>: <reason>"; a caller that says
+    it in its own words, or as another error, uses path, problem and reason."""
+
+    MISSING, UNREADABLE, NOT_AN_OBJECT = "missing", "unreadable", "not an object"
+
+    def __init__(self, path: Path, problem: str, reason: str):
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path, self.problem, self.reason = path, problem, reason
+
+
+def read_image_file(folder: Path) -> dict:
+    """The parsed image.json of folder; ImageFileError when there is none to use."""
+    path = folder / IMAGE_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ImageFileError(path, ImageFileError.MISSING, str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise ImageFileError(path, ImageFileError.UNREADABLE, str(exc)) from None
+    if not isinstance(doc, dict):
+        raise ImageFileError(path, ImageFileError.NOT_AN_OBJECT, "not a JSON object")
+    return doc
+
+
+def write_image_file(folder: Path, doc: dict) -> None:
+    """Write folder's image.json whole or not at all (a temporary file renamed over
+    it), so a half-written file is never taken for an image."""
+    tmp = folder / f".{IMAGE_FILE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, folder / IMAGE_FILE)
+
+
+def created_now() -> str:
+    """image.json's `created`: UTC to the second, the same for built images and
+    snapshots, so they sort together."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def load_image(folder: Path) -> Image:
     """An image folder: image.json and the files it names, relative to it."""
     folder = folder.resolve()
     try:
-        doc = json.loads((folder / IMAGE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        doc = exc
-    if not isinstance(doc, dict):
-        raise errors.ConfigError(
-            f"cannot read {folder / IMAGE_FILE}: {doc if isinstance(doc, Exception) else 'not a JSON object'}",
-            "build the image again, or pass the path of a qcow2 cloud image to --image",
-        )
+        doc = read_image_file(folder)
+    except ImageFileError as exc:
+        exc.hint = "build the image again, or pass the path of a qcow2 cloud image to --image"
+        raise
 
     def member(key: str, required: bool) -> Path | None:
         value = doc.get(key)
@@ -104,6 +146,7 @@ def cloud_image(path: Path) -> Image:
 
 
 def list_images(folder: Path) -> list[Path]:
+    """The image folders in folder (those with an image.json), by name."""
     try:
         return sorted(p for p in folder.iterdir() if (p / IMAGE_FILE).is_file())
     except OSError:
@@ -135,8 +178,8 @@ def resolve_image(wanted: str | None, folder: Path) -> Image:
 
 def _is_snapshot(folder: Path) -> bool:
     try:
-        return bool(json.loads((folder / IMAGE_FILE).read_text()).get("snapshot_of"))
-    except (OSError, ValueError, AttributeError):
+        return bool(read_image_file(folder).get("snapshot_of"))
+    except ImageFileError:
         return False
 
 
@@ -147,44 +190,11 @@ def _choose_hint(folder: Path) -> str:
             f"image folder or a qcow2 cloud image file ({IMAGES_ENV} moves the images folder)")
 
 
-def write_seed(path: Path, user_data: str, meta_data: str) -> None:
-    """An ISO 9660 volume labelled `cidata` holding user-data and meta-data
-    (Rock Ridge and Joliet names), readable by this user only."""
-    try:
-        import pycdlib
-    except ImportError as exc:
-        raise errors.ConfigError(
-            "the local target needs the pycdlib package to write the NoCloud seed",
-            "pip install pycdlib (in the environment vmbinder runs from)",
-        ) from exc
-
-    iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
-    for name, text in (("user-data", user_data), ("meta-data", meta_data)):
-        data = text.encode()
-        iso.add_fp(io.BytesIO(data), len(data), f"/{name.replace('-', '').upper()}.;1",
-                   rr_name=name, joliet_path=f"/{name}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        iso.write_fp(f)
-    iso.close()
-
-
-def read_seed(path: Path) -> dict[str, str]:
-    """The files of a seed ISO by their Rock Ridge names, and its label under "volume"."""
-    import pycdlib
-
-    iso = pycdlib.PyCdlib()
-    iso.open(str(path))
-    try:
-        found = {"volume": iso.pvd.volume_identifier.decode().strip()}
-        for child in iso.list_children(rr_path="/"):
-            if child.is_file():
-                out = io.BytesIO()
-                name = child.rock_ridge.name().decode()
-                iso.get_file_from_iso_fp(out, rr_path=f"/{name}")
-                found[name] = out.getvalue().decode()
-        return found
-    finally:
-        iso.close()
+def find_folder(given: str, images: Path | None = None) -> Path:
+    """`image upload`'s FOLDER as typed: a path, or else the name of a folder in the
+    images folder. (--image, in resolve_image, tries the name first.)"""
+    path = Path(given).expanduser()
+    images = images or images_dir()
+    if not path.is_dir() and "/" not in given and (images / given).is_dir():
+        return images / given
+    return path

@@ -19,16 +19,16 @@ new one is active.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmbinder import __version__, errors
+from vmbinder.images.folder import (IMAGE_FILE, ImageFileError, disk_format, images_dir,
+                                    read_image_file)
 from vmbinder.providers.base import Created, Ledger
 from vmbinder.providers.glance import OWNER_PROPERTY, Found, Glance
-from vmbinder.providers.local_image import IMAGE_FILE, disk_format, images_dir
 
 KERNEL, INITRD, DISK = "kernel", "initrd", "disk"
 ROLES = (KERNEL, INITRD, DISK)
@@ -87,15 +87,6 @@ class Result:
     replaced: tuple[Found, ...] = ()
 
 
-def find_folder(given: str, images: Path | None = None) -> Path:
-    """FOLDER as typed: a path, or the name of a folder in the images folder."""
-    path = Path(given).expanduser()
-    images = images or images_dir()
-    if not path.is_dir() and "/" not in given and (images / given).is_dir():
-        return images / given
-    return path
-
-
 def read_folder(folder: Path) -> ImageFolder:
     """Check an image folder without touching the cloud; BadRequest naming what is wrong."""
     folder = Path(folder)
@@ -105,13 +96,11 @@ def read_folder(folder: Path) -> ImageFolder:
             f"give the folder `vmbinder image build` wrote (such as {images_dir()}/debian-12-baked) "
             f"or its name there; {BUILD_HINT}")
     try:
-        doc = json.loads((folder / IMAGE_FILE).read_text())
-    except FileNotFoundError:
-        raise errors.BadRequest(f"{folder} has no {IMAGE_FILE}", BUILD_HINT) from None
-    except (OSError, ValueError) as exc:
-        raise errors.BadRequest(f"cannot read {folder / IMAGE_FILE}: {exc}", BUILD_HINT) from None
-    if not isinstance(doc, dict):
-        raise errors.BadRequest(f"{folder / IMAGE_FILE} is not a JSON object", BUILD_HINT)
+        doc = read_image_file(folder)
+    except ImageFileError as exc:
+        message = {exc.MISSING: f"{folder} has no {IMAGE_FILE}",
+                   exc.NOT_AN_OBJECT: f"{exc.path} is not a JSON object"}.get(exc.problem, exc.message)
+        raise errors.BadRequest(message, BUILD_HINT) from None
     files = {}
     for role in ROLES:
         key, default = PARTS[role][:2]
