@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from vmbinder import __version__, errors
 from vmbinder.providers.base import Created, Ledger
-from vmbinder.providers.glance import OWNER_PROPERTY, Found, Glance
+from vmbinder.providers.openstack.glance import OWNER_PROPERTY, Found, Glance
 from vmbinder.providers.local_image import IMAGE_FILE, disk_format, images_dir
 
 KERNEL, INITRD, DISK = "kernel", "initrd", "disk"

@@ -13,7 +13,7 @@ from vmbinder import imageupload as iu
 from vmbinder.commands import image as image_commands
 from vmbinder.commands import output
 from vmbinder.commands.main import cli
-from vmbinder.providers.glance import OWNER_PROPERTY, Found, Reading
+from vmbinder.providers.openstack.glance import OWNER_PROPERTY, Found, Reading
 
 GIB = 1024 ** 3
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"

@@ -16,7 +16,7 @@ import yaml
 
 from vmbinder import api, errors
 from vmbinder.providers import local_image as img
-from vmbinder.providers import local_qemu as q
+from vmbinder.providers.local import qemu as q
 from vmbinder.providers.base import (
     ACTIVE,
     BUILDING,
@@ -391,7 +391,7 @@ def test_ports_of_other_servers_are_not_reused(env, fake, monkeypatch):
         seen.append(set(exclude))
         return real(count, exclude)
 
-    monkeypatch.setattr("vmbinder.providers.local.free_ports", spy)
+    monkeypatch.setattr("vmbinder.providers.local.provider.free_ports", spy)
     p.prepare(spec("two"), Ledger())
     assert seen == [taken]
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from vmbinder import errors
-from vmbinder.providers import openstack_common as osp
+from vmbinder.providers.openstack import common as osp
 from vmbinder.providers.openstack import OpenStackProvider
 from vmbinder.sources import Source
 from vmbinder.spec import make_spec

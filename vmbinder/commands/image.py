@@ -11,7 +11,7 @@ import click
 
 from vmbinder import errors, guestimage, imageupload
 from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
-from vmbinder.providers.openstack_common import NO_CLOUD_HINT
+from vmbinder.providers.openstack.common import NO_CLOUD_HINT
 
 
 @click.group("image")

@@ -52,7 +52,6 @@ from pathlib import Path
 import yaml
 
 from vmbinder import errors
-from vmbinder.providers import local_snapshot
 from vmbinder.providers.base import (
     ACTIVE,
     BUILDING,
@@ -71,14 +70,8 @@ from vmbinder.providers.base import (
     redact_token,
     server_metadata,
 )
-from vmbinder.providers.local_image import (
-    cloud_image,
-    images_dir,
-    load_image,
-    resolve_image,
-    write_seed,
-)
-from vmbinder.providers.local_qemu import (
+from vmbinder.providers.local import snapshot as local_snapshot
+from vmbinder.providers.local.qemu import (
     CONSOLE,
     FORWARDS,
     INSTALL_HINT,
@@ -103,7 +96,14 @@ from vmbinder.providers.local_qemu import (
     state_root,
     stop,
 )
-from vmbinder.providers.openstack_common import keypair_name
+from vmbinder.providers.local_image import (
+    cloud_image,
+    images_dir,
+    load_image,
+    resolve_image,
+    write_seed,
+)
+from vmbinder.providers.openstack.common import keypair_name
 from vmbinder.spec import NAME_RE, LaunchSpec, MetadataLimits, TargetDefaults
 
 Runner = Callable[..., subprocess.CompletedProcess]

@@ -14,7 +14,7 @@ import threading
 from dataclasses import replace
 
 from vmbinder import errors
-from vmbinder.providers import openstack_batch
+from vmbinder.providers.openstack import quotas
 from vmbinder.providers.base import (
     META,
     OWNER_TAG,
@@ -31,7 +31,7 @@ from vmbinder.providers.base import (
     find_owned,
     redact_token,
 )
-from vmbinder.providers.openstack_common import (
+from vmbinder.providers.openstack.common import (
     MIN_DISK_GB,
     MIN_RAM_MB,
     NOVA_METADATA,
@@ -441,7 +441,7 @@ class OpenStackProvider(Provider):
 
     # -- batches -------------------------------------------------------------------
 
-    def preflight(self, specs: list[LaunchSpec]) -> list[openstack_batch.Need]:
+    def preflight(self, specs: list[LaunchSpec]) -> list[quotas.Need]:
         """Resolve every seat's image, flavor, networks and key, then check the
         quotas they draw on; ConfigError or QuotaExceeded before anything is made."""
         flavors, seen = [], {}
@@ -456,7 +456,7 @@ class OpenStackProvider(Provider):
                                self.conn.compute.keypairs, "--key-name")
                 seen[key] = self._flavor(c.flavor, image)
             flavors.append(seen[key])
-        return openstack_batch.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs])
+        return quotas.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs])
 
     def release_orphans(self, names: list[str]) -> list[Removed]:
         """Floating IPs allocated for these server names and attached to nothing:
@@ -472,14 +472,14 @@ class OpenStackProvider(Provider):
 
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
-        return openstack_batch.snapshot(self.conn, server, name, properties, ledger,
+        return quotas.snapshot(self.conn, server, name, properties, ledger,
                                         self.active_timeout)
 
     def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
-        return openstack_batch.snapshots(self.conn, properties)
+        return quotas.snapshots(self.conn, properties)
 
     def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
-        return openstack_batch.delete_snapshot(self.conn, snapshot)
+        return quotas.delete_snapshot(self.conn, snapshot)
 
     # -- deleting ------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
-from vmbinder.providers.openstack_common import (
+from vmbinder.providers.openstack.common import (
     cloud_errors,
     existing_rules,
     find_or_none,

@@ -36,7 +36,7 @@ from pathlib import Path
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
 from vmbinder.providers.local_image import IMAGE_FILE, list_images
-from vmbinder.providers.local_qemu import (
+from vmbinder.providers.local.qemu import (
     OVERLAY,
     QEMU_IMG,
     is_our_qemu,
