@@ -1,5 +1,6 @@
-"""The local target: servers booted by qemu on this machine (provider), the qemu
-command line and process (qemu), and snapshots made into image folders (snapshot)."""
+"""The local target. provider: LocalProvider, its verbs; state: the state folder
+that is each server's only record; qemu: the flavor format, the command line and
+the qemu process; snapshot: a server's disk made into an image folder."""
 
 from vmbinder.providers.local.provider import LocalProvider
 
