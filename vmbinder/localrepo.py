@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmbinder.providers.local_qemu import free_ports
+from vmbinder.providers.local.qemu import free_ports
 
 #: The address of this machine's loopback as qemu user-mode networking shows it to the guest.
 HOST_FROM_GUEST = "10.0.2.2"

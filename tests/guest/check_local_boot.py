@@ -31,7 +31,7 @@ from pathlib import Path
 
 from vmbinder.providers.base import Ledger
 from vmbinder.providers.local import LocalProvider
-from vmbinder.providers.local_qemu import is_our_qemu
+from vmbinder.providers.local.qemu import is_our_qemu
 from vmbinder.sources import resolve_source
 from vmbinder.spec import CloudChoice, make_spec
 

@@ -8,7 +8,7 @@ import pytest
 from vmbinder import errors
 from vmbinder.images import folder as img
 from vmbinder.images import upload
-from vmbinder.providers import local_snapshot
+from vmbinder.providers.local import snapshot as local_snapshot
 from vmbinder.providers.base import Snapshot
 
 

@@ -14,7 +14,7 @@ from vmbinder.commands import output
 from vmbinder.commands.main import cli
 from vmbinder.images import folder as image_folder
 from vmbinder.images import upload as iu
-from vmbinder.providers.glance import OWNER_PROPERTY, Found, Reading
+from vmbinder.providers.openstack.glance import OWNER_PROPERTY, Found, Reading
 
 GIB = 1024 ** 3
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"

@@ -17,7 +17,7 @@ import yaml
 from vmbinder import api, errors
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
-from vmbinder.providers import local_qemu as q
+from vmbinder.providers.local import qemu as q
 from vmbinder.providers.base import (
     ACTIVE,
     BUILDING,
@@ -392,7 +392,7 @@ def test_ports_of_other_servers_are_not_reused(env, fake, monkeypatch):
         seen.append(set(exclude))
         return real(count, exclude)
 
-    monkeypatch.setattr("vmbinder.providers.local.free_ports", spy)
+    monkeypatch.setattr("vmbinder.providers.local.provider.free_ports", spy)
     p.prepare(spec("two"), Ledger())
     assert seen == [taken]
 

@@ -29,8 +29,8 @@ from tests.unit.test_local_provider import (  # noqa: F401
 from vmbinder import api, errors
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
-from vmbinder.providers import local_qemu as q
-from vmbinder.providers import local_snapshot as ls
+from vmbinder.providers.local import qemu as q
+from vmbinder.providers.local import snapshot as ls
 from vmbinder.providers.base import ACTIVE, STOPPED, Ledger, Snapshot
 
 PROPS = {"vmbinder_workshop": "course", "vmbinder_build": "abc123"}

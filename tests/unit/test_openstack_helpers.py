@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 
 from vmbinder import errors
-from vmbinder.providers import openstack_common as osp
-from vmbinder.providers.openstack import OpenStackProvider
+from vmbinder.providers.openstack import common as osp
+from vmbinder.providers.openstack import resolve
 from vmbinder.sources import Source
 from vmbinder.spec import make_spec
 
@@ -104,10 +104,10 @@ def test_choosing_an_image_skips_the_kernel_and_initrd_of_an_upload():
         _image("debian-12-baked-initrd", "ari", "ari", created="2026-11-23T20:00:01Z"),
     ]
     conn = SimpleNamespace(image=SimpleNamespace(images=lambda **query: iter(images)))
-    assert OpenStackProvider(conn=conn)._image(None).name == "debian-12-baked"
+    assert resolve.image(conn, None).name == "debian-12-baked"
     conn.image.images = lambda **query: iter(images[2:])
     with pytest.raises(errors.ConfigError) as info:
-        OpenStackProvider(conn=conn)._image(None)
+        resolve.image(conn, None)
     assert "kernel" not in info.value.hint and "(none visible)" in info.value.hint
 
 
@@ -115,11 +115,10 @@ def test_choosing_a_flavor_honours_the_image_min_disk():
     flavors = [SimpleNamespace(name=n, ram=r, disk=d, vcpus=1)
                for n, r, d in (("small", 2048, 10), ("medium", 4096, 20), ("tiny", 512, 40))]
     conn = SimpleNamespace(compute=SimpleNamespace(flavors=lambda: iter(flavors)))
-    provider = OpenStackProvider(conn=conn)
-    assert provider._flavor(None).name == "small"
-    assert provider._flavor(None, _image("d", min_disk=20, min_ram=0)).name == "medium"
+    assert resolve.flavor(conn, None).name == "small"
+    assert resolve.flavor(conn, None, _image("d", min_disk=20, min_ram=0)).name == "medium"
     with pytest.raises(errors.ConfigError) as info:
-        provider._flavor(None, _image("d", min_disk=50, min_ram=0))
+        resolve.flavor(conn, None, _image("d", min_disk=50, min_ram=0))
     assert "50 GB of disk" in info.value.message
 
 
@@ -214,11 +213,11 @@ def test_a_make_call_that_fails_leaves_a_sweep_in_the_ledger_and_one_that_return
     from vmbinder.providers.base import Ledger
 
     ledger, swept = Ledger(), []
-    with OpenStackProvider._in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
+    with osp.in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
         pass
     assert ledger.items == []
     with pytest.raises(KeyboardInterrupt):
-        with OpenStackProvider._in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
+        with osp.in_flight(ledger, "server", "s", lambda: swept.append("s"), "cmd"):
             raise KeyboardInterrupt
     (pending,) = ledger.items
     assert (pending.kind, pending.name, pending.command) == ("server", "s", "cmd")

@@ -11,7 +11,7 @@ from vmbinder import errors
 from vmbinder.providers import base
 from vmbinder.providers.local import LocalProvider
 from vmbinder.providers.openstack import OpenStackProvider
-from vmbinder.providers.openstack_common import find_or_none
+from vmbinder.providers.openstack.common import find_or_none
 from vmbinder.sources import Source
 from vmbinder.spec import make_spec
 

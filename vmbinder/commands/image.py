@@ -13,7 +13,7 @@ from vmbinder import errors
 from vmbinder.images import build, upload
 from vmbinder.images.folder import IMAGE_FILE, find_folder
 from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
-from vmbinder.providers.openstack_common import NO_CLOUD_HINT
+from vmbinder.providers.openstack.common import NO_CLOUD_HINT
 
 
 @click.group("image")

@@ -28,7 +28,7 @@ from vmbinder import __version__, errors
 from vmbinder.images.folder import (IMAGE_FILE, ImageFileError, disk_format, images_dir,
                                     read_image_file)
 from vmbinder.providers.base import Created, Ledger
-from vmbinder.providers.glance import OWNER_PROPERTY, Found, Glance
+from vmbinder.providers.openstack.glance import OWNER_PROPERTY, Found, Glance
 
 KERNEL, INITRD, DISK = "kernel", "initrd", "disk"
 ROLES = (KERNEL, INITRD, DISK)

@@ -1,12 +1,14 @@
-"""The OpenStack provider's pure parts: error mapping, connecting, mapping the
-cloud's records to ours, and the security group rules vmbinder needs."""
+"""What the OpenStack modules share: connecting (with retries), turning the
+cloud's failures into CloudError, a rollback sweep around calls that make
+something, mapping the cloud's records to ours, the names and security group
+rules vmbinder uses, and the vmbinder:* metadata a server carries."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from vmbinder import errors
@@ -15,9 +17,10 @@ from vmbinder.providers.base import (
     BUILDING,
     DELETING,
     ERROR,
-    META,
     STOPPED,
     UNKNOWN,
+    Created,
+    Ledger,
 )
 from vmbinder.providers.base import server_metadata as base_server_metadata
 from vmbinder.spec import LaunchSpec, MetadataLimits
@@ -25,16 +28,9 @@ from vmbinder.spec import LaunchSpec, MetadataLimits
 #: Metadata values longer than this are refused by Nova (keys too, but vmbinder's are short).
 META_VALUE_MAX = 255
 NOVA_METADATA = MetadataLimits(value_max=META_VALUE_MAX)
-#: Image names tried, in order, when --image is not given.
-PREFERRED_IMAGES = (
-    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
-)
 #: Glance formats of the kernel and initrd that boot another image's disk
 #: (`vmbinder image upload` makes them): never a server's --image.
 PART_FORMATS = ("aki", "ari")
-#: The smallest flavor picked when --flavor is not given must have at least this.
-MIN_RAM_MB = 2048
-MIN_DISK_GB = 10
 WEB_PORTS = (80, 443)
 SSH_PORT = 22
 
@@ -72,8 +68,10 @@ _STATES = {
 }
 
 
-def _sdk():
-    import openstack  # imported lazily: it is most of vmbinder's start-up time
+def openstacksdk():
+    """The openstack package, imported when first needed: it is most of vmbinder's
+    start-up time."""
+    import openstack
 
     return openstack
 
@@ -82,7 +80,7 @@ def _sdk():
 def cloud_errors(what: str) -> Iterator[None]:
     """Turn openstacksdk and keystoneauth failures into CloudError, keeping the
     HTTP status and request id."""
-    sdk = _sdk()
+    sdk = openstacksdk()
     from keystoneauth1 import exceptions as ksa
 
     try:
@@ -129,13 +127,25 @@ def cloud_errors(what: str) -> Iterator[None]:
         raise errors.CloudError(f"{what} failed: {exc}") from exc
 
 
+@contextmanager
+def in_flight(ledger: Ledger, kind: str, name: str, sweep: Callable[[], None],
+              command: str) -> Iterator[None]:
+    """Around a call that makes something: if it fails or is interrupted, the cloud
+    may still have made it (a dropped connection, a timeout), so until it returns
+    a rollback sweeps for it by its ownership marks."""
+    pending = Created(kind, "(being made)", name, sweep, command)
+    ledger.add(pending)
+    yield
+    ledger.items.remove(pending)
+
+
 def find_or_none(finder, name_or_id: str, **query):
     """finder(name_or_id, **query) (a proxy's find_*), or None when nothing matches.
     openstacksdk 6 makes ignore_missing=False the default of every find_*, and 4.x
     warns about True: ask for the exception and catch it."""
     try:
         return finder(name_or_id, ignore_missing=False, **query)
-    except _sdk().exceptions.NotFoundException:
+    except openstacksdk().exceptions.NotFoundException:
         return None
 
 
@@ -172,7 +182,7 @@ def _plain_v3_password(config: dict) -> bool:
 def connect(cloud: str | None):
     """openstack.connect, as the `openstack` CLI does it (OS_CLOUD, clouds.yaml, OS_*
     variables), with RETRY_DEFAULTS for what the configuration leaves unset."""
-    sdk = _sdk()
+    sdk = openstacksdk()
     from openstack import config as os_config
 
     try:

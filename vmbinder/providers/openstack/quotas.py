@@ -1,5 +1,5 @@
-"""What a batch of servers needs on OpenStack: a quota check before anything is
-made, and snapshots (Glance images made from a server) to start seats from."""
+"""What a batch of servers needs on OpenStack: a check, before anything is made,
+that the project's compute and network quotas leave room for every seat."""
 
 from __future__ import annotations
 
@@ -7,17 +7,13 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vmbinder import errors
-from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
-from vmbinder.providers.openstack_common import (
+from vmbinder.providers.openstack.common import (
     cloud_errors,
     existing_rules,
     find_or_none,
     security_group_name,
     wanted_rules,
 )
-
-#: The property every vmbinder snapshot carries: the server it was made from.
-SNAPSHOT_OF = "vmbinder_snapshot_of"
 
 
 @dataclass(frozen=True)
@@ -93,63 +89,3 @@ def check_quota(conn, flavors: list, cidrs: list[str]) -> list[Need]:
             details={"needs": [n.__dict__ | {"left": n.left} for n in needs]},
         )
     return needs
-
-
-# -- snapshots ---------------------------------------------------------------------------
-
-def _record(image) -> Snapshot:
-    props = {k: str(v) for k, v in (image.properties or {}).items() if k.startswith("vmbinder_")}
-    return Snapshot(id=image.id, name=image.name, properties=props, created=image.created_at)
-
-
-def _wait_for(conn, server: Server, status: str, timeout: float):
-    raw = conn.compute.get_server(server.id)
-    if raw.status != status:
-        conn.compute.wait_for_server(raw, status=status, failures=["ERROR"], interval=2, wait=timeout)
-
-
-def snapshot(conn, server: Server, name: str, properties: dict[str, str], ledger: Ledger,
-             timeout: float) -> Snapshot:
-    """Stop the server (a snapshot of a quiet disk), image it, start it again."""
-    with cloud_errors(f"stopping {server.name} to snapshot it"):
-        if conn.compute.get_server(server.id).status != "SHUTOFF":
-            conn.compute.stop_server(server.id)
-        _wait_for(conn, server, "SHUTOFF", timeout)
-    try:
-        with cloud_errors(f"snapshotting {server.name}"):
-            image = conn.compute.create_server_image(
-                server.id, name, metadata={**properties, SNAPSHOT_OF: server.name})
-            image_id = image.id
-            ledger.add(Created(
-                "snapshot", image_id, name,
-                lambda: conn.image.delete_image(image_id, ignore_missing=True),
-                f"openstack image delete {image_id}",
-            ))
-            image = conn.image.wait_for_status(
-                image, status="active", failures=["killed", "deleted"], interval=2, wait=timeout)
-    finally:
-        with cloud_errors(f"starting {server.name} again after its snapshot"):
-            conn.compute.start_server(server.id)
-            _wait_for(conn, server, "ACTIVE", timeout)
-    return _record(image)
-
-
-def snapshots(conn, properties: dict[str, str]) -> list[Snapshot]:
-    with cloud_errors("listing snapshots"):
-        images = [i for i in conn.image.images(owner=conn.current_project_id)
-                  if (i.properties or {}).get(SNAPSHOT_OF)
-                  and all((i.properties or {}).get(k) == v for k, v in properties.items())
-                  and i.status == "active"]
-    return [_record(i) for i in sorted(images, key=lambda i: i.created_at or "", reverse=True)]
-
-
-def delete_snapshot(conn, snap: Snapshot) -> list[Removed]:
-    with cloud_errors(f"deleting snapshot {snap.name}"):
-        image = find_or_none(conn.image.find_image, snap.id)
-        if image is None:
-            return []
-        if not (image.properties or {}).get(SNAPSHOT_OF):
-            raise errors.BadRequest(f"image {snap.name} ({snap.id}) is not a vmbinder snapshot",
-                                    "delete it with the openstack CLI if you mean it")
-        conn.image.delete_image(image.id, ignore_missing=True)
-    return [Removed("snapshot", snap.id, snap.name)]

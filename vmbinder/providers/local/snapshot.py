@@ -35,7 +35,8 @@ from vmbinder import errors
 from vmbinder.images.folder import (ImageFileError, created_now, list_images, read_image_file,
                                     write_image_file)
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
-from vmbinder.providers.local_qemu import (
+from vmbinder.providers.local.state import remove_folder
+from vmbinder.providers.local.qemu import (
     OVERLAY,
     QEMU_IMG,
     is_our_qemu,
@@ -66,7 +67,7 @@ def take(provider, server: Server, name: str, properties: dict[str, str],
                                 f"wait until it runs: vmbinder status {server.name}")
     image_doc, source = _source_image(doc)
     target = _claim(provider.images, name)
-    ledger.add(Created("snapshot", str(target), name, lambda: _remove(target),
+    ledger.add(Created("snapshot", str(target), name, lambda: remove_folder(target),
                        f"rm -rf {shlex.quote(str(target))}"))
     how = shut_down(folder, doc["pid"], proc=provider.proc, sleep=provider.sleep)
     try:
@@ -221,6 +222,3 @@ def delete(snap: Snapshot) -> list[Removed]:
     return [Removed("snapshot", snap.id, snap.name)]
 
 
-def _remove(folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)

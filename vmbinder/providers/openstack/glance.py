@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vmbinder import errors
-from vmbinder.providers.openstack_common import cloud_errors, connect
+from vmbinder.providers.openstack.common import cloud_errors, connect
 
 #: The property that marks an image as vmbinder's; its value is the upload's name.
 OWNER_PROPERTY = "vmbinder_image"

@@ -1,26 +1,10 @@
 """The local provider: the same cloud-init user-data, booted by qemu on this machine.
 
-Each server is a folder, $XDG_STATE_HOME/vmbinder/local/<name>/ (default
-~/.local/state), readable by its user only:
+Each server is a state folder with its server.json (see state), the only record
+of it; the qemu command line and process are in qemu. A server is ACTIVE once
+its qemu process is running and still running a moment later.
 
-  server.json    id, name, created, the same vmbinder:* metadata a cloud server
-                 carries (the token included), forwarded ports, image, flavor,
-                 accelerator, qemu's pid and command line (which holds no secret)
-  overlay.qcow2  the server's disk, backed by the image's disk
-  seed.iso       the NoCloud seed: user-data and meta-data
-  console.log    the serial console
-  qemu.pid, qmp.sock
-
-The folder is the only record: removing it (vmbinder delete) removes the server.
-The guest is reached through user-mode networking: its ports 22, 80 and 443 are
-forwarded from free ports on 127.0.0.1, recorded as vmbinder:ssh-port,
-vmbinder:http-port and vmbinder:https-port.
-
-A server is ACTIVE once its qemu process is running and still running a moment
-later, as a cloud reports ACTIVE once the hypervisor started the domain; the
-boot itself is followed on the console by the readiness probes.
-
-A snapshot (local_snapshot) powers the guest off, flattens its overlay into a
+A snapshot (see snapshot) powers the guest off, flattens its overlay into a
 new image folder under the images folder (image.json says `snapshot_of` and
 carries the properties) and starts the same qemu command line again; a launch
 passes that folder as its --image.
@@ -36,9 +20,6 @@ What a launch can choose:
 
 from __future__ import annotations
 
-import datetime
-import getpass
-import json
 import os
 import shlex
 import shutil
@@ -54,14 +35,8 @@ import yaml
 from vmbinder import errors
 from vmbinder.images.folder import cloud_image, images_dir, load_image, resolve_image
 from vmbinder.images.seed import write_seed
-from vmbinder.providers import local_snapshot
 from vmbinder.providers.base import (
-    ACTIVE,
-    BUILDING,
-    ERROR,
     META,
-    STOPPED,
-    UNKNOWN,
     Created,
     Ledger,
     Provider,
@@ -73,7 +48,9 @@ from vmbinder.providers.base import (
     redact_token,
     server_metadata,
 )
-from vmbinder.providers.local_qemu import (
+from vmbinder.providers.local import snapshot as local_snapshot
+from vmbinder.providers.local import state
+from vmbinder.providers.local.qemu import (
     CONSOLE,
     FORWARDS,
     INSTALL_HINT,
@@ -83,7 +60,6 @@ from vmbinder.providers.local_qemu import (
     QEMU_IMG,
     QMP_SOCKET,
     SEED,
-    SERVER_JSON,
     console_tail,
     detect_accel,
     free_ports,
@@ -98,8 +74,8 @@ from vmbinder.providers.local_qemu import (
     state_root,
     stop,
 )
-from vmbinder.providers.openstack_common import keypair_name
-from vmbinder.spec import NAME_RE, LaunchSpec, MetadataLimits, TargetDefaults
+from vmbinder.providers.openstack.common import keypair_name
+from vmbinder.spec import LaunchSpec, MetadataLimits, TargetDefaults
 
 Runner = Callable[..., subprocess.CompletedProcess]
 _PORTS_LOCK = threading.Lock()
@@ -166,15 +142,15 @@ class LocalProvider(Provider):
         accel = self._accel or detect_accel(self.env)
         with _PORTS_LOCK:  # servers prepared side by side must not choose the same ports
             ports = self._free_ports()
-            folder = self._claim(spec.name)
+            folder = state.claim(self.root, spec.name)
             ledger.add(Created(
-                "state folder", str(folder), spec.name, lambda: _remove_folder(folder),
+                "state folder", str(folder), spec.name, lambda: state.remove_folder(folder),
                 f"rm -rf {shlex.quote(str(folder))}",
             ))
-            metadata = server_metadata(spec, _user(), self.metadata_limits)
+            metadata = server_metadata(spec, state.user(), self.metadata_limits)
             metadata.update({META + key: str(port) for key, port in ports.items()})
             self.write_state(folder, {
-                "id": str(uuid.uuid4()), "name": spec.name, "created": _now(),
+                "id": str(uuid.uuid4()), "name": spec.name, "created": state.now(),
                 "metadata": metadata, "ports": ports,
                 "image": {"name": image.name, "path": str(image.path),
                           "kind": "file" if image.path == image.disk else "folder"},
@@ -191,23 +167,9 @@ class LocalProvider(Provider):
 
     def _free_ports(self, also_exclude: set[int] = frozenset()) -> dict[str, int]:
         """Free loopback ports, none of them recorded by another local server."""
-        taken = {p for s in self._documents() for p in (s.get("ports") or {}).values()}
+        taken = {p for s in state.documents(self.root) for p in (s.get("ports") or {}).values()}
         return dict(zip((key for key, _ in FORWARDS),
                         free_ports(len(FORWARDS), taken | set(also_exclude))))
-
-    def _claim(self, name: str) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.root, 0o700)
-        folder = self.folder(name)
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            raise errors.BadRequest(
-                f"a vmbinder server named {name!r} already exists ({folder})",
-                f"choose another --name, or remove it first: vmbinder delete {name}",
-            ) from None
-        os.chmod(folder, 0o700)
-        return folder
 
     # -- creating ------------------------------------------------------------------
 
@@ -308,75 +270,22 @@ class LocalProvider(Provider):
 
     # -- reading -------------------------------------------------------------------
 
-    def _documents(self) -> list[dict]:
-        docs = []
-        for folder in self._folders():
-            try:
-                docs.append(self.read_state(folder))
-            except errors.VmbinderError:
-                continue
-        return docs
-
-    def _folders(self) -> list[Path]:
-        try:
-            return sorted(p for p in self.root.iterdir() if p.is_dir() and NAME_RE.match(p.name))
-        except FileNotFoundError:
-            return []
-
-    # The server's state (server.json), for this module and local_snapshot:
-    # read_state, write_state, record (the Server it describes), start_qemu, run_tool.
-
-    def read_state(self, folder: Path) -> dict:
-        """The server.json of a server's folder; CloudError when it cannot be read."""
-        try:
-            doc = json.loads((folder / SERVER_JSON).read_text())
-            if not isinstance(doc, dict) or doc.get("name") != folder.name:
-                raise ValueError(f"{SERVER_JSON} does not describe {folder.name}")
-            return doc
-        except (OSError, ValueError) as exc:
-            raise errors.CloudError(f"cannot read {folder / SERVER_JSON}: {exc}") from exc
-
-    def write_state(self, folder: Path, doc: dict) -> None:
-        """Replace the server.json of a server's folder at once (readable by its user only)."""
-        tmp = folder / f".{SERVER_JSON}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, folder / SERVER_JSON)
+    # The server's state (server.json), for this module and snapshot: read_state,
+    # write_state, record (the Server it describes), start_qemu, run_tool.
+    read_state = staticmethod(state.read_state)
+    write_state = staticmethod(state.write_state)
 
     def record(self, folder: Path, doc: dict) -> Server:
         """The Server a server.json describes, its state read from its qemu process."""
-        pid = doc.get("pid")
-        fault = None
-        if is_our_qemu(pid, folder, self.proc):
-            state, status = ACTIVE, "RUNNING"
-        elif pid:
-            state, status = STOPPED, "STOPPED"
-        elif doc.get("argv"):
-            state, status, fault = ERROR, "FAILED", "qemu did not start"
-        else:
-            state, status = BUILDING, "PREPARED"
-        return Server(
-            id=doc["id"], name=doc["name"], state=state, cloud_status=status,
-            address=LOOPBACK if state == ACTIVE else None, metadata=dict(doc.get("metadata") or {}),
-            fault=fault, created=doc.get("created"), flavor=doc.get("flavor"),
-        )
-
-    def _broken(self, folder: Path, exc: Exception) -> Server:
-        """A folder without a readable server.json (an interrupted launch): shown
-        so that `vmbinder delete NAME` can remove it."""
-        return Server(id=folder.name, name=folder.name, state=UNKNOWN, cloud_status="BROKEN",
-                      address=None, metadata={}, fault=str(exc))
+        return state.record(folder, doc, self.proc)
 
     def list_owned(self) -> list[Server]:
         servers = []
-        for folder in self._folders():
+        for folder in state.folders(self.root):
             try:
                 servers.append(self.record(folder, self.read_state(folder)))
             except errors.VmbinderError as exc:
-                servers.append(self._broken(folder, exc))
+                servers.append(state.broken(folder, exc))
         return servers
 
     def get(self, name_or_id: str) -> Server:
@@ -390,7 +299,7 @@ class LocalProvider(Provider):
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
         """Power the guest off, flatten its disk into the image folder <images>/<name>,
-        start it again with the same command line (see local_snapshot)."""
+        start it again with the same command line (see snapshot)."""
         return local_snapshot.take(self, server, name, properties, ledger)
 
     def snapshots(self, properties: dict[str, str]) -> list[Snapshot]:
@@ -421,7 +330,7 @@ class LocalProvider(Provider):
         if stop(pid, folder, proc=self.proc, sleep=self.sleep):
             removed.append(Removed("qemu process", str(pid), server.name))
         try:
-            _remove_folder(folder)
+            state.remove_folder(folder)
         except OSError as exc:
             raise errors.CleanupFailed(
                 f"could not remove {folder}: {exc}", f"rm -rf {shlex.quote(str(folder))}",
@@ -440,21 +349,4 @@ def _available_mb(proc: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def _remove_folder(folder: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
 

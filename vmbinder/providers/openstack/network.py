@@ -1,0 +1,153 @@
+"""The Neutron resources vmbinder makes for an OpenStack server and removes with it:
+the security group that lets in ports 22, 80 and 443 (one per --ssh-cidr, shared
+by the servers that use it, removed with the last of them) and the server's
+floating IP, whose description `vmbinder:<name>` finds it again after the server
+is gone."""
+
+from __future__ import annotations
+
+from vmbinder import errors
+from vmbinder.providers.base import META, OWNER_TAG, Created, Ledger, Removed, Resolved, Server
+from vmbinder.providers.openstack.common import (
+    cloud_errors,
+    existing_rules,
+    find_or_none,
+    in_flight,
+    openstacksdk,
+    security_group_name,
+    wanted_rules,
+)
+from vmbinder.spec import LaunchSpec
+
+# -- security groups -------------------------------------------------------------
+
+
+def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float) -> str:
+    """The name of the group for spec's --ssh-cidr, made (and its missing rules
+    added) when needed."""
+    name = security_group_name(spec.cloud.ssh_cidr)
+    project_id = conn.current_project_id
+    with cloud_errors(f"preparing security group {name}"):
+        found = list(conn.network.security_groups(name=name, project_id=project_id))
+        group = found[0] if found else None
+        if group is None:
+            with in_flight(ledger, "security group", name,
+                           lambda: _sweep_group(conn, name, settle_timeout),
+                           f"openstack security group delete {name}"):
+                group = conn.network.create_security_group(
+                    name=name, description="vmbinder: ingress 22, 80 and 443 only")
+            group_id = group.id
+            ledger.add(Created(
+                "security group", group_id, name,
+                lambda: _delete_created_group(conn, group_id, settle_timeout),
+                f"openstack security group delete {group_id}",
+            ))
+        missing = wanted_rules(spec.cloud.ssh_cidr) - existing_rules(group.security_group_rules or [])
+        if missing:
+            conn.network.create_security_group_rules([
+                {"security_group_id": group.id, "direction": "ingress", "protocol": "tcp",
+                 "ethertype": eth, "port_range_min": port, "port_range_max": port,
+                 "remote_ip_prefix": prefix}
+                for eth, port, prefix in sorted(missing)
+            ])
+    return name
+
+
+def _delete_created_group(conn, group_id: str, settle_timeout: float) -> None:
+    """Rollback of a group this attempt made. A server deleted while it was
+    still building can have its port removed by the cloud a little later,
+    so "in use" is retried for a while before it counts as a leftover."""
+    import tenacity
+
+    sdk = openstacksdk()
+    for attempt in tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(sdk.exceptions.ConflictException),
+        wait=tenacity.wait_exponential(multiplier=0.5, max=5),
+        stop=tenacity.stop_after_delay(settle_timeout),
+        reraise=True,
+    ):
+        with attempt:
+            conn.network.delete_security_group(group_id, ignore_missing=True)
+
+
+def _sweep_group(conn, name: str, settle_timeout: float) -> None:
+    group = find_or_none(conn.network.find_security_group, name,
+                         project_id=conn.current_project_id)
+    if group is not None:
+        _delete_created_group(conn, group.id, settle_timeout)
+
+
+def _delete_group_if_unused(conn, group_id: str) -> bool:
+    """Delete a vmbinder security group unless a port still uses it."""
+    sdk = openstacksdk()
+    try:
+        conn.network.delete_security_group(group_id, ignore_missing=True)
+    except sdk.exceptions.ConflictException:
+        return False  # another server uses it: leave it
+    return True
+
+
+def delete_unused_groups(conn, names: list[str]) -> list[Removed]:
+    """The vmbinder groups among names that no server uses any more, deleted."""
+    removed = []
+    for name in names:
+        if not name.startswith(OWNER_TAG):
+            continue
+        group = find_or_none(conn.network.find_security_group, name,
+                             project_id=conn.current_project_id)
+        if group is not None and _delete_group_if_unused(conn, group.id):
+            removed.append(Removed("security group", group.id, name))
+    return removed
+
+
+# -- floating IPs ----------------------------------------------------------------
+
+
+def allocate_floating_ip(conn, spec: LaunchSpec, external, ledger: Ledger):
+    """A floating IP on the external network, described `vmbinder:<name>`."""
+    with cloud_errors(f"allocating a floating IP on {external.name}"), in_flight(
+            ledger, "floating IP", spec.name, lambda: release_orphans(conn, [spec.name]),
+            f"openstack floating ip list --long  # description {META}{spec.name}"):
+        fip = conn.network.create_ip(
+            floating_network_id=external.id, description=f"{META}{spec.name}")
+    fip_id = fip.id
+    ledger.add(Created(
+        "floating IP", fip_id, fip.floating_ip_address,
+        lambda: conn.network.delete_ip(fip_id, ignore_missing=True),
+        f"openstack floating ip delete {fip_id}",
+    ))
+    return fip
+
+
+def attach_floating_ip(conn, server: Server, resolved: Resolved) -> None:
+    """Attach the floating IP prepare allocated to the server's port on its network."""
+    with cloud_errors(f"attaching floating IP {resolved.public_ip}"):
+        ports = list(conn.network.ports(device_id=server.id, network_id=resolved.network_id))
+        if not ports:
+            raise errors.CloudError(f"server {server.name} has no port on {resolved.network_name}")
+        conn.network.update_ip(resolved.floating_ip_id, port_id=ports[0].id)
+
+
+def floating_ips(conn, server: Server) -> list:
+    """The server's floating IPs: attached to its ports, or allocated for it and
+    never attached."""
+    with cloud_errors(f"finding the floating IPs of {server.name}"):
+        found = {ip.id: ip for ip in conn.network.ips(description=f"{META}{server.name}")
+                 if not ip.port_id}
+        for port in conn.network.ports(device_id=server.id):
+            for ip in conn.network.ips(port_id=port.id):
+                found[ip.id] = ip
+    return list(found.values())
+
+
+def release_orphans(conn, names: list[str]) -> list[Removed]:
+    """Floating IPs allocated for these server names and attached to nothing:
+    what a server deleted by hand (not with vmbinder delete) leaves behind."""
+    wanted = {f"{META}{n}" for n in names}
+    removed = []
+    with cloud_errors("removing floating IPs of deleted servers"):
+        for ip in conn.network.ips(project_id=conn.current_project_id):
+            if ip.description in wanted and not ip.port_id:
+                conn.network.delete_ip(ip, ignore_missing=True)
+                removed.append(Removed("floating IP", ip.id, ip.floating_ip_address))
+    return removed

@@ -1,0 +1,154 @@
+"""What an OpenStack server is made from: the image, the flavor, the internal and
+external networks and the keypair, as --image, --flavor, --network,
+--external-network and --key-name name them, or as vmbinder picks them when they
+are left out. A --public-key is uploaded once as a keypair named after it and
+reused. A name that matches nothing, or more than one record, is a ConfigError
+listing what there is."""
+
+from __future__ import annotations
+
+import re
+
+from vmbinder import errors
+from vmbinder.providers.base import Created, Ledger, ambiguous, candidates, find_object
+from vmbinder.providers.openstack.common import (
+    bootable,
+    cloud_errors,
+    find_or_none,
+    in_flight,
+    keypair_name,
+    openstacksdk,
+)
+from vmbinder.spec import LaunchSpec
+
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+#: Image names tried, in order, when --image is not given.
+PREFERRED_IMAGES = (
+    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
+)
+#: The smallest flavor picked when --flavor is not given must have at least this.
+MIN_RAM_MB = 2048
+MIN_DISK_GB = 10
+
+
+def _find(kind: str, finder, name_or_id: str, lister, option: str):
+    """One request, the proxy's find_* (by id, else by name), then find_object's errors."""
+    sdk = openstacksdk()
+    try:
+        with cloud_errors(f"looking up {kind} {name_or_id!r}"):
+            found = find_or_none(finder, name_or_id)
+    except errors.CloudError as exc:
+        if isinstance(exc.__cause__, sdk.exceptions.DuplicateResource):
+            raise ambiguous(kind, name_or_id, option) from exc
+        raise
+    return _one(kind, [found] if found is not None else [], name_or_id, option, lister)
+
+
+def _one(kind: str, hits: list, wanted: str, option: str, lister):
+    """The single record named or numbered wanted among hits, else ConfigError
+    (listing what there is, for the hint)."""
+    def names():
+        with cloud_errors(f"listing {kind}s"):
+            return [x.name for x in lister()]
+
+    return find_object(hits, wanted, kind, option, names=names)
+
+
+def image(conn, wanted: str | None):
+    """The image named or numbered wanted, else the newest of the first of
+    PREFERRED_IMAGES that matches a bootable active image."""
+    if wanted:
+        # One request: by id when it looks like one, else by name.
+        with cloud_errors(f"looking up image {wanted!r}"):
+            if UUID_RE.match(wanted):
+                found = find_or_none(conn.image.find_image, wanted)
+                hits = [found] if found is not None else []
+            else:
+                hits = list(conn.image.images(name=wanted))
+        return _one("image", hits, wanted, "--image", conn.image.images)
+    with cloud_errors("listing images"):
+        images = bootable(conn.image.images(status="active"))
+    for pattern in PREFERRED_IMAGES:
+        matches = sorted(
+            (i for i in images if re.search(pattern, i.name or "", re.IGNORECASE)),
+            key=lambda i: i.created_at or "", reverse=True,
+        )
+        if matches:
+            return matches[0]
+    raise errors.ConfigError(
+        "no --image given and no Ubuntu 24.04/22.04 or Debian 13/12 image found",
+        f"choose one with --image (or VMBINDER_IMAGE): {candidates(i.name for i in images)}",
+    )
+
+
+def flavor(conn, wanted: str | None, image=None):
+    """The flavor named or numbered wanted, else the smallest with MIN_RAM_MB and
+    MIN_DISK_GB (or the image's min_ram and min_disk, when larger)."""
+    with cloud_errors("listing flavors"):
+        flavors = list(conn.compute.flavors())
+    if wanted:
+        return _one("flavor", flavors, wanted, "--flavor", lambda: flavors)
+    # An image's min_disk (such as the 20 GB disk of `vmbinder image upload`) raises the floor.
+    ram = max(MIN_RAM_MB, getattr(image, "min_ram", 0) or 0)
+    disk = max(MIN_DISK_GB, getattr(image, "min_disk", 0) or 0)
+    fits = [f for f in flavors if f.ram >= ram and f.disk >= disk]
+    if not fits:
+        raise errors.ConfigError(
+            f"no --flavor given and no flavor has {ram} MB of RAM and {disk} GB of disk",
+            f"choose one with --flavor (or VMBINDER_FLAVOR): {candidates(f.name for f in flavors)}",
+        )
+    return min(fits, key=lambda f: (f.ram, f.vcpus, f.disk, f.name))
+
+
+def networks(conn, wanted: str | None, wanted_external: str | None):
+    """(internal network, external network): each the one named, else the only one."""
+    with cloud_errors("listing networks"):
+        nets = list(conn.network.networks())
+    external = [n for n in nets if n.is_router_external]
+    internal = [n for n in nets if not n.is_router_external]
+
+    def pick(wanted, pool, kind, option):
+        if wanted:
+            return find_object(pool, wanted, kind, option, id_of="network")
+        if len(pool) == 1:
+            return pool[0]
+        why = "none is visible" if not pool else "there are several"
+        raise errors.ConfigError(
+            f"no {option} given and {why}",
+            f"choose one with {option}: {candidates(n.name for n in pool)}",
+        )
+
+    return (
+        pick(wanted, internal, "network", "--network"),
+        pick(wanted_external, external, "external network", "--external-network"),
+    )
+
+
+def existing_keypair(conn, name_or_id: str):
+    """The keypair --key-name names."""
+    return _find("keypair", conn.compute.find_keypair, name_or_id, conn.compute.keypairs,
+                 "--key-name")
+
+
+def keypair(conn, spec: LaunchSpec, ledger: Ledger) -> str | None:
+    """The name of the keypair the server gets: --key-name's, or the one made from
+    --public-key (uploaded unless it is there already), or None."""
+    choice = spec.cloud
+    if choice.key_name:
+        return existing_keypair(conn, choice.key_name).name
+    if not choice.public_key:
+        return None
+    name = keypair_name(choice.public_key)
+    with cloud_errors(f"looking up keypair {name}"):
+        if find_or_none(conn.compute.find_keypair, name) is not None:
+            return name
+        with in_flight(ledger, "keypair", name,
+                       lambda: conn.compute.delete_keypair(name, ignore_missing=True),
+                       f"openstack keypair delete {name}"):
+            conn.compute.create_keypair(name=name, public_key=choice.public_key.strip())
+    ledger.add(Created(
+        "keypair", name, name,
+        lambda: conn.compute.delete_keypair(name, ignore_missing=True),
+        f"openstack keypair delete {name}",
+    ))
+    return name
