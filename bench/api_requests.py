@@ -8,9 +8,9 @@ Goals: a launch in at most 15 requests, `list` in at most 3 whatever the count.
 
 Each command is a fresh `python -m vmbinder` process as the testbed's member, as
 a user runs it, with an ssh key in its HOME. The first launch also uploads the
-key and makes the security group; a launch after it finds both. The 99 extra servers for the second `list` are made with
-vmbinder.workshops.up (no waiting); the member's quotas are raised for the run and put
-back afterwards.
+key and makes the security group; a launch after it finds both. The 99 extra
+servers for the second `list` are made with vmbinder.workshops.up (no waiting);
+the member's quotas are raised for the run and put back afterwards.
 """
 
 from __future__ import annotations

@@ -147,7 +147,8 @@ def run(doc, argv, **kwargs):
 
 def ok(argv):
     try:
-        return subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+        done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        return done.returncode == 0
     except OSError:
         return False
 
@@ -352,7 +353,7 @@ def ensure_repo2docker(doc):
     exe = at(venv + "/bin/repo2docker")
     want = doc["repo2docker_version"]
     if os.path.exists(exe):
-        got = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
+        got = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         if got == want:
             return "present"
     run(doc, ["python3", "-m", "venv", at(venv)])
@@ -393,7 +394,7 @@ def ensure_image(doc):
     write(where(doc, "r2d_config"), repo2docker_config(doc))
     run(doc, repo2docker_argv(doc))
     inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", image],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     built = {}
     try:
         info = json.loads(inspect.stdout) if inspect.returncode == 0 else {}

@@ -5,8 +5,8 @@ import os
 
 import openstack
 import yaml
-
 from configs import REGION, SERVICE_USERS
+
 from testbed import Failure
 
 # name, type, port key, path

@@ -45,7 +45,7 @@ def missing_prerequisites(venv_python):
     missing = [c for c in COMMANDS if not shutil.which(c, path=path)]
     if missing:
         problems.append(f"commands not found: {', '.join(missing)} (run testbed/install --real)")
-    probe = subprocess.run([str(venv_python), "-c", "import libvirt"], capture_output=True)
+    probe = subprocess.run([str(venv_python), "-c", "import libvirt"], capture_output=True, check=False)
     if probe.returncode:
         problems.append("the testbed's venv has no libvirt-python (run testbed/install --real)")
     if not Path("/dev/net/tun").exists():
@@ -57,7 +57,7 @@ def missing_prerequisites(venv_python):
 
 
 def netns_list():
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
@@ -97,7 +97,7 @@ def prepare(lay):
     rundir = realconf.ovs_rundir(lay)
     rundir.mkdir(parents=True, exist_ok=True)
     # The userspace datapath's own device, made by ovs-vswitchd and left by it.
-    if subprocess.run(["ip", "link", "show", DATAPATH_DEVICE], capture_output=True).returncode:
+    if subprocess.run(["ip", "link", "show", DATAPATH_DEVICE], capture_output=True, check=False).returncode:
         (lay.run / "made-datapath-device").touch()
     subprocess.run(["ovsdb-tool", "create", str(rundir / "conf.db"),
                     "/usr/share/openvswitch/vswitch.ovsschema"], check=True, capture_output=True)
@@ -142,7 +142,7 @@ def make_bridges_and_netns(lay):
     vsctl(lay, "--may-exist", "add-port", "br-ex", INET_PORT, "--", "set", "interface",
           INET_PORT, "type=internal")
     deadline = time.monotonic() + 20
-    while subprocess.run(["ip", "link", "show", INET_PORT], capture_output=True).returncode:
+    while subprocess.run(["ip", "link", "show", INET_PORT], capture_output=True, check=False).returncode:
         if time.monotonic() > deadline:
             raise RuntimeError(f"Open vSwitch did not create {INET_PORT}")
         time.sleep(0.2)
@@ -235,14 +235,14 @@ def remove(lay, interfaces, log):
     """Everything real mode made outside its state folder."""
     removed = []
     for ns in agent_namespaces(lay) + ([NETNS] if NETNS in netns_list() else []):
-        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True, check=False)
         removed.append(ns)
     links = []
     if (lay.run / "made-datapath-device").exists():
         interfaces = [*interfaces, DATAPATH_DEVICE]
     for name in interfaces:
-        if subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0:
-            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+        if subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0:
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
             links.append(name)
     if NETNS_ETC.exists():
         shutil.rmtree(NETNS_ETC)

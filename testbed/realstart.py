@@ -10,11 +10,11 @@ Order matters, as met on this kind of machine:
 """
 
 import amqp
-
 import dataplane
 import realconf
 from configs import COMPUTE_HOST, HOST, PORTS
 from runner import NotReady, port_free
+
 from testbed import HERE, Failure
 
 AGENTS = (

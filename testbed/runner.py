@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import tenacity
-
 from configs import HOST, Layout
+
 from testbed import Failure, write_record
 
 LOG_TAIL = 40

@@ -13,15 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-import pymysql
-from cryptography.fernet import Fernet
-
 import bootstrap
 import configs
+import pymysql
 import realconf
 from configs import COMPUTE_HOST, HOST, PORTS, REGION
+from cryptography.fernet import Fernet
 from realstart import RealMode
 from runner import LOG_TAIL, NotReady, Runner, port_free, tail, tcp_open
+
 from testbed import HERE, Failure, down, group_alive, read_records
 from testbed import mode as testbed_mode
 

@@ -17,8 +17,8 @@ import hashlib
 import json
 
 from vmbinder import guestcontract as gc
-from vmbinder.interfaces import host_for_ip
 from vmbinder.spec import LaunchSpec
+from vmbinder.urls import host_for_ip
 
 #: The Caddy certificate issuer for each TLS mode; None serves plain HTTP.
 ISSUERS = {"acme": "acme", "internal": "internal", "off": None}
@@ -48,7 +48,7 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
 
 def site(hostname: str | None, public_ip: str | None, tls: str) -> dict:
     """The name Caddy serves: the user's host name, else the address's sslip.io
-    name (interfaces.host_for_ip, the one the printed URLs use).
+    name (urls.host_for_ip, the one the printed URLs use).
 
     With TLS and no name at all (a dry run, before an address exists) it is
     localhost; without TLS and no name, null: Caddy then answers on any name."""

@@ -352,7 +352,8 @@ _DATA_REPOS = (
      "https://figshare.com/articles/<code|dataset|software>/<title>/<id>[/<version>]"),
     # hydroshare.py: <host>/resource/<id>, the id being the last segment
     ("hydroshare", "HydroShare resource", {"hydroshare.org", "www.hydroshare.org"},
-     "www.hydroshare.org", r"/resource/[0-9a-f]{32}/?\Z", "https://www.hydroshare.org/resource/<32 hex digits>"),
+     "www.hydroshare.org", r"/resource/[0-9a-f]{32}/?\Z",
+     "https://www.hydroshare.org/resource/<32 hex digits>"),
 )
 
 

@@ -191,5 +191,5 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     assert codes[-1] == 200, f"the URL did not answer again after a reboot: {codes[-5:]}"
 
     res = subprocess.run([sys.executable, "-m", "vmbinder", "--cloud", "local", "delete", name],
-                         env=cli_env, capture_output=True, text=True, timeout=120)
+                         env=cli_env, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr

@@ -20,7 +20,8 @@ def launch_args(name, *extra):
 
 
 def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
 
 
@@ -117,7 +118,7 @@ def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb
     ("--key-name", "no-such-key", "(none visible)"),
 ])
 def test_unknown_cloud_objects_are_refused_with_the_candidates(vmb, name, option, value, candidate):
-    args = dict(zip(("--image", "--flavor"), (IMAGE, FLAVOR)))
+    args = dict(zip(("--image", "--flavor"), (IMAGE, FLAVOR), strict=True))
     args[option] = value
     flat = [x for kv in args.items() for x in kv]
     res = vmb("launch", "--no-wait", "--name", name, *flat, SOURCE)

@@ -23,8 +23,7 @@ import pytest
 from tests.e2e.test_local_guest import ssh_key, ssh_run
 from tests.kernel import execute
 
-from .conftest import (FLAVOR, INET_ADDRESS, cli_environment, only_the_keypair_is_left,
-                       stack_memory, vmbinder)
+from .conftest import FLAVOR, INET_ADDRESS, cli_environment, only_the_keypair_is_left, stack_memory, vmbinder
 
 pytestmark = pytest.mark.real
 TIMEOUT = 1800

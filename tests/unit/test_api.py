@@ -1,6 +1,6 @@
 import pytest
 
-from vmbinder import api, errors, readiness
+from vmbinder import errors, lifecycle, readiness
 from vmbinder.sources import resolve_source
 from vmbinder.spec import make_spec
 
@@ -16,7 +16,7 @@ def spec(**kw):
 def test_launch_no_wait_returns_the_server_and_its_urls():
     provider = FakeProvider()
     s = spec(open_path="analysis.ipynb")
-    result = api.launch(provider, s, wait=False)
+    result = lifecycle.launch(provider, s, wait=False)
     assert result.server.state == "active"
     assert result.server.address == "203.0.113.7"
     assert result.access.base == "https://203-0-113-7.sslip.io/"
@@ -33,7 +33,7 @@ def test_launch_no_wait_returns_the_server_and_its_urls():
 def test_a_failure_at_any_step_removes_everything_created(step):
     provider = FakeProvider(fail_at=step)
     with pytest.raises(errors.CloudError) as info:
-        api.launch(provider, spec(), wait=False)
+        lifecycle.launch(provider, spec(), wait=False)
     assert provider.resources == {}
     assert provider.servers == {}
     assert "injected" in info.value.message
@@ -47,7 +47,7 @@ def test_a_failure_at_any_step_removes_everything_created(step):
 def test_ctrl_c_at_any_step_removes_everything_and_exits_130(step):
     provider = FakeProvider(interrupt_at=step)
     with pytest.raises(errors.Interrupted) as info:
-        api.launch(provider, spec(), wait=False)
+        lifecycle.launch(provider, spec(), wait=False)
     assert info.value.exit_code == 130
     assert provider.resources == {}
     assert "interrupted" in info.value.message
@@ -56,7 +56,7 @@ def test_ctrl_c_at_any_step_removes_everything_and_exits_130(step):
 def test_cleanup_failure_names_each_leftover_and_the_command():
     provider = FakeProvider(fail_at="wait", fail_removing={"floating IP"})
     with pytest.raises(errors.CleanupFailed) as info:
-        api.launch(provider, spec(), wait=False)
+        lifecycle.launch(provider, spec(), wait=False)
     exc = info.value
     assert exc.exit_code == 7
     assert "floating IP" in exc.message and "remove-floating-IP id-3" in exc.message
@@ -68,7 +68,7 @@ def test_cleanup_failure_names_each_leftover_and_the_command():
 def test_keep_on_failure_keeps_and_says_what():
     provider = FakeProvider(fail_at="wait")
     with pytest.raises(errors.CloudError) as info:
-        api.launch(provider, spec(), wait=False, keep_on_failure=True)
+        lifecycle.launch(provider, spec(), wait=False, keep_on_failure=True)
     assert len(provider.resources) == 4
     assert "kept for inspection" in info.value.hint and "server demo" in info.value.hint
 
@@ -97,7 +97,7 @@ def test_waiting_launch_follows_guest_phases_then_times_out_and_rolls_back():
             seen.append((phase, detail))
 
     with pytest.raises(errors.ReadinessTimeout):
-        api.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
+        lifecycle.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
                                        name="demo", tls="off"),
                    Rec(), wait=True, ready_timeout=60,
             clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
@@ -110,7 +110,7 @@ def test_a_failed_guest_step_is_a_build_failure_with_the_console_tail():
     console = 'boot\nVMBINDER-PHASE {"phase": "build", "status": "failed", "error": "CalledProcessError"}\n'
     provider = FakeProvider(console=console)
     with pytest.raises(errors.BuildFailed) as info:
-        api.launch(provider, spec(), wait=True)
+        lifecycle.launch(provider, spec(), wait=True)
     assert info.value.exit_code == 6
     assert "'build' failed" in info.value.message
     assert "boot" in info.value.hint
@@ -119,22 +119,22 @@ def test_a_failed_guest_step_is_a_build_failure_with_the_console_tail():
 
 def test_url_refuses_interfaces_the_image_does_not_serve():
     provider = FakeProvider()
-    server = api.launch(provider, spec(), wait=False).server
+    server = lifecycle.launch(provider, spec(), wait=False).server
     with pytest.raises(errors.BadRequest) as info:
-        api.url(server, "nteract")
+        lifecycle.url(server, "nteract")
     assert "removed nteract in 2023.06" in info.value.message
-    assert api.url(server, "tree").startswith("https://203-0-113-7.sslip.io/tree?token=")
-    assert api.url(server, "rstudio", detected=frozenset({"rstudio"})).startswith(
+    assert lifecycle.url(server, "tree").startswith("https://203-0-113-7.sslip.io/tree?token=")
+    assert lifecycle.url(server, "rstudio", detected=frozenset({"rstudio"})).startswith(
         "https://203-0-113-7.sslip.io/rstudio/?token=")
 
 
 def test_delete_checks_every_name_before_deleting_any():
     provider = FakeProvider()
-    api.launch(provider, spec(), wait=False)
+    lifecycle.launch(provider, spec(), wait=False)
     with pytest.raises(errors.BadRequest):
-        api.delete(provider, ["demo", "missing"])
+        lifecycle.delete(provider, ["demo", "missing"])
     assert len(provider.servers) == 1
-    removed = api.delete(provider, ["demo"])
+    removed = lifecycle.delete(provider, ["demo"])
     assert [r.kind for r in removed] == ["server"] and provider.servers == {}
 
 
@@ -144,9 +144,9 @@ def test_forwarded_ports_appear_in_the_urls():
     meta = {META + "token": "t0k", META + "tls": "internal", META + "hostname": "localhost",
             META + "https-port": "45443", META + "open": "lab/tree/a b.ipynb"}
     server = Server("id", "demo", "active", "ACTIVE", "127.0.0.1", meta)
-    acc = api.access(server)
+    acc = lifecycle.access(server)
     assert acc.urls["lab"] == "https://localhost:45443/lab?token=t0k"
     assert acc.open_url == "https://localhost:45443/lab/tree/a%20b.ipynb?token=t0k"
     off = Server("id", "demo", "active", "ACTIVE", "127.0.0.1",
                  {META + "tls": "off", META + "http-port": "45080"})
-    assert api.access(off).urls["tree"] == "http://127.0.0.1:45080/tree"
+    assert lifecycle.access(off).urls["tree"] == "http://127.0.0.1:45080/tree"

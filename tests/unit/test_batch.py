@@ -229,11 +229,11 @@ def test_without_waiting_and_no_build_hook_every_seat_builds_its_own():
 
 def test_a_server_with_a_seat_name_from_elsewhere_is_refused():
     p = BatchFake()
-    from vmbinder import api
+    from vmbinder import lifecycle
     from vmbinder.sources import resolve_source
     from vmbinder.spec import make_spec
 
-    api.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
+    lifecycle.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
                wait=False)
     with pytest.raises(errors.BadRequest) as info:
         up(p, workshop(3), wait=False)
@@ -360,7 +360,7 @@ def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refu
 
 
 def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypatch):
-    from vmbinder import api
+    from vmbinder import lifecycle
 
     p = BatchFake()
     waited = []
@@ -370,7 +370,7 @@ def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypa
         waited.append(server.name)
         return server
 
-    monkeypatch.setattr(api, "wait_ready", wait_ready)
+    monkeypatch.setattr(lifecycle, "wait_ready", wait_ready)
     result = up(p, workshop(3))
     assert result.snapshot_action == "made"
     assert sorted(waited) == ["course-01", "course-01", "course-02", "course-03"]

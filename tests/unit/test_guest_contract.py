@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import vmbinder
-from vmbinder import cloudinit, guestcontract, interfaces, launchdoc, readiness
+from vmbinder import cloudinit, guestcontract, launchdoc, readiness, urls
 from vmbinder.images import build as gi
 from vmbinder.images import rootfs
 from vmbinder.sources import Source
@@ -106,7 +106,7 @@ def test_the_request_part_is_what_a_dry_run_shows():
 def test_caddy_serves_the_name_vmbinder_prints(hostname, public_ip, tls):
     spec = spec_for(tls=tls, hostname=hostname)
     doc = rendered_document(spec, public_ip)
-    printed = interfaces.base_url(public_ip, hostname, tls)
+    printed = urls.base_url(public_ip, hostname, tls)
     scheme, _, rest = printed.partition("://")
     site = guest.caddyfile(doc).splitlines()[0].removesuffix(" {")
     assert site == (f"http://{rest.rstrip('/')}" if scheme == "http" else rest.rstrip("/"))
@@ -116,7 +116,7 @@ def test_caddy_serves_the_name_vmbinder_prints(hostname, public_ip, tls):
 def test_without_a_name_and_tls_off_the_site_is_the_sslip_name_as_before():
     doc = rendered_document(spec_for(tls="off"), "2001:db8::1")
     assert guest.caddyfile(doc).startswith("http://2001-db8--1.sslip.io {\n")
-    assert doc["site"]["host"] == interfaces.host_for_ip("2001:db8::1")
+    assert doc["site"]["host"] == urls.host_for_ip("2001:db8::1")
 
 
 def test_the_phase_line_the_guest_writes_is_the_one_readiness_parses():
@@ -129,7 +129,7 @@ def test_the_phase_line_the_guest_writes_is_the_one_readiness_parses():
 
 def test_the_guest_probes_the_interface_paths_vmbinder_prints():
     doc = rendered_document(spec_for(), "203.0.113.9")
-    assert doc["guest"]["interfaces"] == [[i.key, i.path] for i in interfaces.INTERFACES]
+    assert doc["guest"]["interfaces"] == [[i.key, i.path] for i in urls.INTERFACES]
 
 
 def test_the_image_the_guest_builds_is_the_build_key_of_the_document():
@@ -184,6 +184,6 @@ def test_the_guest_script_is_stdlib_only_and_parses_as_python_3_11():
 def test_importing_the_guest_script_does_nothing(tmp_path):
     env = dict(os.environ, VMBINDER_GUEST_ROOT=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", "import vmbinder.cloud_init.vmbinder_guest"],
-                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60)
+                          env=env, capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False)
     assert done.returncode == 0 and done.stdout == done.stderr == ""
     assert list(tmp_path.iterdir()) == []

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from vmbinder import errors, guestcontract, launchdoc
+from vmbinder.commands import image as image_commands
 from vmbinder.images import build as gi
 from vmbinder.images import rootfs
-from vmbinder.commands import image as image_commands
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 HOST_SOURCES = """\

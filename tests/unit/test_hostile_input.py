@@ -29,8 +29,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from vmbinder import cloudinit, errors, sources, spec
-from vmbinder.workshops import file as workshop
 from vmbinder.sources import Source
+from vmbinder.workshops import file as workshop
 
 from .test_guest_script import Guest, jupyter, spec_for  # noqa: F401 - jupyter is a fixture
 

@@ -8,8 +8,8 @@ import pytest
 from vmbinder import errors
 from vmbinder.images import folder as img
 from vmbinder.images import upload
-from vmbinder.providers.local import snapshot as local_snapshot
 from vmbinder.providers.base import Snapshot
+from vmbinder.providers.local import snapshot as local_snapshot
 
 
 @pytest.mark.parametrize("content, problem, reason", [

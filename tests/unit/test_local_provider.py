@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmbinder import api, errors
+from vmbinder import errors, lifecycle
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
-from vmbinder.providers.local import qemu as q
 from vmbinder.providers.base import (
     ACTIVE,
     BUILDING,
@@ -28,6 +27,7 @@ from vmbinder.providers.base import (
     Server,
 )
 from vmbinder.providers.local import LocalProvider
+from vmbinder.providers.local import qemu as q
 from vmbinder.sources import resolve_source
 from vmbinder.spec import CloudChoice, LaunchSpec, make_spec
 
@@ -353,7 +353,7 @@ def test_prepare_claims_a_private_folder_and_three_ports(env, fake):
     assert len(set(ports)) == 3 and all(1024 < port < 65536 for port in ports)
     assert doc["metadata"]["vmbinder:tls"] == "internal"
     assert [i.kind for i in ledger.items] == ["state folder"]
-    assert api.rollback(ledger, api.NullReporter()) == []
+    assert lifecycle.rollback(ledger, lifecycle.NullReporter()) == []
     assert not folder.exists()
 
 
@@ -448,7 +448,7 @@ def test_delete_stops_qemu_and_removes_the_folder(env, fake):
 
 def test_rollback_stops_qemu_and_removes_the_folder(env, fake):
     run = launched(env, fake)
-    assert api.rollback(run.ledger, api.NullReporter()) == []
+    assert lifecycle.rollback(run.ledger, lifecycle.NullReporter()) == []
     assert fake.children[0].wait(timeout=5) != 0
     assert not run.p.folder("demo").exists()
 

@@ -26,12 +26,12 @@ from tests.unit.test_local_provider import (  # noqa: F401
     qcow2_header,
     spec,
 )
-from vmbinder import api, errors
+from vmbinder import errors, lifecycle
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
+from vmbinder.providers.base import ACTIVE, STOPPED, Ledger, Snapshot
 from vmbinder.providers.local import qemu as q
 from vmbinder.providers.local import snapshot as ls
-from vmbinder.providers.base import ACTIVE, STOPPED, Ledger, Snapshot
 
 PROPS = {"vmbinder_workshop": "course", "vmbinder_build": "abc123"}
 
@@ -268,7 +268,7 @@ def test_a_failed_convert_starts_the_server_again_and_rollback_removes_the_folde
     assert not (target / "image.json").exists()  # never taken for an image
     assert run.p.snapshots({}) == []
     assert run.p.get("demo").state == ACTIVE and len(qemu_starts(fake)) == 2
-    assert api.rollback(ledger, api.NullReporter()) == []
+    assert lifecycle.rollback(ledger, lifecycle.NullReporter()) == []
     assert not target.exists()
 
 
@@ -298,7 +298,7 @@ def test_a_restart_that_fails_is_an_error_and_the_snapshot_is_in_the_ledger(env,
     with pytest.raises(errors.CloudError, match="starting qemu for demo again failed"):
         snap_of(run, ledger=ledger)
     assert [i.kind for i in ledger.items] == ["snapshot"]
-    api.rollback(ledger, api.NullReporter())
+    lifecycle.rollback(ledger, lifecycle.NullReporter())
     assert not (run.p.images / "course-snapshot-1").exists()
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vmbinder.workshops import file as workshop
 from vmbinder.errors import BadRequest
+from vmbinder.workshops import file as workshop
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "workshop.yaml"
 HEAD = "name: ws\nsource: https://github.com/o/r\n"

@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from vmbinder import errors
+from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
+from vmbinder.guestcontract import REPO2DOCKER_VERSION
 from vmbinder.images import build, upload
 from vmbinder.images.folder import IMAGE_FILE, find_folder
-from vmbinder.commands.output import Progress, Quiet, emit, format_option, stderr
 from vmbinder.providers.openstack.common import NO_CLOUD_HINT
 
 
@@ -33,7 +34,7 @@ def image() -> None:
                    "Default: the host's /usr/local/share/ca-certificates.")
 @click.option("--host-apt-sources/--debian-apt-sources", default=True, show_default=True,
               help="Use the host's apt mirrors and settings, or deb.debian.org.")
-@click.option("--repo2docker-version", default=build.REPO2DOCKER_VERSION, show_default=True)
+@click.option("--repo2docker-version", default=REPO2DOCKER_VERSION, show_default=True)
 @click.option("--base-container", is_flag=True,
               help="Also build a container base image with Jupyter (base-container.tar.gz) and "
                    "put it in the image, where the guest imports it into Docker.")

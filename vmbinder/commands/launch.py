@@ -1,4 +1,4 @@
-"""`vmbinder launch`: one server for one source, from the command line to api.launch."""
+"""`vmbinder launch`: one server for one source, from the command line to lifecycle.launch."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from vmbinder import errors
-from vmbinder.commands.output import (Progress, Quiet, debug_log, emit, format_option,
-                                      print_server, stderr)
+from vmbinder.commands.output import Progress, Quiet, debug_log, emit, format_option, print_server, stderr
 
 if TYPE_CHECKING:
     from vmbinder.commands.main import Context
@@ -57,7 +56,7 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
            pip_index_url, dry_run, no_wait, timeout, keep_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
-    from vmbinder import api, sources
+    from vmbinder import lifecycle, sources
     from vmbinder import spec as specs
 
     src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path)
@@ -74,7 +73,7 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
     spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls,
                            guest_network=guest_network, target=obj.provider)
     if dry_run:
-        doc = api.dry_run(spec.with_token(DRY_RUN_TOKEN))
+        doc = lifecycle.dry_run(spec.with_token(DRY_RUN_TOKEN))
         emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),
                         ("open", doc["open"]), ("name", doc["name"]),
                         ("user_data_b64_bytes", doc["user_data_b64_bytes"])],
@@ -86,7 +85,7 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
     if not cloud.key_name and not cloud.public_key:
         err.print("[yellow]note:[/] no SSH key found (~/.ssh/id_*.pub); launching without one.")
     try:
-        result = api.launch(obj.provider, spec, reporter, wait=not no_wait,
+        result = lifecycle.launch(obj.provider, spec, reporter, wait=not no_wait,
                             ready_timeout=timeout, keep_on_failure=keep_on_failure)
     finally:
         reporter.stop()

@@ -123,7 +123,7 @@ def debug_log(name: str, token: str | None) -> Path:
 
 
 def server_doc(server, acc) -> dict:
-    """A server and its URLs (acc, from api.access) as the JSON document commands print."""
+    """A server and its URLs (acc, from lifecycle.access) as the JSON document commands print."""
     doc = {
         "name": server.name,
         "id": server.id,

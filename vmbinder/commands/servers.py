@@ -7,8 +7,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vmbinder.commands.output import (Progress, Quiet, format_option, print_removed,
-                                      print_server, server_doc, stderr, stdout)
+from vmbinder.commands.output import (
+    Progress,
+    Quiet,
+    format_option,
+    print_removed,
+    print_server,
+    server_doc,
+    stderr,
+    stdout,
+)
 
 if TYPE_CHECKING:
     from vmbinder.commands.main import Context
@@ -19,10 +27,10 @@ if TYPE_CHECKING:
 @click.pass_obj
 def list_(obj: Context, fmt):
     """List the vmbinder servers of this project."""
-    from vmbinder import api
+    from vmbinder import lifecycle
 
     servers = obj.provider.list_owned()
-    docs = [server_doc(s, api.access(s, with_token=False)) for s in servers]
+    docs = [server_doc(s, lifecycle.access(s, with_token=False)) for s in servers]
     if fmt == "json":
         click.echo(json.dumps(docs, indent=2))
     elif fmt == "value":
@@ -48,10 +56,10 @@ def list_(obj: Context, fmt):
 @click.pass_obj
 def status(obj: Context, name, fmt):
     """Show a server's state, address, source and URLs."""
-    from vmbinder import api
+    from vmbinder import lifecycle
 
     server = obj.provider.get(name)
-    print_server(fmt, server, api.access(server, with_token=False))
+    print_server(fmt, server, lifecycle.access(server, with_token=False))
     if fmt == "table":
         stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
 
@@ -64,10 +72,10 @@ def status(obj: Context, name, fmt):
 @click.pass_obj
 def url(obj: Context, name, ui, fmt):
     """Print the URL of a server's environment, token included."""
-    from vmbinder import api
+    from vmbinder import lifecycle
 
     server = obj.provider.get(name)
-    link = api.url(server, ui)
+    link = lifecycle.url(server, ui)
     if fmt == "json":
         click.echo(json.dumps({"name": server.name, "ui": ui, "url": link}))
     else:
@@ -80,12 +88,12 @@ def url(obj: Context, name, ui, fmt):
 @click.pass_obj
 def delete(obj: Context, names, fmt):
     """Delete servers and their floating IPs."""
-    from vmbinder import api
+    from vmbinder import lifecycle
 
     err = stderr()
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
     try:
-        removed = api.delete(obj.provider, list(names), reporter)
+        removed = lifecycle.delete(obj.provider, list(names), reporter)
     finally:
         reporter.stop()
     print_removed(fmt, removed, err)

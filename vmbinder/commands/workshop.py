@@ -11,9 +11,9 @@ from dataclasses import asdict
 
 import click
 
-from vmbinder.workshops import file as ws
 from vmbinder.commands.launch import read_public_key
 from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
+from vmbinder.workshops import file as ws
 
 
 def plan(workshop: ws.Workshop) -> dict:

@@ -31,8 +31,7 @@ from pathlib import Path
 from vmbinder import errors
 from vmbinder.guestcontract import BASE_IMAGES_DIR, REPO2DOCKER_VENV, REPO2DOCKER_VERSION
 from vmbinder.images.folder import created_now, images_dir, write_image_file
-from vmbinder.images.rootfs import (GUEST_DIR, HOST_CA_DIR, Log, Runner, fresh_rootfs,
-                                    preflight, step)
+from vmbinder.images.rootfs import GUEST_DIR, HOST_CA_DIR, Log, Runner, fresh_rootfs, preflight, step
 
 DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "dbus", "kmod", "iproute2", "ifupdown",
                        "isc-dhcp-client", "netbase", "ca-certificates", "openssh-server",
@@ -284,7 +283,7 @@ def host_ca_files() -> list[Path]:
 
 
 def build_image_folder(output: Path, *, baked: bool, ca_files: list[Path],
-                       apt_sources_from_host: bool = True, repo2docker_version: str,
+                       apt_sources_from_host: bool = True, repo2docker_version: str = REPO2DOCKER_VERSION,
                        base_container: bool = False, keep_rootfs: bool = False,
                        log: Log) -> ImageInfo:
     """What `vmbinder image build` makes: the image in output (with a container base

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmbinder import __version__, errors
-from vmbinder.images.folder import (IMAGE_FILE, ImageFileError, disk_format, images_dir,
-                                    read_image_file)
+from vmbinder.images.folder import IMAGE_FILE, ImageFileError, disk_format, images_dir, read_image_file
 from vmbinder.providers.base import Created, Ledger
 from vmbinder.providers.openstack.glance import OWNER_PROPERTY, Found, Glance
 
@@ -52,8 +51,8 @@ BUILD_HINT = "build it (again) with: sudo vmbinder image build [--baked]"
 #: What an image needs to read user-data on Nova: a config drive or the metadata service.
 OPENSTACK_DATASOURCES = ("ConfigDrive", "OpenStack")
 
-if TYPE_CHECKING:  # vmbinder.api loads jinja2 and yaml: imported when an upload runs
-    from vmbinder.api import Reporter
+if TYPE_CHECKING:  # vmbinder.lifecycle loads jinja2 and yaml: imported when an upload runs
+    from vmbinder.lifecycle import Reporter
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ def upload_image(glance: Glance, folder: Path, *, name: str | None = None, repla
                  timeout: float = ACTIVE_TIMEOUT) -> Result:
     """Upload the kernel, the initrd and the disk of an image folder, each active
     before the next; the folder is checked before any call to the cloud."""
-    from vmbinder.api import NullReporter, roll_back_or_report
+    from vmbinder.lifecycle import NullReporter, roll_back_or_report
 
     reporter = reporter or NullReporter()
     image = read_folder(folder)

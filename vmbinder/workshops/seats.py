@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmbinder import api, errors, readiness
+from vmbinder import errors, lifecycle, readiness
 from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Provider, Removed, Server
 from vmbinder.spec import ACME
 from vmbinder.workshops.file import Seat, Workshop
@@ -111,7 +111,7 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
     for st in seats:
         if st.server is None or st.server.state != ACTIVE:
             continue
-        acc = api.access(st.server)
+        acc = lifecycle.access(st.server)
         if acc.base is None:
             continue
         candidates.append((st, acc))
@@ -119,7 +119,7 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
         verdicts = list(pool.map(
             lambda pair: (not check) or answers(pair[0].server, pair[1].urls["lab"]), candidates))
     entries, listed = [], set()
-    for (st, acc), good in zip(candidates, verdicts):
+    for (st, acc), good in zip(candidates, verdicts, strict=True):
         if not good:
             continue
         person = st.seat.participant

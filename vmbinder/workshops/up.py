@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from vmbinder import api, errors, readiness
+from vmbinder import errors, lifecycle, readiness
 from vmbinder.providers.base import Ledger, Provider, Server, Snapshot
 from vmbinder.spec import ACME, LaunchSpec, make_spec
 from vmbinder.workshops.file import Seat, Workshop
@@ -162,7 +162,7 @@ class _Launcher:
             return SeatResult(seat, SKIPPED)
         started = time.monotonic()
         try:
-            launched = api.launch(self.provider, spec, _SeatReporter(self.reporter, seat.name),
+            launched = lifecycle.launch(self.provider, spec, _SeatReporter(self.reporter, seat.name),
                                   wait=self.wait if wait is None else wait,
                                   ready_timeout=self.ready_timeout,
                                   clock=readiness.Clock(sleep=self._sleep))
@@ -179,7 +179,7 @@ class _Launcher:
         """The seat that was snapshotted, waited for until it answers again."""
         seat, started = made.seat, time.monotonic()
         try:
-            server = api.wait_ready(self.provider, made.server, _SeatReporter(self.reporter, seat.name),
+            server = lifecycle.wait_ready(self.provider, made.server, _SeatReporter(self.reporter, seat.name),
                                     timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep))
         except errors.VmbinderError as exc:
             self.reporter.seat(seat.name, FAILED, f"after its snapshot: {exc.message}")
@@ -305,7 +305,7 @@ class UpSteps:
             snap = self.provider.snapshot(server, f"{self.workshop.name}-snapshot-{stamp}",
                                           self.snapshot_props, ledger)
         except BaseException as exc:  # a half-made snapshot is removed, then the error is raised
-            api.roll_back_or_report(ledger, api.NullReporter(), exc, what="snapshot")
+            lifecycle.roll_back_or_report(ledger, lifecycle.NullReporter(), exc, what="snapshot")
             raise
         self.reporter.seat(server.name, SNAPSHOTTED, snap.name)
         self.result.snapshot, self.result.snapshot_action = snap, "made"

@@ -169,7 +169,7 @@ class LocalProvider(Provider):
         """Free loopback ports, none of them recorded by another local server."""
         taken = {p for s in state.documents(self.root) for p in (s.get("ports") or {}).values()}
         return dict(zip((key for key, _ in FORWARDS),
-                        free_ports(len(FORWARDS), taken | set(also_exclude))))
+                        free_ports(len(FORWARDS), taken | set(also_exclude)), strict=True))
 
     # -- creating ------------------------------------------------------------------
 

@@ -32,10 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vmbinder import errors
-from vmbinder.images.folder import (ImageFileError, created_now, list_images, read_image_file,
-                                    write_image_file)
+from vmbinder.images.folder import ImageFileError, created_now, list_images, read_image_file, write_image_file
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
-from vmbinder.providers.local.state import remove_folder
 from vmbinder.providers.local.qemu import (
     OVERLAY,
     QEMU_IMG,
@@ -44,6 +42,7 @@ from vmbinder.providers.local.qemu import (
     stop,
     with_ports,
 )
+from vmbinder.providers.local.state import remove_folder
 
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 180.0

@@ -7,9 +7,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vmbinder import cloudinit, errors, interfaces, launchdoc, readiness
+from vmbinder import cloudinit, errors, launchdoc, readiness, urls
 from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
-from vmbinder.spec import LaunchSpec
+from vmbinder.spec import ACME, LaunchSpec
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +66,20 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
 
     with_token=False leaves the token out, for output that people paste into
     bug reports (status, list); `launch` and `url` print it, as is their job."""
-    tls = server.meta("tls") or "acme"
+    tls = server.meta("tls") or ACME
     port = server.meta("http-port" if tls == "off" else "https-port")
-    base = interfaces.base_url(server.address, server.meta("hostname"), tls, port)
+    base = urls.base_url(server.address, server.meta("hostname"), tls, port)
     if base is None:
         return Access(base=None)
     token = server.meta("token") if with_token else None
     if detected is None and server.meta("interfaces"):
         detected = frozenset(server.meta("interfaces").split(","))
-    shown = interfaces.available(detected)
-    urls = {i.key: interfaces.url_for(base, i.path, token) for i in shown}
-    absent = {i.key: i.absent_reason for i in interfaces.INTERFACES if i not in shown}
+    shown = urls.available(detected)
+    links = {i.key: urls.url_for(base, i.path, token) for i in shown}
+    absent = {i.key: i.absent_reason for i in urls.INTERFACES if i not in shown}
     open_path = server.meta("open")
-    open_url = interfaces.url_for(base, open_path, token) if open_path else None
-    return Access(base=base, urls=urls, absent=absent, open_url=open_url)
+    open_url = urls.url_for(base, open_path, token) if open_path else None
+    return Access(base=base, urls=links, absent=absent, open_url=open_url)
 
 
 def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) -> str:
@@ -93,7 +93,7 @@ def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) 
     if ui is None:
         return acc.open_url or acc.urls["lab"]
     if ui not in acc.urls:
-        iface = interfaces.BY_KEY[ui]
+        iface = urls.BY_KEY[ui]
         raise errors.BadRequest(
             f"{iface.label} is not known to be served by {server.name}: {iface.absent_reason}",
             "use --ui tree or --ui lab",
@@ -121,9 +121,9 @@ def _record_interfaces(provider: Provider, server: Server) -> Server:
     so `url` and `status` print only those, from any machine."""
     acc = access(server)
     status = readiness.fetch_json(
-        interfaces.url_for(acc.base, "vmbinder/status.json", server.meta("token")),
-        verify=server.meta("tls") == "acme")
-    found = [k for k in status.get("interfaces") or [] if k in interfaces.BY_KEY]
+        urls.url_for(acc.base, "vmbinder/status.json", server.meta("token")),
+        verify=server.meta("tls") == ACME)
+    found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
     if not found:
         return server
     return provider.set_metadata(server, {"interfaces": ",".join(found)})
@@ -133,8 +133,8 @@ def _ready_probes(provider: Provider, server: Server) -> list[readiness.Probe]:
     acc = access(server)
     probes = [readiness.console_probe(lambda: provider.console_log(server, lines=200))]
     if acc.base:
-        status_url = interfaces.url_for(acc.base, "api/status", server.meta("token"))
-        probes.append(readiness.http_probe(status_url, verify=server.meta("tls") == "acme"))
+        status_url = urls.url_for(acc.base, "api/status", server.meta("token"))
+        probes.append(readiness.http_probe(status_url, verify=server.meta("tls") == ACME))
     return probes
 
 
