@@ -3,6 +3,7 @@
 
     vmbinder-guest.py run            every step, in order (cloud-init runs this)
     vmbinder-guest.py serve-status   the status page and JSON, behind Caddy
+    vmbinder-guest.py env-file       Jupyter's token file, from the launch document
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -16,6 +17,10 @@ paths, the site name, the image name, pins) comes from the launch document,
 made by vmbinder/launchdoc.py from vmbinder/guestcontract.py. It runs with the
 server's python3 (3.11 on Debian 12) and the standard library only; importing
 it does nothing, so tests import it (tests/unit/test_guest_contract.py).
+
+Its size is earned: it travels whole inside the user-data (gzip and base64) to
+a server that has nothing of vmbinder, so it is one file, and its sections
+(steps, services, status page) share the launch document's helpers.
 """
 
 import hashlib

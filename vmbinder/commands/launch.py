@@ -11,7 +11,7 @@ from vmbinder import errors
 from vmbinder.commands.output import Progress, Quiet, debug_log, emit, format_option, print_server, stderr
 
 if TYPE_CHECKING:
-    from vmbinder.commands.main import Context
+    from vmbinder.commands.context import Context
 
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 #: A dry run creates nothing, so no real token is made or shown.

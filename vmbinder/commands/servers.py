@@ -19,7 +19,7 @@ from vmbinder.commands.output import (
 )
 
 if TYPE_CHECKING:
-    from vmbinder.commands.main import Context
+    from vmbinder.commands.context import Context
 
 
 @click.command("list")
