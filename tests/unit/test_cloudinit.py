@@ -29,7 +29,7 @@ def launch_doc(user_data):
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_hostile_values_reach_the_guest_as_data_only(value):
-    # Source is built directly: sources.py refuses most of these, and the
+    # Source is built directly: vmbinder.sources refuses most of these, and the
     # renderer must be safe even for values that got past it.
     src = Source(repo=value, kind="git", ref=value, subdir=value, open=value, given=value)
     spec = make_spec(src, name="demo")

@@ -1,0 +1,215 @@
+"""The detectors: text -> Source, or None when the text is not their kind, or
+BadRequest when it is but cannot be used. DETECTORS is tried in order, first
+match wins; an http(s) URL goes on through _WEB_DETECTORS, a git URL last.
+Each detector cites the upstream rule it copies."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
+
+from .common import DOI_RE, Source, check_name, excerpt, github_repo, has_control, refuse, strip_git
+from .links import binder_link, link_gist, other_binder_page
+
+_GIT_SCHEMES = ("https", "http", "ssh", "git")  # BinderHub GitRepoProvider.allowed_protocols
+_BARE_HOSTS = frozenset(
+    {"github.com", "www.github.com", "gist.github.com", "gitlab.com", "zenodo.org",
+     "www.zenodo.org", "sandbox.zenodo.org", "figshare.com", "hydroshare.org",
+     "www.hydroshare.org", "mybinder.org"}
+)
+
+
+def _segments(path: str) -> list[str]:
+    return [unquote(s) for s in path.split("/") if s]
+
+
+def _tree_blob(base: Source, rest: list[str], show: str) -> Source:
+    """The tail of a forge web URL: tree/<ref>[/<dir>], blob/<ref>/<file>, commit/<sha>.
+    The first segment is taken as the ref: a ref holding '/' must be given with --ref."""
+    if not rest:
+        return base
+    if rest[0] == "tree" and len(rest) >= 2:
+        return replace(base, ref=rest[1], subdir="/".join(rest[2:]) or None)
+    if rest[0] == "blob" and len(rest) >= 3:
+        return replace(base, ref=rest[1], open="lab/tree/" + "/".join(rest[2:]))
+    if rest[0] == "commit" and len(rest) == 2:
+        return replace(base, ref=rest[1])
+    raise refuse(f"{show} is a page of the repository, not a link to the repository, "
+                 "a tree (branch/directory), a blob (file) or a commit")
+
+
+def _github(u: SplitResult, text: str) -> Source | None:
+    if u.hostname not in ("github.com", "www.github.com"):
+        return None
+    segs = _segments(u.path)
+    if len(segs) < 2:
+        raise refuse(f"{excerpt(text)} names no repository (https://github.com/OWNER/REPO)")
+    return _tree_blob(github_repo(segs[0], segs[1]), segs[2:], excerpt(text))
+
+
+def _gist(u: SplitResult, text: str) -> Source | None:
+    if u.hostname != "gist.github.com":
+        return None
+    segs = _segments(u.path)
+    if not 1 <= len(segs) <= 3:
+        raise refuse(f"{excerpt(text)} is not a gist link (https://gist.github.com/USER/ID)")
+    if len(segs) == 1:
+        return Source(f"https://gist.github.com/{check_name(strip_git(segs[0]), 'gist id')}.git", "gist")
+    return link_gist("/".join(segs))
+
+
+def _gitlab(u: SplitResult, text: str) -> Source | None:
+    if "/-/" in u.path:
+        project, _, tail = u.path.partition("/-/")
+    elif u.hostname == "gitlab.com":
+        project, tail = u.path, ""
+    else:
+        return None
+    project = strip_git("/".join(_segments(project)))
+    if "/" not in project:
+        raise refuse(f"{excerpt(text)} names no GitLab project (https://gitlab.com/GROUP/PROJECT)")
+    base_url = "https://gitlab.com" if u.hostname == "gitlab.com" else f"{u.scheme}://{u.netloc}"
+    return _tree_blob(Source(f"{base_url}/{project}", "git"), _segments(tail), excerpt(text))
+
+
+_ZENODO_PATH = r"/(?:records?/[A-Za-z0-9-]+|doi/10\.\d+[^?#]*)"
+# kind, what it is, hosts, the host repo2docker expects, path it can fetch, an example.
+_DATA_REPOS = (
+    # repo2docker contentproviders/zenodo.py: <host>/record/, /records/ or /doi/ and the
+    # record id is the last segment, so anything after it (files/..., a query) is cut.
+    ("zenodo", "Zenodo record", {"zenodo.org", "www.zenodo.org"}, "zenodo.org", _ZENODO_PATH,
+     "https://zenodo.org/records/<number>"),
+    ("zenodo", "Zenodo record", {"sandbox.zenodo.org"}, "sandbox.zenodo.org", _ZENODO_PATH,
+     "https://sandbox.zenodo.org/records/<number>"),
+    ("zenodo", "CaltechDATA record", {"data.caltech.edu"}, "data.caltech.edu", r"/records/[A-Za-z0-9-]+",
+     "https://data.caltech.edu/records/<id>"),
+    # figshare.py: https://figshare.com/articles/ and its url_regex (code, dataset, software)
+    ("figshare", "Figshare article", {"figshare.com", "www.figshare.com"}, "figshare.com",
+     r"/articles/(?:(?:code|dataset|software)/)?[^/]+/\d+(?:/\d+)?/?\Z",
+     "https://figshare.com/articles/<code|dataset|software>/<title>/<id>[/<version>]"),
+    # hydroshare.py: <host>/resource/<id>, the id being the last segment
+    ("hydroshare", "HydroShare resource", {"hydroshare.org", "www.hydroshare.org"},
+     "www.hydroshare.org", r"/resource/[0-9a-f]{32}/?\Z",
+     "https://www.hydroshare.org/resource/<32 hex digits>"),
+)
+
+
+def _data_repo(u: SplitResult, text: str) -> Source | None:
+    for kind, noun, hosts, host, pattern, example in _DATA_REPOS:
+        if u.hostname in hosts:
+            m = re.match(pattern, u.path)
+            if m is None:
+                raise refuse(f"{excerpt(text)} is not a {noun} link repo2docker can fetch "
+                             f"({example}, or give its DOI)")
+            return Source(f"https://{host}{m.group().rstrip('/')}", kind)
+    return None
+
+
+def _dataverse(u: SplitResult, text: str) -> Source | None:
+    # repo2docker contentproviders/dataverse.py parse_dataverse_url: these four paths on
+    # a host in the Dataverse installations list (which it downloads; not checked here).
+    by_id = u.path.rstrip("/") in ("/dataset.xhtml", "/file.xhtml", "/citation") \
+        and "persistentId" in parse_qs(u.query)
+    if not by_id and not re.match(r"/api/access/datafile/\d+/?\Z", u.path):
+        return None
+    query = f"?{u.query}" if by_id else ""
+    return Source(f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}{query}", "dataverse")
+
+
+def _ckan(u: SplitResult, text: str) -> Source | None:
+    # repo2docker contentproviders/ckan.py: '/dataset/' in the path (it then asks the
+    # server); the query may carry activity_id, so it is kept.
+    if "/dataset/" not in u.path or u.path.endswith(".git"):
+        return None
+    return Source(text.split("#", 1)[0].rstrip("/"), "ckan")
+
+
+def _git_url(u: SplitResult, text: str) -> Source | None:
+    if not u.path.strip("/"):
+        raise refuse(f"{excerpt(text)} names a host but no repository path")
+    return Source(text.rstrip("/"), "git")
+
+
+# For http(s) URLs, in order; other schemes go straight to _git_url.
+_WEB_DETECTORS = (_github, _gist, _gitlab, binder_link, other_binder_page, _data_repo,
+                  _dataverse, _ckan, _git_url)
+
+
+def _swhid(text: str) -> Source | None:
+    if not text.lower().startswith("swh:"):
+        return None
+    m = re.match(r"swh:(\d+):([a-z]+):([0-9a-f]{40})(;.*)?\Z", text, re.IGNORECASE)
+    if m is None:
+        raise refuse(f"{excerpt(text)} is not a valid Software Heritage id",
+                     "swh:1:dir:<40 hex digits> or swh:1:rev:<40 hex digits>")
+    version, kind, digest = m.group(1), m.group(2).lower(), m.group(3).lower()
+    if version != "1" or kind not in ("dir", "rev"):
+        raise refuse(f"Software Heritage id {excerpt(text)} is a swh:{version}:{kind} object; "
+                     "repo2docker fetches only directories and revisions",
+                     "use the swh:1:dir:... or swh:1:rev:... id shown by the archive")
+    # repo2docker contentproviders/swhid.py reads only the core id before ';' and fetches
+    # by its hash; qualifiers (origin, visit, anchor, path) change nothing it downloads,
+    # so they are dropped: a shorter argument and the same image name for the same content.
+    return Source(f"swh:1:{kind}:{digest}", "swh")
+
+
+def _doi(text: str) -> Source | None:
+    # repo2docker utils.doi_regexp: an optional 'doi:' or (dx.)doi.org prefix, then
+    # 10.NNNN/...; its DOI providers take the bare form and resolve it via doi.org.
+    m = re.match(r"(doi:\s*|(?:https?://)?(?:dx\.|www\.)?doi\.org/)?(10\.\d+.*)\Z", text, re.IGNORECASE)
+    if m is None:
+        return None
+    doi = m.group(2)
+    if m.group(1) and "doi.org" in m.group(1).lower():
+        doi = unquote(re.split(r"[?#]", doi, maxsplit=1)[0])
+    doi = doi.rstrip("/")
+    if not DOI_RE.match(doi) or has_control(doi):
+        raise refuse(f"{excerpt(text)} is not a DOI (10.<prefix>/<suffix>)")
+    return Source(doi, "doi")
+
+
+def _shorthand(text: str) -> Source | None:
+    m = re.match(r"gh:([^/]+)/([^/]+?)/?\Z", text)
+    return github_repo(m.group(1), m.group(2)) if m else None
+
+
+def _scp_like(text: str) -> Source | None:
+    # git's scp-like syntax user@host:path; repo2docker hands it to git clone as is.
+    m = re.match(r"[\w.-]+@([\w.-]+):(?!//)(.+)\Z", text)
+    if m is None:
+        return None
+    return Source(text.rstrip("/"), "gist" if m.group(1).lower() == "gist.github.com" else "git")
+
+
+def _url(text: str) -> Source | None:
+    if "://" not in text:
+        if text.split("/", 1)[0].lower() not in _BARE_HOSTS:
+            return None
+        text = "https://" + text
+    try:
+        u = urlsplit(text)
+        u.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise refuse(f"{excerpt(text)} is not a valid URL: {exc}") from None
+    if not u.scheme:
+        return None
+    if u.scheme not in _GIT_SCHEMES:
+        raise refuse(f"{excerpt(text)} uses the {u.scheme}: scheme; sources are fetched over "
+                     "https, http, ssh or git")
+    if not u.hostname:
+        raise refuse(f"{excerpt(text)} has no host name")
+    if u.password is not None:
+        shown = excerpt(text.replace(u.password, "***"))
+        raise refuse(f"{shown} has a password or token in it; it would be stored on the VM "
+                     "and in its metadata", "give the URL without credentials")
+    if u.scheme not in ("http", "https"):
+        return _git_url(u, text)
+    for detect in _WEB_DETECTORS:
+        source = detect(u, text)
+        if source is not None:
+            return source
+    return None
+
+
+DETECTORS = (_swhid, _doi, _shorthand, _scp_like, _url)
