@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from vmbinder.errors import BadRequest
@@ -46,6 +47,11 @@ class Source:
     subdir: str | None = None
     open: str | None = None   # URL path to open after launch, no leading slash
     given: str = ""           # what the user typed, stripped
+
+
+#: The whole parser (parse.parse_source), handed to every detector: a Binder
+#: link's git or ckan spec is itself a source, read by the same rules.
+Parse = Callable[[str], Source]
 
 
 def excerpt(text: str, limit: int = 60) -> str:

@@ -9,7 +9,7 @@ import re
 from dataclasses import replace
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
-from .common import DOI_RE, Source, check_name, excerpt, github_repo, has_control, refuse, strip_git
+from .common import DOI_RE, Parse, Source, check_name, excerpt, github_repo, has_control, refuse, strip_git
 from .links import binder_link, link_gist, other_binder_page
 
 _GIT_SCHEMES = ("https", "http", "ssh", "git")  # BinderHub GitRepoProvider.allowed_protocols
@@ -39,7 +39,7 @@ def _tree_blob(base: Source, rest: list[str], show: str) -> Source:
                  "a tree (branch/directory), a blob (file) or a commit")
 
 
-def _github(u: SplitResult, text: str) -> Source | None:
+def _github(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if u.hostname not in ("github.com", "www.github.com"):
         return None
     segs = _segments(u.path)
@@ -48,7 +48,7 @@ def _github(u: SplitResult, text: str) -> Source | None:
     return _tree_blob(github_repo(segs[0], segs[1]), segs[2:], excerpt(text))
 
 
-def _gist(u: SplitResult, text: str) -> Source | None:
+def _gist(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if u.hostname != "gist.github.com":
         return None
     segs = _segments(u.path)
@@ -59,7 +59,7 @@ def _gist(u: SplitResult, text: str) -> Source | None:
     return link_gist("/".join(segs))
 
 
-def _gitlab(u: SplitResult, text: str) -> Source | None:
+def _gitlab(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if "/-/" in u.path:
         project, _, tail = u.path.partition("/-/")
     elif u.hostname == "gitlab.com":
@@ -95,7 +95,7 @@ _DATA_REPOS = (
 )
 
 
-def _data_repo(u: SplitResult, text: str) -> Source | None:
+def _data_repo(u: SplitResult, text: str, parse: Parse) -> Source | None:
     for kind, noun, hosts, host, pattern, example in _DATA_REPOS:
         if u.hostname in hosts:
             m = re.match(pattern, u.path)
@@ -106,7 +106,7 @@ def _data_repo(u: SplitResult, text: str) -> Source | None:
     return None
 
 
-def _dataverse(u: SplitResult, text: str) -> Source | None:
+def _dataverse(u: SplitResult, text: str, parse: Parse) -> Source | None:
     # repo2docker contentproviders/dataverse.py parse_dataverse_url: these four paths on
     # a host in the Dataverse installations list (which it downloads; not checked here).
     by_id = u.path.rstrip("/") in ("/dataset.xhtml", "/file.xhtml", "/citation") \
@@ -117,7 +117,7 @@ def _dataverse(u: SplitResult, text: str) -> Source | None:
     return Source(f"{u.scheme}://{u.netloc}{u.path.rstrip('/')}{query}", "dataverse")
 
 
-def _ckan(u: SplitResult, text: str) -> Source | None:
+def _ckan(u: SplitResult, text: str, parse: Parse) -> Source | None:
     # repo2docker contentproviders/ckan.py: '/dataset/' in the path (it then asks the
     # server); the query may carry activity_id, so it is kept.
     if "/dataset/" not in u.path or u.path.endswith(".git"):
@@ -125,7 +125,7 @@ def _ckan(u: SplitResult, text: str) -> Source | None:
     return Source(text.split("#", 1)[0].rstrip("/"), "ckan")
 
 
-def _git_url(u: SplitResult, text: str) -> Source | None:
+def _git_url(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if not u.path.strip("/"):
         raise refuse(f"{excerpt(text)} names a host but no repository path")
     return Source(text.rstrip("/"), "git")
@@ -136,7 +136,7 @@ _WEB_DETECTORS = (_github, _gist, _gitlab, binder_link, other_binder_page, _data
                   _dataverse, _ckan, _git_url)
 
 
-def _swhid(text: str) -> Source | None:
+def _swhid(text: str, parse: Parse) -> Source | None:
     if not text.lower().startswith("swh:"):
         return None
     m = re.match(r"swh:(\d+):([a-z]+):([0-9a-f]{40})(;.*)?\Z", text, re.IGNORECASE)
@@ -154,7 +154,7 @@ def _swhid(text: str) -> Source | None:
     return Source(f"swh:1:{kind}:{digest}", "swh")
 
 
-def _doi(text: str) -> Source | None:
+def _doi(text: str, parse: Parse) -> Source | None:
     # repo2docker utils.doi_regexp: an optional 'doi:' or (dx.)doi.org prefix, then
     # 10.NNNN/...; its DOI providers take the bare form and resolve it via doi.org.
     m = re.match(r"(doi:\s*|(?:https?://)?(?:dx\.|www\.)?doi\.org/)?(10\.\d+.*)\Z", text, re.IGNORECASE)
@@ -169,12 +169,12 @@ def _doi(text: str) -> Source | None:
     return Source(doi, "doi")
 
 
-def _shorthand(text: str) -> Source | None:
+def _shorthand(text: str, parse: Parse) -> Source | None:
     m = re.match(r"gh:([^/]+)/([^/]+?)/?\Z", text)
     return github_repo(m.group(1), m.group(2)) if m else None
 
 
-def _scp_like(text: str) -> Source | None:
+def _scp_like(text: str, parse: Parse) -> Source | None:
     # git's scp-like syntax user@host:path; repo2docker hands it to git clone as is.
     m = re.match(r"[\w.-]+@([\w.-]+):(?!//)(.+)\Z", text)
     if m is None:
@@ -182,7 +182,7 @@ def _scp_like(text: str) -> Source | None:
     return Source(text.rstrip("/"), "gist" if m.group(1).lower() == "gist.github.com" else "git")
 
 
-def _url(text: str) -> Source | None:
+def _url(text: str, parse: Parse) -> Source | None:
     if "://" not in text:
         if text.split("/", 1)[0].lower() not in _BARE_HOSTS:
             return None
@@ -204,9 +204,9 @@ def _url(text: str) -> Source | None:
         raise refuse(f"{shown} has a password or token in it; it would be stored on the VM "
                      "and in its metadata", "give the URL without credentials")
     if u.scheme not in ("http", "https"):
-        return _git_url(u, text)
+        return _git_url(u, text, parse)
     for detect in _WEB_DETECTORS:
-        source = detect(u, text)
+        source = detect(u, text, parse)
         if source is not None:
             return source
     return None

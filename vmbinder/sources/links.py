@@ -9,7 +9,7 @@ import re
 from dataclasses import replace
 from urllib.parse import SplitResult, parse_qs, unquote
 
-from .common import DOI_RE, NAME_RE, Source, check_name, excerpt, github_repo, refuse, strip_git
+from .common import DOI_RE, NAME_RE, Parse, Source, check_name, excerpt, github_repo, refuse, strip_git
 from .fields import check_url_path
 
 
@@ -49,12 +49,10 @@ def _link_gl(spec: str) -> Source:
     return Source(f"https://gitlab.com/{project}", "git", ref=unquote(ref).strip("/") or None)
 
 
-def _link_git(spec: str) -> Source:
+def _link_git(spec: str, parse: Parse) -> Source:
     # GitRepoProvider: <url-escaped URL>/<ref>; the URL goes to repo2docker as is.
-    from .parse import parse_source  # parse imports this module
-
     quoted, _, ref = spec.partition("/")
-    inner = parse_source(unquote(quoted))
+    inner = parse(unquote(quoted))
     if inner.kind not in ("git", "gist"):
         raise refuse(f"git spec {excerpt(spec)} does not hold a git repository URL")
     return replace(inner, ref=unquote(ref).strip("/") or inner.ref)
@@ -68,11 +66,9 @@ def _link_hydroshare(spec: str) -> Source:
     return Source(f"https://www.hydroshare.org/resource/{m.group()}", "hydroshare")
 
 
-def _link_ckan(spec: str) -> Source:
+def _link_ckan(spec: str, parse: Parse) -> Source:
     # CKANProvider: the unescaped spec is the dataset URL, given to repo2docker as is
-    from .parse import parse_source  # parse imports this module
-
-    inner = parse_source(unquote(spec))
+    inner = parse(unquote(spec))
     if inner.kind != "ckan":
         raise refuse(f"ckan spec {excerpt(spec)} is not an escaped CKAN dataset URL")
     return inner
@@ -80,12 +76,14 @@ def _link_ckan(spec: str) -> Source:
 
 # BinderHub passes zenodo/figshare/dataverse specs (DOIs) to repo2docker unchanged
 # (get_repo_url returns the spec), so the bare DOI is the repo.
+# Each takes the spec and the whole parser (git and ckan specs are themselves sources).
 _LINK_PROVIDERS = {
-    "gh": _link_gh, "gist": link_gist, "gl": _link_gl, "git": _link_git,
-    "zenodo": lambda s: Source(_doi_or_refuse(s, "zenodo spec"), "zenodo"),
-    "figshare": lambda s: Source(_doi_or_refuse(s, "figshare spec"), "figshare"),
-    "dataverse": lambda s: Source(_doi_or_refuse(s, "dataverse spec"), "dataverse"),
-    "hydroshare": _link_hydroshare, "ckan": _link_ckan,
+    "gh": lambda s, _: _link_gh(s), "gist": lambda s, _: link_gist(s),
+    "gl": lambda s, _: _link_gl(s), "git": _link_git,
+    "zenodo": lambda s, _: Source(_doi_or_refuse(s, "zenodo spec"), "zenodo"),
+    "figshare": lambda s, _: Source(_doi_or_refuse(s, "figshare spec"), "figshare"),
+    "dataverse": lambda s, _: Source(_doi_or_refuse(s, "dataverse spec"), "dataverse"),
+    "hydroshare": lambda s, _: _link_hydroshare(s), "ckan": _link_ckan,
 }
 # BinderHub routes only /v2/<provider>/<spec> (binderhub/app.py), under any prefix.
 _LAUNCH_PATH = re.compile(rf"(.*?)/v2/({'|'.join(_LINK_PROVIDERS)})/(.+)\Z")
@@ -110,14 +108,14 @@ def _launch_open(query: str) -> str | None:
     return check_url_path(path, "the link's path to open") if path else None
 
 
-def binder_link(u: SplitResult, text: str) -> Source | None:
+def binder_link(u: SplitResult, text: str, parse: Parse) -> Source | None:
     m = _LAUNCH_PATH.match(u.path)
     if m is None:
         return None
-    return replace(_LINK_PROVIDERS[m.group(2)](m.group(3)), open=_launch_open(u.query))
+    return replace(_LINK_PROVIDERS[m.group(2)](m.group(3), parse), open=_launch_open(u.query))
 
 
-def other_binder_page(u: SplitResult, text: str) -> Source | None:
+def other_binder_page(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if u.hostname == "mybinder.org" or (u.hostname or "").endswith(".mybinder.org"):
         raise refuse(f"{excerpt(text)} is not a Binder launch link (https://mybinder.org/v2/...)")
     return None

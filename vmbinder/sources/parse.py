@@ -36,7 +36,7 @@ def _parse_one(text: str, given: str) -> Source:
     if any(c.isspace() for c in re.sub(r"^doi:\s*", "", text, flags=re.IGNORECASE)):
         raise refuse(f"source {show} contains whitespace")
     for detect in DETECTORS:
-        source = detect(text)
+        source = detect(text, parse_source)
         if source is not None:
             break
     else:
