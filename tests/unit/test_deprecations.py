@@ -55,3 +55,18 @@ def test_openstacksdk_own_warnings_and_calls_from_elsewhere_are_not():
         except ValueError:
             pass
     assert seen == []
+
+
+@pytest.mark.filterwarnings("ignore:The ignore_missing parameter")
+def test_a_deprecated_call_openstacksdk_makes_itself_below_vmbinder_is_not_recorded():
+    from openstack.image.v2.image import Image
+
+    call = _as_vmbinder_code(
+        "def call(cls, ignore):\n"
+        "    try:\n"
+        "        cls.find(None, 'i', ignore_missing=ignore)\n"
+        "    except ValueError:\n"
+        "        pass\n")
+    with deprecations.watch() as seen:
+        call(Image, False)  # Image.find searches with ignore_missing=True on its own
+    assert seen == []
