@@ -4,6 +4,7 @@ whole script in a scratch root."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import threading
@@ -141,29 +142,41 @@ def test_base_images_are_imported_with_every_change():
         "vmbinder/base:bookworm"]
 
 
+@contextlib.contextmanager
+def status_page():
+    """The guest's status handler on a loopback port: its /vmbinder base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/vmbinder"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def status_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def refused(url: str) -> int:
+    """The HTTP error code a URL answers with (pytest fails it if it answers 200)."""
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(url, timeout=10)
+    return info.value.code
+
+
 def test_the_status_page_reads_the_state_where_the_document_says(monkeypatch, tmp_path):
     monkeypatch.setattr(guest, "ROOT", str(tmp_path))
     doc = document()
     guest.write_state(doc, phase="build", status="started", started=0)
     assert (tmp_path / doc["guest"]["paths"]["state"].lstrip("/")).is_file()
     monkeypatch.setattr(guest.StatusHandler, "doc", doc)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/vmbinder"
-    try:
-        with urllib.request.urlopen(f"{base}/status.json?token={doc['token']}", timeout=10) as resp:
-            got = json.load(resp)
+    with status_page() as base:
+        got = status_json(f"{base}/status.json?token={doc['token']}")
         assert (got["phase"], got["status"], got["ready"]) == ("build", "started", None)
         for url, code in ((f"{base}/status.json?token=wrong", 403), (f"{base}/page", 503)):
-            try:
-                urllib.request.urlopen(url, timeout=10)
-            except urllib.error.HTTPError as exc:
-                assert exc.code == code
-            else:
-                raise AssertionError(f"{url} answered 200")
-    finally:
-        server.shutdown()
-        server.server_close()
+            assert refused(url) == code
 
 
 def _launch_file(tmp_path, doc):
@@ -192,20 +205,11 @@ def test_the_status_page_follows_the_launch_document_cloud_init_writes(monkeypat
     _launch_file(tmp_path, second)  # cloud-init's write_files on the snapshot's first boot
     monkeypatch.setattr(guest.StatusHandler, "doc", first)
     monkeypatch.setattr(guest.StatusHandler, "reread", True)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), guest.StatusHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_port}/vmbinder"
-    try:
-        with urllib.request.urlopen(f"{base}/status.json?token={second['token']}", timeout=10) as resp:
-            got = json.load(resp)
+    with status_page() as base:
+        got = status_json(f"{base}/status.json?token={second['token']}")
         assert (got["phase"], got["ready"]) == (None, None)
         for url, code in ((f"{base}/status.json?token={first['token']}", 403), (f"{base}/page", 503)):
-            with pytest.raises(urllib.error.HTTPError) as info:
-                urllib.request.urlopen(url, timeout=10)
-            assert info.value.code == code
-    finally:
-        server.shutdown()
-        server.server_close()
+            assert refused(url) == code
 
 
 def test_jupyter_gets_the_token_of_the_launch_document_at_every_start(monkeypatch, tmp_path):

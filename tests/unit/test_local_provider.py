@@ -571,3 +571,22 @@ def test_set_metadata_is_kept_in_the_server_record(env, fake):
     assert p.get("demo").meta("interfaces") == "tree,lab"
     assert p.get("demo").meta("token") == run.spec.token
     assert (p.folder("demo") / "server.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_folder_that_cannot_be_removed_is_a_leftover_with_its_command(tmp_path, monkeypatch):
+    from vmbinder.providers.local import state
+
+    folder = tmp_path / "it's"
+    folder.mkdir()
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(state.shutil, "rmtree", refuse)
+    with pytest.raises(errors.CleanupFailed) as info:
+        state.remove_or_fail(folder, "snapshot", f"the snapshot {folder}")
+    command = f"rm -rf '{tmp_path}/it'\"'\"'s'"
+    assert info.value.message == f"could not remove the snapshot {folder}: [Errno 13] Permission denied"
+    assert info.value.hint == command
+    assert info.value.details["leftovers"] == [("snapshot", str(folder), "[Errno 13] Permission denied",
+                                                command)]

@@ -329,14 +329,7 @@ class LocalProvider(Provider):
             pid = read_pid(folder)
         if stop(pid, folder, proc=self.proc, sleep=self.sleep):
             removed.append(Removed("qemu process", str(pid), server.name))
-        try:
-            state.remove_folder(folder)
-        except OSError as exc:
-            raise errors.CleanupFailed(
-                f"could not remove {folder}: {exc}", f"rm -rf {shlex.quote(str(folder))}",
-                details={"leftovers": [("state folder", str(folder), str(exc),
-                                        f"rm -rf {shlex.quote(str(folder))}")]},
-            ) from exc
+        state.remove_or_fail(folder, "state folder", str(folder))
         removed.append(Removed("server", server.id, server.name))
         return removed
 

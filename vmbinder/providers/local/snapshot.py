@@ -42,7 +42,7 @@ from vmbinder.providers.local.qemu import (
     stop,
     with_ports,
 )
-from vmbinder.providers.local.state import remove_folder
+from vmbinder.providers.local.state import remove_folder, remove_or_fail
 
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 180.0
@@ -211,13 +211,7 @@ def delete(snap: Snapshot) -> list[Removed]:
     if not doc.get("snapshot_of"):
         raise errors.BadRequest(f"{folder} is an image, not a snapshot: it was left alone",
                                 "remove an image you built by hand if you mean to")
-    try:
-        shutil.rmtree(folder)
-    except OSError as exc:
-        raise errors.CleanupFailed(
-            f"could not remove the snapshot {folder}: {exc}", f"rm -rf {shlex.quote(str(folder))}",
-            details={"leftovers": [("snapshot", str(folder), str(exc),
-                                    f"rm -rf {shlex.quote(str(folder))}")]}) from exc
+    remove_or_fail(folder, "snapshot", f"the snapshot {folder}")
     return [Removed("snapshot", snap.id, snap.name)]
 
 

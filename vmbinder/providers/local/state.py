@@ -27,6 +27,7 @@ import datetime
 import getpass
 import json
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,18 @@ def broken(folder: Path, exc: Exception) -> Server:
 def remove_folder(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
+
+
+def remove_or_fail(folder: Path, kind: str, what: str) -> None:
+    """Remove folder, or CleanupFailed naming it as a leftover of this kind, with
+    the command that removes it by hand."""
+    try:
+        remove_folder(folder)
+    except OSError as exc:
+        command = f"rm -rf {shlex.quote(str(folder))}"
+        raise errors.CleanupFailed(
+            f"could not remove {what}: {exc}", command,
+            details={"leftovers": [(kind, str(folder), str(exc), command)]}) from exc
 
 
 def now() -> str:
