@@ -47,7 +47,7 @@ def render(spec: LaunchSpec, public_ip: str | None = None) -> str:
     text = _environment().get_template(TEMPLATE).render(
         vmbinder_version=spec.vmbinder_version,
         launch_path=guestcontract.LAUNCH_PATH,
-        launch_json=json.dumps(launchdoc.document(spec, public_ip), sort_keys=True),
+        launch_json=json.dumps(launchdoc.document(spec, public_ip), sort_keys=True, separators=(",", ":")),
         guest_script_path=guestcontract.GUEST_SCRIPT_PATH,
         guest_script_gz_b64=_gz_b64(guest),
     )
