@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import base64
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -310,6 +312,25 @@ def server_metadata(spec: LaunchSpec, user_id: str | None,
     values = {k: v for k, v in {"owner": user_id, **recorded(spec, limits)}.items() if v}
     check_recorded(values, limits)
     return {META + k: v for k, v in values.items()}
+
+
+def keypair_name(public_key: str) -> str:
+    """A stable keypair name for a public key, so it is uploaded once and reused."""
+    parts = public_key.split()
+    if len(parts) < 2:
+        raise errors.BadRequest(
+            "the public key is not in OpenSSH format ('TYPE BASE64 [COMMENT]')",
+            "pass --key-name with a keypair already on the cloud, or point "
+            "--public-key at a .pub file",
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except ValueError:
+        raise errors.BadRequest(
+            "the public key's base64 part does not decode",
+            "point --public-key at an OpenSSH .pub file (ssh-keygen -y -f KEY > KEY.pub)",
+        ) from None
+    return "vmbinder-" + hashlib.sha256(blob).hexdigest()[:12]
 
 
 def redact_token(text: str, server: Server) -> str:

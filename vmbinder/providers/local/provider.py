@@ -45,6 +45,7 @@ from vmbinder.providers.base import (
     Server,
     Snapshot,
     find_owned,
+    keypair_name,
     redact_token,
     server_metadata,
 )
@@ -74,7 +75,6 @@ from vmbinder.providers.local.qemu import (
     state_root,
     stop,
 )
-from vmbinder.providers.openstack.common import keypair_name
 from vmbinder.spec import LaunchSpec, MetadataLimits, TargetDefaults
 
 Runner = Callable[..., subprocess.CompletedProcess]

@@ -5,8 +5,6 @@ rules vmbinder uses, and the vmbinder:* metadata a server carries."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -224,25 +222,6 @@ def floating_address(addresses: dict | None) -> str | None:
             if entry.get("OS-EXT-IPS:type") == "floating":
                 return entry.get("addr")
     return None
-
-
-def keypair_name(public_key: str) -> str:
-    """A stable keypair name for a public key, so it is uploaded once and reused."""
-    parts = public_key.split()
-    if len(parts) < 2:
-        raise errors.BadRequest(
-            "the public key is not in OpenSSH format ('TYPE BASE64 [COMMENT]')",
-            "pass --key-name with a keypair already on the cloud, or point "
-            "--public-key at a .pub file",
-        )
-    try:
-        blob = base64.b64decode(parts[1], validate=True)
-    except ValueError:
-        raise errors.BadRequest(
-            "the public key's base64 part does not decode",
-            "point --public-key at an OpenSSH .pub file (ssh-keygen -y -f KEY > KEY.pub)",
-        ) from None
-    return "vmbinder-" + hashlib.sha256(blob).hexdigest()[:12]
 
 
 def security_group_name(ssh_cidr: str) -> str:

@@ -10,13 +10,12 @@ from __future__ import annotations
 import re
 
 from vmbinder import errors
-from vmbinder.providers.base import Created, Ledger, ambiguous, candidates, find_object
+from vmbinder.providers.base import Created, Ledger, ambiguous, candidates, find_object, keypair_name
 from vmbinder.providers.openstack.common import (
     bootable,
     cloud_errors,
     find_or_none,
     in_flight,
-    keypair_name,
     openstacksdk,
 )
 from vmbinder.spec import LaunchSpec
