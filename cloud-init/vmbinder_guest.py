@@ -325,9 +325,8 @@ def trixie_sources(debian_sources):
 
 
 def docker_import_argv(tarball, sidecar):
-    """`docker import` with every --change a base image's sidecar records.
-
-    Its twin is docker_import_argv in vmbinder/guestcontract.py."""
+    """`docker import` with every --change a base image's sidecar records
+    (images/build.py writes the sidecar when it bakes the base image in)."""
     argv = ["docker", "import"]
     for change in sidecar.get("changes", []):
         argv += ["--change", change]
@@ -485,7 +484,7 @@ def wait_for_jupyter(doc, timeout=900):
 
 
 def detect_interfaces(doc):
-    """Which interfaces answer, probed at the paths vmbinder prints (interfaces.py)."""
+    """Which interfaces answer, probed at the paths vmbinder prints (urls.py)."""
     found = [key for key, path in doc["guest"]["interfaces"] if jupyter_get(doc, path) == 200]
     write_state(doc, interfaces=found)
     return ",".join(found)

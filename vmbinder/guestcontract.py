@@ -53,7 +53,7 @@ LAYOUT = {
 JUPYTER_ADDRESS = "127.0.0.1:8888"
 STATUS_ADDRESS = "127.0.0.1:8081"
 
-#: Each interface's URL path below the server's root. interfaces.py describes
+#: Each interface's URL path below the server's root. urls.py describes
 #: them; the guest probes them after the build to see which are served.
 INTERFACE_PATHS = {
     "tree": "tree",
@@ -72,13 +72,3 @@ CONTENT_PROVIDERS = {
     "ckan": ["CKAN"], "doi": ["Zenodo", "Figshare", "Hydroshare", "Dataverse"],
 }
 DEFAULT_CONTENT_PROVIDERS = ["Git"]
-
-
-def docker_import_argv(tarball: str, sidecar: dict) -> list[str]:
-    """`docker import` with every --change a base image's sidecar records.
-
-    The guest's twin is docker_import_argv in vmbinder_guest.py."""
-    argv = ["docker", "import"]
-    for change in sidecar.get("changes", []):
-        argv += ["--change", change]
-    return [*argv, tarball, sidecar["name"]]

@@ -83,7 +83,7 @@ def guest() -> dict:
         "phase_prefix": gc.PHASE_PREFIX,
         "jupyter": gc.JUPYTER_ADDRESS,
         "status": gc.STATUS_ADDRESS,
-        # Pairs, in interfaces.py's order: the document is written with sorted keys.
+        # Pairs, in urls.py's order: the document is written with sorted keys.
         "interfaces": [[key, path] for key, path in gc.INTERFACE_PATHS.items()],
         "trixie_pin": gc.TRIXIE_PIN,
     }

@@ -98,9 +98,9 @@ def test_waiting_launch_follows_guest_phases_then_times_out_and_rolls_back():
 
     with pytest.raises(errors.ReadinessTimeout):
         lifecycle.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
-                                       name="demo", tls="off"),
-                   Rec(), wait=True, ready_timeout=60,
-            clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
+                                             name="demo", tls="off"),
+                         Rec(), wait=True, ready_timeout=60,
+                         clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
     assert any(p == "environment" and d.startswith("build started") for p, d in seen)
     assert provider.resources == {}
     assert clock.t <= 60

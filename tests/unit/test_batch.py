@@ -234,7 +234,7 @@ def test_a_server_with_a_seat_name_from_elsewhere_is_refused():
     from vmbinder.spec import make_spec
 
     lifecycle.launch(p, make_spec(resolve_source("https://github.com/org/other"), name="course-02"),
-               wait=False)
+                     wait=False)
     with pytest.raises(errors.BadRequest) as info:
         up(p, workshop(3), wait=False)
     assert "course-02" in info.value.message and "not a seat of workshop course" in info.value.message

@@ -1,3 +1,4 @@
+import importlib
 import json
 import lzma
 import shutil
@@ -10,10 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from vmbinder import errors, guestcontract, launchdoc
+from vmbinder import errors, launchdoc
 from vmbinder.commands import image as image_commands
 from vmbinder.images import build as gi
 from vmbinder.images import rootfs
+
+guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
 
 ELF = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 64
 HOST_SOURCES = """\
@@ -313,7 +316,7 @@ def test_base_container_tarball_and_its_docker_import_sidecar(host, tmp_path):
     assert {"USER 1000", "WORKDIR /home/jovyan"} <= set(side["changes"])
     assert side["contents"] == {"jupyterlab": "4.4.1", "notebook": "7.4.1",
                                 "jupyter_server": "2.16.0"}
-    argv = guestcontract.docker_import_argv("/srv/base.tar.gz", side)
+    argv = guest.docker_import_argv("/srv/base.tar.gz", side)
     assert argv[:4] == ["docker", "import", "--change", side["changes"][0]]
     assert argv[-2:] == ["/srv/base.tar.gz", "vmbinder/base:bookworm"]
     assert not (tmp_path / "base-container.tar.gz.work").exists()

@@ -86,7 +86,7 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         err.print("[yellow]note:[/] no SSH key found (~/.ssh/id_*.pub); launching without one.")
     try:
         result = lifecycle.launch(obj.provider, spec, reporter, wait=not no_wait,
-                            ready_timeout=timeout, keep_on_failure=keep_on_failure)
+                                  ready_timeout=timeout, keep_on_failure=keep_on_failure)
     finally:
         reporter.stop()
     if fmt != "json":

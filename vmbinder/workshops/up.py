@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from vmbinder import errors, lifecycle, readiness
+from vmbinder.guestcontract import REPO2DOCKER_VERSION
 from vmbinder.providers.base import Ledger, Provider, Server, Snapshot
 from vmbinder.spec import ACME, LaunchSpec, make_spec
 from vmbinder.workshops.file import Seat, Workshop
@@ -119,8 +120,6 @@ class UpResult:
 def build_key(workshop: Workshop, image: str | None) -> str:
     """What a snapshot holds: the source, the repo2docker that built it, the image under it."""
     s = workshop.source
-    from vmbinder import REPO2DOCKER_VERSION
-
     what = [s.kind, s.repo, s.ref, s.subdir, REPO2DOCKER_VERSION, image]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
@@ -163,9 +162,9 @@ class _Launcher:
         started = time.monotonic()
         try:
             launched = lifecycle.launch(self.provider, spec, _SeatReporter(self.reporter, seat.name),
-                                  wait=self.wait if wait is None else wait,
-                                  ready_timeout=self.ready_timeout,
-                                  clock=readiness.Clock(sleep=self._sleep))
+                                        wait=self.wait if wait is None else wait,
+                                        ready_timeout=self.ready_timeout,
+                                        clock=readiness.Clock(sleep=self._sleep))
         except errors.Interrupted as exc:
             self.reporter.seat(seat.name, SKIPPED, exc.message)
             return SeatResult(seat, SKIPPED, error=exc, seconds=time.monotonic() - started)
@@ -179,8 +178,9 @@ class _Launcher:
         """The seat that was snapshotted, waited for until it answers again."""
         seat, started = made.seat, time.monotonic()
         try:
-            server = lifecycle.wait_ready(self.provider, made.server, _SeatReporter(self.reporter, seat.name),
-                                    timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep))
+            server = lifecycle.wait_ready(
+                self.provider, made.server, _SeatReporter(self.reporter, seat.name),
+                timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep))
         except errors.VmbinderError as exc:
             self.reporter.seat(seat.name, FAILED, f"after its snapshot: {exc.message}")
             return replace(made, action=FAILED, error=exc)
