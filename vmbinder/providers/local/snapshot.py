@@ -42,7 +42,7 @@ from vmbinder.providers.local.qemu import (
     stop,
     with_ports,
 )
-from vmbinder.providers.local.state import remove_folder, remove_or_fail
+from vmbinder.providers.local.state import make_private, remove_folder, remove_or_fail
 
 #: Seconds the guest gets to power off after the ACPI power button.
 POWERDOWN_TIMEOUT = 180.0
@@ -105,14 +105,11 @@ def _claim(images: Path, name: str) -> Path:
                                 "use letters, digits, '.', '_' and '-' (at most 128)")
     images.mkdir(parents=True, exist_ok=True)
     target = images / name
-    try:
-        target.mkdir(mode=0o700)
-    except FileExistsError:
+    if not make_private(target):
         raise errors.BadRequest(
             f"an image named {name!r} already exists ({target})",
             "choose another name; if it is an old snapshot, remove it: "
-            f"rm -rf {shlex.quote(str(target))}") from None
-    os.chmod(target, 0o700)
+            f"rm -rf {shlex.quote(str(target))}")
     return target
 
 

@@ -37,19 +37,27 @@ from vmbinder.providers.local.qemu import LOOPBACK, SERVER_JSON, is_our_qemu
 from vmbinder.spec import NAME_RE
 
 
+def make_private(folder: Path) -> bool:
+    """Make folder, readable by its user only (whatever the umask); False when it
+    was there already, and then it is left as it was."""
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        return False
+    os.chmod(folder, 0o700)
+    return True
+
+
 def claim(root: Path, name: str) -> Path:
     """Make the folder of a new server under root; BadRequest when the name is taken."""
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
     folder = root / name
-    try:
-        folder.mkdir(mode=0o700)
-    except FileExistsError:
+    if not make_private(folder):
         raise errors.BadRequest(
             f"a vmbinder server named {name!r} already exists ({folder})",
             f"choose another --name, or remove it first: vmbinder delete {name}",
-        ) from None
-    os.chmod(folder, 0o700)
+        )
     return folder
 
 
