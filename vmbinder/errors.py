@@ -54,6 +54,13 @@ class BuildFailed(VmbinderError):
     exit_code = 6
 
 
+class UntrustedServer(VmbinderError):
+    """The server's certificate is not the one its console vouches for (exit 8):
+    something between vmbinder and the server may be intercepting the connection."""
+
+    exit_code = 8
+
+
 class CleanupFailed(VmbinderError):
     """Rollback or delete left something behind (exit 7). details['leftovers']
     lists (kind, id, command to remove it)."""

@@ -52,7 +52,13 @@ LAYOUT = {
     "r2d_config": "/etc/vmbinder/repo2docker_config.py",
     "env_file": "/etc/vmbinder/jupyter.env",
     "work_dir": "/srv/vmbinder/work",
-    "caddyfile": "/etc/caddy/Caddyfile",
+    "caddy_venv": CADDY_VENV,
+    "caddyfile": "/etc/vmbinder/Caddyfile",
+    # Caddy's state (certificates, ACME account, its own CA), one folder per
+    # launch below it, and its log, which the guest reads for the CA's answers.
+    "caddy_storage": "/var/lib/vmbinder-caddy",
+    "caddy_log": "/var/log/vmbinder-caddy/caddy.log",
+    "acme_root": "/etc/vmbinder/acme-ca-root.pem",
     "unit_dir": "/etc/systemd/system",
     "trixie_pin": "/etc/apt/preferences.d/vmbinder-trixie",
     "trixie_sources": "/etc/apt/sources.list.d/vmbinder-trixie.sources",

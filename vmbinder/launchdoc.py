@@ -5,8 +5,9 @@ cloud-init writes it to the server as JSON (guestcontract.LAUNCH_PATH, mode
 ever pasted into a shell command. It has four parts:
 
 - the request, flat, as the user asked for it (what a dry run shows);
-- ``site``: the name Caddy serves and how it gets a certificate, decided here
-  once, so the URLs vmbinder prints and the site the guest serves agree;
+- ``site``: the names and issuers the guest tries for its certificate, in
+  order (vmbinder/https.py), so the URLs vmbinder prints and the site the guest
+  serves agree;
 - ``build``: the image name (the build key) and repo2docker's content providers;
 - ``guest``: the paths, loopback addresses and texts of guestcontract.py.
 """
@@ -17,11 +18,8 @@ import hashlib
 import json
 
 from vmbinder import guestcontract as gc
+from vmbinder import https
 from vmbinder.spec import LaunchSpec
-from vmbinder.urls import host_for_ip
-
-#: The Caddy certificate issuer for each TLS mode; None serves plain HTTP.
-ISSUERS = {"acme": "acme", "internal": "internal", "off": None}
 
 
 def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
@@ -46,17 +44,19 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
     }
 
 
-def site(hostname: str | None, public_ip: str | None, tls: str) -> dict:
-    """The name Caddy serves: the user's host name, else the address's sslip.io
-    name (urls.host_for_ip, the one the printed URLs use).
-
-    With TLS and no name at all (a dry run, before an address exists) it is
-    localhost; without TLS and no name, null: Caddy then answers on any name."""
-    host = hostname or (host_for_ip(public_ip) if public_ip else None)
-    issuer = ISSUERS[tls]
-    if issuer and not host:
-        host = "localhost"
-    return {"host": host, "scheme": "https" if issuer else "http", "issuer": issuer}
+def site(spec: LaunchSpec, public_ip: str | None) -> dict:
+    """What the guest serves: over HTTPS, the candidates (name, issuer) it tries in
+    order (https.candidates), the ACME CA and how long each ACME try may take;
+    over plain HTTP, any name on port 80."""
+    acme = spec.acme
+    return {
+        "scheme": "http" if spec.tls == https.OFF else "https",
+        "candidates": [c.as_dict() for c in https.candidates(
+            spec.tls, spec.hostname, public_ip, wildcard_dns=acme.wildcard_dns, acme_ca=acme.ca)],
+        "acme_directory": acme.ca or https.LETSENCRYPT,
+        "acme_root": acme.ca_root,
+        "wait": https.ACME_WAIT,
+    }
 
 
 def image_name(kind: str, repo: str, ref: str | None, subdir: str | None,
@@ -86,6 +86,8 @@ def guest() -> dict:
         # Pairs, in urls.py's order: the document is written with sorted keys.
         "interfaces": [[key, path] for key, path in gc.INTERFACE_PATHS.items()],
         "trixie_pin": gc.TRIXIE_PIN,
+        "caddy_version": gc.CADDY_VERSION,
+        "outcome_prefix": https.OUTCOME_PREFIX,
     }
 
 
@@ -93,7 +95,7 @@ def document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
     """The whole launch document for a server with this public address."""
     return {
         **request(spec, public_ip),
-        "site": site(spec.hostname, public_ip, spec.tls),
+        "site": site(spec, public_ip),
         "build": build(spec),
         "guest": guest(),
     }

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vmbinder import cloudinit, errors, launchdoc, readiness, urls
+from vmbinder import cloudinit, errors, https, launchdoc, readiness, urls
 from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
 from vmbinder.spec import ACME, LaunchSpec
 
@@ -48,6 +48,11 @@ class Launched:
     access: Access
     ready: bool
 
+    @property
+    def outcome(self) -> https.Outcome | None:
+        """The certificate the server settled on (None before it settled)."""
+        return outcome(self.server)
+
 
 def dry_run(spec: LaunchSpec) -> dict:
     """Everything a launch would send, created nowhere."""
@@ -61,14 +66,20 @@ def dry_run(spec: LaunchSpec) -> dict:
     }
 
 
+def site_host(server: Server) -> str | None:
+    """The name the server serves: the one its guest settled on, else the first it
+    tries (--hostname, else its address)."""
+    return server.meta("site") or server.meta("hostname") or server.address
+
+
 def access(server: Server, detected: frozenset[str] | None = None, *, with_token: bool = True) -> Access:
-    """URLs from what the cloud recorded: address, host name, TLS mode, token, open path.
+    """URLs from what the cloud recorded: address or settled name, TLS mode, token, open path.
 
     with_token=False leaves the token out, for output that people paste into
     bug reports (status, list); `launch` and `url` print it, as is their job."""
     tls = server.meta("tls") or ACME
     port = server.meta("http-port" if tls == "off" else "https-port")
-    base = urls.base_url(server.address, server.meta("hostname"), tls, port)
+    base = urls.base_url(site_host(server), tls, port)
     if base is None:
         return Access(base=None)
     token = server.meta("token") if with_token else None
@@ -80,6 +91,57 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
     open_path = server.meta("open")
     open_url = urls.url_for(base, open_path, token) if open_path else None
     return Access(base=base, urls=links, absent=absent, open_url=open_url)
+
+
+def outcome(server: Server) -> https.Outcome | None:
+    """The certificate the server settled on, as recorded (None: not known yet)."""
+    return https.recorded_outcome(server.meta)
+
+
+def record_outcome(provider: Provider, server: Server, found: https.Outcome) -> Server:
+    """Keep what the guest settled on with the server, so every command, from any
+    machine, prints the URL it serves."""
+    if outcome(server) == found:
+        return server
+    return provider.set_metadata(server, found.metadata(provider.metadata_limits.value_max))
+
+
+def settle(provider: Provider, server: Server) -> Server:
+    """The server, with its certificate's outcome recorded once its console shows
+    it (for `status` and `url` after `launch --no-wait`)."""
+    if server.meta("issuer") or server.state != "active":
+        return server
+    found = https.last_outcome(provider.console_log(server))
+    return record_outcome(provider, server, found) if found else server
+
+
+def trust(server: Server, extra_roots: str | None = None, *, timeout: float = 10.0):
+    """How to check the server's certificate: None over plain HTTP; its own CA's
+    root, fetched and checked against the fingerprint its console published; else
+    the system's roots (and a private ACME CA's). None also when the own CA's root
+    cannot be fetched yet (TrustNotYet)."""
+    if (server.meta("tls") or ACME) == https.OFF:
+        return None
+    if server.meta("issuer") != https.INTERNAL:
+        return https.public_context(extra_roots)
+    expected = server.meta("tls-root")
+    base = access(server, with_token=False).base
+    status, body, reason = readiness.fetch(base + https.ROOT_PATH,
+                                           context=https.unverified_context(), timeout=timeout)
+    if status != 200 or not expected:
+        raise TrustNotYet(f"the server's own CA root is not available yet ({status or reason})")
+    try:
+        return https.pinned_context(https.check_root(body.decode(errors="replace"), expected))
+    except ValueError as exc:
+        raise errors.UntrustedServer(
+            f"{server.name}: {exc}",
+            "something between this machine and the server may be intercepting the "
+            "connection; do not use the URL, and check with the cloud's console "
+            f"(vmbinder status {server.name})") from None
+
+
+class TrustNotYet(Exception):
+    """The server's own CA root could not be fetched yet."""
 
 
 def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) -> str:
@@ -116,36 +178,61 @@ def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, st
     return leftovers
 
 
-def _record_interfaces(provider: Provider, server: Server) -> Server:
-    """Ask the guest which interfaces answered and keep the answer on the server,
-    so `url` and `status` print only those, from any machine."""
-    acc = access(server)
-    status = readiness.fetch_json(
-        urls.url_for(acc.base, "vmbinder/status.json", server.meta("token")),
-        verify=server.meta("tls") == ACME)
-    found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
-    if not found:
-        return server
-    return provider.set_metadata(server, {"interfaces": ",".join(found)})
+class _Watch:
+    """A launch's wait: the guest's phase and certificate outcome from the
+    console, then Jupyter's own answer through the URL, checked as trust() says."""
 
+    def __init__(self, provider: Provider, server: Server, extra_roots: str | None):
+        self.provider, self.server, self.extra_roots = provider, server, extra_roots
+        self.found: https.Outcome | None = None
+        self.context = None
+        self.trusted = False
 
-def _ready_probes(provider: Provider, server: Server) -> list[readiness.Probe]:
-    acc = access(server)
-    probes = [readiness.console_probe(lambda: provider.console_log(server, lines=200))]
-    if acc.base:
-        status_url = urls.url_for(acc.base, "api/status", server.meta("token"))
-        probes.append(readiness.http_probe(status_url, verify=server.meta("tls") == ACME))
-    return probes
+    def console(self) -> str:
+        text = self.provider.console_log(self.server, lines=200)
+        self.found = https.last_outcome(text) or self.found
+        return text
+
+    def certificate(self) -> tuple[bool, str]:
+        if self.found is None:
+            return False, "waiting for the certificate"
+        if not self.trusted:
+            self.server = record_outcome(self.provider, self.server, self.found)
+            try:
+                self.context = trust(self.server, self.extra_roots)
+            except TrustNotYet as exc:
+                return False, str(exc)
+            self.trusted = True
+        return True, f"certificate from {https.issuer_label(self.found.issuer)}"
+
+    def answers(self) -> tuple[bool, str]:
+        url = urls.url_for(access(self.server).base, "api/status", self.server.meta("token"))
+        return readiness.http_probe(url, context=self.context, expect_key="started")()
+
+    def probes(self) -> list[readiness.Probe]:
+        return [readiness.console_probe(self.console), self.certificate, self.answers]
+
+    def record_interfaces(self) -> Server:
+        """Ask the guest which interfaces answered and keep the answer on the server,
+        so `url` and `status` print only those, from any machine."""
+        server = self.server
+        status = readiness.fetch_json(
+            urls.url_for(access(server).base, "vmbinder/status.json", server.meta("token")),
+            context=self.context)
+        found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
+        return self.provider.set_metadata(server, {"interfaces": ",".join(found)}) if found else server
 
 
 def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeout: float,
-               clock: readiness.Clock = readiness.Clock()) -> Server:
-    """Wait until the server's environment answers; record which interfaces it serves."""
+               clock: readiness.Clock = readiness.Clock(), extra_roots: str | None = None) -> Server:
+    """Wait until the server's environment answers; record its certificate's outcome
+    and which interfaces it serves. extra_roots: a private ACME CA's (PEM)."""
+    watch = _Watch(provider, server, extra_roots)
     readiness.wait_until(
-        _ready_probes(provider, server), timeout=timeout, clock=clock,
+        watch.probes(), timeout=timeout, clock=clock,
         on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
     )
-    server = _record_interfaces(provider, server)
+    server = watch.record_interfaces()
     reporter.phase(READY, "the environment answers")
     return server
 
@@ -180,7 +267,8 @@ def launch(
         server = provider.wait(server, resolved, active_timeout, ledger)
         if wait:
             reporter.phase(ENVIRONMENT, "building the environment")
-            server = wait_ready(provider, server, reporter, timeout=ready_timeout, clock=clock)
+            server = wait_ready(provider, server, reporter, timeout=ready_timeout, clock=clock,
+                                extra_roots=spec.acme.ca_root)
     except BaseException as exc:
         if keep_on_failure and not isinstance(exc, KeyboardInterrupt) and ledger.items:
             kept = ", ".join(f"{i.kind} {i.name}" for i in ledger.items)

@@ -3,14 +3,16 @@ deadline and the backoff."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from vmbinder import https
 from vmbinder.errors import BuildFailed, ReadinessTimeout
 from vmbinder.guestcontract import LAYOUT, PHASE_PREFIX
 
@@ -48,46 +50,91 @@ def console_probe(read_console: Callable[[], str]) -> Probe:
             return False, "booting"
         if doc.get("status") == "failed":
             tail = "\n".join(console.splitlines()[-20:])
+            said = doc.get("detail") or doc.get("error") or "see the log"
             raise BuildFailed(
-                f"the guest step {doc['phase']!r} failed ({doc.get('error', 'see the log')})",
+                f"the guest step {doc['phase']!r} failed: {said}",
                 f"see {LAYOUT['log_dir']}/ on the server; last console lines:\n" + tail,
             )
-        return doc.get("phase") == "ready", f"{doc['phase']} {doc.get('status', '')}".strip()
+        detail = f": {doc['detail']}" if doc.get("detail") else ""
+        return (doc.get("phase") == "ready",
+                f"{doc['phase']} {doc.get('status', '')}".strip() + detail)
 
     return probe
 
 
-def _context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+class _Connection(http.client.HTTPSConnection):
+    """HTTPS to address, the certificate checked for host."""
+
+    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(host, port, timeout=timeout, context=context)
+        self.address, self.tls = address, context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
 
 
-def fetch_json(url: str, *, verify: bool = True, timeout: float = 10.0) -> dict:
-    """GET a JSON document (the guest's status); {} when it cannot be had."""
+def fetch(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 10.0,
+          limit: int = 1 << 20) -> tuple[int | None, bytes, str]:
+    """GET url: (HTTP status, body, reason); the status is None when nothing answered.
+
+    https URLs are checked with context (default: the system's roots). A name under
+    a wildcard-DNS service (203-0-113-5.sslip.io) is reached at the address it
+    names, which is what its DNS answers, so no resolver is needed (and none that
+    refuses private answers gets in the way)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    address = https.address_in_name(host) or host
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if parts.scheme == "https":
+        conn = _Connection(host, parts.port or 443, address,
+                           context or ssl.create_default_context(), timeout)
+    else:
+        conn = http.client.HTTPConnection(address, parts.port or 80, timeout=timeout)
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=_context(verify)) as resp:
-            doc = json.load(resp)
-    except (urllib.error.URLError, OSError, ValueError):
+        conn.request("GET", target, headers={"Host": parts.netloc})
+        resp = conn.getresponse()
+        return resp.status, resp.read(limit), resp.reason
+    except ssl.SSLCertVerificationError as exc:
+        return None, b"", f"certificate refused: {exc.verify_message}"
+    except (OSError, http.client.HTTPException) as exc:
+        return None, b"", str(getattr(exc, "reason", None) or exc)
+    finally:
+        conn.close()
+
+
+def fetch_json(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 10.0) -> dict:
+    """GET a JSON document (the guest's status); {} when it cannot be had."""
+    status, body, _ = fetch(url, context=context, timeout=timeout)
+    if status != 200:
+        return {}
+    try:
+        doc = json.loads(body)
+    except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
 
 
-def http_probe(url: str, *, verify: bool = True, timeout: float = 5.0) -> Probe:
-    """OK when GET url answers 200 (Jupyter's /api/status with the token)."""
-    context = _context(verify)
+def http_probe(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 5.0,
+               expect_key: str | None = None) -> Probe:
+    """OK when GET url answers 200 and, with expect_key, a JSON object holding that
+    key (Jupyter's /api/status holds "started": an empty 200 from a proxy is not
+    Jupyter)."""
 
     def probe() -> tuple[bool, str]:
-        try:
-            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-                return resp.status == 200, f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            return False, f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
+        status, body, reason = fetch(url, context=context, timeout=timeout)
+        if status is None:
             return False, f"not answering ({reason})"
+        if status != 200:
+            return False, f"HTTP {status}"
+        if expect_key:
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict) or expect_key not in doc:
+                return False, f"HTTP 200, but not Jupyter's answer (no {expect_key!r})"
+        return True, f"HTTP {status}"
 
     return probe
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from vmbinder import REPO2DOCKER_VERSION, __version__
 from vmbinder.errors import BadRequest
+from vmbinder.https import WILDCARD_DNS
 from vmbinder.sources import Source
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -51,6 +52,18 @@ class GuestNetwork:
 
 
 @dataclass(frozen=True)
+class AcmeChoice:
+    """Where certificates come from with --tls acme (see vmbinder/https.py)."""
+
+    #: The CA's ACME directory URL; None: Let's Encrypt.
+    ca: str | None = None
+    #: PEM roots a private CA's directory and certificates chain to (--acme-ca-root).
+    ca_root: str | None = None
+    #: Wildcard-DNS services whose names for the address are tried after the address itself.
+    wildcard_dns: tuple[str, ...] = WILDCARD_DNS
+
+
+@dataclass(frozen=True)
 class TargetDefaults:
     """What a target fills in for a launch that leaves them out (its provider's
     target_defaults)."""
@@ -83,6 +96,7 @@ class LaunchSpec:
     cloud: CloudChoice = field(default_factory=CloudChoice)
     hostname: str | None = None
     tls: str = ACME
+    acme: AcmeChoice = field(default_factory=AcmeChoice)
     guest_network: GuestNetwork = field(default_factory=GuestNetwork)
     token: str = field(default_factory=new_token, repr=False)
     repo2docker_version: str = REPO2DOCKER_VERSION
@@ -154,6 +168,30 @@ def validate_ca_cert(text: str, where: str) -> str:
     return text.strip() + "\n"
 
 
+def validate_acme(acme: AcmeChoice, tls: str) -> AcmeChoice:
+    """The ACME options, each checked, and only with --tls acme."""
+    given = [o for o, v in (("--acme-ca", acme.ca), ("--acme-ca-root", acme.ca_root)) if v]
+    if given and tls != ACME:
+        raise BadRequest(f"{' and '.join(given)} only apply with --tls acme (here: --tls {tls})",
+                         "leave them out, or use --tls acme")
+    if acme.ca_root and not acme.ca:
+        raise BadRequest("--acme-ca-root is the root of a private ACME CA, but no --acme-ca was given",
+                         "give the CA's directory URL with --acme-ca https://...")
+    if acme.ca and not (URL_RE.match(acme.ca) and acme.ca.startswith("https://")):
+        raise BadRequest(f"invalid --acme-ca {acme.ca!r}",
+                         "give the CA's ACME directory as an https:// URL, e.g. "
+                         "https://ca.example.org/acme/acme/directory")
+    services = tuple(s.strip().lower().rstrip(".") for s in acme.wildcard_dns if s.strip())
+    for service in services:
+        if not HOSTNAME_RE.match(service):
+            raise BadRequest(f"invalid --wildcard-dns entry {service!r}",
+                             "give DNS names of wildcard-DNS services, comma-separated "
+                             "(default sslip.io,nip.io), or none")
+    return AcmeChoice(
+        ca=acme.ca, wildcard_dns=services,
+        ca_root=validate_ca_cert(acme.ca_root, "--acme-ca-root") if acme.ca_root else None)
+
+
 def validate_mirror(url: str, option: str) -> str:
     if not URL_RE.match(url):
         raise BadRequest(f"invalid {option} {url!r}",
@@ -177,6 +215,7 @@ def recorded(spec: LaunchSpec, limits: MetadataLimits) -> dict[str, str]:
         "open": src.open,
         "hostname": spec.hostname,
         "tls": spec.tls,
+        "acme-ca": spec.acme.ca,
         "token": spec.token,
         **dict(spec.labels),
     }
@@ -201,6 +240,7 @@ def make_spec(
     cloud: CloudChoice | None = None,
     hostname: str | None = None,
     tls: str | None = None,
+    acme: AcmeChoice | None = None,
     guest_network: GuestNetwork | None = None,
     labels: Mapping[str, str] | tuple[tuple[str, str], ...] = (),
     target: Target | None = None,
@@ -212,9 +252,13 @@ def make_spec(
     limits. Without one, the defaults are a cloud's (no hostname, ACME) and the
     provider checks the record when it prepares the launch."""
     defaults = target.target_defaults if target is not None else TargetDefaults()
-    tls = tls or defaults.tls
-    hostname = hostname or defaults.hostname
+    acme = acme or AcmeChoice()
+    # A private ACME CA given on a target whose default is another issuer asks for ACME;
+    # the target's default name (localhost) is not one an ACME CA can check.
+    tls = tls or (ACME if acme.ca else defaults.tls)
+    hostname = hostname or (defaults.hostname if tls != ACME else None)
     validate_tls(tls)
+    acme = validate_acme(acme, tls)
     cloud = cloud or CloudChoice()
     cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr))
     given = guest_network or GuestNetwork()
@@ -231,6 +275,7 @@ def make_spec(
         cloud=cloud,
         hostname=validate_hostname(hostname) if hostname else None,
         tls=tls,
+        acme=acme,
         labels=tuple(dict(labels).items()),
     )
     if target is not None:

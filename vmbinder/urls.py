@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from urllib.parse import quote, urlencode
 
 from vmbinder.guestcontract import INTERFACE_PATHS
-
-#: Wildcard DNS service used to derive a host name from a floating IP.
-WILDCARD_DNS = "sslip.io"
 
 
 @dataclass(frozen=True)
@@ -52,26 +48,15 @@ BY_KEY = {i.key: i for i in INTERFACES}
 KEYS = tuple(BY_KEY)
 
 
-def host_for_ip(ip: str) -> str:
-    """`203.0.113.5` -> `203-0-113-5.sslip.io` (IPv6: `2001-db8--1.sslip.io`)."""
-    addr = ipaddress.ip_address(ip)
-    label = str(addr).replace(".", "-").replace(":", "-")
-    return f"{label}.{WILDCARD_DNS}"
-
-
-def base_url(address: str | None, hostname: str | None, tls: str, port: str | None = None) -> str | None:
-    """The server's root URL, or None when it has no public address yet.
+def base_url(host: str | None, tls: str, port: str | None = None) -> str | None:
+    """The server's root URL on host, or None when it has no host yet.
 
     port is given when the server's 80/443 are forwarded to other ports (the
     local target)."""
-    if tls == "off":
-        host = hostname or address
-        if host and ":" in host:
-            host = f"[{host}]"
-    else:
-        host = hostname or (host_for_ip(address) if address else None)
     if not host:
         return None
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
     scheme = "http" if tls == "off" else "https"
     return f"{scheme}://{host}:{port}/" if port else f"{scheme}://{host}/"
 

@@ -19,9 +19,10 @@ def test_launch_no_wait_returns_the_server_and_its_urls():
     result = lifecycle.launch(provider, s, wait=False)
     assert result.server.state == "active"
     assert result.server.address == "203.0.113.7"
-    assert result.access.base == "https://203-0-113-7.sslip.io/"
-    assert result.access.urls["lab"] == f"https://203-0-113-7.sslip.io/lab?token={s.token}"
-    assert result.access.open_url == f"https://203-0-113-7.sslip.io/lab/tree/analysis.ipynb?token={s.token}"
+    # The first name the server tries for its certificate: the address itself.
+    assert result.access.base == "https://203.0.113.7/"
+    assert result.access.urls["lab"] == f"https://203.0.113.7/lab?token={s.token}"
+    assert result.access.open_url == f"https://203.0.113.7/lab/tree/analysis.ipynb?token={s.token}"
     assert set(result.access.urls) == {"tree", "lab"}
     assert "2023.06" in result.access.absent["nteract"]
     # the user-data carries the address the floating IP got before the server existed
@@ -123,9 +124,9 @@ def test_url_refuses_interfaces_the_image_does_not_serve():
     with pytest.raises(errors.BadRequest) as info:
         lifecycle.url(server, "nteract")
     assert "removed nteract in 2023.06" in info.value.message
-    assert lifecycle.url(server, "tree").startswith("https://203-0-113-7.sslip.io/tree?token=")
+    assert lifecycle.url(server, "tree").startswith("https://203.0.113.7/tree?token=")
     assert lifecycle.url(server, "rstudio", detected=frozenset({"rstudio"})).startswith(
-        "https://203-0-113-7.sslip.io/rstudio/?token=")
+        "https://203.0.113.7/rstudio/?token=")
 
 
 def test_delete_checks_every_name_before_deleting_any():
@@ -150,3 +151,83 @@ def test_forwarded_ports_appear_in_the_urls():
     off = Server("id", "demo", "active", "ACTIVE", "127.0.0.1",
                  {META + "tls": "off", META + "http-port": "45080"})
     assert lifecycle.access(off).urls["tree"] == "http://127.0.0.1:45080/tree"
+
+
+def test_the_url_follows_the_name_the_server_settled_on():
+    from vmbinder.providers.base import META, Server
+
+    meta = {META + "token": "t0k", META + "tls": "acme", META + "site": "203-0-113-7.nip.io",
+            META + "issuer": "acme", META + "tls-failed": "203.0.113.7 (acme): rate limited"}
+    server = Server("id", "demo", "active", "ACTIVE", "203.0.113.7", meta)
+    assert lifecycle.url(server, None) == "https://203-0-113-7.nip.io/lab?token=t0k"
+    found = lifecycle.outcome(server)
+    assert (found.site, found.issuer, found.failed[0].cause) == ("203-0-113-7.nip.io", "acme",
+                                                                  "rate limited")
+
+
+def test_status_and_url_learn_the_outcome_from_the_console_after_no_wait():
+    provider = FakeProvider()
+    server = lifecycle.launch(provider, spec(), wait=False).server
+    assert lifecycle.settle(provider, server) is server  # nothing reported yet
+    provider.console = ('VMBINDER-TLS {"site": "203-0-113-7.sslip.io", "issuer": "acme", "failed": '
+                        '[{"host": "203.0.113.7", "issuer": "acme", "cause": "rate limited"}]}\n')
+    settled = lifecycle.settle(provider, server)
+    assert settled.meta("site") == "203-0-113-7.sslip.io" and settled.meta("issuer") == "acme"
+    assert provider.get("demo").meta("tls-failed") == "203.0.113.7 (acme): rate limited"
+    calls = len(provider.calls)
+    assert lifecycle.settle(provider, settled) is settled and len(provider.calls) == calls
+
+
+def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
+    """--tls off (no certificate to check here): the guest's report is recorded, and
+    an empty 200 where Jupyter should answer is not ready."""
+    import http.server
+    import threading
+    from dataclasses import replace
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        body = b""
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(Handler.body)))
+            self.end_headers()
+            self.wfile.write(Handler.body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    class Local(FakeProvider):
+        """Its server's port 80 is forwarded to a port on loopback, as on the local target."""
+
+        def prepare(self, spec, ledger):
+            return replace(super().prepare(spec, ledger), public_ip="127.0.0.1")
+
+        def wait(self, srv, resolved, timeout, ledger):
+            done = super().wait(srv, resolved, timeout, ledger)
+            return self.set_metadata(done, {"http-port": str(server.server_port)})
+
+    provider = Local(console='VMBINDER-TLS {"site": null, "issuer": "off", "failed": []}\n'
+                             'VMBINDER-PHASE {"phase": "ready", "status": "done"}\n')
+    clock = FakeClock()
+    seen = []
+
+    class Rec:
+        def phase(self, phase, detail=""):
+            seen.append(detail)
+            if "not Jupyter's answer" in detail:  # Jupyter answers from now on
+                Handler.body = b'{"started": "2026-12-04T00:00:00Z"}'
+
+    try:
+        result = lifecycle.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
+                                                      name="demo", tls="off"),
+                                  Rec(), ready_timeout=600,
+                                  clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
+    finally:
+        server.shutdown()
+    assert "HTTP 200, but not Jupyter's answer (no 'started')" in seen
+    assert result.server.meta("issuer") == "off" and result.outcome.issuer == "off"
+    assert result.access.urls["lab"].startswith(f"http://127.0.0.1:{server.server_port}/lab?token=")

@@ -365,7 +365,7 @@ def test_waiting_fan_out_waits_for_the_snapshotted_seat_to_answer_again(monkeypa
     p = BatchFake()
     waited = []
 
-    def wait_ready(provider, server, reporter, *, timeout, clock):
+    def wait_ready(provider, server, reporter, *, timeout, clock, extra_roots=None):
         p.events.append(("answers", server.name))
         waited.append(server.name)
         return server

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import ipaddress
 import json
 import os
 import subprocess
@@ -71,7 +72,7 @@ def guest_reads() -> set[tuple[str, ...]]:
 
 def test_the_guest_is_found_reading_the_document():
     reads = guest_reads()
-    assert {("token",), ("repo",), ("site", "host"), ("build", "image"),
+    assert {("token",), ("repo",), ("site", "candidates"), ("build", "image"),
             ("guest", "phase_prefix"), ("guest", "paths", "state")} <= reads
     assert len(reads) > 20
 
@@ -101,22 +102,69 @@ def test_the_request_part_is_what_a_dry_run_shows():
     ("nb.example.org", "203.0.113.9", "acme"),
     ("localhost", "127.0.0.1", "internal"),
     (None, "198.51.100.7", "internal"),
-    ("nb.example.org", "203.0.113.9", "off"),
 ])
 def test_caddy_serves_the_name_vmbinder_prints(hostname, public_ip, tls):
+    """Before the guest reports, vmbinder prints the first name it tries; after, the
+    name it settled on: each candidate's Caddyfile serves the URL printed for it."""
+    from vmbinder import https, lifecycle
+    from vmbinder.providers.base import META, Server
+
     spec = spec_for(tls=tls, hostname=hostname)
     doc = rendered_document(spec, public_ip)
-    printed = urls.base_url(public_ip, hostname, tls)
-    scheme, _, rest = printed.partition("://")
-    site = guest.caddyfile(doc).splitlines()[0].removesuffix(" {")
-    assert site == (f"http://{rest.rstrip('/')}" if scheme == "http" else rest.rstrip("/"))
-    assert doc["site"]["host"] == rest.rstrip("/")
+    meta = {META + k: v for k, v in launchdoc.request(spec).items()
+            if k in ("tls", "hostname") and v}
+    address = str(ipaddress.ip_address(public_ip))  # as the cloud reports it
+    server = Server("id", "demo", "active", "ACTIVE", address, meta)
+    first = lifecycle.access(server).base
+    for index, candidate in enumerate(doc["site"]["candidates"]):
+        settled = Server("id", "demo", "active", "ACTIVE", address, {
+            **meta, **{META + k: v for k, v in https.Outcome(candidate["host"], candidate["issuer"])
+                       .metadata().items()}})
+        printed = lifecycle.access(settled).base
+        site = guest.caddyfile(doc, candidate).split("\n}\n", 1)[1].splitlines()[0]
+        host = printed.removeprefix("https://").rstrip("/")
+        assert site == host.strip("[]") + " {"
+        if index == 0:
+            assert printed == first
 
 
-def test_without_a_name_and_tls_off_the_site_is_the_sslip_name_as_before():
+def test_with_tls_off_caddy_answers_on_any_name_at_the_printed_address():
+    from vmbinder import lifecycle
+    from vmbinder.providers.base import META, Server
+
     doc = rendered_document(spec_for(tls="off"), "2001:db8::1")
-    assert guest.caddyfile(doc).startswith("http://2001-db8--1.sslip.io {\n")
-    assert doc["site"]["host"] == urls.host_for_ip("2001:db8::1")
+    assert doc["site"]["candidates"] == []
+    assert "\n:80 {\n" in guest.caddyfile(doc, None)
+    server = Server("id", "demo", "active", "ACTIVE", "2001:db8::1", {META + "tls": "off"})
+    assert lifecycle.access(server).base == "http://[2001:db8::1]/"
+
+
+def test_the_certificate_report_the_guest_writes_is_the_one_vmbinder_reads():
+    from vmbinder import https
+
+    doc = launchdoc.document(spec_for())
+    assert doc["guest"]["outcome_prefix"] == https.OUTCOME_PREFIX and guest.ROOT_PATH == https.ROOT_PATH
+    outcome = {"site": "203-0-113-9.sslip.io", "issuer": "acme", "root": None,
+               "failed": [{"host": "203.0.113.9", "issuer": "acme", "cause": "rate limited",
+                           "detail": "rateLimited - too many"}]}
+    found = https.last_outcome("noise\n" + guest.outcome_line(doc, outcome) + "\nmore\n")
+    assert found == https.Outcome("203-0-113-9.sslip.io", "acme", (
+        https.Failure("203.0.113.9", "acme", "rate limited", "rateLimited - too many"),))
+
+
+def test_the_own_cas_fingerprint_is_computed_alike(tmp_path, monkeypatch):
+    import ssl
+
+    from tests.unit.test_https import _cert, _pem
+    from vmbinder import https
+
+    root, _ = _cert("root", ca=True)
+    doc = launchdoc.document(spec_for())
+    folder = tmp_path / (guest.caddy_storage(doc).lstrip("/") + "/pki/authorities/local")
+    folder.mkdir(parents=True)
+    (folder / "root.crt").write_text(_pem(root))
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    assert guest.root_fingerprint(doc) == https.fingerprint(ssl.PEM_cert_to_DER_cert(_pem(root)))
 
 
 def test_the_phase_line_the_guest_writes_is_the_one_readiness_parses():

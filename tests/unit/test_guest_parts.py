@@ -30,14 +30,38 @@ def document(public_ip="203.0.113.9", *, kind="git", repo="https://github.com/o/
 
 def test_the_caddyfile_for_an_address_under_acme(monkeypatch):
     monkeypatch.delenv("VMBINDER_GUEST_JUPYTER", raising=False)
-    assert guest.caddyfile(document()) == (
-        "203-0-113-9.sslip.io {\n"
+    doc = document()
+    stamp = guest.launch_id(doc)
+    assert guest.caddyfile(doc, doc["site"]["candidates"][0]) == (
+        "# Written by vmbinder-guest.py caddy-config before every start of vmbinder-caddy.service.\n"
+        "{\n"
+        "\tadmin off\n"
+        "\t# This launch's certificates, ACME account and own CA only: a server started\n"
+        "\t# from another's snapshot never reads or keeps that server's.\n"
+        f"\tstorage file_system /var/lib/vmbinder-caddy/{stamp}\n"
+        "\t# The own CA's root is checked by its fingerprint on the console, never\n"
+        "\t# installed into a trust store.\n"
+        "\tskip_install_trust\n"
+        "\tdefault_sni 203.0.113.9\n"
+        "\tlog {\n"
+        "\t\toutput file /var/log/vmbinder-caddy/caddy.log\n"
+        "\t\tformat json\n"
+        "\t}\n"
+        "}\n"
+        "203.0.113.9 {\n"
+        "\ttls {\n"
+        "\t\tissuer acme {\n"
+        "\t\t\tdir https://acme-v02.api.letsencrypt.org/directory\n"
+        "\t\t\tprofile shortlived\n"
+        "\t\t}\n"
+        "\t}\n"
         "\thandle /vmbinder/* {\n"
         "\t\treverse_proxy 127.0.0.1:8081\n"
         "\t}\n"
         "\thandle {\n"
         "\t\treverse_proxy 127.0.0.1:8888\n"
         "\t}\n"
+        "\t# Only errors inside Caddy land here (Jupyter not answering yet): show progress.\n"
         "\thandle_errors {\n"
         "\t\trewrite * /vmbinder/page\n"
         "\t\treverse_proxy 127.0.0.1:8081\n"
@@ -45,26 +69,63 @@ def test_the_caddyfile_for_an_address_under_acme(monkeypatch):
         "}\n")
 
 
-@pytest.mark.parametrize("public_ip, hostname, tls, first, tls_line", [
-    ("203.0.113.9", None, "acme", "203-0-113-9.sslip.io {", None),
-    ("203.0.113.9", "nb.example.org", "acme", "nb.example.org {", None),
-    ("2001:db8::1", None, "acme", "2001-db8--1.sslip.io {", None),
-    # Written out in full or in capitals, an IPv6 address gets the same name.
-    ("2001:0DB8:0:0:0:0:0:1", None, "acme", "2001-db8--1.sslip.io {", None),
-    ("::1", None, "acme", "--1.sslip.io {", None),
-    ("2a01:4f8:c17:b8f::2", None, "internal", "2a01-4f8-c17-b8f--2.sslip.io {", "\ttls internal"),
-    (None, None, "internal", "localhost {", "\ttls internal"),
-    (None, None, "acme", "localhost {", None),
-    ("127.0.0.1", "localhost", "internal", "localhost {", "\ttls internal"),
-    ("203.0.113.9", None, "off", "http://203-0-113-9.sslip.io {", None),
-    ("2001:db8::1", None, "off", "http://2001-db8--1.sslip.io {", None),
-    (None, "nb.example.org", "off", "http://nb.example.org {", None),
-    (None, None, "off", "http://:80 {", None),
+def site_of(caddyfile: str) -> list[str]:
+    """The site block's lines (after the global options)."""
+    return caddyfile.split("\n}\n", 1)[1].splitlines()
+
+
+@pytest.mark.parametrize("public_ip, hostname, tls, firsts", [
+    ("203.0.113.9", None, "acme", ["203.0.113.9 {", "203-0-113-9.sslip.io {",
+                                   "203-0-113-9.nip.io {", "203.0.113.9 {"]),
+    ("203.0.113.9", "nb.example.org", "acme", ["nb.example.org {", "nb.example.org {"]),
+    # Written out in full or in capitals, an IPv6 address is the same address and name.
+    ("2001:0DB8:0:0:0:0:0:1", None, "acme", ["2001:db8::1 {", "2001-db8--1.sslip.io {",
+                                             "2001:db8::1 {"]),
+    ("::1", None, "acme", ["::1 {", "--1.sslip.io {", "::1 {"]),
+    ("2a01:4f8:c17:b8f::2", None, "internal", ["2a01:4f8:c17:b8f::2 {"]),
+    (None, None, "internal", ["localhost {"]),
+    (None, None, "acme", ["localhost {", "localhost {"]),
+    ("127.0.0.1", "localhost", "internal", ["localhost {"]),
 ])
-def test_the_caddyfile_for_each_tls_mode(public_ip, hostname, tls, first, tls_line):
-    lines = guest.caddyfile(document(public_ip, hostname=hostname, tls=tls)).splitlines()
-    assert lines[0] == first
-    assert [ln for ln in lines if "tls" in ln] == ([tls_line] if tls_line else [])
+def test_the_caddyfile_for_each_candidate(public_ip, hostname, tls, firsts):
+    doc = document(public_ip, hostname=hostname, tls=tls)
+    candidates = doc["site"]["candidates"]
+    assert [site_of(guest.caddyfile(doc, c))[0] for c in candidates] == firsts
+    for candidate in candidates:
+        text = guest.caddyfile(doc, candidate)
+        assert ("\ttls internal" in site_of(text)) == (candidate["issuer"] == "internal")
+        assert ("\t\tissuer acme {" in site_of(text)) == (candidate["issuer"] == "acme")
+        assert ("default_sni" in text) == guest.is_ip(candidate["host"])
+
+
+@pytest.mark.parametrize("public_ip, hostname", [("203.0.113.9", None), (None, "nb.example.org"),
+                                                 ("2001:db8::1", None), (None, None)])
+def test_with_tls_off_caddy_serves_port_80_for_any_name(public_ip, hostname):
+    text = guest.caddyfile(document(public_ip, hostname=hostname, tls="off"), None)
+    assert site_of(text)[0] == ":80 {" and "tls" not in "".join(site_of(text))
+
+
+@pytest.mark.parametrize("error, cause", [
+    ("HTTP 429 urn:ietf:params:acme:error:rateLimited - too many certificates (5) already issued",
+     "rate limited"),
+    ('HTTP 400 urn:ietf:params:acme:error:connection - Get "http://127.0.0.1:5002/.well-known/'
+     'acme-challenge/x": dial tcp 127.0.0.1:5002: connect: connection refused', "port 80 unreachable"),
+    ('registering account [] with server: provisioning client: performing request: Get '
+     '"https://127.0.0.1:1/dir": dial tcp 127.0.0.1:1: connect: connection refused', "CA unreachable"),
+    ("HTTP 400 urn:ietf:params:acme:error:rejectedIdentifier - Order included an identifier for "
+     'which issuance is forbidden by policy: "x.blocked.example"', "refused by the CA"),
+    ("[127.0.0.1] creating new order: unknown profile name 'shortlived'; supported profiles: "
+     "map[] (ca=https://127.0.0.1:14000/dir)", "refused by the CA"),
+    ("HTTP 400 urn:ietf:params:acme:error:dns - DNS problem: NXDOMAIN looking up A", "DNS lookup failed"),
+    ("HTTP 403 urn:ietf:params:acme:error:unauthorized - Invalid response from http://x: 404",
+     "validation failed"),
+    ("HTTP 400 urn:ietf:params:acme:error:malformed - something else", "refused by the CA"),
+])
+def test_the_cas_answer_becomes_a_named_cause(error, cause):
+    """Caddy's words for each, as logged by Caddy 2.11.7 against pebble 2.4 where
+    pebble can say it, and as Let's Encrypt words them otherwise."""
+    got, detail = guest.acme_cause(error)
+    assert got == cause and len(detail) <= 160 and detail in error
 
 
 def test_the_image_is_named_after_what_is_built_not_after_the_server():

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import http.server
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,8 +21,9 @@ import pytest
 import yaml
 
 from vmbinder import cloudinit
+from vmbinder.guestcontract import CADDY_VERSION
 from vmbinder.sources import Source
-from vmbinder.spec import GuestNetwork, make_spec
+from vmbinder.spec import AcmeChoice, GuestNetwork, make_spec
 
 RECORDER = """#!{python}
 import json, os, sys
@@ -31,13 +34,55 @@ with open(record, "a") as fh:
     fh.write(json.dumps([name] + args) + "\\n")
 if name == "repo2docker" and args == ["--version"]:
     print(os.environ["R2D_VERSION"])
+if name == "caddy" and args == ["version"]:
+    print(os.environ["CADDY_VERSION"] + " h1:recorded")
 if name == "docker" and args[:2] == ["image", "inspect"]:
     built = any(json.loads(l)[0] == "repo2docker" and "--version" not in l
                 for l in open(record))
     sys.exit(0 if built else 1)
 if name == "docker" and args[:2] == ["buildx", "version"]:
     sys.exit(int(os.environ.get("NO_BUILDX", "0")))
+if name == "systemctl" and args == ["restart", "vmbinder-caddy.service"]:
+    import runpy
+    sys.argv = [os.environ["FAKE_CADDY"]]
+    runpy.run_path(os.environ["FAKE_CADDY"], run_name="__main__")
 """
+
+#: Stands in for Caddy when the guest (re)starts it: runs the unit's ExecStartPre
+#: (caddy-config), reads the Caddyfile it wrote, and gets the certificate, or logs
+#: the failure Caddy logs, as the CA_ANSWERS environment variable says for
+#: "<host> <issuer>" (default: a certificate).
+FAKE_CADDY = """
+import json, os, re, subprocess, sys
+root = os.environ["VMBINDER_GUEST_ROOT"]
+script = os.path.join(root, "usr/local/lib/vmbinder/vmbinder-guest.py")
+subprocess.run([sys.executable, script, "caddy-config"], check=True)
+text = open(os.path.join(root, "etc/vmbinder/Caddyfile")).read()
+storage = root + re.search(r"storage file_system (\\S+)", text).group(1)
+site = re.search(r"^(\\S+) [{]$", text, re.M).group(1)
+if site == ":80":
+    sys.exit(0)
+issuer = "internal" if "tls internal" in text else "acme"
+answer = json.loads(os.environ.get("CA_ANSWERS", "{}")).get(f"{site} {issuer}", "ok")
+if answer == "ok":
+    folder = os.path.join(storage, "certificates", "local" if issuer == "internal"
+                          else "acme-v02.api.letsencrypt.org-directory", site)
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, site + ".crt"), "w").write("certificate")
+    if issuer == "internal":
+        pki = os.path.join(storage, "pki/authorities/local")
+        os.makedirs(pki, exist_ok=True)
+        open(os.path.join(pki, "root.crt"), "w").write(os.environ["FAKE_ROOT"])
+else:
+    log = os.path.join(root, "var/log/vmbinder-caddy/caddy.log")
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "a") as fh:
+        fh.write(json.dumps({"msg": "could not get certificate from issuer",
+                             "identifier": site, "error": answer}) + "\\n")
+"""
+#: A root certificate for the fake own CA (its fingerprint is all the guest reads).
+FAKE_ROOT = ("-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2FkZHkgbG9jYWwgcm9vdA==\n"
+             "-----END CERTIFICATE-----\n")
 COMMANDS = ("apt-get", "systemctl", "docker", "caddy", "update-ca-certificates", "python3")
 
 
@@ -90,18 +135,22 @@ class Guest:
             (self.root / path).parent.mkdir(parents=True, exist_ok=True)
             (self.root / path).write_text(text)
         recorder = RECORDER.format(python=sys.executable)
+        self.fake_caddy = tmp / "fake_caddy.py"
+        self.fake_caddy.write_text(FAKE_CADDY)
         for name in COMMANDS:
             (self.bin / name).write_text(recorder)
             (self.bin / name).chmod(0o755)
-        r2d = self.root / "opt/vmbinder/repo2docker/bin/repo2docker"
-        r2d.parent.mkdir(parents=True)
-        r2d.write_text(recorder)
-        r2d.chmod(0o755)
+        for exe in ("opt/vmbinder/repo2docker/bin/repo2docker", "opt/vmbinder/caddy/bin/caddy"):
+            path = self.root / exe
+            path.parent.mkdir(parents=True)
+            path.write_text(recorder)
+            path.chmod(0o755)
 
     def run(self, **env) -> subprocess.CompletedProcess:
         full = dict(os.environ, PATH=f"{self.bin}:{os.environ['PATH']}", RECORD=str(self.record),
                     VMBINDER_GUEST_ROOT=str(self.root), VMBINDER_GUEST_JUPYTER=self.jupyter_addr,
-                    R2D_VERSION=self.spec.repo2docker_version, **env)
+                    R2D_VERSION=self.spec.repo2docker_version, FAKE_CADDY=str(self.fake_caddy),
+                    FAKE_ROOT=FAKE_ROOT, CADDY_VERSION="v" + CADDY_VERSION, **env)
         script = self.root / "usr/local/lib/vmbinder/vmbinder-guest.py"
         return subprocess.run([sys.executable, str(script), "run"], env=full, capture_output=True,
                               text=True, timeout=60, cwd=self.root, check=False)
@@ -139,16 +188,23 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert state["ready"] is True and state["phase"] == "ready"
     assert state["interfaces"] == ["tree", "lab"]
     # Seconds per step, which the guest-overhead benchmark reads.
-    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "docker", "base-images",
+    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "base-images",
                                         "repo2docker", "build", "service", "interfaces"]
     assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
-    phases = [json.loads(line.split(" ", 1)[1]) for line in console]
+    phases = [json.loads(line.split(" ", 1)[1]) for line in console if line.startswith("VMBINDER-PHASE ")]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "docker", "base-images", "repo2docker", "build", "service",
-        "interfaces", "ready"]
-    caddy = (guest.root / "etc/caddy/Caddyfile").read_text()
-    assert caddy.startswith("203-0-113-9.sslip.io {") and "reverse_proxy " + guest.jupyter_addr in caddy
+        "trust", "mirrors", "proxy", "tls", "docker", "base-images", "repo2docker", "build",
+        "service", "interfaces", "ready"]
+    # The certificate: Let's Encrypt's, for the address itself.
+    (outcome,) = outcomes(guest)
+    assert outcome == {"site": "203.0.113.9", "issuer": "acme", "failed": [], "root": None}
+    caddy = (guest.root / "etc/vmbinder/Caddyfile").read_text()
+    assert "\n203.0.113.9 {\n" in caddy and "reverse_proxy " + guest.jupyter_addr in caddy
+    assert "\t\t\tprofile shortlived\n" in caddy and "\tdefault_sni 203.0.113.9\n" in caddy
+    unit = (guest.root / "etc/systemd/system/vmbinder-caddy.service").read_text()
+    assert "DynamicUser=yes" in unit and "caddy-config\n" in unit
+    assert "After=network-online.target cloud-init.service" in unit
     env_file = guest.root / "etc/vmbinder/jupyter.env"
     assert env_file.read_text() == f"JUPYTER_TOKEN={guest.spec.token}\n"
     assert env_file.stat().st_mode & 0o777 == 0o600
@@ -196,7 +252,12 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     assert ["docker", "image", "inspect", image] in again
     env = (builder.root / "etc/vmbinder/jupyter.env").read_text()
     assert env == f"JUPYTER_TOKEN={seat.token}\n"
-    assert "seat2.example.org" in (builder.root / "etc/caddy/Caddyfile").read_text()
+    assert "\nseat2.example.org {\n" in (builder.root / "etc/vmbinder/Caddyfile").read_text()
+    # Nothing of the first seat's Caddy state (certificates, ACME account, own CA) is
+    # kept: each launch has its own storage, and the others' are removed.
+    storage = builder.root / "var/lib/vmbinder-caddy"
+    assert [p.name for p in storage.iterdir()] == [launch_stamp(seat)]
+    assert outcomes(builder)[-1]["site"] == "seat2.example.org"
     assert ["systemctl", "restart", "vmbinder-env.service"] in again
     state = builder.state()
     assert state["ready"] is True and state["server"] == "demo-02"
@@ -296,20 +357,107 @@ def test_baked_base_images_are_imported_once(tmp_path, jupyter):
                        str(folder / "base.tar.gz"), "vmbinder/base:bookworm"]
 
 
-@pytest.mark.parametrize("tls, hostname, public_ip, site, tls_line", [
-    # acme: Caddy gets a certificate for the name and redirects HTTP to HTTPS.
-    ("acme", None, "203.0.113.9", "203-0-113-9.sslip.io {", None),
-    ("acme", "nb.example.org", "203.0.113.9", "nb.example.org {", None),
-    ("internal", None, None, "localhost {", "\ttls internal"),
-    ("internal", "localhost", None, "localhost {", "\ttls internal"),
-    # off: plain HTTP on port 80, no certificate and no redirect.
-    ("off", None, "203.0.113.9", "http://203-0-113-9.sslip.io {", None),
-    ("off", "nb.example.org", None, "http://nb.example.org {", None),
+def outcomes(guest) -> list[dict]:
+    """The certificate outcomes the guest printed on its console."""
+    return [json.loads(line.split(" ", 1)[1]) for line in
+            (guest.root / "dev/console").read_text().splitlines() if line.startswith("VMBINDER-TLS ")]
+
+
+def launch_stamp(spec) -> str:
+    return hashlib.sha256(spec.token.encode()).hexdigest()[:16]
+
+
+def caddyfile(guest) -> str:
+    return (guest.root / "etc/vmbinder/Caddyfile").read_text()
+
+
+def test_the_ca_refusing_the_address_leads_to_a_wildcard_dns_name(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    answers = {
+        "203.0.113.9 acme": "HTTP 429 urn:ietf:params:acme:error:rateLimited - too many certificates",
+        "203-0-113-9.sslip.io acme": 'HTTP 400 urn:ietf:params:acme:error:connection - Get '
+                                     '"http://203-0-113-9.sslip.io/.well-known/acme-challenge/x": '
+                                     'dial tcp 203.0.113.9:80: i/o timeout',
+    }
+    assert guest.run(CA_ANSWERS=json.dumps(answers)).returncode == 0
+    (outcome,) = outcomes(guest)
+    assert outcome["site"] == "203-0-113-9.nip.io" and outcome["issuer"] == "acme"
+    assert [(f["host"], f["cause"]) for f in outcome["failed"]] == [
+        ("203.0.113.9", "rate limited"), ("203-0-113-9.sslip.io", "port 80 unreachable")]
+    assert outcome["failed"][0]["detail"] == "rateLimited - too many certificates"
+    caddy = caddyfile(guest)
+    # A name's certificate needs no profile, and clients send its name.
+    assert "\n203-0-113-9.nip.io {\n" in caddy and "profile" not in caddy and "default_sni" not in caddy
+    # Caddy was started once per try, and each try said what it tried.
+    assert guest.calls("systemctl").count(["systemctl", "restart", "vmbinder-caddy.service"]) == 3
+    tries = [p["detail"] for p in (json.loads(line.split(" ", 1)[1]) for line in
+             (guest.root / "dev/console").read_text().splitlines() if line.startswith("VMBINDER-PHASE "))
+             if p["phase"] == "tls" and p["status"] == "started" and "detail" in p]
+    assert tries == ["203.0.113.9 (acme)", "203-0-113-9.sslip.io (acme), after 203.0.113.9: rate limited",
+                     "203-0-113-9.nip.io (acme), after 203-0-113-9.sslip.io: port 80 unreachable"]
+    assert guest.state()["tls"]["outcome"] == outcome
+
+
+def test_when_every_acme_try_fails_the_servers_own_ca_signs_and_its_root_is_published(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    unreachable = ('registering account [] with server: provisioning client: performing request: '
+                   'Get "https://acme-v02.api.letsencrypt.org/directory": dial tcp: lookup '
+                   'acme-v02.api.letsencrypt.org: no such host')
+    answers = {f"{host} acme": unreachable
+               for host in ("203.0.113.9", "203-0-113-9.sslip.io", "203-0-113-9.nip.io")}
+    assert guest.run(CA_ANSWERS=json.dumps(answers)).returncode == 0
+    (outcome,) = outcomes(guest)
+    assert (outcome["site"], outcome["issuer"]) == ("203.0.113.9", "internal")
+    assert [f["cause"] for f in outcome["failed"]] == ["CA unreachable"] * 3
+    digest = hashlib.sha256(ssl.PEM_cert_to_DER_cert(FAKE_ROOT)).hexdigest().upper()
+    assert outcome["root"] == ":".join(digest[i:i + 2] for i in range(0, 64, 2))
+    assert "\n203.0.113.9 {\n\ttls internal\n" in caddyfile(guest)
+
+
+def test_no_certificate_at_all_fails_the_step_naming_each_try(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for(hostname="nb.example.org"))
+    guest.doc["site"]["wait"] = 2  # each try's bound, here for the own CA that never signs
+    (guest.root / "etc/vmbinder/launch.json").write_text(json.dumps(guest.doc))
+    answers = {"nb.example.org acme": "HTTP 400 urn:ietf:params:acme:error:rejectedIdentifier - no",
+               "nb.example.org internal": "the own CA failed"}
+    res = guest.run(CA_ANSWERS=json.dumps(answers))
+    assert res.returncode == 1
+    state = guest.state()
+    assert (state["phase"], state["status"], state["error"]) == ("tls", "failed", "StepFailed")
+    assert state["detail"].startswith("no certificate from any issuer: nb.example.org (acme): "
+                                      "refused by the CA; nb.example.org (internal): no answer")
+
+
+def test_a_private_acme_ca_and_its_root(tmp_path, jupyter):
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ==\n-----END CERTIFICATE-----\n"
+    spec = spec_for(acme=AcmeChoice(ca="https://ca.example.org/acme/directory", ca_root=pem,
+                                    wildcard_dns=()))
+    guest = Guest(tmp_path, jupyter, spec)
+    assert guest.run().returncode == 0
+    caddy = caddyfile(guest)
+    assert "\t\t\tdir https://ca.example.org/acme/directory\n" in caddy
+    assert "\t\t\ttrusted_roots /etc/vmbinder/acme-ca-root.pem\n" in caddy
+    assert "profile" not in caddy  # the profile is Let's Encrypt's
+    assert (guest.root / "etc/vmbinder/acme-ca-root.pem").read_text() == pem
+    assert [c["host"] for c in guest.doc["site"]["candidates"]] == ["203.0.113.9", "203.0.113.9"]
+
+
+@pytest.mark.parametrize("tls, hostname, public_ip, site, issuer", [
+    ("acme", None, "203.0.113.9", "203.0.113.9", "acme"),
+    ("acme", "nb.example.org", "203.0.113.9", "nb.example.org", "acme"),
+    ("internal", None, None, "localhost", "internal"),
+    ("internal", "localhost", None, "localhost", "internal"),
+    ("internal", None, "203.0.113.9", "203.0.113.9", "internal"),
+    # off: plain HTTP on port 80 for any name (the printed URL's is the address).
+    ("off", None, "203.0.113.9", ":80", "off"),
+    ("off", "nb.example.org", None, ":80", "off"),
 ])
-def test_caddy_serves_each_tls_mode(tmp_path, jupyter, tls, hostname, public_ip, site, tls_line):
+def test_caddy_serves_each_tls_mode(tmp_path, jupyter, tls, hostname, public_ip, site, issuer):
     guest = Guest(tmp_path, jupyter, spec_for(tls=tls, hostname=hostname), public_ip=public_ip)
     assert guest.run().returncode == 0
-    caddy = (guest.root / "etc/caddy/Caddyfile").read_text().splitlines()
-    assert caddy[0] == site
-    assert [ln for ln in caddy if "tls" in ln] == ([tls_line] if tls_line else [])
+    caddy = caddyfile(guest).splitlines()
+    assert caddy[caddy.index("}") + 1] == site + " {"
+    assert ("\ttls internal" in caddy) == (issuer == "internal")
+    assert ("\t\tissuer acme {" in caddy) == (issuer == "acme")
     assert "\t\treverse_proxy " + guest.jupyter_addr in caddy
+    assert outcomes(guest)[-1]["issuer"] == issuer

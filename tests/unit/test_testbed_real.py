@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vmbinder.urls import host_for_ip
+from vmbinder.https import wildcard_name
 
 TESTBED = Path(__file__).resolve().parents[2] / "testbed"
 
@@ -83,7 +83,7 @@ def test_the_namespace_names_the_floating_ips_as_vmbinder_does(tb):
     _, realconf, _ = tb
     hosts = dict(reversed(line.split()) for line in realconf.netns_hosts().splitlines())
     for ip in ("203.0.113.10", "203.0.113.167", "203.0.113.250"):
-        assert hosts[host_for_ip(ip)] == ip
+        assert hosts[wildcard_name(ip, "sslip.io")] == ip
 
 
 def test_the_sudo_shim_drops_sudos_options_and_runs_the_command(tb, tmp_path):

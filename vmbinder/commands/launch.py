@@ -9,6 +9,7 @@ import click
 
 from vmbinder import errors
 from vmbinder.commands.output import Progress, Quiet, debug_log, emit, format_option, print_server, stderr
+from vmbinder.https import WILDCARD_DNS
 
 if TYPE_CHECKING:
     from vmbinder.commands.context import Context
@@ -36,10 +37,21 @@ DRY_RUN_TOKEN = "0" * 64
                    "id_ecdsa.pub or id_rsa.pub].")
 @click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
               help="Who may reach SSH (port 22).")
-@click.option("--hostname", help="Your own DNS name for the server [default: <ip>.sslip.io].")
+@click.option("--hostname", help="Your own DNS name for the server [default: its address].")
 @click.option("--tls", type=click.Choice(("acme", "internal", "off")),
-              help="HTTPS certificate: Let's Encrypt (default on a cloud), Caddy's own CA "
-                   "(default on the local target), or plain HTTP.")
+              help="HTTPS certificate. acme (default on a cloud): from Let's Encrypt for the "
+                   "address itself, else for a wildcard-DNS name of it, else from the server's "
+                   "own CA; internal: the server's own CA (default on the local target); off: "
+                   "plain HTTP.")
+@click.option("--acme-ca", metavar="URL",
+              help="ACME directory of a private CA to use instead of Let's Encrypt.")
+@click.option("--acme-ca-root", type=click.Path(exists=True, dir_okay=False), metavar="FILE",
+              help="PEM root(s) of that CA: the server trusts it to reach the CA, vmbinder to "
+                   "check the certificate.")
+@click.option("--wildcard-dns", metavar="LIST", default=",".join(WILDCARD_DNS),
+              show_default=True,
+              help="Wildcard-DNS services whose names for the address are tried when the CA "
+                   "refuses the address itself, comma-separated; none for no names.")
 @click.option("--ca-cert", "ca_certs", multiple=True, type=click.Path(exists=True, dir_okay=False),
               metavar="FILE", help="Extra CA certificate (PEM) the server must trust; repeatable.")
 @click.option("--apt-mirror", metavar="URL", help="Debian/Ubuntu package mirror for the server.")
@@ -52,8 +64,9 @@ DRY_RUN_TOKEN = "0" * 64
 @format_option
 @click.pass_obj
 def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, network,
-           external_network, key_name, public_key, ssh_cidr, hostname, tls, ca_certs, apt_mirror,
-           pip_index_url, dry_run, no_wait, timeout, keep_on_failure, fmt):
+           external_network, key_name, public_key, ssh_cidr, hostname, tls, acme_ca, acme_ca_root,
+           wildcard_dns, ca_certs, apt_mirror, pip_index_url, dry_run, no_wait, timeout,
+           keep_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
     from vmbinder import lifecycle, sources
@@ -70,7 +83,10 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
         apt_mirror=apt_mirror, pip_index_url=pip_index_url,
     )
-    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls,
+    acme = specs.AcmeChoice(
+        ca=acme_ca, ca_root=Path(acme_ca_root).read_text(errors="replace") if acme_ca_root else None,
+        wildcard_dns=parse_wildcard_dns(wildcard_dns))
+    spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls, acme=acme,
                            guest_network=guest_network, target=obj.provider)
     if dry_run:
         doc = lifecycle.dry_run(spec.with_token(DRY_RUN_TOKEN))
@@ -84,6 +100,9 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
     if not cloud.key_name and not cloud.public_key:
         err.print("[yellow]note:[/] no SSH key found (~/.ssh/id_*.pub); launching without one.")
+    if spec.tls == "off" and obj.provider.target_defaults.acme:
+        err.print("[yellow]warning:[/] --tls off: the URLs are plain HTTP, so the token (and "
+                  "everything you do in Jupyter) travels in clear text over the network.")
     try:
         result = lifecycle.launch(obj.provider, spec, reporter, wait=not no_wait,
                                   ready_timeout=timeout, keep_on_failure=keep_on_failure)
@@ -94,8 +113,15 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
                   f"(debug log: {log_path})")
         if not result.ready:
             err.print("not waiting for the environment (--no-wait); these URLs answer once it "
-                      f"is built: vmbinder status {result.server.name}")
+                      "is built, and change if the server gets its certificate for another "
+                      f"name: vmbinder status {result.server.name}")
     print_server(fmt, result.server, result.access)
+
+
+def parse_wildcard_dns(text: str) -> tuple[str, ...]:
+    """--wildcard-dns: comma-separated services; "none" (or nothing) for none."""
+    parts = tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    return () if parts in ((), ("none",)) else parts
 
 
 def read_public_key(path: str | None) -> str | None:

@@ -134,8 +134,12 @@ def server_doc(server, acc) -> dict:
         "created": server.created,
         "flavor": server.flavor,
     }
+    from vmbinder import https
+
     for key in ("repo", "ref", "subdir", "open", "source", "repo2docker", "version", "hostname", "tls"):
         doc[key] = server.meta(key)
+    found = https.recorded_outcome(server.meta)
+    doc["certificate"] = found.as_dict() if found else None
     if acc is not None:
         doc["urls"] = acc.urls
         doc["open_url"] = acc.open_url
@@ -144,10 +148,18 @@ def server_doc(server, acc) -> dict:
 
 
 def print_server(fmt: str, server, acc) -> None:
-    """One server for launch and status: aligned lines, JSON, or its URL (else its address)."""
+    """One server for launch and status: aligned lines, JSON, or its URL (else its
+    address); with the certificate it got and why earlier tries failed."""
+    from vmbinder import https
+
     doc = server_doc(server, acc)
+    found = https.recorded_outcome(server.meta)
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "subdir",
                                    "open", "repo2docker", "fault") if doc[k]]
+    if server.meta("tls"):
+        rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))
+    for failure in found.failed if found else ():
+        rows.append(("tried first", failure.describe()))
     urls = [(f"{k} url", v) for k, v in (acc.urls if acc else {}).items()]
     if acc and acc.open_url:
         urls.insert(0, ("open url", acc.open_url))

@@ -58,7 +58,7 @@ def status(obj: Context, name, fmt):
     """Show a server's state, address, source and URLs."""
     from vmbinder import lifecycle
 
-    server = obj.provider.get(name)
+    server = lifecycle.settle(obj.provider, obj.provider.get(name))
     print_server(fmt, server, lifecycle.access(server, with_token=False))
     if fmt == "table":
         stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
@@ -72,14 +72,21 @@ def status(obj: Context, name, fmt):
 @click.pass_obj
 def url(obj: Context, name, ui, fmt):
     """Print the URL of a server's environment, token included."""
-    from vmbinder import lifecycle
+    from vmbinder import https, lifecycle
 
-    server = obj.provider.get(name)
+    server = lifecycle.settle(obj.provider, obj.provider.get(name))
     link = lifecycle.url(server, ui)
+    found = lifecycle.outcome(server)
     if fmt == "json":
-        click.echo(json.dumps({"name": server.name, "ui": ui, "url": link}))
-    else:
-        click.echo(link)
+        click.echo(json.dumps({"name": server.name, "ui": ui, "url": link,
+                               "certificate": found.as_dict() if found else None}))
+        return
+    click.echo(link)
+    if fmt == "table" and server.meta("tls"):
+        stderr().print(f"certificate: {https.describe(found, server.meta('acme-ca'))}")
+        if found and found.issuer == https.INTERNAL:
+            stderr().print("a browser warns about this certificate: open the warning's "
+                           "certificate details and compare the root's SHA-256 fingerprint")
 
 
 @click.command()

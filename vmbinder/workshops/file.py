@@ -7,6 +7,8 @@
     flavor: m1.large              # optional, as for launch: image, network,
     image: debian-12-baked        #   external_network, key_name
     tls: acme                     # acme | internal | off
+    acme_ca: https://ca.example.org/acme/directory   # optional, as --acme-ca; also
+    acme_ca_root: ca-root.pem     #   acme_ca_root (next to this file), wildcard_dns
     lifetime: 8h                  # how long the seats are meant to live (m, h, d)
     overrides:                    # per seat: by number, seat name or participant name
       1: {flavor: m1.xlarge}
@@ -26,15 +28,24 @@ import yaml
 
 from vmbinder.errors import BadRequest
 from vmbinder.sources import Source, has_control, resolve_source
-from vmbinder.spec import ACME, NAME_RE, CloudChoice, validate_hostname, validate_tls
+from vmbinder.spec import (
+    ACME,
+    NAME_RE,
+    AcmeChoice,
+    CloudChoice,
+    validate_acme,
+    validate_hostname,
+    validate_tls,
+)
 
 MAX_SEATS = 200
 #: A seat name is `<workshop>-NN`: the workshop name leaves room for the number.
 NAME_MAX = 63 - 1 - len(str(MAX_SEATS))
 CLOUD_KEYS = ("flavor", "image", "network", "external_network", "key_name")
 OVERRIDE_KEYS = (*CLOUD_KEYS, "hostname")
+ACME_KEYS = ("acme_ca", "acme_ca_root", "wildcard_dns")
 KEYS = ("name", "source", "ref", "subdir", "open", "seats", "participants", *CLOUD_KEYS,
-        "tls", "lifetime", "overrides")
+        "tls", *ACME_KEYS, "lifetime", "overrides")
 LIFETIME_RE = re.compile(r"\A(\d{1,5})\s*(m|min|h|d)\Z")
 LIFETIME_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 EMAIL_RE = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}\Z")
@@ -61,6 +72,7 @@ class Workshop:
     source: Source
     seats: tuple[Seat, ...]
     tls: str = ACME
+    acme: AcmeChoice = field(default_factory=AcmeChoice)
     lifetime_s: int | None = None
     path: Path | None = field(default=None, compare=False)
 
@@ -272,6 +284,7 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
         validate_tls(tls)
     except BadRequest as exc:
         raise doc.error(doc.node("tls"), f"tls {tls!r} is not a mode", exc.hint) from None
+    acme = _parse_acme(doc, tls)
     lifetime = _parse_lifetime(doc)
     people = _parse_participants(doc)
     count = _parse_count(doc, people)
@@ -284,7 +297,35 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
         seats.append(Seat(number=index + 1, name=seat, cloud=CloudChoice(**values),
                           participant=people[index] if people else None,
                           hostname=overrides.get(index, {}).get("hostname")))
-    return Workshop(name=name, source=source, seats=tuple(seats), tls=tls, lifetime_s=lifetime)
+    return Workshop(name=name, source=source, seats=tuple(seats), tls=tls, acme=acme,
+                    lifetime_s=lifetime)
+
+
+def _parse_acme(doc: _Doc, tls: str) -> AcmeChoice:
+    """acme_ca, acme_ca_root (a PEM file, relative to the workshop file) and
+    wildcard_dns (comma-separated, or none), checked as launch checks them."""
+    root_path = doc.text("acme_ca_root")
+    root = None
+    if root_path:
+        path = Path(doc.where).parent / root_path
+        try:
+            root = path.read_text(errors="replace")
+        except OSError as exc:
+            raise doc.error(doc.node("acme_ca_root"), f"cannot read acme_ca_root {path}: "
+                            f"{exc.strerror}", "give a PEM file, relative to the workshop file") from None
+    services = doc.text("wildcard_dns")
+    given = AcmeChoice(ca=doc.text("acme_ca"), ca_root=root)
+    if services is not None:
+        parts = tuple(p.strip() for p in services.split(",") if p.strip())
+        given = AcmeChoice(ca=given.ca, ca_root=root, wildcard_dns=() if parts == ("none",) else parts)
+    try:
+        return validate_acme(given, tls)
+    except BadRequest as exc:
+        culprit = next((k for k in ACME_KEYS if k.replace("_", "-") in exc.message and k in doc.items),
+                       "acme_ca")
+        message = exc.message.replace("--acme-ca-root", "acme_ca_root").replace(
+            "--acme-ca", "acme_ca").replace("--wildcard-dns", "wildcard_dns").replace("--tls", "tls")
+        raise doc.error(doc.node(culprit) if culprit in doc.items else None, message, exc.hint) from None
 
 
 def load(path: Path | str) -> Workshop:

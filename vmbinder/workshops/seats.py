@@ -18,7 +18,6 @@ from typing import Protocol
 
 from vmbinder import errors, lifecycle, readiness
 from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Provider, Removed, Server
-from vmbinder.spec import ACME
 from vmbinder.workshops.file import Seat, Workshop
 
 #: Seats made or removed at once (after the first one, for `up`).
@@ -94,18 +93,25 @@ def status(provider: Provider, workshop: Workshop) -> list[SeatStatus]:
     return [SeatStatus(seat, found.get(seat.name)) for seat in workshop.seats]
 
 
-def _answers(server: Server, url: str) -> bool:
-    ok, _ = readiness.http_probe(url, verify=server.meta("tls") == ACME)()
+def _answers(server: Server, url: str, extra_roots: str | None = None) -> bool:
+    """Does the seat's URL answer, its certificate checked as lifecycle.trust says?"""
+    try:
+        context = lifecycle.trust(server, extra_roots)
+    except lifecycle.TrustNotYet:
+        return False
+    ok, _ = readiness.http_probe(url, context=context)()
     return ok
 
 
 def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True,
-                   answers: Callable[[Server, str], bool] = _answers,
+                   answers: Callable[[Server, str], bool] | None = None,
                    parallel: int = 16) -> tuple[list, list[SeatStatus]]:
     """(entries for the seats whose URL answered, the seats left out). With
-    check=False every seat with an address is listed, unchecked."""
+    check=False every seat with an address is listed, unchecked. answers(server,
+    url) says whether a URL answers (default: a GET, the certificate checked)."""
     from vmbinder.workshops import roster
 
+    answers = answers or (lambda server, url: _answers(server, url, workshop.acme.ca_root))
     seats = status(provider, workshop)
     candidates = []
     for st in seats:

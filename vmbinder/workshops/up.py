@@ -129,7 +129,7 @@ def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Pro
     """A seat's launch. A workshop file is meant for any target: its tls acme (the
     default) becomes the target's own default where Let's Encrypt cannot reach it."""
     tls = workshop.tls
-    if tls == ACME and not target.target_defaults.acme:
+    if tls == ACME and not target.target_defaults.acme and not workshop.acme.ca:
         tls = None
     cloud = replace(seat.cloud, public_key=None if seat.cloud.key_name else public_key)
     if image:
@@ -139,7 +139,8 @@ def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Pro
         end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=workshop.lifetime_s)
         values[EXPIRES] = end.isoformat(timespec="minutes").replace("+00:00", "Z")
     return make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=seat.hostname,
-                     tls=tls, labels=values, target=target)
+                     tls=tls, acme=workshop.acme if tls == ACME else None, labels=values,
+                     target=target)
 
 
 class _Launcher:
@@ -147,9 +148,11 @@ class _Launcher:
     interrupt, seats still waiting for their environment roll back and the ones
     not started yet are skipped."""
 
-    def __init__(self, provider, reporter, *, wait, ready_timeout, cancelled):
+    def __init__(self, provider, reporter, *, wait, ready_timeout, cancelled, extra_roots=None):
         self.provider, self.reporter = provider, reporter
         self.wait, self.ready_timeout, self.cancelled = wait, ready_timeout, cancelled
+        #: A private ACME CA's roots (the workshop's acme_ca_root), to check the seats.
+        self.extra_roots = extra_roots
 
     def _sleep(self, seconds: float) -> None:
         if self.cancelled.wait(seconds):
@@ -180,7 +183,8 @@ class _Launcher:
         try:
             server = lifecycle.wait_ready(
                 self.provider, made.server, _SeatReporter(self.reporter, seat.name),
-                timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep))
+                timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep),
+                extra_roots=self.extra_roots)
         except errors.VmbinderError as exc:
             self.reporter.seat(seat.name, FAILED, f"after its snapshot: {exc.message}")
             return replace(made, action=FAILED, error=exc)
@@ -203,7 +207,7 @@ class UpSteps:
         self.fanning, self.built = fan_out, built
         self.cancelled = threading.Event()
         self.launch = _Launcher(provider, reporter, wait=wait, ready_timeout=ready_timeout,
-                                cancelled=self.cancelled)
+                                cancelled=self.cancelled, extra_roots=workshop.acme.ca_root)
         self.result = UpResult(workshop, [])
         self.existing: dict[str, Server] = {}
         self.results: dict[str, SeatResult] = {}
