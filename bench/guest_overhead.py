@@ -36,8 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vmbinder import lifecycle
+from vmbinder.https import unverified_context
 from vmbinder.images.folder import images_dir
 from vmbinder.localrepo import serve
+from vmbinder.providers.local import LocalProvider
 from vmbinder.readiness import fetch_json, http_probe
 
 BASE = "vmbinder/base:bookworm"
@@ -69,8 +72,10 @@ def measure(kind: str, image: Path, state: Path) -> dict:
         while proc.poll() is None:
             if first_answer is None and server_json.exists():
                 port = json.loads(server_json.read_text())["metadata"].get("vmbinder:https-port")
-                # Any HTTP answer counts: the status page says 503 while building.
-                if port and http_probe(f"https://localhost:{port}/", verify=False)()[1].startswith("HTTP"):
+                # Any HTTP answer counts: the status page says 503 while building (no
+                # token is sent, so its certificate is not checked here).
+                if port and http_probe(f"https://localhost:{port}/",
+                                       context=unverified_context())()[1].startswith("HTTP"):
                     first_answer = time.time() - t0
             time.sleep(2)
         out, err = proc.communicate()
@@ -81,8 +86,9 @@ def measure(kind: str, image: Path, state: Path) -> dict:
         doc = json.loads(out)
         lab = doc["urls"]["lab"]
         base, token = lab.split("/lab?")[0], lab.rsplit("token=", 1)[1]
-        # Caddy's internal CA is not checked here.
-        status = fetch_json(f"{base}/vmbinder/status.json?token={token}", verify=False, timeout=30)
+        server = LocalProvider(env=env).get(name)
+        status = fetch_json(f"{base}/vmbinder/status.json?token={token}",
+                            context=lifecycle.trust(server), timeout=30)
         if not status.get("ready"):
             raise SystemExit(f"status.json did not say ready: {status}")
         meta = json.loads(server_json.read_text())

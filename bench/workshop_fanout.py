@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vmbinder import lifecycle
 from vmbinder.images.folder import images_dir
 from vmbinder.localrepo import serve
 from vmbinder.providers.local import LocalProvider
@@ -48,14 +49,15 @@ class Clock:
 
 
 def guest_steps(provider, workshop) -> dict[str, dict]:
-    """Each seat's own seconds per step, from its status.json (Caddy's internal CA
-    is not checked here)."""
+    """Each seat's own seconds per step, from its status.json (its own CA's root
+    checked against the fingerprint its console published)."""
     entries, _ = roster_entries(provider, workshop, check=False)
     steps = {}
     for entry in entries:
         base, token = entry.lab_url.split("/lab?token=")
+        context = lifecycle.trust(provider.get(entry.seat))
         steps[entry.seat] = fetch_json(f"{base}/vmbinder/status.json?token={token}",
-                                       verify=False, timeout=30).get("durations", {})
+                                       context=context, timeout=30).get("durations", {})
     return steps
 
 

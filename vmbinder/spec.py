@@ -170,13 +170,13 @@ def validate_ca_cert(text: str, where: str) -> str:
 
 def validate_acme(acme: AcmeChoice, tls: str) -> AcmeChoice:
     """The ACME options, each checked, and only with --tls acme."""
+    if acme.ca_root and not acme.ca:
+        raise BadRequest("--acme-ca-root is the root of a private ACME CA, but no --acme-ca was given",
+                         "give the CA's directory URL with --acme-ca https://...")
     given = [o for o, v in (("--acme-ca", acme.ca), ("--acme-ca-root", acme.ca_root)) if v]
     if given and tls != ACME:
         raise BadRequest(f"{' and '.join(given)} only apply with --tls acme (here: --tls {tls})",
                          "leave them out, or use --tls acme")
-    if acme.ca_root and not acme.ca:
-        raise BadRequest("--acme-ca-root is the root of a private ACME CA, but no --acme-ca was given",
-                         "give the CA's directory URL with --acme-ca https://...")
     if acme.ca and not (URL_RE.match(acme.ca) and acme.ca.startswith("https://")):
         raise BadRequest(f"invalid --acme-ca {acme.ca!r}",
                          "give the CA's ACME directory as an https:// URL, e.g. "

@@ -9,6 +9,7 @@ The image is built once and kept in VMBINDER_E2E_IMAGES (default
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -76,3 +77,48 @@ def cli_env(tmp_path) -> dict:
     env.update(HOME=str(tmp_path / "home"), XDG_STATE_HOME=str(tmp_path / "state"), COLUMNS="200")
     (tmp_path / "home").mkdir()
     return env
+
+
+def forwarded(state: Path, name: str, key: str) -> int | None:
+    """The loopback port the local target forwards to a guest's port (key: ssh-port,
+    http-port, https-port), once the launch has chosen it."""
+    try:
+        meta = json.loads((state / "vmbinder" / "local" / name / "server.json").read_text())["metadata"]
+    except (OSError, ValueError, KeyError):
+        return None
+    port = meta.get(f"vmbinder:{key}")
+    return int(port) if port else None
+
+
+@pytest.fixture
+def acme_ca(tmp_path):
+    """pebble on this machine's loopback, which a local guest reaches at 10.0.2.2,
+    and relays that carry its validation connections (to an address on its httpPort
+    and tlsPort) to the guest named by the test: acme_ca(name, relay_on=..., ...)."""
+    from tests.pebble import Relay, pebble
+
+    started = []
+
+    def start(name: str, *, relay_on: str = "127.0.0.1", dns_answer: str = "127.0.0.1",
+              blocklist: tuple[str, ...] = ()):
+        from vmbinder.providers.local.qemu import free_ports
+
+        http_port, tls_port = free_ports(2)
+        context = pebble(tmp_path / "pebble", http_port=http_port, tls_port=tls_port,
+                         dns_answer=dns_answer, blocklist=blocklist)
+        ca = context.__enter__()
+        started.append(context)
+        state = tmp_path / "state"
+        for port, key in ((http_port, "http-port"), (tls_port, "https-port")):
+            relay = Relay(relay_on, port, lambda key=key: (
+                ("127.0.0.1", forwarded(state, name, key)) if forwarded(state, name, key) else None))
+            started.append(relay)
+            ca.relays = [*getattr(ca, "relays", []), relay]
+        return ca
+
+    yield start
+    for thing in reversed(started):
+        if hasattr(thing, "close"):
+            thing.close()
+        else:
+            thing.__exit__(None, None, None)

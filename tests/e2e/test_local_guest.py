@@ -1,6 +1,8 @@
 """End to end: `vmbinder launch --cloud local` boots a real qemu guest from the
 baked image, the real rendered cloud-init builds a repository served from this
-machine, and every URL printed answers over HTTPS with the token. Then what is
+machine, and every URL printed answers over HTTPS with the token, with a
+certificate for the address itself from an ACME CA (pebble, validating
+http-01 or tls-alpn-01 through the forwarded ports), checked. Then what is
 exposed: inside the guest (over SSH, its host key checked against the one
 cloud-init printed) only 22, 80 and 443 answer on its network address; the
 token is in no console line, no vmbinder log and no host `ps` line; the status
@@ -28,12 +30,8 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 
-def get(url: str, timeout: float = 20) -> tuple[int, str]:
-    """GET over HTTPS trusting Caddy's internal CA without checking it (the
-    local target's certificate is for `localhost`, from Caddy's own CA)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+def get(url: str, timeout: float = 20, *, context: ssl.SSLContext) -> tuple[int, str]:
+    """GET over HTTPS, the certificate checked with context."""
     try:
         with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return resp.status, resp.read().decode(errors="replace")
@@ -103,13 +101,17 @@ def ssh_run(address: str, port: int, key, console: str, command: str) -> str:
         client.close()
 
 
-def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_image, test_repo, tmp_path):
+def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_image, test_repo, tmp_path,
+                                                               acme_ca):
     name = "e2e-local"
+    ca = acme_ca(name)
+    context = ssl.create_default_context(cafile=str(ca.roots))
     pkey = ssh_key(tmp_path / "home")
     ps_lines: list[str] = []
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmbinder", "--cloud", "local", "launch", "--name", name,
-         "--image", str(baked_image), "--format", "json", "--timeout", "2400", test_repo],
+         "--image", str(baked_image), "--format", "json", "--timeout", "2400",
+         "--acme-ca", ca.directory, "--acme-ca-root", str(ca.roots), test_repo],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status_pages = []
     try:
@@ -124,7 +126,7 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
                 port = meta.get("vmbinder:https-port")
                 if port:
                     try:
-                        code, body = get(f"https://localhost:{port}/", timeout=5)
+                        code, body = get(f"https://127.0.0.1:{port}/", timeout=5, context=context)
                         if "being prepared" in body:
                             status_pages.append(code)
                     except OSError:
@@ -137,20 +139,32 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     assert proc.returncode == 0, err
     doc = json.loads(out)
     assert status_pages, "the status page never answered while the environment was built"
+    # The certificate is the CA's, for the address itself, at the first try.
+    assert doc["certificate"] == {"site": "127.0.0.1", "issuer": "acme", "root_sha256": None,
+                                  "failed": []}, err
+    assert sum(relay.connections for relay in ca.relays) >= 1, "the CA never validated through the guest"
     token = doc["urls"]["lab"].rsplit("token=", 1)[1]
     for key, url in doc["urls"].items():
-        code, _ = get(url)
+        assert url.startswith("https://127.0.0.1:"), url
+        code, _ = get(url, context=context)
         assert code == 200, f"{key}: {url} answered {code}"
     base = doc["urls"]["lab"].split("/lab?")[0]
-    assert get(f"{base}/api/status?token={token}")[0] == 200
-    assert get(f"{base}/api/status?token=wrong")[0] in (401, 403)
-    assert get(f"{base}/vmbinder/status.json?token=wrong")[0] == 403
-    assert get(f"{base}/vmbinder/status.json")[0] == 403
+    served = ssl.get_server_certificate(("127.0.0.1", int(base.rsplit(":", 1)[1])))
+    from cryptography import x509
+
+    cert = x509.load_pem_x509_certificate(served.encode())
+    assert "Pebble" in cert.issuer.rfc4514_string()
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert get(f"{base}/api/status?token={token}", context=context)[0] == 200
+    assert get(f"{base}/api/status?token=wrong", context=context)[0] in (401, 403)
+    assert get(f"{base}/vmbinder/status.json?token=wrong", context=context)[0] == 403
+    assert get(f"{base}/vmbinder/status.json", context=context)[0] == 403
 
     # The status and log pages: the log only with the token.
-    code, page = get(f"{base}/vmbinder/page")
+    code, page = get(f"{base}/vmbinder/page", context=context)
     assert code == 200 and "<h2>Log</h2>" not in page
-    code, page = get(f"{base}/vmbinder/page?token={token}")
+    code, page = get(f"{base}/vmbinder/page?token={token}", context=context)
     assert code == 200 and "<h2>Log</h2>" in page
 
     # The token is in no console line, no vmbinder log and no host process's arguments.
@@ -181,7 +195,7 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     codes = []
     while time.monotonic() < deadline:
         try:
-            codes.append(get(f"{base}/api/status?token={token}", timeout=10)[0])
+            codes.append(get(f"{base}/api/status?token={token}", timeout=10, context=context)[0])
         except OSError:
             codes.append(None)
         if codes[-1] == 200:

@@ -60,6 +60,14 @@ def test_dry_run_needs_no_cloud_and_shows_no_real_token():
     (["launch", "--dry-run", "https://github.com/o/r", "--hostname", "not a host"], 2, "hostname"),
     (["launch", "--dry-run", "https://github.com/o/r", "--ssh-cidr", "10.0.0.300/8"], 2, "ssh-cidr"),
     (["launch", "--dry-run", "10.5281/zenodo.1", "--ref", "main"], 2, "--ref"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--acme-ca", "http://ca.example/dir"], 2,
+     "invalid --acme-ca"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--acme-ca", "https://ca.example/dir",
+      "--tls", "internal"], 2, "--acme-ca only apply with --tls acme"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--wildcard-dns", "sslip.io,not a name"], 2,
+     "invalid --wildcard-dns entry 'not a name'"),
+    (["launch", "--dry-run", "https://github.com/o/r", "--acme-ca-root", __file__], 2,
+     "no --acme-ca was given"),
 ])
 def test_bad_input_names_the_problem_and_exits_non_zero(args, code, message):
     res = run(*args)
@@ -67,6 +75,26 @@ def test_bad_input_names_the_problem_and_exits_non_zero(args, code, message):
     assert message in res.stderr
     assert "hint:" in res.stderr
     assert res.stdout == ""
+
+
+def test_a_private_ca_root_that_is_not_pem_is_refused(tmp_path):
+    root = tmp_path / "root.pem"
+    root.write_text("not a certificate\n")
+    res = run("launch", "--dry-run", "https://github.com/o/r", "--acme-ca", "https://ca.example/dir",
+              "--acme-ca-root", str(root))
+    assert res.exit_code == 2 and "--acme-ca-root is not a PEM certificate" in res.stderr
+
+
+def test_the_dry_run_carries_the_certificate_plan():
+    res = run("launch", "--dry-run", "--format", "value", "https://github.com/o/r",
+              "--wildcard-dns", "none", "--acme-ca", "https://ca.example/dir")
+    assert res.exit_code == 0, res.stderr
+    files = {f["path"]: f for f in yaml.safe_load(res.stdout)["write_files"]}
+    site = json.loads(files["/etc/vmbinder/launch.json"]["content"])["site"]
+    # No address yet in a dry run: the plan is for localhost.
+    assert site["candidates"] == [{"host": "localhost", "issuer": "acme", "profile": None},
+                                  {"host": "localhost", "issuer": "internal", "profile": None}]
+    assert site["acme_directory"] == "https://ca.example/dir"
 
 
 def test_unparseable_source_lists_the_accepted_forms():

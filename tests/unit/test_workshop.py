@@ -86,6 +86,11 @@ def test_overrides_by_number_seat_name_and_participant():
     (HEAD + "seats: 2\noverrides:\n  1: {hostname: 'not a host'}\n", 5, "hostname"),
     (HEAD + "seats: 2\noverrides:\n  1: {flavor: a}\n  ws-01: {flavor: b}\n", 6, "twice"),
     (HEAD + "seats: 2\noverrides:\n  1: big\n", 5, "must be a mapping"),
+    (HEAD + "seats: 2\nacme_ca: http://ca.example/dir\n", 4, "invalid acme_ca"),
+    (HEAD + "seats: 2\ntls: internal\nacme_ca: https://ca.example/dir\n", 5, "only apply with tls acme"),
+    (HEAD + "seats: 2\nwildcard_dns: 'sslip.io, a b'\n", 4, "invalid wildcard_dns entry 'a b'"),
+    (HEAD + "seats: 2\nacme_ca: https://ca.example/dir\nacme_ca_root: nope.pem\n", 5,
+     "cannot read acme_ca_root"),
 ])
 def test_bad_files_are_refused_with_the_line(text, line, words):
     exc = refused(text)
@@ -121,3 +126,13 @@ def test_workshop_check_prints_the_seats_and_refuses_bad_files(tmp_path):
     res = runner.invoke(cli, ["workshop", "check", str(bad)])
     assert res.exit_code == 2
     assert f"{bad}:4: unknown key 'flavour'" in res.stderr and "did you mean flavor" in res.stderr
+
+
+def test_a_private_acme_ca_for_every_seat(tmp_path):
+    pem = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ==\n-----END CERTIFICATE-----\n"
+    (tmp_path / "ca.pem").write_text(pem)
+    path = tmp_path / "w.yaml"
+    path.write_text("name: ws\nsource: https://github.com/o/r\nseats: 2\n"
+                    "acme_ca: https://ca.example/dir\nacme_ca_root: ca.pem\nwildcard_dns: none\n")
+    ws = workshop.load(path)
+    assert (ws.acme.ca, ws.acme.ca_root, ws.acme.wildcard_dns) == ("https://ca.example/dir", pem, ())

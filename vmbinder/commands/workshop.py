@@ -25,6 +25,8 @@ def plan(workshop: ws.Workshop) -> dict:
         "source": {"repo": source.repo, "kind": source.kind, "ref": source.ref,
                    "subdir": source.subdir, "open": source.open},
         "tls": workshop.tls,
+        "acme_ca": workshop.acme.ca,
+        "wildcard_dns": list(workshop.acme.wildcard_dns),
         "lifetime_s": workshop.lifetime_s,
         "seats": [{"seat": s.name, "number": s.number,
                    "participant": s.participant.name if s.participant else None,
