@@ -480,16 +480,33 @@ def await_certificate(doc, candidate, offset):
     """None once Caddy holds a certificate for candidate, else (cause, detail): the
     first failure the CA gave, or no answer within the site's wait."""
     wait = doc["site"]["wait"]
-    deadline = time.time() + wait
-    while time.time() < deadline:
+    started = checked = time.time()
+    down = 0  # checks in a row (5 s apart) that found Caddy not running
+    while time.time() < started + wait:
         if certificate(doc, candidate) and (candidate["issuer"] == "acme" or root_fingerprint(doc)):
             return None
         if candidate["issuer"] == "acme":
             error = caddy_error(doc, candidate["host"], offset)
             if error is not None:
                 return acme_cause(error)
+        if time.time() >= checked:
+            checked += 5
+            down = 0 if ok(["systemctl", "is-active", "--quiet", CADDY_UNIT]) else down + 1
+            if down >= 2:
+                raise StepFailed(f"Caddy does not run: {journal_tail(CADDY_UNIT)}")
         time.sleep(1)
     return "no answer", f"no certificate within {wait} s"
+
+
+def journal_tail(unit_name, lines=5):
+    """A unit's last log lines, on one line."""
+    try:
+        out = subprocess.run(["journalctl", "-u", unit_name, "-n", str(lines), "-o", "cat",
+                              "--no-pager"], capture_output=True, text=True, timeout=30,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "(no journal)"
+    return " | ".join(line.strip() for line in out.splitlines() if line.strip())[-400:]
 
 
 def outcome_line(doc, outcome):

@@ -42,6 +42,8 @@ if name == "docker" and args[:2] == ["image", "inspect"]:
     sys.exit(0 if built else 1)
 if name == "docker" and args[:2] == ["buildx", "version"]:
     sys.exit(int(os.environ.get("NO_BUILDX", "0")))
+if name == "systemctl" and args[:1] == ["is-active"]:
+    sys.exit(int(os.environ.get("CADDY_DOWN", "0")))
 if name == "systemctl" and args == ["restart", "vmbinder-caddy.service"]:
     import runpy
     sys.argv = [os.environ["FAKE_CADDY"]]
@@ -64,7 +66,9 @@ if site == ":80":
     sys.exit(0)
 issuer = "internal" if "tls internal" in text else "acme"
 answer = json.loads(os.environ.get("CA_ANSWERS", "{}")).get(f"{site} {issuer}", "ok")
-if answer == "ok":
+if answer == "silent":
+    pass
+elif answer == "ok":
     folder = os.path.join(storage, "certificates", "local" if issuer == "internal"
                           else "acme-v02.api.letsencrypt.org-directory", site)
     os.makedirs(folder, exist_ok=True)
@@ -426,6 +430,17 @@ def test_no_certificate_at_all_fails_the_step_naming_each_try(tmp_path, jupyter)
     assert (state["phase"], state["status"], state["error"]) == ("tls", "failed", "StepFailed")
     assert state["detail"].startswith("no certificate from any issuer: nb.example.org (acme): "
                                       "refused by the CA; nb.example.org (internal): no answer")
+
+
+def test_caddy_that_does_not_run_fails_the_step_at_once_with_its_journal(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    res = guest.run(CA_ANSWERS=json.dumps({"203.0.113.9 acme": "silent"}), CADDY_DOWN="3")
+    assert res.returncode == 1
+    state = guest.state()
+    assert (state["phase"], state["status"]) == ("tls", "failed")
+    assert state["detail"].startswith("Caddy does not run: ")
+    assert state["durations"].get("tls") is None and len(
+        [c for c in guest.calls("systemctl") if c[1] == "is-active"]) == 2
 
 
 def test_a_private_acme_ca_and_its_root(tmp_path, jupyter):
