@@ -205,7 +205,8 @@ def recorded_outcome(meta) -> Outcome | None:
         return None
     failed = tuple(Failure(*m.groups()) for m in (
         FAILURE_RE.match(part) for part in (meta("tls-failed") or "").split("; ")) if m)
-    return Outcome(site=meta("site"), issuer=issuer, failed=failed, root=meta("tls-root"))
+    return Outcome(site=meta("site") or None, issuer=issuer, failed=failed,
+                   root=meta("tls-root") or None)
 
 
 # -- trust -------------------------------------------------------------------------

@@ -78,8 +78,10 @@ def test_the_outcome_line_and_what_a_server_records_of_it():
     assert meta == {"issuer": "acme", "site": "203-0-113-5.sslip.io", "tls-root": "",
                     "tls-failed": "203.0.113.5 (acme): rate limited"}
     back = https.recorded_outcome(meta.get)
-    assert (back.site, back.issuer, [(f.host, f.cause) for f in back.failed]) == (
-        "203-0-113-5.sslip.io", "acme", [("203.0.113.5", "rate limited")])
+    assert (back.site, back.issuer, back.root, [(f.host, f.cause) for f in back.failed]) == (
+        "203-0-113-5.sslip.io", "acme", None, [("203.0.113.5", "rate limited")])
+    plain = https.recorded_outcome(https.Outcome(None, "off").metadata().get)
+    assert plain.as_dict() == {"site": None, "issuer": "off", "root_sha256": None, "failed": []}
     assert https.last_outcome("no report yet\n") is None
     assert https.recorded_outcome({}.get) is None
 
