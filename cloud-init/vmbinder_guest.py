@@ -418,14 +418,15 @@ ACME_CAUSES = (
 )
 
 
-def acme_cause(error):
-    """(cause, detail) from Caddy's error text."""
+def acme_cause(error, width=120):
+    """(cause, detail) from Caddy's error text: the CA's problem type and words, or
+    the end of the error (where Go puts the cause of a failed request)."""
     for marker, cause in ACME_CAUSES:
         if marker in error:
             at_urn = error.find("urn:ietf:params:acme:error:")
             detail = error[at_urn + 27:] if at_urn >= 0 else error
-            return cause, detail[:160]
-    return "CA unreachable", error[-160:]
+            return cause, detail if len(detail) <= width else detail[:width - 3] + "..."
+    return "CA unreachable", error if len(error) <= width else "..." + error[3 - width:]
 
 
 def caddy_error(doc, host, offset):
