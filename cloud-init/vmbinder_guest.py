@@ -397,8 +397,10 @@ def ensure_docker(doc):
         write(where(doc, "trixie_sources"), trixie_sources(debian_mirror(doc)))
         apt_install(doc, "docker.io", *DOCKER_TOOLS)
         apt_install(doc, "docker-buildx", target="trixie")
-    else:  # Debian 13 and Ubuntu (universe) have docker-buildx
-        apt_install(doc, "docker.io", "docker-buildx", *DOCKER_TOOLS)
+    else:  # Debian 13 and Ubuntu (universe) have docker-buildx; Debian 13 has the
+        # docker command in docker-cli, which docker.io only recommends.
+        cli = ["docker-cli"] if distro == "debian" else []
+        apt_install(doc, "docker.io", *cli, "docker-buildx", *DOCKER_TOOLS)
     run(doc, ["systemctl", "restart", "docker"])
     return "installed"
 

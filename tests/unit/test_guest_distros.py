@@ -66,7 +66,10 @@ APT_CALLS = {
     # Debian 12 has no docker-buildx: Debian 13's, from trixie pinned low.
     "debian-12": [UPDATE, [*INSTALL, "docker.io", "apparmor", "xz-utils", "git", "python3-venv"],
                   UPDATE, [*INSTALL, "-t", "trixie", "docker-buildx"]],
-    "debian-13": NATIVE, "ubuntu-22.04": NATIVE, "ubuntu-24.04": NATIVE,
+    # Debian 13's docker.io only recommends docker-cli, which has the docker command.
+    "debian-13": [UPDATE, [*INSTALL, "docker.io", "docker-cli", "docker-buildx", "apparmor",
+                           "xz-utils", "git", "python3-venv"]],
+    "ubuntu-22.04": NATIVE, "ubuntu-24.04": NATIVE,
 }
 
 #: apt-get: records its arguments, its environment and whether apt's locks were
@@ -242,7 +245,7 @@ def test_a_failing_apt_get_is_a_failed_phase_with_the_command_and_the_log_tail(t
     assert res.returncode == 1
     failed = phases(guest)[-1]
     error = ("apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=900 docker.io "
-             "docker-buildx apparmor xz-utils git python3-venv exited with 100")
+             "docker-cli docker-buildx apparmor xz-utils git python3-venv exited with 100")
     assert (failed["phase"], failed["status"], failed["error"]) == ("docker", "failed", error)
     assert failed["log"][-2:] == ["Reading package lists...",
                                   "E: Unable to locate package docker-buildx"]

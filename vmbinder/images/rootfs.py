@@ -32,16 +32,19 @@ HOST_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img", "lz4", "unzstd")
 @dataclass(frozen=True)
 class Distro:
     """A Debian release `image build` makes: its name (``debian-12``, in image.json
-    and the image's name), its suite, and the suite its docker-buildx comes from
-    when it has none of its own (pinned low: guestcontract.TRIXIE_PIN)."""
+    and the image's name), its suite, the suite its docker-buildx comes from
+    when it has none of its own (pinned low: guestcontract.TRIXIE_PIN), and the
+    packages docker.io needs beside it (Debian 13 moved the docker command to
+    docker-cli, which docker.io only recommends)."""
 
     name: str
     suite: str
     buildx_from: str | None = None
+    docker_extra: tuple[str, ...] = ()
 
 
 DISTROS = {d.name: d for d in (Distro("debian-12", "bookworm", buildx_from="trixie"),
-                               Distro("debian-13", "trixie"))}
+                               Distro("debian-13", "trixie", docker_extra=("docker-cli",)))}
 DEFAULT_DISTRO = "debian-12"
 SUITE = DISTROS[DEFAULT_DISTRO].suite
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
