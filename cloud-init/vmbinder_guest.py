@@ -16,8 +16,8 @@ Everything it must agree on with vmbinder (paths, the phase prefix, interface
 paths, the site name, the image name, pins) comes from the launch document,
 made by vmbinder/launchdoc.py from vmbinder/guestcontract.py. It runs with the
 server's python3 (3.10 on Ubuntu 22.04 to 3.13 on Debian 13) and the standard
-library only; importing
-it does nothing, so tests import it (tests/unit/test_guest_contract.py).
+library only; importing it does nothing, so tests import it
+(tests/unit/test_guest_contract.py).
 
 Its size is earned: it travels whole inside the user-data (gzip and base64) to
 a server that has nothing of vmbinder, so it is one file, and its sections
@@ -602,7 +602,7 @@ def failure(doc, exc, lines=10, width=150):
     returns only a tail. The token is never in either."""
     if isinstance(exc, subprocess.CalledProcessError):
         cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd))
-        error = f"{cmd[:width]} exited with {exc.returncode}"
+        error = f"{cmd[:2 * width]} exited with {exc.returncode}"
     else:
         error = f"{type(exc).__name__}: {exc}"[:2 * width]
     tail = [ln[:width] for ln in log_tail(doc, 4 * lines).replace("\r", "\n").splitlines()
