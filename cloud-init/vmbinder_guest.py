@@ -16,14 +16,16 @@ it acts, and the services it installs are enabled in systemd.
 Everything it must agree on with vmbinder (paths, the phase prefix, interface
 paths, the site name, the image name, pins) comes from the launch document,
 made by vmbinder/launchdoc.py from vmbinder/guestcontract.py. It runs with the
-server's python3 (3.11 on Debian 12) and the standard library only; importing
-it does nothing, so tests import it (tests/unit/test_guest_contract.py).
+server's python3 (3.10 on Ubuntu 22.04 to 3.13 on Debian 13) and the standard
+library only; importing it does nothing, so tests import it
+(tests/unit/test_guest_contract.py).
 
 Its size is earned: it travels whole inside the user-data (gzip and base64) to
 a server that has nothing of vmbinder, so it is one file, and its sections
 (steps, services, status page) share the launch document's helpers.
 """
 
+import fcntl
 import hashlib
 import html
 import ipaddress
@@ -32,6 +34,7 @@ import os
 import re
 import shutil
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -197,12 +200,90 @@ def os_release():
     return info.get("ID", ""), info.get("VERSION_ID", ""), info.get("VERSION_CODENAME", "")
 
 
+def apt_sources():
+    """(URIs, suites, components) of each apt source that is on: one-line lists and deb822."""
+    names = ["sources.list"] + sorted("sources.list.d/" + n for n in (
+        os.listdir(at("/etc/apt/sources.list.d")) if os.path.isdir(at("/etc/apt/sources.list.d")) else ()))
+    found = []
+    for name in names:
+        text = read_text("/etc/apt/" + name) or ""
+        if name.endswith(".sources"):
+            for stanza in re.split(r"\n\s*\n", text):
+                f = {k.lower(): v.split() for k, v in re.findall(r"^([\w-]+):[ \t]*(.*)$", stanza, re.M)}
+                if "deb" in f.get("types", ()) and f.get("enabled", ["yes"]) != ["no"]:
+                    found.append((f.get("uris", []), f.get("suites", []), f.get("components", [])))
+        elif name.endswith(".list"):
+            for line in text.splitlines():
+                w = re.sub(r"\[[^\]]*\]", "", line.split("#")[0]).split()
+                if w[:1] == ["deb"] and len(w) > 2:
+                    found.append(([w[1]], [w[2]], w[3:]))
+    return found
+
+
+#: The locks apt and dpkg take (fcntl write locks): first-boot apt runs, such as
+#: Ubuntu's unattended-upgrades and apt-daily, hold them for minutes.
+APT_LOCKS = ("/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock")
+APT_WAIT = int(os.environ.get("VMBINDER_GUEST_APT_WAIT", "900"))  # seconds; tests shorten it
+
+
+def lock_holder(path):
+    """Who holds an apt lock ("unattended-upgr (pid 812)"); "" when it is free."""
+    try:
+        fd = os.open(at(path), os.O_RDWR)
+    except OSError:
+        return ""  # no such lock file: nobody holds it
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return ""  # free (closing the file lets it go again)
+        except OSError:
+            pass
+        try:  # struct flock: type, whence, start, len, pid
+            kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(
+                fd, fcntl.F_GETLK, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0)))
+        except OSError:
+            kind, pid = fcntl.F_WRLCK, 0
+        if kind == fcntl.F_UNLCK:
+            return ""
+        if pid <= 0:
+            return "another process"
+        try:  # the host's /proc, also in tests (the holder is a real process)
+            with open(f"/proc/{pid}/comm") as fh:
+                return f"{fh.read().strip()} (pid {pid})"
+        except OSError:
+            return f"pid {pid}"
+    finally:
+        os.close(fd)
+
+
+def wait_for_apt(doc):
+    """Wait, at most APT_WAIT seconds, while another process holds apt's locks, and say for whom."""
+    t0, told = time.time(), None
+    while True:
+        held = [(p, who) for p in APT_LOCKS for who in [lock_holder(p)] if who]
+        if not held:
+            break
+        if time.time() - t0 > APT_WAIT:
+            raise TimeoutError(f"{held[0][0]} still held by {held[0][1]} after {APT_WAIT} s")
+        if held[0][1] != told:
+            told = held[0][1]
+            phase(doc, read_state(doc).get("phase", "apt"), "waiting",
+                  detail=f"{held[0][0]} held by {told}")
+        time.sleep(2)
+    if told:
+        phase(doc, read_state(doc).get("phase", "apt"), "started",
+              detail=f"waited {round(time.time() - t0)} s for {told}")
+
+
 def apt_install(doc, *packages, target=None):
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    run(doc, ["apt-get", "update"], env=env)
-    argv = ["apt-get", "install", "-y", "--no-install-recommends"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", NEEDRESTART_SUSPEND="1")
+    lock = ["-o", f"DPkg::Lock::Timeout={APT_WAIT}"]
+    wait_for_apt(doc)
+    run(doc, ["apt-get", "update", *lock], env=env)
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", *lock]
     if target:
         argv += ["-t", target]
+    wait_for_apt(doc)
     run(doc, argv + list(packages), env=env)
 
 
@@ -218,13 +299,19 @@ def ensure_trust(doc):
 
 def ensure_mirrors(doc):
     changed = False
+    distro, _, suite = os_release()
     if doc.get("apt_mirror"):
-        distro, _, suite = os_release()
         suite = suite or "stable"
         components = "main universe" if distro == "ubuntu" else "main"
         changed |= write("/etc/apt/sources.list.d/vmbinder-mirror.sources",
                          f"Types: deb\nURIs: {doc['apt_mirror']}\nSuites: {suite} {suite}-updates\n"
                          f"Components: {components}\n")
+    elif distro == "ubuntu" and not any("universe" in c for _, _, c in apt_sources()):
+        # docker.io and docker-buildx are in Ubuntu's universe: add it beside each main.
+        universe = [f"Types: deb\nURIs: {' '.join(u)}\nSuites: {' '.join(s)}\nComponents: universe\n"
+                    for u, s, c in apt_sources() if "main" in c]
+        if universe:
+            changed |= write("/etc/apt/sources.list.d/vmbinder-universe.sources", "\n".join(universe))
     pip = ["[global]", "cert = /etc/ssl/certs/ca-certificates.crt"]
     if doc.get("pip_index_url"):
         pip.append(f"index-url = {doc['pip_index_url']}")
@@ -354,11 +441,14 @@ def ensure_caddy(doc):
 
 
 def unit(doc, name, description, exec_start, after="network-online.target", extra=""):
-    # After cloud-init.service: on a server's first boot from a snapshot, cloud-init
-    # writes this server's launch document before these units start.
+    # After cloud-init's network stage, which runs write_files: on a server's first
+    # boot from a snapshot, it writes this server's launch document before these
+    # units start. cloud-init 24 and newer (Debian 13) name that stage
+    # cloud-init-network.service; older ones, cloud-init.service (systemd ignores
+    # the one that does not exist).
     return write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
 Description={description}
-After={after} cloud-init.service
+After={after} cloud-init.service cloud-init-network.service
 Wants=network-online.target
 
 [Service]
@@ -556,19 +646,29 @@ class StepFailed(Exception):
     """A step that cannot go on, with a message for the console and the state."""
 
 
+#: With docker.io: apparmor (the kernel enforces it, docker.io does not pull it in),
+#: xz-utils, git, and python3-venv (cloud images often lack it; repo2docker and
+#: Caddy live in venvs).
+DOCKER_TOOLS = ("apparmor", "xz-utils", "git", "python3-venv")
+
+
 def ensure_docker(doc):
     if ok(["docker", "buildx", "version"]):
         return "present"
     distro, version, _ = os_release()
+    if distro not in ("debian", "ubuntu"):
+        raise RuntimeError(f"not a Debian or Ubuntu server (os-release ID={distro!r}): launch "
+                           "an Ubuntu 22.04/24.04 or Debian 12/13 image")
     if distro == "debian" and version == "12":
         # Debian 12 has no buildx: take Debian 13's, pinned low so nothing else moves.
         write(where(doc, "trixie_pin"), doc["guest"]["trixie_pin"])
-        bookworm = read_text("/etc/apt/sources.list.d/debian.sources")
-        write(where(doc, "trixie_sources"), trixie_sources(bookworm))
-        apt_install(doc, "docker.io", "apparmor", "xz-utils", "git")
+        write(where(doc, "trixie_sources"), trixie_sources(debian_mirror(doc)))
+        apt_install(doc, "docker.io", *DOCKER_TOOLS)
         apt_install(doc, "docker-buildx", target="trixie")
-    else:
-        apt_install(doc, "docker.io", "docker-buildx", "apparmor", "xz-utils", "git")
+    else:  # Debian 13 and Ubuntu (universe) have docker-buildx; Debian 13 has the
+        # docker command in docker-cli, which docker.io only recommends.
+        cli = ["docker-cli"] if distro == "debian" else []
+        apt_install(doc, "docker.io", *cli, "docker-buildx", *DOCKER_TOOLS)
     run(doc, ["systemctl", "restart", "docker"])
     return "installed"
 
@@ -582,11 +682,14 @@ def read_text(path):
         return None
 
 
-def trixie_sources(debian_sources):
-    """The bookworm deb822 sources (their text, or None), with the suite changed to trixie."""
-    found = re.search(r"^URIs:\s*(\S+)", debian_sources or "", re.M)
-    uri = found.group(1) if found else "http://deb.debian.org/debian"
-    return f"Types: deb\nURIs: {uri}\nSuites: trixie\nComponents: main\n"
+def debian_mirror(doc):
+    """The Debian archive this server uses: the launch's mirror, else its bookworm source's."""
+    found = [u[0] for u, s, _ in apt_sources() if u and "bookworm" in s]
+    return doc.get("apt_mirror") or (found + ["http://deb.debian.org/debian"])[0]
+
+
+def trixie_sources(mirror):
+    return f"Types: deb\nURIs: {mirror}\nSuites: trixie\nComponents: main\n"
 
 
 def docker_import_argv(tarball, sidecar):
@@ -761,6 +864,21 @@ STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_
          ("service", ensure_service), ("interfaces", detect_interfaces))
 
 
+def failure(doc, exc, lines=10, width=150):
+    """What the failed phase line says: the command and its exit code (or the
+    exception), and the last lines of the commands log, short: the console API
+    returns only a tail. The token is never in either."""
+    if isinstance(exc, subprocess.CalledProcessError):
+        cmd = exc.cmd if isinstance(exc.cmd, str) else " ".join(map(str, exc.cmd))
+        error = f"{cmd[:2 * width]} exited with {exc.returncode}"
+    else:
+        error = f"{type(exc).__name__}: {exc}"[:2 * width]
+    tail = [ln[:width] for ln in log_tail(doc, 4 * lines).replace("\r", "\n").splitlines()
+            if ln.strip()][-lines:]
+    hide = doc.get("token") or "\0"
+    return {"error": error.replace(hide, "<token>"), "log": [ln.replace(hide, "<token>") for ln in tail]}
+
+
 def run_all(doc):
     state = read_state(doc)
     # A reboot keeps the start time; a server started from another's snapshot
@@ -774,9 +892,9 @@ def run_all(doc):
         t0 = time.time()
         try:
             result = step(doc)
-        except (OSError, subprocess.CalledProcessError, TimeoutError, ValueError,
-                StepFailed) as exc:
-            phase(doc, name, "failed", error=type(exc).__name__, detail=str(exc)[:300])
+        except Exception as exc:  # any failure is this step's, reported, never a silent stop
+            log(doc, f"{name} failed: {exc!r}")
+            phase(doc, name, "failed", **failure(doc, exc))
             return 1
         durations[name] = round(time.time() - t0, 1)
         write_state(doc, durations=durations)

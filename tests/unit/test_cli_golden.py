@@ -54,6 +54,7 @@ CASES = [
       for fmt in ("table", "json") for extra in ([], ["--tls", "off", "--hostname", "lab.example.org"])],
     ["launch", "--dry-run", "--name", "golden", "--format", "table", "10.5281/zenodo.3242074"],
     ["--cloud", "local", "image", "upload", "somewhere"],
+    ["image", "build", "--distro", "debian-11"],
     ["image", "upload", "somewhere"],
     *[["workshop", "check", EXAMPLE, "--format", fmt] for fmt in ("table", "json", "value")],
     ["workshop", "check", "<home>/bad.yaml"],

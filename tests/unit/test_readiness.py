@@ -1,4 +1,5 @@
 import http.server
+import json
 import threading
 
 import pytest
@@ -74,3 +75,37 @@ def test_http_probe_reports_a_closed_port():
         port = s.getsockname()[1]
     ok, detail = readiness.http_probe(f"http://127.0.0.1:{port}/api/status", timeout=2)()
     assert not ok and detail.startswith("not answering")
+
+
+def test_a_failed_step_names_the_command_and_shows_the_log_tail_from_its_own_line():
+    failed = {"phase": "docker", "status": "failed",
+              "error": "apt-get install -y --no-install-recommends docker.io exited with 100",
+              "log": ["Reading package lists...", "E: Unable to locate package docker-buildx"]}
+    # The guest's status service re-emits the phase and status alone, later.
+    console = ("VMBINDER-PHASE " + json.dumps(failed) + "\nnoise\n"
+               'VMBINDER-PHASE {"phase": "docker", "status": "failed"}\n')
+    with pytest.raises(errors.BuildFailed) as info:
+        readiness.console_probe(lambda: console)()
+    assert info.value.message == ("the guest step 'docker' failed: apt-get install -y "
+                                  "--no-install-recommends docker.io exited with 100")
+    assert info.value.hint == ("last lines of /var/log/vmbinder/commands.log on the server:\n"
+                               "  Reading package lists...\n"
+                               "  E: Unable to locate package docker-buildx")
+    assert info.value.exit_code == 6
+
+
+def test_a_failed_step_from_a_guest_that_says_no_more_shows_the_console():
+    console = 'boot\nVMBINDER-PHASE {"phase": "build", "status": "failed", "error": "CalledProcessError"}\n'
+    with pytest.raises(errors.BuildFailed) as info:
+        readiness.console_probe(lambda: console)()
+    assert info.value.message == "the guest step 'build' failed: CalledProcessError"
+    assert info.value.hint.startswith("see /var/log/vmbinder/ on the server; last console lines:\nboot")
+
+
+def test_a_step_waiting_for_the_apt_lock_says_for_whom():
+    console = ('VMBINDER-PHASE {"phase": "docker", "status": "waiting", '
+               '"detail": "/var/lib/dpkg/lock-frontend held by unattended-upgr (pid 812)"}\n')
+    assert readiness.console_probe(lambda: console)() == (
+        False, "docker waiting: /var/lib/dpkg/lock-frontend held by unattended-upgr (pid 812)")
+    console += 'VMBINDER-PHASE {"phase": "docker", "status": "started", "detail": "waited 40 s"}\n'
+    assert readiness.console_probe(lambda: console)() == (False, "docker started: waited 40 s")

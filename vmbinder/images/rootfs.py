@@ -13,6 +13,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,25 @@ HOST_PACKAGES = (*BUILD_PACKAGES, "qemu-system-x86", "genisoimage")
 #: Host tools checked before anything starts.
 HOST_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img", "lz4", "unzstd")
 
-SUITE = "bookworm"
+
+@dataclass(frozen=True)
+class Distro:
+    """A Debian release `image build` makes: its name (``debian-12``, in image.json
+    and the image's name), its suite, the suite its docker-buildx comes from
+    when it has none of its own (pinned low: guestcontract.TRIXIE_PIN), and the
+    packages docker.io needs beside it (Debian 13 moved the docker command to
+    docker-cli, which docker.io only recommends)."""
+
+    name: str
+    suite: str
+    buildx_from: str | None = None
+    docker_extra: tuple[str, ...] = ()
+
+
+DISTROS = {d.name: d for d in (Distro("debian-12", "bookworm", buildx_from="trixie"),
+                               Distro("debian-13", "trixie", docker_extra=("docker-cli",)))}
+DEFAULT_DISTRO = "debian-12"
+SUITE = DISTROS[DEFAULT_DISTRO].suite
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 #: guest/ in the repository, shipped in the package as vmbinder.guest.
@@ -102,7 +121,30 @@ def guest_sources(host_files: dict[str, str], suite: str = SUITE) -> dict[str, s
 
     Entries for other suites or third-party repositories (keys the guest lacks)
     are dropped. deb822 ``*.sources`` and one-line ``*.list`` are both handled.
+    A host of another Debian release has no entries for ``suite``: its Debian
+    entries are kept with their suite changed (a bookworm host's mirrors serve
+    trixie too).
     """
+    keep = _suite_entries(host_files, suite)
+    for other in (d.suite for d in DISTROS.values() if d.suite != suite):
+        if keep:
+            break
+        keep = {n: _swap_suite(t, other, suite)
+                for n, t in _suite_entries(host_files, other).items()}
+    return keep
+
+
+def _swap_suite(text: str, old: str, new: str) -> str:
+    """Entries with ``old`` (and old-updates, old-security) changed to ``new``."""
+    def line(ln: str) -> str:
+        if not re.match(r"(?i)(suites:|deb\s)", ln):
+            return ln
+        return " ".join(new + w[len(old):] if w.split("-")[0] == old else w
+                        for w in ln.split(" "))
+    return "\n".join(line(ln) for ln in text.splitlines()) + "\n"
+
+
+def _suite_entries(host_files: dict[str, str], suite: str) -> dict[str, str]:
     keep: dict[str, str] = {}
     for name, text in host_files.items():
         if name.endswith(".sources"):
@@ -147,12 +189,12 @@ def _read_dir(path: Path, pattern: str) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted(path.glob(pattern)) if p.is_file()}
 
 
-def _guest_apt_sources(from_host: bool) -> dict[str, str]:
+def _guest_apt_sources(from_host: bool, suite: str) -> dict[str, str]:
     """The host's Debian entries, or deb.debian.org when asked (or the host has none)."""
     found = guest_sources({**_read_dir(HOST_APT / "sources.list.d", "*"),
-                           **_read_dir(HOST_APT, "sources.list")}) if from_host else {}
+                           **_read_dir(HOST_APT, "sources.list")}, suite) if from_host else {}
     return found or {"debian.sources": (
-        f"Types: deb\nURIs: {DEFAULT_MIRROR}\nSuites: {SUITE} {SUITE}-updates\n"
+        f"Types: deb\nURIs: {DEFAULT_MIRROR}\nSuites: {suite} {suite}-updates\n"
         f"Components: main\nSigned-By: {KEYRING}\n")}
 
 
@@ -240,19 +282,22 @@ def _prepare_workdir(work: Path) -> Path:
 
 @contextmanager
 def fresh_rootfs(work: Path, include: Sequence[str], *, apt_sources_from_host: bool,
-                 baked: bool, ca_files: Sequence[Path], run: Runner, log: Log):
-    """debootstrap a fresh rootfs in work/rootfs with the host's mirrors (or
-    deb.debian.org) and CAs, then yield it and a runner inside it; unmounts on
-    the way out whatever happens."""
-    sources = _guest_apt_sources(apt_sources_from_host)
+                 baked: bool, ca_files: Sequence[Path], run: Runner, log: Log,
+                 distro: Distro = DISTROS[DEFAULT_DISTRO]):
+    """debootstrap a fresh rootfs of distro in work/rootfs with the host's mirrors
+    (or deb.debian.org) and CAs, then yield it and a runner inside it; unmounts
+    on the way out whatever happens."""
+    suite = distro.suite
+    sources = _guest_apt_sources(apt_sources_from_host, suite)
     host_conf = _read_dir(HOST_APT / "apt.conf.d", "*") if apt_sources_from_host else {}
     root = _prepare_workdir(work)
     mirror = mirror_of(sources)
     with _sigterm_as_interrupt():
-        with step(log, f"debootstrap {SUITE} minbase from {mirror}"):
+        with step(log, f"debootstrap {suite} minbase from {mirror}"):
             run(["debootstrap", "--variant=minbase", f"--include={','.join(include)}",
-                 "--components=main", SUITE, str(root), mirror])
-        _write_apt_config(root, sources, mirror, baked, host_conf)
+                 "--components=main", suite, str(root), mirror])
+        _write_apt_config(root, sources, mirror, bool(baked and distro.buildx_from),
+                          host_conf)
         with chroot(root, run, log) as in_chroot:
             dest = root / HOST_CA_DIR.relative_to("/")
             dest.mkdir(parents=True, exist_ok=True)
@@ -264,7 +309,7 @@ def fresh_rootfs(work: Path, include: Sequence[str], *, apt_sources_from_host: b
             in_chroot.step("trim")
 
 
-def _write_apt_config(root: Path, sources: dict[str, str], mirror: str, baked: bool,
+def _write_apt_config(root: Path, sources: dict[str, str], mirror: str, pin_trixie: bool,
                       host_conf: dict[str, str]) -> None:
     apt = root / "etc/apt"
     (apt / "sources.list").write_text("")
@@ -273,7 +318,7 @@ def _write_apt_config(root: Path, sources: dict[str, str], mirror: str, baked: b
     for name, text in host_apt_settings(host_conf).items():
         (apt / "apt.conf.d" / name).write_text(text)
     shutil.copytree(GUEST_DIR / "rootfs/etc/apt", apt, dirs_exist_ok=True)
-    if baked:
+    if pin_trixie:  # docker-buildx for a release that has none
         (apt / "sources.list.d/trixie.sources").write_text(trixie_sources(mirror))
         (apt / "preferences.d").mkdir(exist_ok=True)
         (apt / "preferences.d/trixie-pin").write_text(TRIXIE_PIN)
