@@ -13,6 +13,8 @@ server finds everything where the guest looks for it.
 
 from __future__ import annotations
 
+import json
+
 #: The repo2docker release installed on every guest. Pinned so that a launch
 #: today and a launch next year build the same way; recorded in server metadata.
 REPO2DOCKER_VERSION = "2026.4.0"
@@ -34,6 +36,21 @@ GUEST_SCRIPT_PATH = "/usr/local/lib/vmbinder/vmbinder-guest.py"
 
 #: Starts every machine-readable progress line the guest writes to the console.
 PHASE_PREFIX = "VMBINDER-PHASE "
+
+
+def console_reports(console: str, prefix: str):
+    """The JSON objects the guest wrote after prefix on the console, newest first
+    (a line cut short or mixed with other output is passed over)."""
+    for line in reversed(console.splitlines()):
+        at = line.find(prefix)
+        if at < 0:
+            continue
+        try:
+            doc = json.loads(line[at + len(prefix):])
+        except ValueError:
+            continue
+        if isinstance(doc, dict):
+            yield doc
 
 #: Debian 12 has no docker-buildx: it comes from trixie, pinned low so that
 #: nothing else is upgraded from there.

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import re
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from vmbinder.guestcontract import console_reports
 
 #: Let's Encrypt's production directory: the ACME CA unless --acme-ca names another.
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
@@ -155,7 +156,6 @@ class Outcome:
     failed: tuple[Failure, ...] = ()
     #: The SHA-256 fingerprint of the server's own CA root (issuer internal).
     root: str | None = None
-    extra: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_json(cls, doc: dict) -> Outcome:
@@ -182,17 +182,8 @@ class Outcome:
 
 def last_outcome(console: str) -> Outcome | None:
     """The newest certificate report in a console tail (the guest repeats it)."""
-    for line in reversed(console.splitlines()):
-        at = line.find(OUTCOME_PREFIX)
-        if at < 0:
-            continue
-        try:
-            doc = json.loads(line[at + len(OUTCOME_PREFIX):])
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("issuer"):
-            return Outcome.from_json(doc)
-    return None
+    found = next((d for d in console_reports(console, OUTCOME_PREFIX) if d.get("issuer")), None)
+    return Outcome.from_json(found) if found else None
 
 
 FAILURE_RE = re.compile(r"^(.+) \((\w+)\): (.+)$")

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from vmbinder import https
 from vmbinder.errors import BuildFailed, ReadinessTimeout
-from vmbinder.guestcontract import LAYOUT, PHASE_PREFIX
+from vmbinder.guestcontract import LAYOUT, PHASE_PREFIX, console_reports
 
 Probe = Callable[[], "tuple[bool, str]"]
 
@@ -27,16 +27,7 @@ class Clock:
 
 def phases(console: str):
     """The phase lines in a console tail, newest first."""
-    for line in reversed(console.splitlines()):
-        at = line.find(PHASE_PREFIX)
-        if at < 0:
-            continue
-        try:
-            doc = json.loads(line[at + len(PHASE_PREFIX):])
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and "phase" in doc:
-            yield doc
+    return (doc for doc in console_reports(console, PHASE_PREFIX) if "phase" in doc)
 
 
 def last_phase(console: str) -> dict | None:

@@ -181,24 +181,15 @@ def test_status_and_url_learn_the_outcome_from_the_console_after_no_wait():
 def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
     """--tls off (no certificate to check here): the guest's report is recorded, and
     an empty 200 where Jupyter should answer is not ready."""
-    import http.server
-    import threading
     from dataclasses import replace
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    from .test_https import Answer, serving
+
+    class Handler(Answer):
         body = b""
 
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(Handler.body)))
-            self.end_headers()
-            self.wfile.write(Handler.body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+        def answer(self, path, headers):
+            return Handler.body
 
     class Local(FakeProvider):
         """Its server's port 80 is forwarded to a port on loopback, as on the local target."""
@@ -208,7 +199,7 @@ def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
 
         def wait(self, srv, resolved, timeout, ledger):
             done = super().wait(srv, resolved, timeout, ledger)
-            return self.set_metadata(done, {"http-port": str(server.server_port)})
+            return self.set_metadata(done, {"http-port": str(port)})
 
     provider = Local(console='VMBINDER-TLS {"site": null, "issuer": "off", "failed": []}\n'
                              'VMBINDER-PHASE {"phase": "ready", "status": "done"}\n')
@@ -221,13 +212,11 @@ def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
             if "not Jupyter's answer" in detail:  # Jupyter answers from now on
                 Handler.body = b'{"started": "2026-12-04T00:00:00Z"}'
 
-    try:
+    with serving(Handler) as port:
         result = lifecycle.launch(provider, make_spec(resolve_source("https://github.com/org/repo"),
                                                       name="demo", tls="off"),
                                   Rec(), ready_timeout=600,
                                   clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
-    finally:
-        server.shutdown()
     assert "HTTP 200, but not Jupyter's answer (no 'started')" in seen
     assert result.server.meta("issuer") == "off" and result.outcome.issuer == "off"
-    assert result.access.urls["lab"].startswith(f"http://127.0.0.1:{server.server_port}/lab?token=")
+    assert result.access.urls["lab"].startswith(f"http://127.0.0.1:{port}/lab?token=")

@@ -3,6 +3,7 @@ trusts what it got: real certificates made here, real TLS on loopback."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.server
 import ipaddress
@@ -128,36 +129,58 @@ def _pem(cert) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+class Answer(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with 200 and the body answer(path, headers) gives."""
+
+    def answer(self, path: str, headers) -> bytes:
+        return b"{}"
+
+    def do_GET(self):
+        body = self.answer(self.path, self.headers)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler, tmp_path=None, leaf=None, key=None):
+    """handler on 127.0.0.1 (over TLS with the leaf certificate and key when given):
+    yields the port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if leaf is not None:
+        (tmp_path / "leaf.pem").write_text(_pem(leaf))
+        (tmp_path / "key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+
+
 @pytest.fixture
 def own_ca_server(tmp_path):
     """An HTTPS server on 127.0.0.1 with a certificate from a fresh root, which it also
     serves at /vmbinder/root.pem, as a guest with its own CA does."""
     root, root_key = _cert("own root", ca=True)
     leaf, leaf_key = _cert("127.0.0.1", root, root_key, sans=("127.0.0.1",))
-    (tmp_path / "leaf.pem").write_text(_pem(leaf))
-    (tmp_path / "key.pem").write_bytes(leaf_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(Answer):
         root_pem = _pem(root)
 
-        def do_GET(self):
-            body = (Handler.root_pem if self.path == "/vmbinder/root.pem" else '{"started": "x"}').encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+        def answer(self, path, headers):
+            return (Handler.root_pem if path == "/vmbinder/root.pem" else '{"started": "x"}').encode()
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_port, root, Handler
-    server.shutdown()
+    with serving(Handler, tmp_path, leaf, leaf_key) as port:
+        yield port, root, Handler
 
 
 def _server(port, root_fp):
@@ -198,60 +221,32 @@ def test_a_wildcard_name_is_reached_at_its_address_and_checked_for_the_name(tmp_
     """No resolver: the name's address is in the name; the certificate must hold the name."""
     root, root_key = _cert("root", ca=True)
     leaf, leaf_key = _cert("n", root, root_key, sans=("127-0-0-1.sslip.io",))
-    (tmp_path / "leaf.pem").write_text(_pem(leaf))
-    (tmp_path / "key.pem").write_bytes(leaf_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     seen = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            seen.append(self.headers["Host"])
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
+    class Handler(Answer):
+        def answer(self, path, headers):
+            seen.append(headers["Host"])
+            return b"{}"
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "key.pem")
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        port = server.server_port
+    with serving(Handler, tmp_path, leaf, leaf_key) as port:
         pinned = https.pinned_context(_pem(root))
         assert readiness.fetch(f"https://127-0-0-1.sslip.io:{port}/x", context=pinned)[0] == 200
         assert seen == [f"127-0-0-1.sslip.io:{port}"]
         # The address itself is not a name the certificate holds.
         status, _, reason = readiness.fetch(f"https://127.0.0.1:{port}/x", context=pinned)
         assert status is None and "127.0.0.1" in reason
-    finally:
-        server.shutdown()
 
 
 def test_jupyters_answer_is_told_from_an_empty_200():
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(Answer):
         body = b""
 
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(Handler.body)))
-            self.end_headers()
-            self.wfile.write(Handler.body)
+        def answer(self, path, headers):
+            return Handler.body
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        probe = readiness.http_probe(f"http://127.0.0.1:{server.server_port}/api/status?token=t",
-                                     expect_key="started")
+    with serving(Handler) as port:
+        probe = readiness.http_probe(f"http://127.0.0.1:{port}/api/status?token=t", expect_key="started")
         ok, detail = probe()
         assert not ok and "not Jupyter's answer" in detail
         Handler.body = b'{"started": "2026-12-04T00:00:00Z", "kernels": 0}'
         assert probe() == (True, "HTTP 200")
-    finally:
-        server.shutdown()
