@@ -367,7 +367,11 @@ def is_ip(host):
 def tls_block(doc, candidate):
     if candidate["issuer"] == "internal":
         return "\ttls internal\n"
-    lines = ["\ttls {", "\t\tissuer acme {", "\t\t\tdir " + doc["site"]["acme_directory"]]
+    # http-01 only: the security group opens port 80, and one challenge per try
+    # makes a failure's cause the port that failed (Caddy otherwise tries both,
+    # in no fixed order, and reports the last).
+    lines = ["\ttls {", "\t\tissuer acme {", "\t\t\tdir " + doc["site"]["acme_directory"],
+             "\t\t\tdisable_tlsalpn_challenge"]
     if doc["site"].get("acme_root"):
         lines.append("\t\t\ttrusted_roots " + where(doc, "acme_root"))
     if candidate.get("profile"):

@@ -52,6 +52,7 @@ def test_the_caddyfile_for_an_address_under_acme(monkeypatch):
         "\ttls {\n"
         "\t\tissuer acme {\n"
         "\t\t\tdir https://acme-v02.api.letsencrypt.org/directory\n"
+        "\t\t\tdisable_tlsalpn_challenge\n"
         "\t\t\tprofile shortlived\n"
         "\t\t}\n"
         "\t}\n"
