@@ -11,8 +11,8 @@ import re
 
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, ambiguous, candidates, find_object, keypair_name
+from vmbinder.providers.openstack import distros
 from vmbinder.providers.openstack.common import (
-    bootable,
     cloud_errors,
     find_or_none,
     in_flight,
@@ -21,10 +21,6 @@ from vmbinder.providers.openstack.common import (
 from vmbinder.spec import LaunchSpec
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
-#: Image names tried, in order, when --image is not given.
-PREFERRED_IMAGES = (
-    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
-)
 #: The smallest flavor picked when --flavor is not given must have at least this.
 MIN_RAM_MB = 2048
 MIN_DISK_GB = 10
@@ -54,8 +50,8 @@ def _one(kind: str, hits: list, wanted: str, option: str, lister):
 
 
 def image(conn, wanted: str | None):
-    """The image named or numbered wanted, else the newest of the first of
-    PREFERRED_IMAGES that matches a bootable active image."""
+    """The image named or numbered wanted, else the one distros.choose picks among
+    the active images (by their Glance properties, then their names)."""
     if wanted:
         # One request: by id when it looks like one, else by name.
         with cloud_errors(f"looking up image {wanted!r}"):
@@ -66,18 +62,8 @@ def image(conn, wanted: str | None):
                 hits = list(conn.image.images(name=wanted))
         return _one("image", hits, wanted, "--image", conn.image.images)
     with cloud_errors("listing images"):
-        images = bootable(conn.image.images(status="active"))
-    for pattern in PREFERRED_IMAGES:
-        matches = sorted(
-            (i for i in images if re.search(pattern, i.name or "", re.IGNORECASE)),
-            key=lambda i: i.created_at or "", reverse=True,
-        )
-        if matches:
-            return matches[0]
-    raise errors.ConfigError(
-        "no --image given and no Ubuntu 24.04/22.04 or Debian 13/12 image found",
-        f"choose one with --image (or VMBINDER_IMAGE): {candidates(i.name for i in images)}",
-    )
+        images = list(conn.image.images(status="active"))
+    return distros.choose(images)
 
 
 def flavor(conn, wanted: str | None, image=None):
