@@ -136,6 +136,7 @@ def server_doc(server, acc) -> dict:
     }
     for key in ("repo", "ref", "subdir", "open", "source", "repo2docker", "version", "hostname", "tls"):
         doc[key] = server.meta(key)
+    doc["user_data_via"] = server.meta("user-data-via")
     if acc is not None:
         doc["urls"] = acc.urls
         doc["open_url"] = acc.open_url
@@ -147,7 +148,7 @@ def print_server(fmt: str, server, acc) -> None:
     """One server for launch and status: aligned lines, JSON, or its URL (else its address)."""
     doc = server_doc(server, acc)
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "subdir",
-                                   "open", "repo2docker", "fault") if doc[k]]
+                                   "open", "repo2docker", "user_data_via", "fault") if doc[k]]
     urls = [(f"{k} url", v) for k, v in (acc.urls if acc else {}).items()]
     if acc and acc.open_url:
         urls.insert(0, ("open url", acc.open_url))
