@@ -154,12 +154,15 @@ def _default_rules(admin):
 
 
 def _networks(lay, admin):
+    """public is external (floating IPs, router1's gateway) and also a provider
+    network: shared, with DHCP, so a member's server can sit on it directly and
+    its own address is public (reached from "the internet" without a router)."""
     public = admin.network.create_network(
-        name=PUBLIC["network"], is_router_external=True, is_shared=False,
+        name=PUBLIC["network"], is_router_external=True, is_shared=True,
         provider_network_type="flat", provider_physical_network="public")
     admin.network.create_subnet(
         name=PUBLIC["subnet"], network_id=public.id, ip_version=4, cidr=PUBLIC["cidr"],
-        gateway_ip=PUBLIC["gateway"], is_dhcp_enabled=False,
+        gateway_ip=PUBLIC["gateway"], is_dhcp_enabled=True,
         allocation_pools=[{"start": PUBLIC["pool"][0], "end": PUBLIC["pool"][1]}])
 
     demo = connect(lay, MEMBER)

@@ -114,7 +114,9 @@ def agent_confs(lay):
             "securitygroup": {"firewall_driver": "openvswitch", "enable_security_group": True},
         },
         "l3_agent.ini": {"DEFAULT": {**common, "agent_mode": "legacy"}, "ovs": ovs},
-        "dhcp_agent.ini": {"DEFAULT": {**common, "enable_isolated_metadata": False,
+        # Isolated metadata: on public (no router interface) the DHCP server's
+        # namespace answers 169.254.169.254 for the servers that sit on it.
+        "dhcp_agent.ini": {"DEFAULT": {**common, "enable_isolated_metadata": True,
                                        "dnsmasq_local_resolv": False},
                            "ovs": ovs},
         "metadata_agent.ini": {"DEFAULT": {

@@ -154,7 +154,8 @@ class RealMode:
             total = self.query(
                 "SELECT COUNT(*) FROM neutron.ports WHERE device_owner IN "
                 "('network:router_gateway', 'network:router_interface', 'network:dhcp')")
-            if waiting or total < 3:
+            # router1's gateway and interface, the DHCP servers of private and public
+            if waiting or total < 4:
                 raise NotReady(f"{waiting} of {total} router and DHCP ports not ACTIVE")
 
         self.wait("neutron-l3-agent", "router and DHCP ports ACTIVE", active,

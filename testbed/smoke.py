@@ -260,16 +260,16 @@ def check_bootstrap(smoke, member, admin, project_id):
     smoke.check(f"image {IMAGE} public and active",
                 image.visibility == "public" and image.status == "active")
     public = admin.network.find_network(PUBLIC)
-    smoke.check("network public: external, flat on physnet public, not shared",
-                public.is_router_external and not public.is_shared
+    smoke.check("network public: external, shared, flat on physnet public",
+                public.is_router_external and public.is_shared
                 and public.provider_network_type == "flat"
                 and public.provider_physical_network == "public")
     sub = admin.network.find_subnet("public-subnet")
     pool = sub.allocation_pools[0] if sub.allocation_pools else {}
-    smoke.check("public-subnet 203.0.113.0/24, gateway .1, pool .10-.250, no DHCP",
+    smoke.check("public-subnet 203.0.113.0/24, gateway .1, pool .10-.250, DHCP",
                 sub.cidr == "203.0.113.0/24" and sub.gateway_ip == "203.0.113.1"
                 and pool == {"start": "203.0.113.10", "end": "203.0.113.250"}
-                and not sub.is_dhcp_enabled)
+                and sub.is_dhcp_enabled)
     private = admin.network.find_network(PRIVATE)
     psub = admin.network.find_subnet("private-subnet")
     smoke.check("network private (vxlan) and private-subnet 192.0.2.0/24 owned by demo",

@@ -53,6 +53,10 @@ class Launched:
         """The certificate the server settled on (None before it settled)."""
         return outcome(self.server)
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.resolved.warnings if self.resolved else ()
+
 
 def dry_run(spec: LaunchSpec) -> dict:
     """Everything a launch would send, created nowhere."""
@@ -260,11 +264,15 @@ def launch(
     try:
         reporter.phase(RESOLVE, f"finding image, flavor and networks on {provider.kind}")
         resolved = provider.prepare(spec, ledger)
+        for warning in resolved.warnings:
+            reporter.phase(RESOLVE, f"warning: {warning}")
         user_data = cloudinit.render(spec, resolved.public_ip)
         reporter.phase(CREATE, f"creating server {spec.name} ({resolved.flavor_name}, {resolved.image_name})")
         server = provider.create(spec, resolved, user_data, ledger)
         reporter.phase(BOOT, f"waiting for {spec.name} to become ACTIVE")
         server = provider.wait(server, resolved, active_timeout, ledger)
+        if server.meta("user-data-via"):
+            reporter.phase(BOOT, _user_data_via(spec, server.meta("user-data-via")))
         if wait:
             reporter.phase(ENVIRONMENT, "building the environment")
             server = wait_ready(provider, server, reporter, timeout=ready_timeout, clock=clock,
@@ -278,6 +286,14 @@ def launch(
         roll_back_or_report(ledger, reporter, exc)
         raise
     return Launched(server=server, resolved=resolved, access=access(server), ready=wait)
+
+
+def _user_data_via(spec: LaunchSpec, via: str) -> str:
+    """The progress line saying which way the server's user-data went."""
+    line = f"{spec.name} reads its user-data from the {via.replace('-', ' ')}"
+    if spec.cloud.config_drive == "auto" and via != "config-drive":
+        line = f"the cloud refused a config drive: {line}"
+    return line
 
 
 def roll_back_or_report(ledger: Ledger, reporter: Reporter, exc: BaseException,

@@ -23,6 +23,9 @@ ACME = "acme"
 TLS_MODES = (ACME, "internal", "off")
 #: Bits of randomness in a generated Jupyter token (at least 128 are required).
 TOKEN_BYTES = 32
+#: --config-drive and --floating-ip: the target decides (auto), always, never.
+AUTO = "auto"
+CHOICES = (AUTO, "yes", "no")
 
 
 def new_token() -> str:
@@ -40,6 +43,12 @@ class CloudChoice:
     key_name: str | None = None
     public_key: str | None = None  # the text of an OpenSSH public key
     ssh_cidr: str = "0.0.0.0/0"
+    #: Ask Nova for a config drive carrying the user-data: auto (ask, and boot
+    #: without one if the cloud refuses it), yes, no (the metadata service).
+    config_drive: str = AUTO
+    #: Make a floating IP: auto (unless the server's network is itself
+    #: routable), yes, no (the server's own address is its address).
+    floating_ip: str = AUTO
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,13 @@ def validate_tls(tls: str) -> str:
     if tls not in TLS_MODES:
         raise BadRequest(f"invalid --tls {tls!r}", f"use one of: {', '.join(TLS_MODES)}")
     return tls
+
+
+def validate_choice(value: str, option: str) -> str:
+    """One of CHOICES, for --config-drive and --floating-ip."""
+    if value not in CHOICES:
+        raise BadRequest(f"invalid {option} {value!r}", f"use one of: {', '.join(CHOICES)}")
+    return value
 
 
 def validate_hostname(hostname: str) -> str:
@@ -260,7 +276,9 @@ def make_spec(
     validate_tls(tls)
     acme = validate_acme(acme, tls)
     cloud = cloud or CloudChoice()
-    cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr))
+    cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr),
+                    config_drive=validate_choice(cloud.config_drive, "--config-drive"),
+                    floating_ip=validate_choice(cloud.floating_ip, "--floating-ip"))
     given = guest_network or GuestNetwork()
     checked = GuestNetwork(
         ca_certs=tuple(validate_ca_cert(c, "--ca-cert") for c in given.ca_certs),

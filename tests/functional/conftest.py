@@ -53,6 +53,9 @@ class Testbed:
         found += [("floating IP", ip.id, ip.floating_ip_address)
                   for ip in a.network.ips(project_id=self.project_id)
                   if (ip.description or "").startswith("vmbinder:")]
+        found += [("port", p.id, p.name)
+                  for p in a.network.ports(project_id=self.project_id)
+                  if (p.description or "").startswith("vmbinder:")]
         found += [("security group", g.id, g.name)
                   for g in a.network.security_groups(project_id=self.project_id)
                   if g.name.startswith("vmbinder")]
@@ -80,6 +83,8 @@ class Testbed:
         for kind, rid, _ in leftovers:
             if kind == "floating IP":
                 a.network.delete_ip(rid, ignore_missing=True)
+            elif kind == "port":
+                a.network.delete_port(rid, ignore_missing=True)
             elif kind == "security group":
                 a.network.delete_security_group(rid, ignore_missing=True)
             elif kind == "keypair":

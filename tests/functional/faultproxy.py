@@ -5,7 +5,9 @@ through it (HTTP_PROXY). The rules are a JSON list in the file named by
 VMBINDER_FAULTS, read again whenever it changes. Each rule:
 
     {"method": "POST", "path": "/servers$", "port": 45774,    what it matches
+     "body": "config_drive",                                    (a regex on the request body)
      "action": "status", "status": 503, "retry_after": 0,     answer instead of the cloud
+     "json": {"badRequest": {...}},                             (the answer's body)
      "action": "reset"                                          drop the connection, unsent
      "action": "blackhole", "seconds": 30                       hold it, then drop it, unsent
      "action": "hold_response", "seconds": 30                   send it, hold the answer
@@ -58,6 +60,8 @@ class Faults:
                     continue
                 if not re.search(rule.get("path", ""), flow.request.path.split("?")[0]):
                     continue
+                if not re.search(rule.get("body", ""), flow.request.get_text(strict=False) or ""):
+                    continue
                 self.matched[i] = self.matched.get(i, 0) + 1
                 if self.matched[i] % rule.get("every", 1):
                     continue
@@ -80,7 +84,7 @@ class Faults:
             headers = {"Content-Type": "application/json"}
             if rule.get("retry_after") is not None:
                 headers["Retry-After"] = str(rule["retry_after"])
-            body = json.dumps({"message": f"injected HTTP {rule['status']}"})
+            body = json.dumps(rule.get("json") or {"message": f"injected HTTP {rule['status']}"})
             flow.response = http.Response.make(rule["status"], body, headers)
         elif action == "reset":
             flow.kill()

@@ -1,6 +1,7 @@
 """End to end on OpenStack: `vmbinder launch` makes a server that Nova boots
 under libvirt from the image `vmbinder image upload` put in Glance; cloud-init
-reads the user-data from a config drive; every printed URL answers through the
+reads the user-data from the config drive vmbinder asks for by default
+(--config-drive auto; the testbed forces none); every printed URL answers through the
 floating IP (a router's NAT on a real Neutron data plane) with the token, a
 wrong token is refused, a kernel runs code through the printed URL; from "the
 internet" only 22, 80 and 443 answer on the floating IP; the public APIs answer
@@ -115,23 +116,11 @@ def console_of(testbed, server) -> str:
     return testbed.admin.compute.get_server_console_output(server)["output"]
 
 
-@pytest.fixture
-def on_config_drive(real_testbed, uploaded_image):
-    """Servers of the uploaded image get their user-data on a config drive, as on
-    clouds without a metadata service (the workshop test's come from the
-    metadata service)."""
-    images = real_testbed.admin.image
-    image = images.find_image(uploaded_image, ignore_missing=False)
-    images.update_image(image, img_config_drive="mandatory")
-    yield
-    images.update_image(image, img_config_drive="optional")
-
-
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
-        real_testbed, uploaded_image, on_config_drive, repo_url, tmp_path, phase):
+        real_testbed, uploaded_image, repo_url, tmp_path, phase):
     tb, name = real_testbed, "real-launch"
     (tmp_path / "home").mkdir()
     env = cli_environment(tmp_path / "home")
@@ -147,7 +136,10 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
     phase.note(f"memory with one guest (RSS, PSS MiB): {stack_memory()}")
     try:
         server = tb.server(name)
+        # Asked for by default: neither the image nor Nova forces one here.
         assert server.has_config_drive in (True, "True"), server.has_config_drive
+        assert server.metadata["vmbinder:user-data-via"] == "config-drive"
+        assert doc["user_data_via"] == "config-drive"
         console = console_of(tb, server)
         assert "Datasource DataSourceConfigDrive" in console, console[-3000:]
         address = doc["address"]

@@ -1,11 +1,15 @@
-"""End to end on OpenStack: a two-seat workshop. The first seat reads its
-user-data from the metadata service (router, haproxy, Neutron's metadata
-agent, Nova's metadata API), builds the environment and is snapshotted into
-Glance; the second boots from that real snapshot and answers without
+"""End to end on OpenStack: a two-seat workshop with `config_drive: no`. The
+first seat, on the project's network with a floating IP, reads its user-data
+from the metadata service (router, haproxy, Neutron's metadata agent, Nova's
+metadata API), builds the environment and is snapshotted into Glance; the
+second, on the provider network `public` (its per-seat `network`), gets no
+floating IP, reads its user-data through the DHCP server's isolated metadata
+proxy, boots from that real snapshot and answers on its own address without
 building; `workshop down --snapshot` leaves nothing owned by vmbinder."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -27,7 +31,8 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
     ssh_key(tmp_path / "home")
     path = tmp_path / "ws.yaml"
     path.write_text(f"name: real-ws\nsource: {repo_url}\nseats: 2\nimage: {uploaded_image}\n"
-                    f"flavor: {FLAVOR}\ntls: internal\nopen: index.ipynb\n")
+                    f"flavor: {FLAVOR}\ntls: internal\nopen: index.ipynb\nconfig_drive: no\n"
+                    "overrides:\n  2: {network: public}\n")
     try:
         res = vmbinder(env, "workshop", "up", str(path), "--format", "json", "--timeout",
                        str(TIMEOUT), timeout=2 * TIMEOUT)
@@ -43,10 +48,21 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
 
         first, second = tb.server("real-ws-01"), tb.server("real-ws-02")
         assert second.image.id == snap.id and second.metadata["vmbinder:snapshot"] == snap.id
-        # No config drive: both read the user-data from the metadata service.
+        # No config drive: both read the user-data from the metadata service,
+        # the first through its router, the second through the DHCP server.
         for server in (first, second):
             assert server.has_config_drive in (False, "", None, "False"), server.has_config_drive
+            assert server.metadata["vmbinder:user-data-via"] == "metadata-service"
             assert "Datasource DataSourceOpenStackLocal" in console_of(tb, server)
+        # The first seat's address is a floating IP; the second sits on public
+        # with its own address, and no floating IP is made for it.
+        addresses = {s["seat"]: s["address"] for s in doc["seats"]}
+        (fip,) = tb.admin.network.ips(floating_ip_address=addresses["real-ws-01"])
+        assert tb.admin.network.get_port(fip.port_id).device_id == first.id
+        assert [a["addr"] for a in second.addresses["public"]] == [addresses["real-ws-02"]]
+        assert ipaddress.ip_address(addresses["real-ws-02"]) in ipaddress.ip_network("203.0.113.0/24")
+        assert [ip.description for ip in tb.admin.network.ips(project_id=tb.project_id)] \
+            == ["vmbinder:real-ws-01"]
         # The second seat found the environment built in the snapshot.
         console = console_of(tb, second)
         assert PHASE % "present" in console and PHASE % "built" not in console
@@ -55,6 +71,10 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
         assert res.returncode == 0, res.stderr
         seats = json.loads(res.stdout)["seats"]
         assert [s["seat"] for s in seats] == ["real-ws-01", "real-ws-02"]
+        # The printed URLs name each seat's own address (sslip.io style).
+        for seat in seats:
+            host = addresses[seat["seat"]].replace(".", "-") + ".sslip.io"
+            assert seat["lab_url"].startswith(f"https://{host}/lab?token="), seat
         assert len({s["url"].rsplit("token=", 1)[1] for s in seats}) == 2
         steps = {}
         for seat in seats:
@@ -74,6 +94,7 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
     assert res.returncode == 0, res.stderr
     kinds = sorted(r["kind"] for r in json.loads(res.stdout))
     assert kinds.count("server") == 2 and kinds.count("snapshot") == 1, kinds
+    assert kinds.count("floating IP") == 1 and kinds.count("port") == 1, kinds
     only_the_keypair_is_left(tb, uploaded_image)
     phase("workshop down --snapshot")
 

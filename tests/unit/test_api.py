@@ -220,3 +220,78 @@ def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
     assert "HTTP 200, but not Jupyter's answer (no 'started')" in seen
     assert result.server.meta("issuer") == "off" and result.outcome.issuer == "off"
     assert result.access.urls["lab"].startswith(f"http://127.0.0.1:{port}/lab?token=")
+
+
+class _Recorder:
+    def __init__(self):
+        self.seen = []
+
+    def phase(self, phase, detail=""):
+        self.seen.append((phase, detail))
+
+
+class _ProviderNetworkFake(FakeProvider):
+    """A server with its own address (no floating IP) whose user-data went one way."""
+
+    def __init__(self, via, warnings=()):
+        super().__init__()
+        self.via, self.warnings = via, warnings
+
+    def prepare(self, spec, ledger):
+        from dataclasses import replace
+
+        return replace(super().prepare(spec, ledger), floating_ip_id=None, port_id="port-1",
+                       warnings=self.warnings)
+
+    def create(self, spec, resolved, user_data, ledger):
+        from dataclasses import replace
+
+        from vmbinder.providers.base import META
+
+        server = super().create(spec, resolved, user_data, ledger)
+        server = replace(server, metadata={**server.metadata, META + "user-data-via": self.via})
+        self.servers[server.id] = server
+        return server
+
+
+@pytest.mark.parametrize("config_drive, via, line", [
+    ("auto", "config-drive", "demo reads its user-data from the config drive"),
+    ("yes", "config-drive", "demo reads its user-data from the config drive"),
+    ("no", "metadata-service", "demo reads its user-data from the metadata service"),
+    ("auto", "metadata-service",
+     "the cloud refused a config drive: demo reads its user-data from the metadata service"),
+])
+def test_the_launch_says_which_way_the_user_data_went(config_drive, via, line):
+    from vmbinder.spec import CloudChoice
+
+    rec = _Recorder()
+    s = make_spec(resolve_source("https://github.com/org/repo"), name="demo",
+                  cloud=CloudChoice(config_drive=config_drive))
+    lifecycle.launch(_ProviderNetworkFake(via), s, rec, wait=False)
+    assert ("boot", line) in rec.seen
+
+
+def test_warnings_of_the_choices_are_reported_and_kept_with_the_result():
+    rec = _Recorder()
+    warning = "demo gets no floating IP (--floating-ip no) and network private is not routable"
+    result = lifecycle.launch(_ProviderNetworkFake("config-drive", (warning,)), spec(), rec,
+                              wait=False)
+    assert result.warnings == (warning,)
+    assert ("resolve", f"warning: {warning}") in rec.seen
+    assert lifecycle.launch(FakeProvider(), spec(), wait=False).warnings == ()
+
+
+@pytest.mark.parametrize("field, option", [("config_drive", "--config-drive"),
+                                           ("floating_ip", "--floating-ip")])
+def test_config_drive_and_floating_ip_take_auto_yes_or_no(field, option):
+    from vmbinder.spec import CloudChoice
+
+    for value in ("auto", "yes", "no"):
+        s = make_spec(resolve_source("https://github.com/org/repo"), name="demo",
+                      cloud=CloudChoice(**{field: value}))
+        assert getattr(s.cloud, field) == value
+    with pytest.raises(errors.BadRequest) as info:
+        make_spec(resolve_source("https://github.com/org/repo"), name="demo",
+                  cloud=CloudChoice(**{field: "true"}))
+    assert info.value.message == f"invalid {option} 'true'"
+    assert info.value.hint == "use one of: auto, yes, no"

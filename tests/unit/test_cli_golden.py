@@ -49,6 +49,8 @@ CASES = [
     ["--cloud", "local", "launch", "--name", "Bad_Name", "https://github.com/binder-examples/requirements"],
     ["--cloud", "local", "launch", "--public-key", "<home>/missing.pub",
      "https://github.com/binder-examples/requirements"],
+    *[["--cloud", "local", "launch", option, "yes", "https://github.com/binder-examples/requirements"]
+      for option in ("--config-drive", "--floating-ip")],
     *[["--cloud", "local", "launch", "--dry-run", "--name", "golden", *extra, "--format", fmt,
        "https://mybinder.org/v2/gh/binder-examples/requirements/HEAD?urlpath=lab/tree/index.ipynb"]
       for fmt in ("table", "json") for extra in ([], ["--tls", "off", "--hostname", "lab.example.org"])],

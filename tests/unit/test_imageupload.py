@@ -431,3 +431,23 @@ def test_upload_has_help_and_the_same_formats_as_every_command():
     assert res.exit_code == 0 and "--replace" in res.stdout and "--public / --private" in res.stdout
     fmt = next(p for p in image_commands.upload_command.params if p.name == "fmt")
     assert tuple(fmt.type.choices) == output.FORMATS
+
+
+@pytest.mark.parametrize("distro, props, label", [
+    ("debian-12", ("debian", "12"), "Debian 12"),
+    ("debian-13", ("debian", "13"), "Debian 13"),
+    ("ubuntu-24.04", ("ubuntu", "24.04"), "Ubuntu 24.04"),
+    ("", (None, None), "Debian 12"),  # no distro: the name (debian-12-baked) says it
+])
+def test_the_disk_carries_its_distribution_for_the_default_image_choice(folder, distro, props, label):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from vmbinder.providers.openstack import distros
+
+    image = replace(iu.read_folder(folder), distro=distro)
+    disk = iu.properties(image, "debian-12-baked", iu.DISK)
+    assert (disk.get("os_distro"), disk.get("os_version")) == props
+    record = SimpleNamespace(name="debian-12-baked", os_distro=disk.get("os_distro"),
+                             os_version=disk.get("os_version"), properties=disk)
+    assert distros.PREFERRED[distros.rank(record)].label == label

@@ -381,6 +381,22 @@ def test_cloud_only_options_are_refused(env, fake):
         provider(env, fake).prepare(spec(network="private"), Ledger())
 
 
+@pytest.mark.parametrize("option, field, why", [
+    ("--config-drive", "config_drive", "NoCloud seed disk"),
+    ("--floating-ip", "floating_ip", "forwarded on this machine's loopback"),
+])
+def test_config_drive_and_floating_ip_are_refused_in_words_but_auto(env, fake, option, field, why):
+    for value in ("yes", "no"):
+        ledger = Ledger()
+        with pytest.raises(errors.BadRequest) as info:
+            provider(env, fake).prepare(spec(**{field: value}), ledger)
+        assert info.value.message.startswith(f"{option} {value} is for OpenStack")
+        assert why in info.value.message and f"leave {option} out" in info.value.hint
+        assert ledger.items == []
+    assert not (Path(env["XDG_STATE_HOME"]) / "vmbinder").exists()  # nothing was claimed
+    provider(env, fake).prepare(spec(**{field: "auto"}), Ledger())
+
+
 def test_ports_of_other_servers_are_not_reused(env, fake, monkeypatch):
     p = provider(env, fake)
     p.prepare(spec("one"), Ledger())

@@ -73,6 +73,8 @@ def test_real_mode_runs_libvirt_and_the_ovs_agents_fake_mode_neither(tb, tmp_pat
     assert ovs["ovsdb_connection"] == f"unix:{real.run}/ovs/db.sock"
     neutron = _ini(real.etc / "neutron/neutron.conf")
     assert neutron["DEFAULT"]["dhcp_agent_notification"] == "true"
+    # Servers on the provider network (public, no router interface) get metadata from DHCP's namespace.
+    assert _ini(real.etc / "neutron/dhcp_agent.ini")["DEFAULT"]["enable_isolated_metadata"] == "true"
     # Services reach Nova through the internal endpoint: the public one is in the namespace.
     assert neutron["nova"]["endpoint_type"] == "internal"
     assert real.public_url("keystone", "/v3") == "http://203.0.113.1:45500/v3"

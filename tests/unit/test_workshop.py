@@ -50,7 +50,20 @@ def test_overrides_by_number_seat_name_and_participant():
         ("big", "img", None), ("small", "other", None), ("small", "img", "grace.example.org")]
 
 
+def test_floating_ip_config_drive_and_a_seats_network_are_cloud_keys_like_the_others():
+    ws = workshop.parse(HEAD + "seats: 3\nconfig_drive: no\nfloating_ip: auto\n"
+                        "overrides:\n  2: {network: public, config_drive: 'yes'}\n"
+                        "  3: {floating_ip: yes, network: campus}\n")
+    assert [(s.cloud.network, s.cloud.floating_ip, s.cloud.config_drive) for s in ws.seats] == [
+        (None, "auto", "no"), ("public", "auto", "yes"), ("campus", "yes", "no")]
+    plain = workshop.parse(HEAD + "seats: 1\n").seats[0].cloud
+    assert (plain.floating_ip, plain.config_drive) == ("auto", "auto")
+
+
 @pytest.mark.parametrize("text, line, words", [
+    (HEAD + "seats: 2\nconfig_drive: maybe\n", 4, "config_drive must be one of auto, yes, no"),
+    (HEAD + "seats: 2\nfloating_ip: [yes]\n", 4, "floating_ip: auto"),
+    (HEAD + "seats: 2\noverrides:\n  2: {floating_ip: sometimes}\n", 5, "floating_ip must be"),
     ("name: ws\nsource: https://github.com/o/r\nseats: [1\n", 4, "not valid YAML"),
     ("- a\n- b\n", None, "a mapping of keys"),
     ("source: https://github.com/o/r\nseats: 2\n", 1, "name is missing"),

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from vmbinder.commands.context import Context
 
 DEFAULT_PUBLIC_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+#: --floating-ip and --config-drive (spec.CHOICES, not imported here: --help stays fast).
+CHOICES = ("auto", "yes", "no")
 #: A dry run creates nothing, so no real token is made or shown.
 DRY_RUN_TOKEN = "0" * 64
 
@@ -28,9 +30,18 @@ DRY_RUN_TOKEN = "0" * 64
 @click.option("--name", help="Server name [default: from the repository, plus 4 random hex digits].")
 @click.option("--image", envvar="VMBINDER_IMAGE", help="Image name or id [env: VMBINDER_IMAGE].")
 @click.option("--flavor", envvar="VMBINDER_FLAVOR", help="Flavor name or id [env: VMBINDER_FLAVOR].")
-@click.option("--network", envvar="VMBINDER_NETWORK", help="Tenant network [env: VMBINDER_NETWORK].")
+@click.option("--network", envvar="VMBINDER_NETWORK",
+              help="The server's network: a tenant network, or a provider network whose "
+                   "addresses are public [env: VMBINDER_NETWORK].")
 @click.option("--external-network", envvar="VMBINDER_EXTERNAL_NETWORK",
               help="Network for the floating IP [env: VMBINDER_EXTERNAL_NETWORK].")
+@click.option("--floating-ip", type=click.Choice(CHOICES), default="auto", show_default=True,
+              help="Make a floating IP: auto (unless the server's network is itself routable: "
+                   "external, or shared with public addresses), yes, or no (the server's own "
+                   "address is its address).")
+@click.option("--config-drive", type=click.Choice(CHOICES), default="auto", show_default=True,
+              help="Hand the user-data over on a config drive: auto (ask, and boot without one "
+                   "if the cloud refuses it), yes, or no (the metadata service).")
 @click.option("--key-name", envvar="VMBINDER_KEY_NAME", help="Existing keypair to inject.")
 @click.option("--public-key", type=click.Path(dir_okay=False), metavar="FILE",
               help="OpenSSH public key to upload once and reuse [default: ~/.ssh/id_ed25519.pub, "
@@ -64,9 +75,9 @@ DRY_RUN_TOKEN = "0" * 64
 @format_option
 @click.pass_obj
 def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, network,
-           external_network, key_name, public_key, ssh_cidr, hostname, tls, acme_ca, acme_ca_root,
-           wildcard_dns, ca_certs, apt_mirror, pip_index_url, dry_run, no_wait, timeout,
-           keep_on_failure, fmt):
+           external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, hostname,
+           tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url, dry_run,
+           no_wait, timeout, keep_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
     from vmbinder import lifecycle, sources
@@ -77,7 +88,7 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         image=image, flavor=flavor, network=network, external_network=external_network,
         key_name=key_name,
         public_key=None if (key_name or dry_run) else read_public_key(public_key),
-        ssh_cidr=ssh_cidr,
+        ssh_cidr=ssh_cidr, floating_ip=floating_ip, config_drive=config_drive,
     )
     guest_network = specs.GuestNetwork(
         ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),
@@ -108,6 +119,11 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
                                   ready_timeout=timeout, keep_on_failure=keep_on_failure)
     finally:
         reporter.stop()
+    if result.warnings:
+        from rich.markup import escape
+
+        for warning in result.warnings:
+            err.print(f"[yellow]warning:[/] {escape(warning)}")
     if fmt != "json":
         err.print(f"[green]launched[/] {result.server.name} at {result.server.address} "
                   f"(debug log: {log_path})")

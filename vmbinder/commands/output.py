@@ -140,6 +140,7 @@ def server_doc(server, acc) -> dict:
         doc[key] = server.meta(key)
     found = https.recorded_outcome(server.meta)
     doc["certificate"] = found.as_dict() if found else None
+    doc["user_data_via"] = server.meta("user-data-via")
     if acc is not None:
         doc["urls"] = acc.urls
         doc["open_url"] = acc.open_url
@@ -155,7 +156,7 @@ def print_server(fmt: str, server, acc) -> None:
     doc = server_doc(server, acc)
     found = https.recorded_outcome(server.meta)
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "subdir",
-                                   "open", "repo2docker", "fault") if doc[k]]
+                                   "open", "repo2docker", "user_data_via", "fault") if doc[k]]
     if server.meta("tls"):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))
     for failure in found.failed if found else ():

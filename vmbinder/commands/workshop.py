@@ -33,7 +33,8 @@ def plan(workshop: ws.Workshop) -> dict:
                    "email": s.participant.email if s.participant else None,
                    "hostname": s.hostname,
                    **{k: v for k, v in asdict(s.cloud).items()
-                      if k in ("image", "flavor", "network", "external_network", "key_name")}}
+                      if k in ("image", "flavor", "network", "external_network", "floating_ip",
+                               "config_drive", "key_name")}}
                   for s in workshop.seats],
     }
 

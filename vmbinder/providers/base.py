@@ -36,8 +36,13 @@ class Resolved:
     external_network_name: str | None
     key_name: str | None
     security_groups: tuple[str, ...]
+    #: The address the server answers on, known before it boots (it goes into the user-data).
     public_ip: str | None = None
     floating_ip_id: str | None = None
+    #: The port made for the server (when it gets no floating IP), which it boots with.
+    port_id: str | None = None
+    #: What the user should know about these choices (shown as warnings).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
     ref: v2026.1                  # optional, as --ref; also subdir, open
     seats: 30                     # or participants: a list of names or {name, email}
     flavor: m1.large              # optional, as for launch: image, network,
-    image: debian-12-baked        #   external_network, key_name
+    image: debian-12-baked        #   external_network, floating_ip, config_drive, key_name
     tls: acme                     # acme | internal | off
     acme_ca: https://ca.example.org/acme/directory   # optional, as --acme-ca; also
     acme_ca_root: ca-root.pem     #   acme_ca_root (next to this file), wildcard_dns
@@ -30,6 +30,7 @@ from vmbinder.errors import BadRequest
 from vmbinder.sources import Source, has_control, resolve_source
 from vmbinder.spec import (
     ACME,
+    CHOICES,
     NAME_RE,
     AcmeChoice,
     CloudChoice,
@@ -41,7 +42,10 @@ from vmbinder.spec import (
 MAX_SEATS = 200
 #: A seat name is `<workshop>-NN`: the workshop name leaves room for the number.
 NAME_MAX = 63 - 1 - len(str(MAX_SEATS))
-CLOUD_KEYS = ("flavor", "image", "network", "external_network", "key_name")
+CLOUD_KEYS = ("flavor", "image", "network", "external_network", "floating_ip", "config_drive",
+              "key_name")
+#: Cloud keys that take one of spec.CHOICES (YAML's yes and no read as booleans count too).
+CHOICE_KEYS = ("floating_ip", "config_drive")
 OVERRIDE_KEYS = (*CLOUD_KEYS, "hostname")
 ACME_KEYS = ("acme_ca", "acme_ca_root", "wildcard_dns")
 KEYS = ("name", "source", "ref", "subdir", "open", "seats", "participants", *CLOUD_KEYS,
@@ -129,6 +133,24 @@ class _Doc:
         if len(text) > limit or has_control(text):
             raise self.error(node, f"{key} must be one line of at most {limit} characters")
         return text
+
+    def choice(self, key: str) -> str | None:
+        """One of CHOICES; YAML reads an unquoted yes or no as a boolean, which counts."""
+        node = self.items.get(key)
+        if node is None:
+            return None
+        value = _scalar(node) if isinstance(node, yaml.ScalarNode) else None
+        if isinstance(value, bool):
+            value = "yes" if value else "no"
+        if value not in CHOICES:
+            raise self.error(node, f"{key} must be one of {', '.join(CHOICES)}",
+                             f"write `{key}: auto`, `{key}: yes` or `{key}: no`")
+        return value
+
+    def cloud(self, keys: tuple[str, ...]) -> dict[str, str | None]:
+        """The cloud keys among keys that are given, checked."""
+        return {k: (self.choice(k) if k in CHOICE_KEYS else self.text(k))
+                for k in keys if k in self.items}
 
     def node(self, key: str) -> yaml.Node | None:
         return self.items.get(key)
@@ -251,7 +273,7 @@ def _parse_overrides(doc: _Doc, names: list[str], people: list[Participant] | No
                                         "mapping such as {flavor: m1.xlarge}")
         entry = _Doc(doc.where, value_node, f"overrides of {names[index]}")
         entry.refuse_unknown(OVERRIDE_KEYS)
-        values = {k: entry.text(k) for k in OVERRIDE_KEYS if k in entry.items}
+        values = entry.cloud(OVERRIDE_KEYS)
         if "hostname" in values:
             try:
                 values["hostname"] = validate_hostname(values["hostname"])
@@ -289,7 +311,7 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
     people = _parse_participants(doc)
     count = _parse_count(doc, people)
     names = [seat_name(name, i, count) for i in range(1, count + 1)]
-    base = {k: doc.text(k) for k in CLOUD_KEYS}
+    base = doc.cloud(CLOUD_KEYS)
     overrides = _parse_overrides(doc, names, people)
     seats = []
     for index, seat in enumerate(names):

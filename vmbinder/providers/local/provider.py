@@ -75,7 +75,7 @@ from vmbinder.providers.local.qemu import (
     state_root,
     stop,
 )
-from vmbinder.spec import LaunchSpec, MetadataLimits, TargetDefaults
+from vmbinder.spec import AUTO, LaunchSpec, MetadataLimits, TargetDefaults
 
 Runner = Callable[..., subprocess.CompletedProcess]
 _PORTS_LOCK = threading.Lock()
@@ -132,6 +132,15 @@ class LocalProvider(Provider):
                     "leave it out (pass your key with --public-key)" if option == "--key-name"
                     else "leave it out: the local server uses qemu's user-mode network",
                 )
+        for option, value, why in (
+                ("--config-drive", choice.config_drive,
+                 "its user-data always travels on a NoCloud seed disk"),
+                ("--floating-ip", choice.floating_ip,
+                 "it is reached through ports forwarded on this machine's loopback")):
+            if value != AUTO:
+                raise errors.BadRequest(
+                    f"{option} {value} is for OpenStack; the local target has no such choice: {why}",
+                    f"leave {option} out (or give {option} auto)")
         # refuses values too long to record, before anything is made
         server_metadata(spec, None, self.metadata_limits)
         flavor = parse_flavor(choice.flavor)

@@ -15,6 +15,7 @@ from vmbinder.providers.base import (
     BUILDING,
     DELETING,
     ERROR,
+    META,
     STOPPED,
     UNKNOWN,
     Created,
@@ -133,8 +134,18 @@ def in_flight(ledger: Ledger, kind: str, name: str, sweep: Callable[[], None],
     a rollback sweeps for it by its ownership marks."""
     pending = Created(kind, "(being made)", name, sweep, command)
     ledger.add(pending)
-    yield
+    try:
+        yield
+    except openstacksdk().exceptions.HttpException as exc:
+        if refused(exc.status_code):
+            ledger.items.remove(pending)  # the cloud answered no: it made nothing
+        raise
     ledger.items.remove(pending)
+
+
+def refused(status: int | None) -> bool:
+    """An answer that says the cloud did not act on the request: 4xx, a timeout aside."""
+    return status is not None and 400 <= status < 500 and status != 408
 
 
 def find_or_none(finder, name_or_id: str, **query):
@@ -222,6 +233,12 @@ def floating_address(addresses: dict | None) -> str | None:
             if entry.get("OS-EXT-IPS:type") == "floating":
                 return entry.get("addr")
     return None
+
+
+def server_address(addresses: dict | None, metadata: dict | None) -> str | None:
+    """A server's public address: its floating IP, else the address of the port
+    vmbinder made for it (recorded as vmbinder:address, see provider.create)."""
+    return floating_address(addresses) or (metadata or {}).get(f"{META}address") or None
 
 
 def security_group_name(ssh_cidr: str) -> str:

@@ -1,8 +1,10 @@
 """The Neutron resources vmbinder makes for an OpenStack server and removes with it:
 the security group that lets in ports 22, 80 and 443 (one per --ssh-cidr, shared
-by the servers that use it, removed with the last of them) and the server's
-floating IP, whose description `vmbinder:<name>` finds it again after the server
-is gone."""
+by the servers that use it, removed with the last of them), and the server's
+floating IP or, on a network whose addresses are public (no floating IP), its
+port, made before the server so that its address is known when the user-data is
+written. Nova deletes neither with the server. Both are described
+`vmbinder:<name>`, which finds them again after the server is gone."""
 
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from vmbinder.spec import LaunchSpec
 # -- security groups -------------------------------------------------------------
 
 
-def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float) -> str:
-    """The name of the group for spec's --ssh-cidr, made (and its missing rules
-    added) when needed."""
+def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float):
+    """The group for spec's --ssh-cidr (its id and name), made (and its missing
+    rules added) when needed."""
     name = security_group_name(spec.cloud.ssh_cidr)
     project_id = conn.current_project_id
     with cloud_errors(f"preparing security group {name}"):
@@ -50,7 +52,7 @@ def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float
                  "remote_ip_prefix": prefix}
                 for eth, port, prefix in sorted(missing)
             ])
-    return name
+    return group
 
 
 def _delete_created_group(conn, group_id: str, settle_timeout: float) -> None:
@@ -140,9 +142,11 @@ def floating_ips(conn, server: Server) -> list:
     return list(found.values())
 
 
-def release_orphans(conn, names: list[str]) -> list[Removed]:
-    """Floating IPs allocated for these server names and attached to nothing:
-    what a server deleted by hand (not with vmbinder delete) leaves behind."""
+def release_orphans(conn, names: list[str], *, free_groups: bool = False) -> list[Removed]:
+    """Floating IPs and ports made for these server names and attached to
+    nothing: what a server deleted by hand (not with vmbinder delete) leaves
+    behind. With free_groups, the vmbinder groups of those ports that nothing
+    uses any more too (not while a launch may be about to use them)."""
     wanted = {f"{META}{n}" for n in names}
     removed = []
     with cloud_errors("removing floating IPs of deleted servers"):
@@ -150,4 +154,56 @@ def release_orphans(conn, names: list[str]) -> list[Removed]:
             if ip.description in wanted and not ip.port_id:
                 conn.network.delete_ip(ip, ignore_missing=True)
                 removed.append(Removed("floating IP", ip.id, ip.floating_ip_address))
+    groups: set[str] = set()
+    with cloud_errors("removing ports of deleted servers"):
+        for port in conn.network.ports(project_id=conn.current_project_id):
+            if port.description in wanted and not port.device_id:
+                conn.network.delete_port(port, ignore_missing=True)
+                removed.append(Removed("port", port.id, port_address(port) or port.id))
+                groups.update(port.security_group_ids or [])
+        # A group the last of its servers left to that port is unused now.
+        for group_id in sorted(groups) if free_groups else ():
+            group = find_or_none(conn.network.find_security_group, group_id)
+            if group is not None and group.name.startswith(OWNER_TAG) \
+                    and _delete_group_if_unused(conn, group.id):
+                removed.append(Removed("security group", group.id, group.name))
     return removed
+
+
+# -- ports -----------------------------------------------------------------------
+
+
+def port_address(port) -> str | None:
+    """The port's first IPv4 address, else its first address."""
+    addresses = [ip.get("ip_address") for ip in port.fixed_ips or [] if ip.get("ip_address")]
+    return next((a for a in addresses if ":" not in a), addresses[0] if addresses else None)
+
+
+def create_port(conn, spec: LaunchSpec, net, group_id: str, ledger: Ledger):
+    """The server's port on net, with the security group, described
+    `vmbinder:<name>`: made here, not by Nova, so that its address (the server's
+    public address on a routable network) goes into the user-data."""
+    with cloud_errors(f"creating a port on {net.name}"), in_flight(
+            ledger, "port", spec.name, lambda: release_orphans(conn, [spec.name]),
+            f"openstack port list --long  # description {META}{spec.name}"):
+        port = conn.network.create_port(network_id=net.id, name=spec.name,
+                                        description=f"{META}{spec.name}",
+                                        security_groups=[group_id])
+    port_id, address = port.id, port_address(port)
+    ledger.add(Created(
+        "port", port_id, address or port_id,
+        lambda: conn.network.delete_port(port_id, ignore_missing=True),
+        f"openstack port delete {port_id}",
+    ))
+    if address is None:
+        raise errors.ConfigError(
+            f"the port made on network {net.name} got no address: it has no subnet",
+            "choose a network with a subnet with --network")
+    return port
+
+
+def server_ports(conn, server: Server) -> list:
+    """The ports vmbinder made for the server: attached to it, or to nothing yet."""
+    with cloud_errors(f"finding the ports of {server.name}"):
+        return [p for p in conn.network.ports(description=f"{META}{server.name}")
+                if p.device_id in (None, "", server.id)]

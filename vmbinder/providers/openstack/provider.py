@@ -5,9 +5,10 @@ that is the only record of what exists, so any machine with the same
 credentials sees the same servers.
 
 This module holds the provider's verbs and the server itself (create, wait,
-read, delete); what a server is made from is chosen in resolve, its security
-group and floating IP are made in network, a batch's quotas are checked in
-quotas and snapshots are made in snapshots.
+read, delete); what a server is made from and where it is placed are chosen in
+resolve (the default image in distros), its security group and its floating IP
+or port are made in network, a batch's quotas are checked in quotas and
+snapshots are made in snapshots.
 """
 
 from __future__ import annotations
@@ -38,13 +39,22 @@ from vmbinder.providers.openstack.common import (
     NOVA_METADATA,
     cloud_errors,
     connect,
-    floating_address,
     in_flight,
     openstacksdk,
+    server_address,
     server_metadata,
     state_of,
 )
-from vmbinder.spec import LaunchSpec, TargetDefaults
+from vmbinder.spec import AUTO, LaunchSpec, TargetDefaults
+
+#: vmbinder:user-data-via: how the server got its user-data.
+CONFIG_DRIVE, METADATA_SERVICE = "config-drive", "metadata-service"
+
+
+def refuses_config_drive(exc: errors.CloudError) -> bool:
+    """Nova's 400 to a create request because of its config drive."""
+    return (exc.details.get("http_status") == 400
+            and re.search(r"config[\s_-]?drive", exc.message, re.IGNORECASE) is not None)
 
 
 class OpenStackProvider(Provider):
@@ -99,23 +109,35 @@ class OpenStackProvider(Provider):
         image = self._remember(("image", choice.image), lambda: resolve.image(conn, choice.image))
         flavor = self._remember(("flavor", choice.flavor, image.id),
                                 lambda: resolve.flavor(conn, choice.flavor, image))
-        internal, external = self._remember(
-            ("networks", choice.network, choice.external_network),
-            lambda: resolve.networks(conn, choice.network, choice.external_network))
+        place = self._remember(
+            ("networks", choice.network, choice.external_network, choice.floating_ip),
+            lambda: resolve.networks(conn, choice.network, choice.external_network,
+                                     choice.floating_ip))
         # Made once by the first server of a batch, which is made alone: the
         # others reuse them, and a rollback of one of them never removes them.
         key_name = self._remember(("keypair", choice.key_name, choice.public_key),
                                   lambda: resolve.keypair(conn, spec, ledger))
         group = self._remember(("group", choice.ssh_cidr), lambda: network.security_group(
             conn, spec, ledger, self.settle_timeout))
-        fip = network.allocate_floating_ip(conn, spec, external, ledger)
-        return Resolved(
+        net, external = place.network, place.external
+        chosen = dict(
             image_id=image.id, image_name=image.name, flavor_id=flavor.id, flavor_name=flavor.name,
-            network_id=internal.id, network_name=internal.name,
-            external_network_id=external.id, external_network_name=external.name,
-            key_name=key_name, security_groups=(group,),
-            public_ip=fip.floating_ip_address, floating_ip_id=fip.id,
+            network_id=net.id, network_name=net.name,
+            external_network_id=external.id if external else None,
+            external_network_name=external.name if external else None,
+            key_name=key_name, security_groups=(group.name,),
         )
+        if place.floating:
+            fip = network.allocate_floating_ip(conn, spec, external, ledger)
+            return Resolved(**chosen, public_ip=fip.floating_ip_address, floating_ip_id=fip.id)
+        # No floating IP: the server's own address is its address, and the guest
+        # must know it before it boots, so its port is made now.
+        port = network.create_port(conn, spec, net, group.id, ledger)
+        address = network.port_address(port)
+        warnings = () if place.routable else (
+            f"{spec.name} gets no floating IP (--floating-ip no) and network {net.name} is not "
+            f"routable: its address {address} answers only from inside the cloud",)
+        return Resolved(**chosen, public_ip=address, port_id=port.id, warnings=warnings)
 
     def _refuse_duplicate(self, name: str) -> None:
         with cloud_errors("listing vmbinder servers"):
@@ -130,21 +152,31 @@ class OpenStackProvider(Provider):
     # -- creating ------------------------------------------------------------------
 
     def create(self, spec: LaunchSpec, resolved: Resolved, user_data: str, ledger: Ledger) -> Server:
-        conn = self.conn
-        metadata = server_metadata(spec, conn.current_user_id)
+        """The server, booted on the port prepare made or on its network (Nova then
+        makes the port), with a config drive unless --config-drive no. With auto,
+        a cloud that refuses config drives gets the request again without one;
+        vmbinder:user-data-via records which way the user-data went."""
+        metadata = server_metadata(spec, self.conn.current_user_id)
         attrs = dict(
             name=spec.name, image_id=resolved.image_id, flavor_id=resolved.flavor_id,
-            networks=[{"uuid": resolved.network_id}],
-            security_groups=[{"name": g} for g in resolved.security_groups],
-            user_data=base64.b64encode(user_data.encode()).decode(),
-            metadata=metadata, tags=[OWNER_TAG],
+            user_data=base64.b64encode(user_data.encode()).decode(), tags=[OWNER_TAG],
         )
+        if resolved.port_id:
+            # The port carries the security group; Nova applies none to a port it did not make.
+            attrs["networks"] = [{"port": resolved.port_id}]
+            metadata[f"{META}address"] = resolved.public_ip
+        else:
+            attrs["networks"] = [{"uuid": resolved.network_id}]
+            attrs["security_groups"] = [{"name": g} for g in resolved.security_groups]
         if resolved.key_name:
             attrs["key_name"] = resolved.key_name
-        with cloud_errors(f"creating server {spec.name}"), in_flight(
-                ledger, "server", spec.name, lambda: self._sweep_servers(spec),
-                f"openstack server delete --wait {spec.name}"):
-            server = conn.compute.create_server(**attrs)
+        mode = spec.cloud.config_drive
+        try:
+            server = self._boot(spec, attrs, metadata, ledger, config_drive=mode != "no")
+        except errors.CloudError as exc:
+            if mode != AUTO or not refuses_config_drive(exc):
+                raise
+            server = self._boot(spec, attrs, metadata, ledger, config_drive=False)
         server_id = server.id
         ledger.add(Created(
             "server", server_id, spec.name,
@@ -152,6 +184,16 @@ class OpenStackProvider(Provider):
             f"openstack server delete --wait {server_id}",
         ))
         return self._record(server)
+
+    def _boot(self, spec: LaunchSpec, attrs: dict, metadata: dict, ledger: Ledger, *,
+              config_drive: bool):
+        via = CONFIG_DRIVE if config_drive else METADATA_SERVICE
+        extra = {"config_drive": True} if config_drive else {}
+        with cloud_errors(f"creating server {spec.name}"), in_flight(
+                ledger, "server", spec.name, lambda: self._sweep_servers(spec),
+                f"openstack server delete --wait {spec.name}"):
+            return self.conn.compute.create_server(
+                **attrs, **extra, metadata={**metadata, f"{META}user-data-via": via})
 
     def _sweep_servers(self, spec: LaunchSpec) -> None:
         """Servers of this name carrying this launch's token: what a create call that
@@ -200,6 +242,12 @@ class OpenStackProvider(Provider):
         record = self._record(raw)
         if record.address is None and resolved.public_ip:
             record = replace(record, address=resolved.public_ip)
+        # A cloud may give a config drive that was not asked for (its image says
+        # img_config_drive=mandatory, or Nova's force_config_drive): record what it did.
+        via = CONFIG_DRIVE if str(raw.has_config_drive or "").lower() in ("true", "1") \
+            else METADATA_SERVICE
+        if record.meta("user-data-via") not in (None, via):
+            record = self.set_metadata(record, {"user-data-via": via})
         return record
 
     # -- reading -------------------------------------------------------------------
@@ -213,7 +261,7 @@ class OpenStackProvider(Provider):
                        else getattr(flavor, "original_name", None) or getattr(flavor, "name", None))
         return Server(
             id=raw.id, name=raw.name, state=state_of(raw.status, raw.task_state),
-            cloud_status=raw.status or "", address=floating_address(raw.addresses),
+            cloud_status=raw.status or "", address=server_address(raw.addresses, raw.metadata),
             metadata=dict(raw.metadata or {}), fault=fault, created=raw.created_at,
             flavor=flavor_name,
         )
@@ -241,24 +289,28 @@ class OpenStackProvider(Provider):
 
     def preflight(self, specs: list[LaunchSpec]) -> list[quotas.Need]:
         """Resolve every seat's image, flavor, networks and key, then check the
-        quotas they draw on; ConfigError or QuotaExceeded before anything is made."""
-        flavors, seen = [], {}
+        quotas they draw on (a floating IP only for the seats that get one);
+        ConfigError or QuotaExceeded before anything is made."""
+        flavors, floating, seen = [], 0, {}
         for spec in specs:
             c = spec.cloud
-            key = (c.image, c.flavor, c.network, c.external_network, c.key_name)
+            key = (c.image, c.flavor, c.network, c.external_network, c.floating_ip, c.key_name)
             if key not in seen:
                 image = resolve.image(self.conn, c.image)
-                resolve.networks(self.conn, c.network, c.external_network)
+                place = resolve.networks(self.conn, c.network, c.external_network, c.floating_ip)
                 if c.key_name:
                     resolve.existing_keypair(self.conn, c.key_name)
-                seen[key] = resolve.flavor(self.conn, c.flavor, image)
-            flavors.append(seen[key])
-        return quotas.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs])
+                seen[key] = resolve.flavor(self.conn, c.flavor, image), place.floating
+            flavors.append(seen[key][0])
+            floating += seen[key][1]
+        return quotas.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs],
+                                  floating_ips=floating)
 
     def release_orphans(self, names: list[str]) -> list[Removed]:
-        """Floating IPs allocated for these server names and attached to nothing:
-        what a server deleted by hand (not with vmbinder delete) leaves behind."""
-        return network.release_orphans(self.conn, names)
+        """Floating IPs and ports made for these server names and attached to
+        nothing, and the groups nothing uses then: what a server deleted by hand
+        (not with vmbinder delete) leaves behind."""
+        return network.release_orphans(self.conn, names, free_groups=True)
 
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
@@ -277,6 +329,8 @@ class OpenStackProvider(Provider):
         conn = self.conn
         removed: list[Removed] = []
         ips = network.floating_ips(conn, server)
+        # A server vmbinder made a port for records its address (see create).
+        ports = network.server_ports(conn, server) if server.meta("address") else []
         raw = None
         with cloud_errors(f"deleting server {server.name}"):
             raw = conn.compute.get_server(server.id)
@@ -287,5 +341,9 @@ class OpenStackProvider(Provider):
             conn.compute.delete_server(raw, ignore_missing=True)
             conn.compute.wait_for_delete(raw, interval=1, wait=self.active_timeout)
             removed.append(Removed("server", server.id, server.name))
+            # Nova leaves a port it did not make; its group is free once it is gone.
+            for port in ports:
+                conn.network.delete_port(port, ignore_missing=True)
+                removed.append(Removed("port", port.id, network.port_address(port) or port.id))
             removed += network.delete_unused_groups(conn, groups)
         return removed

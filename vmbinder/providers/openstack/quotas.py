@@ -48,7 +48,7 @@ def _compute_needs(conn, flavors: list) -> list[Need]:
     ]
 
 
-def _network_needs(conn, count: int, cidrs: list[str]) -> list[Need]:
+def _network_needs(conn, count: int, cidrs: list[str], floating_ips: int) -> list[Need]:
     with cloud_errors("reading the network quota"):
         quota = conn.network.get_quota(conn.current_project_id, details=True)
         groups, rules = 0, 0
@@ -65,18 +65,20 @@ def _network_needs(conn, count: int, cidrs: list[str]) -> list[Need]:
         used = (detail.get("used") or 0) + (detail.get("reserved") or 0)
         return Need(resource, needed, detail.get("limit"), used)
 
+    # Every server has one port: Nova's, or vmbinder's when it gets no floating IP.
     return [
-        need("floating IPs", quota.floating_ips, count),
+        need("floating IPs", quota.floating_ips, floating_ips),
         need("ports", quota.ports, count),
         need("security groups", quota.security_groups, groups),
         need("security group rules", quota.security_group_rules, rules),
     ]
 
 
-def check_quota(conn, flavors: list, cidrs: list[str]) -> list[Need]:
-    """Every quota the batch draws on. QuotaExceeded, naming each short one with
-    its numbers, when one is too small; nothing is created either way."""
-    needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), cidrs)
+def check_quota(conn, flavors: list, cidrs: list[str], *, floating_ips: int) -> list[Need]:
+    """Every quota the batch draws on (floating_ips: how many of its servers get
+    one). QuotaExceeded, naming each short one with its numbers, when one is too
+    small; nothing is created either way."""
+    needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), cidrs, floating_ips)
     short = [n for n in needs if n.short]
     if short:
         sizes = Counter(f.name for f in flavors)

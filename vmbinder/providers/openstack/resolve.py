@@ -1,30 +1,29 @@
-"""What an OpenStack server is made from: the image, the flavor, the internal and
-external networks and the keypair, as --image, --flavor, --network,
---external-network and --key-name name them, or as vmbinder picks them when they
-are left out. A --public-key is uploaded once as a keypair named after it and
+"""What an OpenStack server is made from: the image, the flavor, where it is
+placed (its network, and the external network of its floating IP, if it gets
+one) and the keypair, as --image, --flavor, --network, --external-network,
+--floating-ip and --key-name name them, or as vmbinder picks them when they are
+left out. A --public-key is uploaded once as a keypair named after it and
 reused. A name that matches nothing, or more than one record, is a ConfigError
 listing what there is."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from dataclasses import dataclass
 
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, ambiguous, candidates, find_object, keypair_name
+from vmbinder.providers.openstack import distros
 from vmbinder.providers.openstack.common import (
-    bootable,
     cloud_errors,
     find_or_none,
     in_flight,
     openstacksdk,
 )
-from vmbinder.spec import LaunchSpec
+from vmbinder.spec import AUTO, LaunchSpec
 
 UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
-#: Image names tried, in order, when --image is not given.
-PREFERRED_IMAGES = (
-    r"ubuntu.*24\.04", r"ubuntu.*22\.04", r"debian.*13", r"debian.*12",
-)
 #: The smallest flavor picked when --flavor is not given must have at least this.
 MIN_RAM_MB = 2048
 MIN_DISK_GB = 10
@@ -54,8 +53,8 @@ def _one(kind: str, hits: list, wanted: str, option: str, lister):
 
 
 def image(conn, wanted: str | None):
-    """The image named or numbered wanted, else the newest of the first of
-    PREFERRED_IMAGES that matches a bootable active image."""
+    """The image named or numbered wanted, else the one distros.choose picks among
+    the active images (by their Glance properties, then their names)."""
     if wanted:
         # One request: by id when it looks like one, else by name.
         with cloud_errors(f"looking up image {wanted!r}"):
@@ -66,18 +65,8 @@ def image(conn, wanted: str | None):
                 hits = list(conn.image.images(name=wanted))
         return _one("image", hits, wanted, "--image", conn.image.images)
     with cloud_errors("listing images"):
-        images = bootable(conn.image.images(status="active"))
-    for pattern in PREFERRED_IMAGES:
-        matches = sorted(
-            (i for i in images if re.search(pattern, i.name or "", re.IGNORECASE)),
-            key=lambda i: i.created_at or "", reverse=True,
-        )
-        if matches:
-            return matches[0]
-    raise errors.ConfigError(
-        "no --image given and no Ubuntu 24.04/22.04 or Debian 13/12 image found",
-        f"choose one with --image (or VMBINDER_IMAGE): {candidates(i.name for i in images)}",
-    )
+        images = list(conn.image.images(status="active"))
+    return distros.choose(images)
 
 
 def flavor(conn, wanted: str | None, image=None):
@@ -99,28 +88,87 @@ def flavor(conn, wanted: str | None, image=None):
     return min(fits, key=lambda f: (f.ram, f.vcpus, f.disk, f.name))
 
 
-def networks(conn, wanted: str | None, wanted_external: str | None):
-    """(internal network, external network): each the one named, else the only one."""
+@dataclass(frozen=True)
+class Placement:
+    """Where a server goes: its network; whether that network is itself routable
+    (external, or shared and holding global addresses), so that the server's own
+    address there is its public address; and the external network its floating
+    IP comes from, or None when it gets none."""
+
+    network: object
+    routable: bool
+    external: object | None = None
+
+    @property
+    def floating(self) -> bool:
+        return self.external is not None
+
+
+def routable(conn, net) -> bool:
+    """Whether a server's own address on net is reachable from outside the cloud:
+    net is external, or shared with a subnet of global addresses (a provider network)."""
+    if net.is_router_external:
+        return True
+    if not net.is_shared:
+        return False
+    with cloud_errors(f"listing the subnets of {net.name}"):
+        subnets = list(conn.network.subnets(network_id=net.id))
+    return any(ipaddress.ip_network(s.cidr, strict=False).is_global for s in subnets if s.cidr)
+
+
+def _default_network(nets: list):
+    """The only network of the project's own (not external); with none, the only
+    shared external one (a cloud whose servers sit on a provider network)."""
+    tenant = [n for n in nets if not n.is_router_external]
+    pool = tenant or [n for n in nets if n.is_router_external and n.is_shared]
+    if len(pool) == 1:
+        return pool[0]
+    why = "none is visible" if not pool else "there are several"
+    raise errors.ConfigError(f"no --network given and {why}",
+                             f"choose one with --network: {candidates(n.name for n in pool)}")
+
+
+def _external(nets: list, wanted: str | None):
+    pool = [n for n in nets if n.is_router_external]
+    if wanted:
+        return find_object(pool, wanted, "external network", "--external-network", id_of="network")
+    if len(pool) == 1:
+        return pool[0]
+    why = "none is visible" if not pool else "there are several"
+    raise errors.ConfigError(
+        f"no --external-network given and {why}",
+        f"choose one with --external-network: {candidates(n.name for n in pool)}")
+
+
+def networks(conn, wanted: str | None, wanted_external: str | None,
+             floating_ip: str = AUTO) -> Placement:
+    """Where a server goes (see Placement). Its network is the one named (any
+    network: a tenant, shared or external one), else _default_network's. It gets
+    a floating IP when floating_ip is yes, or auto and its network is not
+    routable, from the external network named, else the only one."""
     with cloud_errors("listing networks"):
         nets = list(conn.network.networks())
-    external = [n for n in nets if n.is_router_external]
-    internal = [n for n in nets if not n.is_router_external]
-
-    def pick(wanted, pool, kind, option):
-        if wanted:
-            return find_object(pool, wanted, kind, option, id_of="network")
-        if len(pool) == 1:
-            return pool[0]
-        why = "none is visible" if not pool else "there are several"
+    if wanted:
+        net = find_object(nets, wanted, "network", "--network", id_of="network")
+    else:
+        net = _default_network(nets)
+    if net.is_router_external and not net.is_shared and net.project_id != conn.current_project_id:
         raise errors.ConfigError(
-            f"no {option} given and {why}",
-            f"choose one with {option}: {candidates(n.name for n in pool)}",
-        )
-
-    return (
-        pick(wanted, internal, "network", "--network"),
-        pick(wanted_external, external, "external network", "--external-network"),
-    )
+            f"network {net.name} is external and not shared with this project: "
+            "servers cannot be placed on it",
+            "leave --network out (a server on the project's network gets a floating IP from "
+            f"{net.name}), or choose a network with --network: "
+            f"{candidates(n.name for n in nets if n.is_shared or not n.is_router_external)}")
+    direct = routable(conn, net)
+    floating = floating_ip == "yes" or (floating_ip == AUTO and not direct)
+    external = _external(nets, wanted_external) if floating or wanted_external else None
+    if floating and external.id == net.id:
+        raise errors.ConfigError(
+            f"--floating-ip yes: a floating IP from {external.name} cannot reach a server on "
+            f"{net.name} itself (a floating IP needs a router between the two networks)",
+            f"leave --floating-ip at auto: on {net.name} the server's own address is public; "
+            "or choose another --network or --external-network")
+    return Placement(net, direct, external if floating else None)
 
 
 def existing_keypair(conn, name_or_id: str):

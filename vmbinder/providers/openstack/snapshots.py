@@ -3,6 +3,9 @@ their properties and deleted, so that a batch's seats can start from one."""
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
 from vmbinder.providers.openstack.common import cloud_errors, find_or_none
@@ -22,9 +25,31 @@ def _wait_for(conn, server: Server, status: str, timeout: float):
         conn.compute.wait_for_server(raw, status=status, failures=["ERROR"], interval=2, wait=timeout)
 
 
+def _wait_idle(conn, server: Server, timeout: float) -> None:
+    """Until Nova runs no task on the server: Glance can call a snapshot active a
+    moment before Nova ends its image_uploading task, and Nova refuses to start
+    a server during one (HTTP 409)."""
+    deadline = time.monotonic() + timeout
+    while (task := conn.compute.get_server(server.id).task_state) is not None:
+        if time.monotonic() > deadline:
+            raise errors.CloudError(
+                f"{server.name} still has Nova task {task} after {timeout:.0f} s",
+                "the cloud may be overloaded; start it with: openstack server start "
+                f"{server.id}")
+        time.sleep(1)
+
+
+def _start_again(conn, server: Server, timeout: float) -> None:
+    with cloud_errors(f"starting {server.name} again after its snapshot"):
+        _wait_idle(conn, server, timeout)
+        conn.compute.start_server(server.id)
+        _wait_for(conn, server, "ACTIVE", timeout)
+
+
 def snapshot(conn, server: Server, name: str, properties: dict[str, str], ledger: Ledger,
              timeout: float) -> Snapshot:
-    """Stop the server (a snapshot of a quiet disk), image it, start it again."""
+    """Stop the server (a snapshot of a quiet disk), image it, start it again
+    (also when imaging failed, whose error is then the one raised)."""
     with cloud_errors(f"stopping {server.name} to snapshot it"):
         if conn.compute.get_server(server.id).status != "SHUTOFF":
             conn.compute.stop_server(server.id)
@@ -41,10 +66,11 @@ def snapshot(conn, server: Server, name: str, properties: dict[str, str], ledger
             ))
             image = conn.image.wait_for_status(
                 image, status="active", failures=["killed", "deleted"], interval=2, wait=timeout)
-    finally:
-        with cloud_errors(f"starting {server.name} again after its snapshot"):
-            conn.compute.start_server(server.id)
-            _wait_for(conn, server, "ACTIVE", timeout)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the imaging error is the one to report
+            _start_again(conn, server, timeout)
+        raise
+    _start_again(conn, server, timeout)
     return _record(image)
 
 
