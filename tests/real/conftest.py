@@ -149,6 +149,18 @@ def repo_url(real_testbed) -> str:
         yield url
 
 
+@pytest.fixture(scope="session")
+def acme_ca(real_testbed, tmp_path_factory):
+    """pebble in "the internet", validating http-01 on port 80 of the address it
+    is asked to certify: a floating IP through its router's NAT, or an address
+    on the provider network directly, as Let's Encrypt would from outside."""
+    from tests.pebble import pebble
+
+    with pebble(tmp_path_factory.mktemp("pebble"), listen=INET_ADDRESS, seen_as=INET_ADDRESS,
+                http_port=80, tls_port=443) as ca:
+        yield ca
+
+
 def stack_memory() -> str:
     """`testbed.py status`'s total line: the RSS of the services, guests and helpers."""
     out = subprocess.run([sys.executable, str(ROOT / "testbed" / "testbed.py"), "status"],

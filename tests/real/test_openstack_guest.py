@@ -1,9 +1,11 @@
 """End to end on OpenStack: `vmbinder launch` makes a server that Nova boots
 under libvirt from the image `vmbinder image upload` put in Glance; cloud-init
 reads the user-data from the config drive vmbinder asks for by default
-(--config-drive auto; the testbed forces none); every printed URL answers through the
-floating IP (a router's NAT on a real Neutron data plane) with the token, a
-wrong token is refused, a kernel runs code through the printed URL; from "the
+(--config-drive auto; the testbed forces none); the guest gets a certificate for
+its floating IP from an ACME CA (pebble in "the internet", validating http-01
+through the router's NAT) at the first try; every printed URL answers through
+the floating IP with the token, the certificate checked against the CA's root,
+a wrong token is refused, a kernel runs code through the printed URL; from "the
 internet" only 22, 80 and 443 answer on the floating IP; the public APIs answer
 from inside the guest; after a soft and a hard reboot the same URL answers
 again; `delete` leaves nothing owned by vmbinder.
@@ -30,26 +32,23 @@ pytestmark = pytest.mark.real
 TIMEOUT = 1800
 
 
-def _insecure() -> ssl.SSLContext:
-    # The guests' certificates come from Caddy's own CA (--tls internal).
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+def verifying(roots) -> ssl.SSLContext:
+    """Checks a server's certificate, name or address included, against roots."""
+    return ssl.create_default_context(cafile=str(roots))
 
 
-def get(url: str, timeout: float = 20) -> int:
+def get(url: str, context: ssl.SSLContext, timeout: float = 20) -> int:
     """The HTTP status of GET url."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=_insecure()) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             resp.read()
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
 
 
-def get_json(url: str, timeout: float = 20) -> dict:
-    with urllib.request.urlopen(url, timeout=timeout, context=_insecure()) as resp:
+def get_json(url: str, context: ssl.SSLContext, timeout: float = 20) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         return json.load(resp)
 
 
@@ -83,13 +82,13 @@ def scan(address: str, batch: int = 4000, wait: float = 3.0) -> tuple[list[int],
     return sorted(opened), sorted(refused)
 
 
-def wait_answering(url: str, timeout: float = 900) -> list:
+def wait_answering(url: str, context: ssl.SSLContext, timeout: float = 900) -> list:
     """Poll url until it answers 200; the codes seen (None: no answer)."""
     codes = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            codes.append(get(url, timeout=10))
+            codes.append(get(url, context, timeout=10))
         except OSError:
             codes.append(None)
         if codes[-1] == 200:
@@ -120,7 +119,7 @@ BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
 
 
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
-        real_testbed, uploaded_image, repo_url, tmp_path, phase):
+        real_testbed, uploaded_image, repo_url, acme_ca, tmp_path, phase):
     tb, name = real_testbed, "real-launch"
     (tmp_path / "home").mkdir()
     env = cli_environment(tmp_path / "home")
@@ -128,8 +127,8 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
     phase("set-up")
 
     res = vmbinder(env, "launch", "--name", name, "--image", uploaded_image, "--flavor", FLAVOR,
-                   "--tls", "internal", "--format", "json", "--timeout", str(TIMEOUT), repo_url,
-                   timeout=TIMEOUT + 300)
+                   "--acme-ca", acme_ca.directory, "--acme-ca-root", str(acme_ca.roots),
+                   "--format", "json", "--timeout", str(TIMEOUT), repo_url, timeout=TIMEOUT + 300)
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     phase("launch until every URL answers")
@@ -147,17 +146,22 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         port = tb.admin.network.get_port(fip.port_id)
         assert address.startswith("203.0.113.") and port.device_id == server.id
 
+        # The CA reached the floating IP's port 80 and certified the address itself.
+        assert doc["certificate"] == {"site": address, "issuer": "acme", "root_sha256": None,
+                                      "failed": []}, doc["certificate"]
+        context = verifying(acme_ca.roots)
         token = doc["urls"]["lab"].rsplit("token=", 1)[1]
         for key_, url in doc["urls"].items():
-            assert get(url) == 200, f"{key_}: {url}"
+            assert get(url, context) == 200, f"{key_}: {url}"
         base = doc["urls"]["lab"].split("/lab?")[0]
-        assert base == f"https://{address.replace('.', '-')}.sslip.io"
-        assert get(f"{base}/api/status?token={token}") == 200
-        assert get(f"{base}/api/status?token=wrong") in (401, 403)
-        assert get(f"{base}/vmbinder/status.json") == 403
-        out = execute(base, token, "import socket; print(sum(range(10)), socket.gethostname())")
+        assert base == f"https://{address}"
+        assert get(f"{base}/api/status?token={token}", context) == 200
+        assert get(f"{base}/api/status?token=wrong", context) in (401, 403)
+        assert get(f"{base}/vmbinder/status.json", context) == 403
+        out = execute(base, token, "import socket; print(sum(range(10)), socket.gethostname())",
+                      context=context)
         assert out.split()[0] == "45", out
-        phase("URLs, a wrong token, a kernel through the printed URL")
+        phase("URLs with the CA's certificate, a wrong token, a kernel through the printed URL")
 
         # The security group really filters: only 22, 80 and 443 answer; every
         # other port gives no answer at all (dropped, not refused).
@@ -174,11 +178,11 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
             before = guest_run(address, key, console, BOOT_ID)
             tb.admin.compute.reboot_server(server, kind)
             wait_rebooted(tb, server)
-            codes = wait_answering(f"{base}/api/status?token={token}")
+            codes = wait_answering(f"{base}/api/status?token={token}", context)
             assert codes[-1] == 200, f"the URL did not answer again after a {kind} reboot: {codes[-5:]}"
             after = guest_run(address, key, console, BOOT_ID)  # the host keys of the first boot
             assert after != before, f"the {kind} reboot did not restart the guest"
-            assert get(doc["urls"]["lab"]) == 200
+            assert get(doc["urls"]["lab"], context) == 200
             phase(f"{kind.lower()} reboot until the same URL answers")
     finally:
         res = vmbinder(env, "delete", name, "--format", "json", timeout=300)

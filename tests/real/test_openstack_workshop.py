@@ -5,7 +5,10 @@ metadata API), builds the environment and is snapshotted into Glance; the
 second, on the provider network `public` (its per-seat `network`), gets no
 floating IP, reads its user-data through the DHCP server's isolated metadata
 proxy, boots from that real snapshot and answers on its own address without
-building; `workshop down --snapshot` leaves nothing owned by vmbinder."""
+building. Each seat gets a certificate for its own address from the ACME CA in
+"the internet" (pebble, validating http-01 on the floating IP and on the
+provider-network address alike), checked by `workshop roster` and here against
+the CA's root; `workshop down --snapshot` leaves nothing owned by vmbinder."""
 
 from __future__ import annotations
 
@@ -17,22 +20,23 @@ import pytest
 from tests.kernel import execute
 
 from .conftest import FLAVOR, cli_environment, only_the_keypair_is_left, vmbinder
-from .test_openstack_guest import TIMEOUT, console_of, get, get_json, ssh_key
+from .test_openstack_guest import TIMEOUT, console_of, get, get_json, ssh_key, verifying
 
 pytestmark = pytest.mark.real
 PHASE = '"phase": "build", "result": "%s", "status": "done"'  # sort_keys order
 
 
 def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_image, repo_url,
-                                                         tmp_path, phase):
+                                                         acme_ca, tmp_path, phase):
     tb = real_testbed
     (tmp_path / "home").mkdir()
     env = cli_environment(tmp_path / "home")
     ssh_key(tmp_path / "home")
     path = tmp_path / "ws.yaml"
+    (tmp_path / "ca-root.pem").write_text(acme_ca.roots.read_text())
     path.write_text(f"name: real-ws\nsource: {repo_url}\nseats: 2\nimage: {uploaded_image}\n"
-                    f"flavor: {FLAVOR}\ntls: internal\nopen: index.ipynb\nconfig_drive: no\n"
-                    "overrides:\n  2: {network: public}\n")
+                    f"flavor: {FLAVOR}\nacme_ca: {acme_ca.directory}\nacme_ca_root: ca-root.pem\n"
+                    "open: index.ipynb\nconfig_drive: no\noverrides:\n  2: {network: public}\n")
     try:
         res = vmbinder(env, "workshop", "up", str(path), "--format", "json", "--timeout",
                        str(TIMEOUT), timeout=2 * TIMEOUT)
@@ -71,18 +75,24 @@ def test_a_workshop_fans_out_from_a_real_glance_snapshot(real_testbed, uploaded_
         assert res.returncode == 0, res.stderr
         seats = json.loads(res.stdout)["seats"]
         assert [s["seat"] for s in seats] == ["real-ws-01", "real-ws-02"]
-        # The printed URLs name each seat's own address (sslip.io style).
+        # Each seat's certificate is for its own address, from the CA at the first
+        # try, and the printed URLs name that address.
+        for made in doc["seats"]:
+            assert (made["certificate"]["site"], made["certificate"]["issuer"],
+                    made["certificate"]["failed"]) == (made["address"], "acme", []), made
         for seat in seats:
-            host = addresses[seat["seat"]].replace(".", "-") + ".sslip.io"
+            host = addresses[seat["seat"]]
             assert seat["lab_url"].startswith(f"https://{host}/lab?token="), seat
         assert len({s["url"].rsplit("token=", 1)[1] for s in seats}) == 2
+        context = verifying(acme_ca.roots)
         steps = {}
         for seat in seats:
-            assert get(seat["url"]) == 200 and get(seat["lab_url"]) == 200
+            assert get(seat["url"], context) == 200 and get(seat["lab_url"], context) == 200
             base, token = seat["lab_url"].split("/lab?token=")
-            assert get(f"{base}/api/status?token=wrong") in (401, 403)
-            steps[seat["seat"]] = get_json(f"{base}/vmbinder/status.json?token={token}")["durations"]
-            out = execute(base, token, "print(6 * 7)")
+            assert get(f"{base}/api/status?token=wrong", context) in (401, 403)
+            steps[seat["seat"]] = get_json(f"{base}/vmbinder/status.json?token={token}",
+                                           context)["durations"]
+            out = execute(base, token, "print(6 * 7)", context=context)
             assert out.strip() == "42", out
         assert steps["real-ws-01"]["build"] > 10 > steps["real-ws-02"]["build"], steps
         seconds = {s["seat"]: s["seconds"] for s in doc["seats"]}

@@ -395,3 +395,21 @@ def test_a_failed_snapshot_removes_what_it_made_and_starts_no_other_seat():
         up(p, workshop(3), wait=False, built=lambda s: None)
     assert removed == ["img-1"] and "removed what it created: snapshot" in info.value.hint
     assert names(p) == ["course-01"]
+
+
+def test_up_and_status_show_each_seats_certificate_once_its_guest_reported_it(cli_with):
+    p = BatchFake()
+    doc = json.loads(cli_with(p, "up", "--no-wait", "--format", "json").stdout)
+    assert [s["certificate"] for s in doc["seats"]] == [None, None, None]  # nothing reported yet
+    first = next(s for s in p.servers.values() if s.name == "course-01")
+    p.set_metadata(first, {"issuer": "acme", "site": "203-0-113-7.nip.io",
+                           "tls-failed": "203.0.113.7 (acme): rate limited"})
+    seats_ = json.loads(cli_with(p, "status", "--format", "json").stdout)["seats"]
+    assert seats_[0]["certificate"] == {
+        "site": "203-0-113-7.nip.io", "issuer": "acme", "root_sha256": None,
+        "failed": [{"host": "203.0.113.7", "issuer": "acme", "cause": "rate limited"}]}
+    assert [s["certificate"] for s in seats_[1:]] == [None, None]
+    table = cli_with(p, "status").stdout.splitlines()
+    assert table[0].split() == ["seat", "participant", "state", "address", "certificate",
+                                "expires", "fault"]
+    assert "203-0-113-7.nip.io (acme)" in table[1] and "(acme)" not in table[2]

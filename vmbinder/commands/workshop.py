@@ -131,9 +131,25 @@ def _table(rows: list[dict], keys: tuple[str, ...]) -> None:
         click.echo("  ".join(str(row.get(k) or "-").ljust(widths[k]) for k in keys).rstrip())
 
 
+def _certificate(server) -> dict | None:
+    """The certificate a seat's server got, as its guest reported it (None before)."""
+    from vmbinder import https
+
+    found = https.recorded_outcome(server.meta) if server else None
+    return found.as_dict() if found else None
+
+
+def _certificate_cell(doc: dict | None) -> str | None:
+    """The table's short form: the name or address, and who issued it."""
+    if not doc:
+        return None
+    return f"{doc['site']} ({doc['issuer']})" if doc["site"] else doc["issuer"]
+
+
 def _seat_docs(results) -> list[dict]:
     return [{"seat": r.seat.name, "participant": r.seat.participant.name if r.seat.participant else None,
              "result": r.action, "address": r.server.address if r.server else None,
+             "certificate": _certificate(r.server),
              "seconds": round(r.seconds, 1), "error": r.error.message if r.error else None}
             for r in results]
 
@@ -189,7 +205,8 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
 @format_option
 @click.pass_obj
 def status(obj, file, fmt) -> None:
-    """Each seat's server: state, address, expiry and whether it came from the snapshot."""
+    """Each seat's server: state, address, certificate, expiry and whether it came
+    from the snapshot."""
     from vmbinder.workshops import seats
 
     workshop, provider = _load(obj, file)
@@ -197,6 +214,7 @@ def status(obj, file, fmt) -> None:
              "state": st.state, "address": st.server.address if st.server else None,
              "expires": st.server.meta(seats.EXPIRES) if st.server else None,
              "snapshot": st.server.meta(seats.FROM_SNAPSHOT) if st.server else None,
+             "certificate": _certificate(st.server),
              "fault": st.server.fault if st.server else None}
             for st in seats.status(provider, workshop)]
     if fmt == "json":
@@ -205,7 +223,8 @@ def status(obj, file, fmt) -> None:
         for d in docs:
             click.echo(f"{d['seat']}\t{d['state']}\t{d['address'] or ''}")
     else:
-        _table(docs, ("seat", "participant", "state", "address", "expires", "fault"))
+        _table([{**d, "certificate": _certificate_cell(d["certificate"])} for d in docs],
+               ("seat", "participant", "state", "address", "certificate", "expires", "fault"))
 
 
 @workshop.command("roster")
