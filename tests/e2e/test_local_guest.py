@@ -2,7 +2,7 @@
 baked image, the real rendered cloud-init builds a repository served from this
 machine, and every URL printed answers over HTTPS with the token, with a
 certificate for the address itself from an ACME CA (pebble, validating
-http-01 or tls-alpn-01 through the forwarded ports), checked. Then what is
+http-01 through the forwarded port 80), checked. Then what is
 exposed: inside the guest (over SSH, its host key checked against the one
 cloud-init printed) only 22, 80 and 443 answer on its network address; the
 token is in no console line, no vmbinder log and no host `ps` line; the status
