@@ -112,8 +112,17 @@ def current_state(doc):
     return state if state.get("launch") == launch_id(doc) else {}
 
 
+#: What a server started from another's snapshot keeps of that one's state: what
+#: describes the image on the disk they share. Nothing else (the certificate's
+#: outcome, the interfaces, readiness) is true of it.
+CARRIED = ("built", "commit")
+
+
 def write_state(doc, **changes):
-    state = {**read_state(doc), **changes, "launch": launch_id(doc), "updated": time.time()}
+    state = read_state(doc)
+    if state.get("launch") != launch_id(doc):
+        state = {k: state[k] for k in CARRIED if k in state}
+    state = {**state, **changes, "launch": launch_id(doc), "updated": time.time()}
     target = at(where(doc, "state"))
     os.makedirs(os.path.dirname(target), exist_ok=True)
     tmp = target + ".tmp"

@@ -247,8 +247,16 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     doc, _ = unpack(cloudinit.render(seat, "203.0.113.10"))
     (builder.root / "etc/vmbinder/launch.json").write_text(json.dumps(doc))
     jupyter[0].token = seat.token
+    first_state = builder.state()
+    assert first_state["tls"]["outcome"]["site"] not in (None, "seat2.example.org")
+    # Caddy starts at boot, before cloud-init's runcmd: it may hold the seat's
+    # certificate before the guest script asks, so the run finds it there.
+    early = (builder.root / "var/lib/vmbinder-caddy" / launch_stamp(seat) / "certificates"
+             / "acme-v02.api.letsencrypt.org-directory" / "seat2.example.org")
+    early.mkdir(parents=True)
+    (early / "seat2.example.org.crt").write_text("certificate")
     first = len(builder.calls())
-    built_at = builder.state()["started"]
+    built_at = first_state["started"]
     res = builder.run()
     assert res.returncode == 0, res.stderr
     again = builder.calls()[first:]
@@ -266,6 +274,10 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     state = builder.state()
     assert state["ready"] is True and state["server"] == "demo-02"
     assert state["started"] > built_at  # its own clock, not the snapshotted seat's
+    # Its own certificate's outcome, never the first seat's (whose site is another
+    # address: the host would probe that one with this seat's token).
+    assert state["tls"]["outcome"]["site"] == "seat2.example.org"
+    assert (state["built"], state["commit"]) == (first_state["built"], first_state["commit"])
 
 
 def test_another_source_builds_another_image(tmp_path, jupyter):
