@@ -43,7 +43,9 @@ NO_CLOUD_HINT = (
 #: same names win). keystoneauth tries a request again, waiting 0.5 s and doubling
 #: up to 60 s, after a connection that failed or timed out (connect_retries: 6,
 #: about 30 s, long enough for an API service to restart) and after an answer that
-#: means "not now" (retriable_status_codes), honouring Retry-After. A request with
+#: means "not now" (retriable_status_codes), honouring Retry-After (status_code_retries:
+#: 10, about 4 minutes without Retry-After: a cloud throttling a 50-seat workshop made
+#: at once can answer one request 429 several times in a row). A request with
 #: no answer for api_timeout seconds counts as a failed connection. Requests that
 #: make something (POST, PATCH) are tried again only after 429 or 503, which say
 #: the cloud did not act on them: after a dropped connection, a timeout, a 502 or
@@ -51,7 +53,7 @@ NO_CLOUD_HINT = (
 #: what the request may have made. Other errors, such as 500, are final.
 RETRY_DEFAULTS = {
     "connect_retries": 6,
-    "status_code_retries": 6,
+    "status_code_retries": 10,
     "retriable_status_codes": [429, 502, 503, 504],
     "api_timeout": 120,
 }
