@@ -5,6 +5,7 @@
     vmbinder-guest.py serve-status   the status page and JSON, behind Caddy
     vmbinder-guest.py env-file       Jupyter's token file, from the launch document
     vmbinder-guest.py caddy-config   Caddy's configuration for this launch (before it starts)
+    vmbinder-guest.py fence          the local target's fence (every boot, before the environment)
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -25,8 +26,10 @@ a server that has nothing of vmbinder, so it is one file, and its sections
 (steps, services, status page) share the launch document's helpers.
 """
 
+import base64
 import fcntl
 import hashlib
+import hmac
 import html
 import ipaddress
 import json
@@ -115,7 +118,7 @@ def current_state(doc):
 #: What a server started from another's snapshot keeps of that one's state: what
 #: describes the image on the disk they share. Nothing else (the certificate's
 #: outcome, the interfaces, readiness) is true of it.
-CARRIED = ("built", "commit")
+CARRIED = ("built", "commit", "record")
 
 
 def write_state(doc, **changes):
@@ -453,17 +456,18 @@ def ensure_caddy(doc):
     return "installed"
 
 
-def unit(doc, name, description, exec_start, after="network-online.target", extra=""):
+def unit(doc, name, description, exec_start, after="network-online.target", extra="", requires=""):
     # After cloud-init's network stage, which runs write_files: on a server's first
     # boot from a snapshot, it writes this server's launch document before these
     # units start. cloud-init 24 and newer (Debian 13) name that stage
     # cloud-init-network.service; older ones, cloud-init.service (systemd ignores
     # the one that does not exist).
+    needs = f"Requires={requires}\n" if requires else ""
     return write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
 Description={description}
 After={after} cloud-init.service cloud-init-network.service
 Wants=network-online.target
-
+{needs}
 [Service]
 Restart=always
 RestartSec=3
@@ -714,6 +718,77 @@ def docker_import_argv(tarball, sidecar):
     return [*argv, tarball, sidecar["name"]]
 
 
+# -- the fence (local target) ------------------------------------------------------
+
+#: On the local target the server reaches the launching machine's loopback at
+#: doc["fence"]["host"] (qemu's 10.0.2.2): its other users' services, other
+#: servers' forwarded ports, an OpenStack testbed. This chain lets code on the
+#: server (a Dockerfile's RUN, a notebook, the server's own processes) reach only
+#: the ports the launch named there (its repository, mirrors, ACME CA).
+FENCE_CHAIN = "VMBINDER-FENCE"
+FENCE_UNIT = "vmbinder-fence.service"
+#: Where the fence is entered: the server's own connections, and the containers'
+#: (Docker consults DOCKER-USER first, before its own rules, and never empties it).
+FENCE_FROM = ("OUTPUT", "DOCKER-USER")
+IPTABLES = ["iptables", "-w"]
+
+
+def fence_rules(doc):
+    """The chain's rules, in order: answers to connections made to the server (its
+    forwarded ports are reached from that same address), then the allowed ports,
+    then a refusal (a TCP reset: a connection fails at once, it does not hang)."""
+    fence = doc["fence"]
+    rules = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]]
+    rules += [["-p", "tcp", "--dport", str(port), "-j", "RETURN"] for port in fence["ports"]]
+    return rules + [["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"], ["-j", "REJECT"]]
+
+
+def apply_fence(doc):
+    """`fence`: the chain filled again and entered from FENCE_FROM (every boot:
+    iptables rules live in memory only)."""
+    doc = load_again(doc)
+    if not doc.get("fence"):
+        return 0
+    for chain in (FENCE_CHAIN, *FENCE_FROM[1:]):
+        if not ok(IPTABLES + ["-n", "-L", chain]):
+            subprocess.run(IPTABLES + ["-N", chain], check=True)
+    subprocess.run(IPTABLES + ["-F", FENCE_CHAIN], check=True)
+    for rule in fence_rules(doc):
+        subprocess.run(IPTABLES + ["-A", FENCE_CHAIN, *rule], check=True)
+    for parent in FENCE_FROM:
+        jump = ["-d", doc["fence"]["host"], "-j", FENCE_CHAIN]
+        if not ok(IPTABLES + ["-C", parent, *jump]):
+            subprocess.run(IPTABLES + ["-I", parent, "1", *jump], check=True)
+    return 0
+
+
+def ensure_fence(doc):
+    if not doc.get("fence"):
+        return "none needed"
+    script = os.path.abspath(__file__)
+    changed = write(f"{where(doc, 'unit_dir')}/{FENCE_UNIT}", f"""[Unit]
+Description=vmbinder fence: only the named ports of the launching machine
+After=docker.service cloud-init.service cloud-init-network.service
+Before=vmbinder-env.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 {script} fence
+
+[Install]
+WantedBy=multi-user.target
+""")
+    if changed:
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", FENCE_UNIT])
+        run(doc, ["systemctl", "restart", FENCE_UNIT])
+    elif not ok(["systemctl", "is-active", "--quiet", FENCE_UNIT]):
+        run(doc, ["systemctl", "start", FENCE_UNIT])
+    ports = ", ".join(map(str, doc["fence"]["ports"])) or "none"
+    return f"{doc['fence']['host']}: ports {ports} only"
+
+
 def ensure_base_images(doc):
     """Container images baked into the VM image as tarballs (no registry needed):
     each <tarball>.json beside its tarball says {"name", "tarball", "changes"}."""
@@ -765,8 +840,11 @@ def repo2docker_argv(doc):
     argv = [at(where(doc, "venv") + "/bin/repo2docker"), "--config", at(where(doc, "r2d_config")),
             "--no-run", "--json-logs", "--user-id", "1000", "--user-name", "jovyan",
             "--image-name", image_name(doc)]
-    if doc.get("ref"):
-        argv.append("--ref=" + doc["ref"])
+    # The commit the launching machine found the ref at, so the server builds what
+    # was asked for even if the branch moves during the launch; else the ref.
+    ref = doc.get("commit") or doc.get("ref")
+    if ref:
+        argv.append("--ref=" + ref)
     if doc.get("subdir"):
         argv.append("--subdir=" + doc["subdir"])
     return argv + ["--", doc["repo"]]
@@ -786,18 +864,35 @@ def ensure_image(doc):
         built = {"image_id": info.get("Id"), "labels": info.get("Config", {}).get("Labels") or {}}
     except (ValueError, AttributeError):
         log(doc, "could not read the built image's id and labels")
-    write_state(doc, built=built, commit=resolved_commit(doc))
+    text = read_text(commands_log(doc)) or ""
+    write_state(doc, built=built, commit=resolved_commit(text), record=fetched_record(text))
     return "built"
 
 
-def resolved_commit(doc):
+def resolved_commit(text):
     """The commit git checked out, from the build log ("HEAD is now at <sha> ...")."""
-    try:
-        with open(commands_log(doc)) as fh:
-            found = re.findall(r"HEAD is now at ([0-9a-f]{7,40})", fh.read())
-    except OSError:
-        return None
+    found = re.findall(r"HEAD is now at ([0-9a-f]{7,40})", text)
     return found[-1] if found else None
+
+
+#: What repo2docker's data-repository providers say they fetch (their progress
+#: lines in the build log), as the record version vmbinder records for a DOI.
+RECORD_LINES = (
+    (r"Fetching Zenodo record (\d+)\.", "Zenodo record {0}"),
+    (r"Fetching Figshare article (\d+) in version (\d+)\.", "Figshare article {0} version {1}"),
+    (r"Fetching Dataverse record ([^\s\"]+?)\.\\n", "Dataverse record {0}"),
+    (r"Downloading (https?://[^\s\"]+?)\.\\n", "HydroShare bag {0}"),
+)
+
+
+def fetched_record(text):
+    """The record version a DOI (or data repository) source was fetched at, or None."""
+    for pattern, form in RECORD_LINES:
+        found = re.findall(pattern, text)
+        if found:
+            last = found[-1]
+            return form.format(*(last if isinstance(last, tuple) else (last,)))
+    return None
 
 
 def env_service_command(doc):
@@ -817,9 +912,10 @@ def ensure_service(doc):
     except PermissionError:
         pass
     changed = write_env_file(doc)
+    fenced = FENCE_UNIT if doc.get("fence") else ""
     changed |= unit(
         doc, "vmbinder-env.service", "vmbinder environment", env_service_command(doc),
-        after="docker.service",
+        after=" ".join(filter(None, ("docker.service", fenced))), requires=fenced,
         extra="ExecStartPre=-/usr/bin/docker rm -f vmbinder-env\n"
               f"ExecStartPre=/usr/bin/python3 {os.path.abspath(__file__)} env-file\n",
     )
@@ -872,7 +968,8 @@ def detect_interfaces(doc):
 
 
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
-         ("tls", ensure_tls), ("docker", ensure_docker), ("base-images", ensure_base_images),
+         ("tls", ensure_tls), ("docker", ensure_docker), ("fence", ensure_fence),
+         ("base-images", ensure_base_images),
          ("repo2docker", ensure_repo2docker), ("build", ensure_image),
          ("service", ensure_service), ("interfaces", detect_interfaces))
 
@@ -897,8 +994,10 @@ def run_all(doc):
     # A reboot keeps the start time; a server started from another's snapshot
     # (another launch: the state on its disk is the other server's) starts its own clock.
     fresh = state.get("launch") != launch_id(doc)
+    if fresh and state.get("launch"):
+        forget_other_launch(doc)
     write_state(doc, started=time.time() if fresh else state.get("started") or time.time(),
-                ready=False, server=doc["name"])
+                ready=False, server=doc["name"], machine=machine_digest(), host_keys=host_keys())
     durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
         phase(doc, name, "started")
@@ -915,6 +1014,67 @@ def run_all(doc):
     write_state(doc, ready=True)
     phase(doc, "ready", "done")
     return 0
+
+
+# -- a server started from another's snapshot -----------------------------------------
+
+#: cloud-init's folders, one per instance (each holds that instance's user-data,
+#: with its launch document and token), and the link to the current one.
+CLOUD_INSTANCES = "/var/lib/cloud/instances"
+CLOUD_INSTANCE = "/var/lib/cloud/instance"
+MACHINE_ID = "/etc/machine-id"
+JOURNAL = "/var/log/journal"
+
+
+def machine_digest():
+    """A digest of the machine id (the id itself is meant to stay on the machine)."""
+    text = (read_text(MACHINE_ID) or "").strip()
+    return hashlib.sha256(text.encode()).hexdigest()[:16] if text else None
+
+
+def host_keys():
+    """The SHA256 fingerprints of the SSH host keys, as ssh-keygen -l prints them."""
+    found = []
+    folder = at("/etc/ssh")
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if entry.startswith("ssh_host_") and entry.endswith("_key.pub"):
+            words = (read_text("/etc/ssh/" + entry) or "").split()
+            try:
+                blob = base64.b64decode(words[1], validate=True)
+            except (IndexError, ValueError):
+                continue
+            digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+            found.append(f"{words[0]} SHA256:{digest}")
+    return found
+
+
+def forget_other_launch(doc):
+    """On the first run on a disk another launch used (a snapshot of another
+    server): nothing of that server that is secret or names it stays. cloud-init
+    already made new SSH host keys (a new instance); Caddy's storage is this
+    launch's only (caddy-config); the env file is written from this launch's
+    document. Here: a new machine id, that server's logs and journal, and
+    cloud-init's folder of that instance (its user-data holds its token)."""
+    current = os.path.basename(os.path.realpath(at(CLOUD_INSTANCE)))
+    if os.path.isdir(at(CLOUD_INSTANCES)):
+        for entry in os.listdir(at(CLOUD_INSTANCES)):
+            if entry != current:
+                shutil.rmtree(os.path.join(at(CLOUD_INSTANCES), entry), ignore_errors=True)
+    old_id = (read_text(MACHINE_ID) or "").strip()
+    if os.path.exists(at(MACHINE_ID)):
+        os.remove(at(MACHINE_ID))
+    subprocess.run(["systemd-machine-id-setup"], stdout=subprocess.DEVNULL, check=False)
+    if old_id and os.path.isdir(at(JOURNAL)):
+        # journald writes below the new id once restarted; the old id's journal goes.
+        subprocess.run(["systemctl", "restart", "systemd-journald"], check=False)
+        shutil.rmtree(os.path.join(at(JOURNAL), old_id), ignore_errors=True)
+    for path in (where(doc, "log_dir"), os.path.dirname(where(doc, "caddy_log"))):
+        folder = at(path)
+        for entry in os.listdir(folder) if os.path.isdir(folder) else ():
+            target = os.path.join(folder, entry)
+            if os.path.isfile(target):
+                # Emptied, not removed: Caddy (started at boot) keeps writing to its log.
+                os.truncate(target, 0)
 
 
 # -- status page -------------------------------------------------------------------
@@ -947,7 +1107,8 @@ class StatusHandler(BaseHTTPRequestHandler):
     def authorised(self):
         token = self.doc.get("token") or ""
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        return query.get("token", [""])[0] == token and bool(token)
+        given = query.get("token", [""])[0]
+        return bool(token) and hmac.compare_digest(given.encode(), token.encode())
 
     def send(self, code, body, kind):
         data = body.encode()
@@ -966,7 +1127,7 @@ class StatusHandler(BaseHTTPRequestHandler):
             if not self.authorised():
                 return self.send(403, json.dumps({"error": "token required"}), "application/json")
             keys = ("phase", "status", "ready", "interfaces", "commit", "built", "error",
-                    "durations", "tls")
+                    "durations", "tls", "machine", "host_keys", "record")
             doc = {k: state.get(k) for k in keys} | {"elapsed": elapsed}
             return self.send(200, json.dumps(doc), "application/json")
         if path == "/" + ROOT_PATH:
@@ -1009,9 +1170,9 @@ def serve_status(doc):
 
 def main(argv):
     commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file,
-                "caddy-config": caddy_config}
+                "caddy-config": caddy_config, "fence": apply_fence}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config", file=sys.stderr)
+        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence", file=sys.stderr)
         return 2
     return commands[argv[1]](load())
 

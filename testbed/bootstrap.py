@@ -37,6 +37,8 @@ PRIVATE = {"network": "private", "subnet": "private-subnet", "cidr": "192.0.2.0/
 
 ADMIN = {"cloud": "testbed-admin", "username": "admin", "project_name": "admin"}
 MEMBER = {"cloud": "testbed", "username": "demo", "project_name": "demo"}
+#: A second member of project demo: another user of the same project.
+OTHER = {"cloud": "testbed-other", "username": "demo-other", "project_name": "demo"}
 
 
 def cloud_config(lay, who, interface="public"):
@@ -79,7 +81,7 @@ def identity(lay, step):
     """Projects, users, roles and the service catalog."""
     with blame(lay, "keystone", "creating users, projects and the catalog"):
         _identity(lay, connect(lay, ADMIN))
-    step("keystone: service users, catalog, project demo and user demo created")
+    step("keystone: service users, catalog, project demo and users demo and demo-other created")
 
 
 def _identity(lay, conn):
@@ -97,9 +99,10 @@ def _identity(lay, conn):
                                default_project_id=service.id)
         for role in ("admin", "service"):
             idn.assign_project_role_to_user(service, user, roles[role])
-    user = idn.create_user(name="demo", password=lay.password, domain_id="default",
-                           default_project_id=demo.id)
-    idn.assign_project_role_to_user(demo, user, roles["member"])
+    for who in (MEMBER, OTHER):
+        user = idn.create_user(name=who["username"], password=lay.password, domain_id="default",
+                               default_project_id=demo.id)
+        idn.assign_project_role_to_user(demo, user, roles["member"])
     for name, kind, port_key, path in CATALOG:
         svc = idn.create_service(name=name, type=kind)
         idn.create_endpoint(service_id=svc.id, interface="public",
@@ -177,7 +180,7 @@ def _networks(lay, admin):
 
 def write_clouds_yaml(lay):
     """Written last: its presence means READY."""
-    data = {"clouds": {who["cloud"]: cloud_config(lay, who) for who in (ADMIN, MEMBER)}}
+    data = {"clouds": {who["cloud"]: cloud_config(lay, who) for who in (ADMIN, MEMBER, OTHER)}}
     tmp = lay.clouds_yaml.with_suffix(".tmp")
     with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as fh:
         yaml.safe_dump(data, fh, sort_keys=False)

@@ -7,12 +7,17 @@ from tests import deprecations
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch, tmp_path_factory, request):
-    """No test sees the developer's cloud credentials or home folder.
+    """No test sees the developer's cloud credentials or home folder, or asks a git
+    remote outside the machine.
 
     Functional tests set their own OS_CLIENT_CONFIG_FILE / OS_CLOUD afterwards."""
     for key in list(os.environ):
         if key.startswith("OS_") or key.startswith("VMBINDER_"):
             monkeypatch.delenv(key)
+    # `launch` asks a git source's remote for its refs. The tests' repositories are
+    # served over git:// on loopback or in the testbed's namespace; any other
+    # remote (https://github.com/...) is refused by git itself, before a DNS query.
+    monkeypatch.setenv("GIT_ALLOW_PROTOCOL", "file:git")
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("XDG_STATE_HOME", raising=False)

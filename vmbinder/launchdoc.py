@@ -2,20 +2,23 @@
 
 cloud-init writes it to the server as JSON (guestcontract.LAUNCH_PATH, mode
 0600) and the guest script reads it with a JSON parser, so no user value is
-ever pasted into a shell command. It has four parts:
+ever pasted into a shell command. It has five parts:
 
 - the request, flat, as the user asked for it (what a dry run shows);
 - ``site``: the names and issuers the guest tries for its certificate, in
   order (vmbinder/https.py), so the URLs vmbinder prints and the site the guest
   serves agree;
 - ``build``: the image name (the build key) and repo2docker's content providers;
-- ``guest``: the paths, loopback addresses and texts of guestcontract.py.
+- ``guest``: the paths, loopback addresses and texts of guestcontract.py;
+- ``fence``: on the local target, the ports of the launching machine's loopback
+  that code on the server may reach (None elsewhere).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from urllib.parse import urlsplit
 
 from vmbinder import guestcontract as gc
 from vmbinder import https
@@ -30,8 +33,10 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "kind": src.kind,
         "repo": src.repo,
         "ref": src.ref,
+        "commit": src.commit,
         "subdir": src.subdir,
         "open": src.open,
+        "urlpath": src.urlpath,
         "token": spec.token,
         "hostname": spec.hostname,
         "public_ip": public_ip,
@@ -42,6 +47,30 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "apt_mirror": spec.guest_network.apt_mirror,
         "pip_index_url": spec.guest_network.pip_index_url,
     }
+
+
+#: The port of a URL that names none, by scheme.
+DEFAULT_PORTS = {"http": 80, "https": 443, "git": 9418, "ssh": 22}
+
+
+def fence(spec: LaunchSpec) -> dict | None:
+    """Where the server reaches the launching machine's loopback (the local
+    target), and the only ports code on the server may reach there: those of the
+    repository, mirrors and ACME CA this launch names at that address. None
+    elsewhere (a cloud's server reaches no loopback of the launching machine)."""
+    host = spec.guest_network.host_address
+    if not host:
+        return None
+    ports = set()
+    for url in (spec.source.repo, spec.guest_network.apt_mirror,
+                spec.guest_network.pip_index_url, spec.acme.ca):
+        u = urlsplit(url or "")
+        if u.hostname == host:
+            try:
+                ports.add(u.port or DEFAULT_PORTS[u.scheme])
+            except (KeyError, ValueError):
+                continue
+    return {"host": host, "ports": sorted(ports)}
 
 
 def site(spec: LaunchSpec, public_ip: str | None) -> dict:
@@ -71,7 +100,8 @@ def image_name(kind: str, repo: str, ref: str | None, subdir: str | None,
 def build(spec: LaunchSpec) -> dict:
     src = spec.source
     return {
-        "image": image_name(src.kind, src.repo, src.ref, src.subdir, spec.repo2docker_version),
+        "image": image_name(src.kind, src.repo, src.commit or src.ref, src.subdir,
+                            spec.repo2docker_version),
         "content_providers": list(gc.CONTENT_PROVIDERS.get(src.kind,
                                                            gc.DEFAULT_CONTENT_PROVIDERS)),
     }
@@ -98,4 +128,5 @@ def document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "site": site(spec, public_ip),
         "build": build(spec),
         "guest": guest(),
+        "fence": fence(spec),
     }

@@ -7,8 +7,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from vmbinder import cloudinit, errors, https, launchdoc, readiness, urls
-from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
+from vmbinder import cloudinit, errors, https, launchdoc, readiness, scope, urls
+from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server, find_owned
 from vmbinder.spec import ACME, LaunchSpec
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,12 @@ def site_host(server: Server) -> str | None:
     return server.meta("site") or server.meta("hostname") or server.address
 
 
+def opens(server: Server) -> tuple[str | None, str | None]:
+    """What the server opens, as recorded: a file of the repository, or a URL path.
+    Servers launched before the two were told apart recorded a URL path as "open"."""
+    return server.meta("open-file"), server.meta("urlpath") or server.meta("open")
+
+
 def access(server: Server, detected: frozenset[str] | None = None, *, with_token: bool = True) -> Access:
     """URLs from what the cloud recorded: address or settled name, TLS mode, token, open path.
 
@@ -92,8 +98,8 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
     shown = urls.available(detected)
     links = {i.key: urls.url_for(base, i.path, token) for i in shown}
     absent = {i.key: i.absent_reason for i in urls.INTERFACES if i not in shown}
-    open_path = server.meta("open")
-    open_url = urls.url_for(base, open_path, token) if open_path else None
+    file, urlpath = opens(server)
+    open_url = urls.open_url(base, token, file=file, urlpath=urlpath)
     return Access(base=base, urls=links, absent=absent, open_url=open_url)
 
 
@@ -217,14 +223,19 @@ class _Watch:
         return [readiness.console_probe(self.console), self.certificate, self.answers]
 
     def record_interfaces(self) -> Server:
-        """Ask the guest which interfaces answered and keep the answer on the server,
-        so `url` and `status` print only those, from any machine."""
+        """Ask the guest which interfaces answered, and which record version a DOI
+        source was fetched at, and keep both on the server, so `url` and `status`
+        print only those interfaces and the record, from any machine."""
         server = self.server
         status = readiness.fetch_json(
             urls.url_for(access(server).base, "vmbinder/status.json", server.meta("token")),
             context=self.context)
         found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
-        return self.provider.set_metadata(server, {"interfaces": ",".join(found)}) if found else server
+        values = {"interfaces": ",".join(found)} if found else {}
+        record = status.get("record")
+        if isinstance(record, str) and record.isprintable() and not server.meta("record"):
+            values["record"] = record[:self.provider.metadata_limits.value_max]
+        return self.provider.set_metadata(server, values) if values else server
 
 
 def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeout: float,
@@ -323,10 +334,17 @@ def _describe(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
 
 
-def delete(provider: Provider, names: list[str], reporter: Reporter | None = None) -> list[Removed]:
-    """Delete each named server and its floating IP; all names are checked first."""
+def delete(provider: Provider, names: list[str], reporter: Reporter | None = None, *,
+           force: bool = False) -> list[Removed]:
+    """Delete each named server and its floating IP. Every name is checked first:
+    an unknown one, or (unless force) a server another user launched (see
+    scope), is refused before anything is deleted."""
     reporter = reporter or NullReporter()
-    servers = [provider.get(name) for name in names]
+    found = provider.list_owned()
+    servers = [find_owned(found, name) for name in names]
+    if not force:
+        scope.refuse_others(provider, servers, "servers",
+                            "vmbinder delete --force " + " ".join(names))
     removed: list[Removed] = []
     for server in servers:
         reporter.phase("delete", f"deleting {server.name}")

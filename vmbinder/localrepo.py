@@ -10,7 +10,8 @@ git's "dumb" HTTP transport cannot do, so the repository is served by
 commits FOLDER's files into a bare repository in a temporary folder, serves it,
 runs the command with `{url}` replaced by git://10.0.2.2:PORT/repo.git, and
 stops serving when the command ends (its exit code is this one's). A folder that
-is already a git work tree is served as it is committed (its HEAD).
+is already a git work tree is served as it is committed: its HEAD and that
+commit's history only, as branch main (no other branch or tag).
 `--listen ADDRESS` serves on another address of this machine, for guests that
 reach it there (the URL then names ADDRESS).
 """
@@ -28,10 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmbinder.providers.local.qemu import free_ports
+from vmbinder.providers.local.qemu import HOST_FROM_GUEST, free_ports
 
-#: The address of this machine's loopback as qemu user-mode networking shows it to the guest.
-HOST_FROM_GUEST = "10.0.2.2"
 _GIT = ["git", "-c", "user.name=vmbinder", "-c", "user.email=vmbinder@localhost.invalid",
         "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"]
 
@@ -43,7 +42,11 @@ def bare_repository(folder: Path, dest: Path) -> Path:
         raise FileNotFoundError(f"{folder} is not a folder")
     bare = Path(dest) / "repo.git"
     if (folder / ".git").exists():
-        subprocess.run(["git", "clone", "-q", "--bare", str(folder), str(bare)], check=True)
+        # Only the commit checked out and its history: no other branch, tag, stash
+        # or unreachable object of the work tree is served.
+        subprocess.run([*_GIT, "init", "-q", "--bare", str(bare)], check=True)
+        subprocess.run(["git", "-C", str(bare), "fetch", "-q", "--no-tags", str(folder.resolve()),
+                        "HEAD:refs/heads/main"], check=True)
         return bare
     work = Path(dest) / "work"
     shutil.copytree(folder, work)

@@ -58,6 +58,10 @@ class GuestNetwork:
     ca_certs: tuple[str, ...] = ()
     apt_mirror: str | None = None
     pip_index_url: str | None = None
+    #: An address at which the server reaches the launching machine itself (the
+    #: local target's 10.0.2.2, its loopback): the guest lets code reach only the
+    #: ports of the URLs this launch names there (launchdoc.fence).
+    host_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class TargetDefaults:
     tls: str = ACME
     #: Whether its servers can get a Let's Encrypt certificate (they have a public address).
     acme: bool = True
+    #: Where its servers reach the launching machine's loopback (GuestNetwork.host_address).
+    host_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,8 +233,10 @@ def recorded(spec: LaunchSpec, limits: MetadataLimits) -> dict[str, str]:
         "source": given,
         "repo": src.repo,
         "ref": src.ref,
+        "commit": src.commit,
         "subdir": src.subdir,
-        "open": src.open,
+        "open-file": src.open,
+        "urlpath": src.urlpath,
         "hostname": spec.hostname,
         "tls": spec.tls,
         "acme-ca": spec.acme.ca,
@@ -285,6 +293,7 @@ def make_spec(
         apt_mirror=validate_mirror(given.apt_mirror, "--apt-mirror") if given.apt_mirror else None,
         pip_index_url=(validate_mirror(given.pip_index_url, "--pip-index-url")
                        if given.pip_index_url else None),
+        host_address=given.host_address or defaults.host_address,
     )
     spec = LaunchSpec(
         guest_network=checked,

@@ -7,6 +7,9 @@ from urllib.parse import quote, urlencode
 
 from vmbinder.guestcontract import INTERFACE_PATHS
 
+#: Where JupyterLab opens a file or folder of the repository.
+LAB_TREE = "lab/tree/"
+
 
 @dataclass(frozen=True)
 class Interface:
@@ -61,9 +64,30 @@ def base_url(host: str | None, tls: str, port: str | None = None) -> str | None:
     return f"{scheme}://{host}:{port}/" if port else f"{scheme}://{host}/"
 
 
-def url_for(base: str, path: str, token: str | None) -> str:
+#: What a query keeps as written: its structure (=, &), escapes it holds (%XX) and
+#: the characters URLs allow there; spaces, quotes, '#' and non-ASCII are escaped.
+_QUERY_SAFE = "=&%/:+,;@!$'()*~?"
+
+
+def url_for(base: str, path: str, token: str | None, query: str = "") -> str:
+    """base + the decoded path, encoded; then the query and the token."""
     url = base + quote(path.lstrip("/"), safe="/")
-    return f"{url}?{urlencode({'token': token})}" if token else url
+    parts = [quote(query, safe=_QUERY_SAFE)] if query else []
+    if token:
+        parts.append(urlencode({"token": token}))
+    return f"{url}?{'&'.join(parts)}" if parts else url
+
+
+def open_url(base: str, token: str | None, *, file: str | None = None,
+             urlpath: str | None = None) -> str | None:
+    """The URL that opens a file or folder of the repository in JupyterLab, or a URL
+    path (with its query) on the server; None when neither is given."""
+    if file:
+        return url_for(base, LAB_TREE + file, token)
+    if urlpath:
+        path, _, query = urlpath.partition("?")
+        return url_for(base, path, token, query)
+    return None
 
 
 def available(detected: frozenset[str] | None) -> list[Interface]:

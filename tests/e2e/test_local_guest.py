@@ -6,7 +6,8 @@ http-01 through the forwarded port 80), checked. Then what is
 exposed: inside the guest (over SSH, its host key checked against the one
 cloud-init printed) only 22, 80 and 443 answer on its network address; the
 token is in no console line, no vmbinder log and no host `ps` line; the status
-and log pages need it.
+and log pages need it; code in the guest (a notebook's kernel, a shell) reaches
+no port of this machine's loopback that the launch did not name.
 
 Needs root, qemu and the baked image with the container base image inside it
 (tests/e2e/conftest.py builds them when missing). Missing parts fail, never skip.
@@ -52,6 +53,19 @@ for port in range(1, 65536):
         if s.connect_ex((addr, port)) == 0 and s.getsockname() != s.getpeername():
             open_.append(port)
 print(addr, *open_)
+"""
+
+
+#: Run in the guest: whether a port of this machine's loopback (10.0.2.2) that
+#: vmbinder did not name is reachable, and whether the repository's port is.
+PROBE = """
+import socket
+for port in ({blocked}, {allowed}):
+    try:
+        socket.create_connection(("10.0.2.2", port), timeout=10).close()
+        print("open")
+    except OSError as exc:
+        print(type(exc).__name__)
 """
 
 
@@ -161,6 +175,16 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     assert get(f"{base}/vmbinder/status.json?token=wrong", context=context)[0] == 403
     assert get(f"{base}/vmbinder/status.json", context=context)[0] == 403
 
+    # The launch asked the repository which commit HEAD is; the guest built that one.
+    here = test_repo.replace("10.0.2.2", "127.0.0.1")
+    head = subprocess.run(["git", "ls-remote", here, "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
+    assert doc["commit"] == head, err
+    assert f"at commit {head}" in err
+    code, body = get(f"{base}/vmbinder/status.json?token={token}", context=context)
+    built = json.loads(body)["commit"]
+    assert code == 200 and built and head.startswith(built), body
+
     # The status and log pages: the log only with the token.
     code, page = get(f"{base}/vmbinder/page", context=context)
     assert code == 200 and "<h2>Log</h2>" not in page
@@ -185,6 +209,25 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     socket.inet_aton(addr)  # the guest's own network address
     assert sorted(map(int, open_ports)) == [22, 80, 443], (addr, open_ports)
     assert "127.0.0.1:8888" in guest_run(int(meta["vmbinder:ssh-port"]), pkey, console, "ss -Hltn")
+
+    # Code in the guest reaches this machine's loopback (10.0.2.2) only at the ports
+    # the launch named there (the repository's, the CA's): a listener vmbinder did
+    # not set up is refused, from a notebook's kernel and from the guest itself.
+    from urllib.parse import urlsplit
+
+    from tests.kernel import execute
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0)
+        probe = PROBE.format(blocked=listener.getsockname()[1], allowed=urlsplit(test_repo).port)
+        from_kernel = execute(base, token, probe, context=context).split()
+        from_guest = guest_run(int(meta["vmbinder:ssh-port"]), pkey, console,
+                               f"python3 -c {shlex.quote(probe)}").split()
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    assert from_kernel == from_guest == ["ConnectionRefusedError", "open"], (from_kernel, from_guest)
 
     # After a reboot the same URL works with the same token.
     from vmbinder.providers.local import LocalProvider

@@ -46,7 +46,7 @@ def test_launch_then_list_status_url_delete_each_from_a_new_process(testbed, vmb
     assert "vmbinder" in server.tags
     meta = server.metadata
     assert meta["vmbinder:repo"] == SOURCE and meta["vmbinder:source"] == SOURCE
-    assert meta["vmbinder:ref"] == "main" and meta["vmbinder:open"] == "lab/tree/index.ipynb"
+    assert meta["vmbinder:ref"] == "main" and meta["vmbinder:open-file"] == "index.ipynb"
     assert meta["vmbinder:repo2docker"] == "2026.4.0" and meta["vmbinder:version"]
     assert meta["vmbinder:owner"] == testbed.user_id
     assert meta["vmbinder:token"] == token
@@ -135,8 +135,8 @@ def test_compute_quota_exceeded_rolls_everything_back(vmb, name, quota, ssh_key)
     assert res.returncode == 4, res.stderr
     assert "Quota exceeded for instances" in res.stderr and "HTTP 403" in res.stderr
     assert "request id req-" in res.stderr
-    # It had made a keypair, a security group and a floating IP: all gone.
-    assert "removed what it created: keypair" in res.stderr
+    # It had made a security group, a keypair and a floating IP: all gone.
+    assert "removed what it created: security group vmbinder, keypair" in res.stderr
     assert "floating IP" in res.stderr
 
 

@@ -70,8 +70,9 @@ class FakeProvider(Provider):
         self._step("create")
         sid = self._make(ledger, "server", spec.name)
         meta = {META + "token": spec.token, META + "repo": spec.source.repo, META + "tls": spec.tls}
-        if spec.source.open:
-            meta[META + "open"] = spec.source.open
+        for key, value in (("open-file", spec.source.open), ("urlpath", spec.source.urlpath)):
+            if value:
+                meta[META + key] = value
         server = Server(sid, spec.name, "building", "BUILD", None, meta)
         self.servers[sid] = server
         self.user_data[sid] = user_data

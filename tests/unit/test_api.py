@@ -139,6 +139,32 @@ def test_delete_checks_every_name_before_deleting_any():
     assert [r.kind for r in removed] == ["server"] and provider.servers == {}
 
 
+@pytest.mark.parametrize("meta, url", [
+    # a file or folder of the repository, whatever its name, opens in JupyterLab
+    ({"open-file": "notebooks/intro.ipynb"}, "https://h/lab/tree/notebooks/intro.ipynb?token=t0k"),
+    ({"open-file": "what?/a #1.ipynb"}, "https://h/lab/tree/what%3F/a%20%231.ipynb?token=t0k"),
+    # a URL path, its query kept with its escapes, the token added to it
+    ({"urlpath": "voila/render/app.ipynb?voila-theme=dark"},
+     "https://h/voila/render/app.ipynb?voila-theme=dark&token=t0k"),
+    ({"urlpath": "lab?reset"}, "https://h/lab?reset&token=t0k"),
+    ({"urlpath": "git-pull?repo=https%3A%2F%2Fgithub.com%2Fo%2Fd&urlpath=lab%2Ftree%2Fd%2F"},
+     "https://h/git-pull?repo=https%3A%2F%2Fgithub.com%2Fo%2Fd&urlpath=lab%2Ftree%2Fd%2F&token=t0k"),
+    ({"urlpath": "git-pull?repo=https://github.com/o/d&urlpath=lab/tree/d/"},
+     "https://h/git-pull?repo=https://github.com/o/d&urlpath=lab/tree/d/&token=t0k"),
+    ({"urlpath": "lab/tree/a b.ipynb"}, "https://h/lab/tree/a%20b.ipynb?token=t0k"),
+    # servers launched before the two were told apart recorded a URL path as "open"
+    ({"open": "rstudio/"}, "https://h/rstudio/?token=t0k"),
+    ({}, None),
+])
+def test_the_url_that_opens_what_the_launch_asked_for(meta, url):
+    from vmbinder.providers.base import META, Server
+
+    server = Server("id", "demo", "active", "ACTIVE", "203.0.113.7",
+                    {META + "token": "t0k", META + "hostname": "h",
+                     **{META + k: v for k, v in meta.items()}})
+    assert lifecycle.access(server).open_url == url
+
+
 def test_forwarded_ports_appear_in_the_urls():
     from vmbinder.providers.base import META, Server
 
@@ -189,6 +215,8 @@ def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
         body = b""
 
         def answer(self, path, headers):
+            if "/vmbinder/status.json" in path:  # the guest's report, read once ready
+                return b'{"interfaces": ["tree", "lab"], "record": "Zenodo record 3242074"}'
             return Handler.body
 
     class Local(FakeProvider):
@@ -219,6 +247,9 @@ def test_a_waiting_launch_records_the_certificate_and_checks_jupyters_answer():
                                   clock=readiness.Clock(now=clock.now, sleep=clock.sleep))
     assert "HTTP 200, but not Jupyter's answer (no 'started')" in seen
     assert result.server.meta("issuer") == "off" and result.outcome.issuer == "off"
+    # What the guest reported is kept: the interfaces it serves, the record it fetched.
+    assert result.server.meta("interfaces") == "tree,lab"
+    assert result.server.meta("record") == "Zenodo record 3242074"
     assert result.access.urls["lab"].startswith(f"http://127.0.0.1:{port}/lab?token=")
 
 

@@ -340,6 +340,25 @@ def test_status_roster_and_down_commands(cli_with, tmp_path):
     assert res.exit_code == 0 and "nothing of workshop course was left" in res.stderr
 
 
+def test_the_roster_file_is_private_even_when_it_was_there_and_no_link_is_followed(cli_with, tmp_path):
+    p = BatchFake()
+    assert cli_with(p, "up", "--no-wait").exit_code == 0
+    out = tmp_path / "roster.csv"
+    out.write_text("an old, longer roster that anyone could read\n" * 20)
+    out.chmod(0o644)
+    res = cli_with(p, "roster", "--no-check", "--format", "csv", "-o", str(out))
+    assert res.exit_code == 0
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert "anyone could read" not in out.read_text() and out.read_text().count("token=") == 6
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    res = cli_with(p, "roster", "--no-check", "--format", "csv", "-o", str(link))
+    assert res.exit_code == 2 and "symbolic link" in res.stderr
+    assert target.read_text() == ""
+
+
 def test_down_tries_a_seat_again_after_a_dropped_connection_but_not_after_a_refusal():
     p = BatchFake()
     up(p, workshop(2), wait=False, fan_out=False)
@@ -413,3 +432,36 @@ def test_up_and_status_show_each_seats_certificate_once_its_guest_reported_it(cl
     assert table[0].split() == ["seat", "participant", "state", "address", "certificate",
                                 "expires", "fault"]
     assert "203-0-113-7.nip.io (acme)" in table[1] and "(acme)" not in table[2]
+
+
+def test_values_that_look_like_rich_markup_are_shown_as_written():
+    import io
+
+    from rich.console import Console
+
+    from vmbinder.commands.workshop import LiveTable
+
+    ws = parse("name: course\nsource: https://github.com/org/course\n"
+               "participants:\n  - '[/]'\n  - '[bold red]Ada[/bold red]'\n", "ws.yaml")
+    out = io.StringIO()
+    console = Console(file=out, width=200, force_terminal=False)
+    table = LiveTable(console, ws)
+    table.seat("course-01", "failed", "the CA said: [/] no [link=x]")
+    console.print(table._table())
+    shown = out.getvalue()
+    assert "[/]" in shown and "[bold red]Ada[/bold red]" in shown and "[link=x]" in shown
+
+
+def test_list_shows_what_servers_recorded_as_written(monkeypatch):
+    from click.testing import CliRunner
+
+    from vmbinder.commands import main as cli_module
+    from vmbinder.providers.base import META, Server
+
+    p = FakeProvider()
+    p.servers["id1"] = Server("id1", "demo", "active", "ACTIVE", "203.0.113.7",
+                              {META + "repo": "https://example.org/[/]x", META + "ref": "[bold]v1"})
+    monkeypatch.setattr(cli_module.Context, "provider", property(lambda self: p))
+    res = CliRunner().invoke(cli_module.cli, ["--cloud", "x", "list"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "[bold]v1" in res.stdout and "[/]x" in res.stdout

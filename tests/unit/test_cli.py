@@ -26,11 +26,12 @@ def test_dry_run_json_has_the_documented_keys():
               "https://mybinder.org/v2/gh/org/repo/main?urlpath=lab/tree/x.ipynb")
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    assert {"repo", "ref", "subdir", "open", "name", "user_data", "user_data_b64_bytes"} <= set(doc)
+    assert {"repo", "ref", "subdir", "open", "urlpath", "name", "user_data",
+            "user_data_b64_bytes"} <= set(doc)
     assert doc["repo"] == "https://github.com/org/repo"
     assert doc["ref"] == "main"
     assert doc["subdir"] is None
-    assert doc["open"] == "lab/tree/x.ipynb"
+    assert (doc["open"], doc["urlpath"]) == (None, "lab/tree/x.ipynb")
     assert doc["user_data_b64_bytes"] == len(base64.b64encode(doc["user_data"].encode()))
     assert yaml.safe_load(doc["user_data"])["runcmd"]
 
@@ -40,8 +41,8 @@ def test_dry_run_options_win_over_the_link():
               "--open", "analysis/a.ipynb", "--name", "my-env",
               "https://mybinder.org/v2/gh/org/repo/main?urlpath=lab/tree/x.ipynb")
     doc = json.loads(res.stdout)
-    assert (doc["ref"], doc["subdir"], doc["open"], doc["name"]) == (
-        "v2", "env", "lab/tree/analysis/a.ipynb", "my-env")
+    assert (doc["ref"], doc["subdir"], doc["open"], doc["urlpath"], doc["name"]) == (
+        "v2", "env", "analysis/a.ipynb", None, "my-env")
 
 
 def test_dry_run_needs_no_cloud_and_shows_no_real_token():

@@ -71,7 +71,9 @@ CASES = [
 def run_case(args: list[str], home: Path) -> str:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OS_", "VMBINDER_", "XDG_")) and k not in ("COLUMNS", "LINES")}
-    env.update(HOME=str(home), COLUMNS="100", TERM="dumb", NO_COLOR="1", PYTHONHASHSEED="0")
+    # GIT_ALLOW_PROTOCOL: git refuses to ask https remotes (as in tests/conftest.py).
+    env.update(HOME=str(home), COLUMNS="100", TERM="dumb", NO_COLOR="1", PYTHONHASHSEED="0",
+               GIT_ALLOW_PROTOCOL="file:git")
     argv = [a.replace("<home>", str(home)).replace("<root>", str(ROOT)) for a in args]
     done = subprocess.run([sys.executable, "-m", "vmbinder", *argv], cwd=home, env=env,
                           capture_output=True, text=True, timeout=120, check=False)

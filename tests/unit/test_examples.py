@@ -17,7 +17,7 @@ def test_dry_run_example_prints_the_resolved_badge():
                          text=True, timeout=60, check=True).stdout
     doc = json.loads(out)
     assert doc["repo"] == "https://github.com/binder-examples/requirements"
-    assert doc["ref"] == "HEAD" and doc["open"] == "doc/tree/index.ipynb"
+    assert doc["ref"] == "HEAD" and doc["open"] == "index.ipynb"
 
 
 def test_shell_examples_parse():

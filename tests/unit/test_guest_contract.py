@@ -21,7 +21,7 @@ from vmbinder import cloudinit, guestcontract, launchdoc, readiness, urls
 from vmbinder.images import build as gi
 from vmbinder.images import rootfs
 from vmbinder.sources import Source
-from vmbinder.spec import LaunchSpec, make_spec
+from vmbinder.spec import GuestNetwork, LaunchSpec, make_spec
 
 guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
 SOURCE = resources.files("vmbinder.cloud_init").joinpath(cloudinit.GUEST_SCRIPT).read_text()
@@ -80,7 +80,10 @@ def test_the_guest_is_found_reading_the_document():
 @pytest.mark.parametrize("public_ip", ["203.0.113.9", "2001:db8::1", None])
 @pytest.mark.parametrize("tls", ["acme", "internal", "off"])
 def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
-    doc = rendered_document(spec_for(tls=tls), public_ip)
+    # On a target the guest reaches at an address of the launching machine (the
+    # local target), the document has the fence too.
+    doc = rendered_document(spec_for(tls=tls, guest_network=GuestNetwork(host_address="10.0.2.2")),
+                            public_ip)
     for keys in sorted(guest_reads()):
         value = doc
         for key in keys:
@@ -91,7 +94,7 @@ def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
 def test_the_request_part_is_what_a_dry_run_shows():
     spec = spec_for()
     doc = launchdoc.document(spec, "203.0.113.9")
-    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest")} == \
+    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest", "fence")} == \
         launchdoc.request(spec, "203.0.113.9")
 
 

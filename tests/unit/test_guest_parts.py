@@ -23,8 +23,8 @@ guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
 
 
 def document(public_ip="203.0.113.9", *, kind="git", repo="https://github.com/o/r", ref=None,
-             subdir=None, name="demo", **kw) -> dict:
-    src = Source(repo=repo, kind=kind, ref=ref, subdir=subdir, open=None, given=repo)
+             subdir=None, name="demo", commit=None, **kw) -> dict:
+    src = Source(repo=repo, kind=kind, ref=ref, subdir=subdir, open=None, given=repo, commit=commit)
     return launchdoc.document(make_spec(src, name=name, **kw), public_ip)
 
 
@@ -214,6 +214,14 @@ def test_the_build_passes_each_value_as_one_argument(monkeypatch):
     assert guest.repo2docker_argv(bare)[-3:] == [guest.image_name(bare), "--", bare["repo"]]
 
 
+def test_the_build_checks_out_the_commit_the_launch_found_the_ref_at():
+    sha = "c" * 40
+    doc = document(ref="main", commit=sha)
+    assert guest.repo2docker_argv(doc)[-3:] == [f"--ref={sha}", "--", doc["repo"]]
+    # The build key follows the commit: another commit of main is another environment.
+    assert guest.image_name(doc) != guest.image_name(document(ref="main", commit="d" * 40))
+
+
 def test_the_token_stays_off_the_container_command_line(monkeypatch):
     monkeypatch.delenv("VMBINDER_GUEST_JUPYTER", raising=False)
     doc = document()
@@ -310,3 +318,24 @@ def test_jupyter_gets_the_token_of_the_launch_document_at_every_start(monkeypatc
     assert guest.main(["vmbinder-guest.py", "env-file"]) == 0
     assert env.read_text() == f"JUPYTER_TOKEN={second['token']}\n"
     assert env.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("line, record", [
+    ('{"message": "Fetching Zenodo record 3242074.\\n", "phase": "fetching"}', "Zenodo record 3242074"),
+    ('{"message": "Fetching Figshare article 9782777 in version 3.\\n", "phase": "fetching"}',
+     "Figshare article 9782777 version 3"),
+    ('{"message": "Fetching Dataverse record https://dataverse.harvard.edu/dataset.xhtml?persistentId='
+     'doi:10.7910/DVN/TJCLKP.\\n", "phase": "fetching"}',
+     "Dataverse record https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/TJCLKP"),
+    ('{"message": "Downloading https://www.hydroshare.org/django_irods/download/bags/b8f6eae9d89241cf8b'
+     '5c2af9f5e85aef.\\n", "phase": "fetching"}',
+     "HydroShare bag https://www.hydroshare.org/django_irods/download/bags/b8f6eae9d89241cf8b5c2af9f5e85aef"),
+    ('{"message": "HEAD is now at 0123abc Initial\\n", "phase": "fetching"}', None),
+])
+def test_the_record_a_doi_was_fetched_at_comes_from_repo2docker_s_own_lines(line, record):
+    """What repo2docker's providers print when they fetch (repo2docker/contentproviders),
+    as --json-logs writes it to the build log."""
+    text = '{"message": "Picked Zenodo content provider.\\n", "phase": "fetching"}\n' + line + "\n"
+    assert guest.fetched_record(text) == record
+    # Zenodo names the record again with its files: that line is not a record line.
+    assert guest.fetched_record(text + '{"message": "Fetching Zenodo record 3242074 files.\\n"}\n') == record

@@ -42,6 +42,11 @@ if name == "docker" and args[:2] == ["image", "inspect"]:
     sys.exit(0 if built else 1)
 if name == "docker" and args[:2] == ["buildx", "version"]:
     sys.exit(int(os.environ.get("NO_BUILDX", "0")))
+if name == "iptables" and ("-L" in args or "-C" in args):
+    sys.exit(1)  # no such chain or rule yet
+if name == "systemd-machine-id-setup":
+    with open(os.path.join(os.environ["VMBINDER_GUEST_ROOT"], "etc/machine-id"), "w") as fh:
+        fh.write(os.urandom(16).hex() + "\\n")
 if name == "systemctl" and args[:1] == ["is-active"]:
     sys.exit(int(os.environ.get("CADDY_DOWN", "0")))
 if name == "systemctl" and args == ["restart", "vmbinder-caddy.service"]:
@@ -84,10 +89,14 @@ else:
         fh.write(json.dumps({"msg": "could not get certificate from issuer",
                              "identifier": site, "error": answer}) + "\\n")
 """
+#: An SSH host key and its fingerprint, as `ssh-keygen -l` prints it.
+SEAT_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDbGG3RrhkmpPUpVMWCAu8wDmR+xKzXm+1MrgZ5RW4k6"
+SEAT_KEY_SHA256 = "ssh-ed25519 SHA256:0J6wablIsyZSEsGIgbuabRxiFBG2M9x9DZLoYImpBHs"
 #: A root certificate for the fake own CA (its fingerprint is all the guest reads).
 FAKE_ROOT = ("-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2FkZHkgbG9jYWwgcm9vdA==\n"
              "-----END CERTIFICATE-----\n")
-COMMANDS = ("apt-get", "systemctl", "docker", "caddy", "update-ca-certificates", "python3")
+COMMANDS = ("apt-get", "systemctl", "docker", "caddy", "update-ca-certificates", "python3",
+            "iptables", "systemd-machine-id-setup")
 
 
 @pytest.fixture
@@ -135,6 +144,7 @@ class Guest:
             "usr/local/lib/vmbinder/vmbinder-guest.py": script,
             "etc/os-release": f'ID={distro}\nVERSION_ID="{version}"\nVERSION_CODENAME=bookworm\n',
             "dev/console": "",
+            "etc/machine-id": "5f1b2c3d4e5f60718293a4b5c6d7e8f9\n",
         }.items():
             (self.root / path).parent.mkdir(parents=True, exist_ok=True)
             (self.root / path).write_text(text)
@@ -150,13 +160,13 @@ class Guest:
             path.write_text(recorder)
             path.chmod(0o755)
 
-    def run(self, **env) -> subprocess.CompletedProcess:
+    def run(self, command="run", **env) -> subprocess.CompletedProcess:
         full = dict(os.environ, PATH=f"{self.bin}:{os.environ['PATH']}", RECORD=str(self.record),
                     VMBINDER_GUEST_ROOT=str(self.root), VMBINDER_GUEST_JUPYTER=self.jupyter_addr,
                     R2D_VERSION=self.spec.repo2docker_version, FAKE_CADDY=str(self.fake_caddy),
                     FAKE_ROOT=FAKE_ROOT, CADDY_VERSION="v" + CADDY_VERSION, **env)
         script = self.root / "usr/local/lib/vmbinder/vmbinder-guest.py"
-        return subprocess.run([sys.executable, str(script), "run"], env=full, capture_output=True,
+        return subprocess.run([sys.executable, str(script), command], env=full, capture_output=True,
                               text=True, timeout=60, cwd=self.root, check=False)
 
     def calls(self, name=None) -> list[list[str]]:
@@ -192,14 +202,15 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert state["ready"] is True and state["phase"] == "ready"
     assert state["interfaces"] == ["tree", "lab"]
     # Seconds per step, which the guest-overhead benchmark reads.
-    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "base-images",
-                                        "repo2docker", "build", "service", "interfaces"]
+    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "fence",
+                                        "base-images", "repo2docker", "build", "service",
+                                        "interfaces"]
     assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console if line.startswith("VMBINDER-PHASE ")]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "tls", "docker", "base-images", "repo2docker", "build",
-        "service", "interfaces", "ready"]
+        "trust", "mirrors", "proxy", "tls", "docker", "fence", "base-images", "repo2docker",
+        "build", "service", "interfaces", "ready"]
     # The certificate: Let's Encrypt's, for the address itself.
     (outcome,) = outcomes(guest)
     assert outcome == {"site": "203.0.113.9", "issuer": "acme", "failed": [], "root": None}
@@ -255,6 +266,23 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
              / "acme-v02.api.letsencrypt.org-directory" / "seat2.example.org")
     early.mkdir(parents=True)
     (early / "seat2.example.org.crt").write_text("certificate")
+    # What the first seat's disk holds of it: cloud-init's folder of its instance,
+    # its machine id and journal, its logs.
+    cloud = builder.root / "var/lib/cloud"
+    for instance in ("seat-1", "seat-2"):
+        (cloud / "instances" / instance).mkdir(parents=True)
+    (cloud / "instances/seat-1/user-data.txt").write_text(builder.spec.token)
+    (cloud / "instance").symlink_to(cloud / "instances/seat-2")
+    first_machine = (builder.root / "etc/machine-id").read_text().strip()
+    (builder.root / "var/log/journal" / first_machine).mkdir(parents=True)
+    with open(builder.root / "var/log/vmbinder/commands.log", "a") as fh:
+        fh.write("first seat's build\n")
+    caddy_log = builder.root / "var/log/vmbinder-caddy/caddy.log"
+    caddy_log.parent.mkdir(parents=True, exist_ok=True)
+    caddy_log.write_text("the first seat's ACME tries\n")
+    # cloud-init made this instance its own SSH host key before the run.
+    (builder.root / "etc/ssh").mkdir(parents=True, exist_ok=True)
+    (builder.root / "etc/ssh/ssh_host_ed25519_key.pub").write_text(SEAT_KEY + " root@seat-2\n")
     first = len(builder.calls())
     built_at = first_state["started"]
     res = builder.run()
@@ -278,6 +306,15 @@ def test_a_seat_started_from_a_snapshot_skips_the_build_and_serves_its_own_token
     # address: the host would probe that one with this seat's token).
     assert state["tls"]["outcome"]["site"] == "seat2.example.org"
     assert (state["built"], state["commit"]) == (first_state["built"], first_state["commit"])
+    # Nothing that names the first seat or is its secret: cloud-init's folder of its
+    # instance (its user-data, with its token), its machine id, logs and journal.
+    assert [p.name for p in (builder.root / "var/lib/cloud/instances").iterdir()] == ["seat-2"]
+    assert state["machine"] not in (None, first_state["machine"])
+    assert first_state["host_keys"] == [] and state["host_keys"] == [SEAT_KEY_SHA256]
+    assert not (builder.root / "var/log/journal" / first_machine).exists()
+    assert builder.spec.token not in (builder.root / "var/log/vmbinder/guest.log").read_text()
+    assert "first seat's build" not in (builder.root / "var/log/vmbinder/commands.log").read_text()
+    assert (builder.root / "var/log/vmbinder-caddy/caddy.log").read_text() == ""
 
 
 def test_another_source_builds_another_image(tmp_path, jupyter):
@@ -490,3 +527,52 @@ def test_caddy_serves_each_tls_mode(tmp_path, jupyter, tls, hostname, public_ip,
     assert ("\t\tissuer acme {" in caddy) == (issuer == "acme")
     assert "\t\treverse_proxy " + guest.jupyter_addr in caddy
     assert outcomes(guest)[-1]["issuer"] == issuer
+
+
+def test_on_the_local_target_code_reaches_only_the_named_ports_of_this_machine(tmp_path, jupyter):
+    """The local target's server reaches this machine's loopback at 10.0.2.2: a
+    chain entered from OUTPUT and DOCKER-USER lets through only the repository's,
+    mirror's and CA's ports there, and the environment starts only after it."""
+    spec = make_spec(Source(repo="git://10.0.2.2:9418/r.git", kind="git", ref=None, subdir=None,
+                            open=None, given="git://10.0.2.2:9418/r.git"), name="demo",
+                     acme=AcmeChoice(ca="https://10.0.2.2:14000/dir"),
+                     guest_network=GuestNetwork(pip_index_url="http://10.0.2.2:3141/simple",
+                                                apt_mirror="http://deb.example.org/debian",
+                                                host_address="10.0.2.2"))
+    guest = Guest(tmp_path, jupyter, spec)
+    assert guest.doc["fence"] == {"host": "10.0.2.2", "ports": [3141, 9418, 14000]}
+    res = guest.run()
+    assert res.returncode == 0, res.stderr
+    unit = (guest.root / "etc/systemd/system/vmbinder-fence.service").read_text()
+    assert "Type=oneshot" in unit and "Before=vmbinder-env.service" in unit and unit.endswith(
+        "/usr/local/lib/vmbinder/vmbinder-guest.py fence\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+    assert ["systemctl", "restart", "vmbinder-fence.service"] in guest.calls()
+    env = (guest.root / "etc/systemd/system/vmbinder-env.service").read_text()
+    assert "After=docker.service vmbinder-fence.service " in env
+    assert "Requires=vmbinder-fence.service\n" in env
+
+    before = len(guest.calls("iptables"))
+    assert guest.run("fence").returncode == 0
+    rules = [c[2:] for c in guest.calls("iptables")[before:] if "-L" not in c and "-C" not in c]
+    chain = "VMBINDER-FENCE"
+    assert rules == [
+        ["-N", chain], ["-N", "DOCKER-USER"], ["-F", chain],
+        ["-A", chain, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"],
+        ["-A", chain, "-p", "tcp", "--dport", "3141", "-j", "RETURN"],
+        ["-A", chain, "-p", "tcp", "--dport", "9418", "-j", "RETURN"],
+        ["-A", chain, "-p", "tcp", "--dport", "14000", "-j", "RETURN"],
+        ["-A", chain, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+        ["-A", chain, "-j", "REJECT"],
+        ["-I", "OUTPUT", "1", "-d", "10.0.2.2", "-j", chain],
+        ["-I", "DOCKER-USER", "1", "-d", "10.0.2.2", "-j", chain],
+    ]
+
+
+def test_a_cloud_server_has_no_fence(tmp_path, jupyter):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    assert guest.doc["fence"] is None
+    assert guest.run().returncode == 0
+    assert not guest.calls("iptables")
+    assert not (guest.root / "etc/systemd/system/vmbinder-fence.service").exists()
+    assert "Requires=" not in (guest.root / "etc/systemd/system/vmbinder-env.service").read_text()

@@ -113,6 +113,17 @@ def test_only_host_apt_settings_about_acquiring_are_copied():
     assert set(kept) == {"99artifact-registry", "01proxy"}
 
 
+def test_a_proxy_login_in_the_hosts_apt_settings_stays_on_the_host():
+    kept = rootfs.host_apt_settings({
+        "01proxy": 'Acquire::http::Proxy "http://me:s3cret@proxy:3128";\n'
+                   'Acquire::https::Proxy "https://TOKEN@proxy.example.org/";\n'
+                   'Acquire::ftp::Proxy "http://proxy:3128/a@b";\n',
+    })
+    assert kept["01proxy"] == ('Acquire::http::Proxy "http://proxy:3128";\n'
+                               'Acquire::https::Proxy "https://proxy.example.org/";\n'
+                               'Acquire::ftp::Proxy "http://proxy:3128/a@b";\n')
+
+
 # ------------------------------------------------------------ refusals
 
 

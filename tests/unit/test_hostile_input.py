@@ -75,10 +75,10 @@ def fixed(n: int):
 
 
 @fixed(150)
-@given(value=hostile, which=st.sampled_from(["source", "ref", "subdir", "open"]))
+@given(value=hostile, which=st.sampled_from(["source", "ref", "subdir", "open", "urlpath"]))
 def test_what_a_user_types_is_accepted_or_refused_with_vmbinders_error(value, which):
     counted("input")
-    args = {"ref": None, "subdir": None, "open_path": None}
+    args = {"ref": None, "subdir": None, "open_path": None, "urlpath": None}
     text = "https://github.com/binder-examples/requirements"
     if which == "source":
         text = value
@@ -111,7 +111,7 @@ def test_names_and_host_names_are_plain_dns_labels_or_refused(value):
 
 @fixed(60)
 @given(value=hostile, field=st.sampled_from(["name", "source", "ref", "subdir", "open",
-                                             "flavor", "image", "network", "key",
+                                             "urlpath", "flavor", "image", "network", "key",
                                              "lifetime", "tls", "participant", "email"]))
 def test_every_field_of_a_workshop_file_is_accepted_or_refused_with_vmbinders_error(value, field):
     counted("workshop")
@@ -203,6 +203,9 @@ def monkeypatch_cli(tmp_path_factory, monkeypatch):
         # What the provider declares (data, not calls): make_spec reads them.
         target_defaults = OpenStackProvider.target_defaults
         metadata_limits = OpenStackProvider.metadata_limits
+
+        def url_from_here(self, url):  # how this machine reaches a URL: asks no cloud
+            return url
 
         def __getattr__(self, name):
             def call(*args, **kwargs):

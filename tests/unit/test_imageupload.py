@@ -420,6 +420,15 @@ def test_json_and_value_output(folder, fake_cloud):
     assert {r[1] for r in rows} == set(fake_cloud.images)
 
 
+def test_a_public_upload_says_what_the_image_holds(folder, fake_cloud):
+    res = run("--os-cloud", "mine", "image", "upload", str(folder), "--public")
+    assert res.exit_code == 0, res.stderr
+    assert "every project of this cloud can boot these images" in res.stderr
+    assert "CA certificates" in res.stderr and "apt sources" in res.stderr
+    private = run("--os-cloud", "mine", "image", "upload", str(folder), "--name", "y")
+    assert "every project" not in private.stderr
+
+
 def test_a_clash_exits_2_with_the_hint(folder, fake_cloud):
     fake_cloud.add_set("debian-12-baked")
     res = run("--os-cloud", "mine", "image", "upload", str(folder))

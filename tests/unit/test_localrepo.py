@@ -41,6 +41,29 @@ def test_a_work_tree_is_served_as_committed(tmp_path):
     assert files == ["committed.txt"]
 
 
+def test_only_the_commit_checked_out_is_served(tmp_path):
+    work = tmp_path / "work"
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t.invalid", "-c", "commit.gpgsign=false",
+           "-C", str(work)]
+    subprocess.run(["git", "init", "-q", "-b", "dev", str(work)], check=True)
+    (work / "a.txt").write_text("a\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    subprocess.run([*git, "tag", "private-tag"], check=True)
+    subprocess.run([*git, "checkout", "-q", "-b", "secret"], check=True)
+    (work / "secret.txt").write_text("s\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "secret"], check=True)
+    subprocess.run([*git, "checkout", "-q", "dev"], check=True)
+    with serve(work) as url:
+        refs = subprocess.run(["git", "ls-remote", url.replace(HOST_FROM_GUEST, "127.0.0.1")],
+                              capture_output=True, text=True, check=True, timeout=60).stdout
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert sorted(line.split("\t")[1] for line in refs.splitlines()) == ["HEAD", "refs/heads/main"]
+    assert {line.split("\t")[0] for line in refs.splitlines()} == {head}
+
+
 def test_the_command_gets_the_url_and_its_exit_code_is_returned(tmp_path):
     folder = tmp_path / "repo"
     folder.mkdir()

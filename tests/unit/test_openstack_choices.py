@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from vmbinder import errors
+from vmbinder.providers import base
 from vmbinder.providers.base import Ledger, Resolved
 from vmbinder.providers.openstack import common as osp
 from vmbinder.providers.openstack import network, quotas, resolve
@@ -283,3 +284,180 @@ def test_floating_ips_are_counted_for_the_seats_that_get_one_and_ports_for_every
         quotas.check_quota(conn, [flavor] * 6, ["0.0.0.0/0"] * 6, floating_ips=2)
     assert "floating IPs: needs 2, 1 left of 2" in info.value.message
     assert "ports" not in info.value.message
+
+
+# -- the security group ------------------------------------------------------------------
+
+def ingress(port, prefix=None, *, eth="IPv4", protocol="tcp", rule_id=None, **extra):
+    return {"id": rule_id or f"r-{port}-{eth}", "direction": "ingress", "protocol": protocol,
+            "ethertype": eth, "port_range_min": port, "port_range_max": port,
+            "remote_ip_prefix": prefix, "remote_group_id": None, **extra}
+
+
+WANTED = [ingress(p, eth=e) for p in (22, 80, 443) for e in ("IPv4", "IPv6")]
+
+
+class Neutron:
+    """The security group calls of a project's network API, recording what is made."""
+
+    def __init__(self, groups=(), added_by_the_cloud=()):
+        self.groups = {g.id: g for g in groups}
+        self.added_by_the_cloud = list(added_by_the_cloud)
+        self.made, self.rules, self.deleted_rules = [], [], []
+
+    def security_groups(self, name, project_id):
+        assert project_id == PROJECT
+        return iter(g for g in self.groups.values() if g.name == name)
+
+    def find_security_group(self, name_or_id, ignore_missing=True, **query):
+        return self.groups[name_or_id]
+
+    def create_security_group(self, name, description):
+        group = SimpleNamespace(id=f"sg-{len(self.made) + 1}", name=name,
+                                security_group_rules=list(self.added_by_the_cloud))
+        self.made.append(group)
+        return group
+
+    def create_security_group_rules(self, rules):
+        self.rules += rules
+
+    def delete_security_group_rule(self, rule_id, ignore_missing=True):
+        self.deleted_rules.append(rule_id)
+
+
+def group_of(name, rules, group_id="sg-0"):
+    return SimpleNamespace(id=group_id, name=name, security_group_rules=rules)
+
+
+def prepare_group(neutron, ssh_cidr="0.0.0.0/0"):
+    conn = SimpleNamespace(current_project_id=PROJECT, network=neutron)
+    spec = make_spec(SOURCE, name="demo", cloud=CloudChoice(ssh_cidr=ssh_cidr))
+    ledger = Ledger()
+    return network.security_group(conn, spec, ledger, settle_timeout=1), ledger
+
+
+def test_a_group_that_lets_in_more_is_refused_listing_each_extra_rule_and_the_fix():
+    default = group_of("default", [], "sg-default")
+    mine = group_of("vmbinder", [
+        *WANTED, {"id": "e1", "direction": "egress", "protocol": None, "ethertype": "IPv4"},
+        ingress(8080, "0.0.0.0/0", rule_id="x1"),
+        ingress(None, protocol=None, rule_id="x2", remote_group_id="sg-default")])
+    neutron = Neutron([mine, default])
+    with pytest.raises(errors.ConfigError) as info:
+        prepare_group(neutron)
+    message, hint = info.value.message, info.value.hint
+    assert "security group vmbinder (sg-0) lets in more than vmbinder asks for" in message
+    assert "  tcp 8080 from 0.0.0.0/0 (IPv4)  (rule x1)" in message
+    assert "  any protocol from group default (IPv4)  (rule x2)" in message
+    assert "egress" not in message and "e1" not in message
+    assert "openstack security group rule delete x1 x2" in hint
+    assert "openstack security group delete sg-0" in hint
+    assert info.value.exit_code == 3
+    assert (neutron.made, neutron.rules) == ([], [])  # nothing was made, nothing added
+
+
+def test_a_group_with_fewer_rules_gets_the_missing_ones_and_egress_is_left_alone():
+    mine = group_of("vmbinder", [*WANTED[:4], {"id": "e1", "direction": "egress",
+                                               "protocol": None, "ethertype": "IPv6"}])
+    neutron = Neutron([mine])
+    group, ledger = prepare_group(neutron)
+    assert group is mine and neutron.made == [] and ledger.items == []
+    assert sorted((r["ethertype"], r["port_range_min"]) for r in neutron.rules) == [
+        ("IPv4", 443), ("IPv6", 443)]
+
+
+@pytest.mark.parametrize("given, name, prefix, eth", [
+    ("10.1.2.3/24", "vmbinder-ssh-10-1-2-0-24", "10.1.2.0/24", "IPv4"),
+    ("2001:db8:0:7::1/64", "vmbinder-ssh-2001-0db8-0000-0007-0000-0000-0000-0000-64",
+     "2001:db8:0:7::/64", "IPv6"),
+])
+def test_a_new_group_is_named_after_the_network_and_its_ssh_rule_uses_it(given, name, prefix, eth):
+    # A cloud whose new groups come with an ingress rule of its own: removed from
+    # vmbinder's group, which lets in only what vmbinder asks for.
+    neutron = Neutron(added_by_the_cloud=[ingress(None, protocol=None, rule_id="c1",
+                                                  remote_group_id="sg-1")])
+    group, ledger = prepare_group(neutron, given)
+    assert group.name == name and [i.kind for i in ledger.items] == ["security group"]
+    assert neutron.deleted_rules == ["c1"]
+    ssh = [r for r in neutron.rules if r["port_range_min"] == 22]
+    assert [(r["ethertype"], r["remote_ip_prefix"]) for r in ssh] == [(eth, prefix)]
+    assert len(neutron.rules) == 5  # 80 and 443 for both, 22 for the network
+
+
+def test_the_quota_check_of_a_batch_refuses_a_group_that_lets_in_more():
+    limits = SimpleNamespace(instances=10, instances_used=0, total_cores=20, total_cores_used=0,
+                             total_ram=51200, total_ram_used=0)
+    quota = SimpleNamespace(floating_ips={"limit": 10}, ports={"limit": 10},
+                            security_groups={"limit": 10}, security_group_rules={"limit": 100})
+    wide = group_of("vmbinder", [*WANTED, ingress(8080, "0.0.0.0/0", rule_id="x1")])
+    conn = SimpleNamespace(
+        current_project_id=PROJECT,
+        compute=SimpleNamespace(get_limits=lambda: SimpleNamespace(absolute=limits)),
+        network=SimpleNamespace(get_quota=lambda project, details: quota,
+                                find_security_group=lambda name, **kw: wide))
+    flavor = SimpleNamespace(name="m1.small", vcpus=1, ram=2048)
+    with pytest.raises(errors.ConfigError) as info:
+        quotas.check_quota(conn, [flavor] * 3, ["0.0.0.0/0"] * 3, floating_ips=3)
+    assert "tcp 8080 from 0.0.0.0/0 (IPv4)" in info.value.message
+
+
+def test_the_group_is_checked_before_the_keypair_is_made(monkeypatch):
+    made = []
+    place = SimpleNamespace(network=SimpleNamespace(id="n", name="private"), external=None,
+                            floating=False, routable=True)
+    monkeypatch.setattr(resolve, "image", lambda conn, wanted: SimpleNamespace(id="i", name="i"))
+    monkeypatch.setattr(resolve, "flavor", lambda conn, wanted, image: SimpleNamespace(id="f", name="f"))
+    monkeypatch.setattr(resolve, "networks", lambda *a: place)
+    monkeypatch.setattr(resolve, "keypair", lambda conn, spec, ledger: made.append("keypair"))
+
+    def refuse(*a):
+        raise errors.ConfigError("security group vmbinder lets in more than vmbinder asks for")
+
+    monkeypatch.setattr(network, "security_group", refuse)
+    provider = OpenStackProvider(conn=SimpleNamespace(current_project_id=PROJECT))
+    monkeypatch.setattr(provider, "_refuse_duplicate", lambda name: None)
+    with pytest.raises(errors.ConfigError):
+        provider.prepare(make_spec(SOURCE, name="demo"), Ledger())
+    assert made == []
+
+
+# -- this project's floating IPs and ports only -------------------------------------------
+
+class Listing:
+    """Neutron's list calls, recording what each was asked; an administrator's
+    credentials would list every project's without project_id."""
+
+    def __init__(self):
+        self.asked = []
+
+    def ips(self, **query):
+        self.asked.append(("ips", query))
+        return iter([SimpleNamespace(id="fip-1", port_id=None, description="vmbinder:demo",
+                                     floating_ip_address="203.0.113.9")])
+
+    def ports(self, **query):
+        self.asked.append(("ports", query))
+        return iter([SimpleNamespace(id="port-1", device_id=None, description="vmbinder:demo",
+                                     fixed_ips=[], security_group_ids=[])])
+
+    def delete_ip(self, ip, ignore_missing=True):
+        pass
+
+    def delete_port(self, port, ignore_missing=True):
+        pass
+
+
+def test_every_floating_ip_and_port_lookup_asks_for_this_project_only():
+    listing = Listing()
+    conn = SimpleNamespace(current_project_id=PROJECT, network=listing)
+    server = base.Server("srv-1", "demo", base.ACTIVE, "ACTIVE", None, {})
+    network.floating_ips(conn, server)
+    network.server_ports(conn, server)
+    network.release_orphans(conn, ["demo"])
+    assert listing.asked and all(query.get("project_id") == PROJECT for _, query in listing.asked), \
+        listing.asked
+
+
+def test_the_owner_recorded_and_compared_is_the_keystone_user():
+    provider = OpenStackProvider(conn=SimpleNamespace(current_user_id="u-1"))
+    assert provider.current_owner() == "u-1"

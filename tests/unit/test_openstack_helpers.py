@@ -1,6 +1,7 @@
 """The OpenStack provider's pure helpers, and its choice of image and flavor from
 listed records; its cloud calls are tested against the testbed."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -26,16 +27,22 @@ def test_keypair_name_refuses_a_broken_key(bad):
         base.keypair_name(bad)
 
 
+def rule(port, prefix=None, *, eth="IPv4", protocol="tcp", hi=None, rule_id=None, **extra):
+    """A Neutron ingress rule as the group's security_group_rules list holds it."""
+    return {"id": rule_id or f"r-{port}-{eth}", "direction": "ingress", "protocol": protocol,
+            "ethertype": eth, "port_range_min": port,
+            "port_range_max": port if hi is None else hi, "remote_ip_prefix": prefix,
+            "remote_group_id": None, **extra}
+
+
 def test_security_group_rules_add_only_what_is_missing():
     want = osp.wanted_rules("0.0.0.0/0")
     assert want == {("IPv4", 22, "0.0.0.0/0"), ("IPv6", 22, "::/0"), ("IPv4", 80, "0.0.0.0/0"),
                     ("IPv6", 80, "::/0"), ("IPv4", 443, "0.0.0.0/0"), ("IPv6", 443, "::/0")}
     have = osp.existing_rules([
-        {"direction": "ingress", "protocol": "tcp", "ethertype": "IPv4", "port_range_min": 80,
-         "port_range_max": 443, "remote_ip_prefix": None},  # a range covering both
+        rule(80), rule(443, "0.0.0.0/0"),
         {"direction": "egress", "protocol": None, "ethertype": "IPv4"},
-        {"direction": "ingress", "protocol": "tcp", "ethertype": "IPv4", "port_range_min": 22,
-         "port_range_max": 22, "remote_ip_prefix": None, "remote_group_id": "g"},
+        rule(22, remote_group_id="g"),  # from a group: not the rule vmbinder asks for
     ])
     assert want - have == {("IPv4", 22, "0.0.0.0/0"), ("IPv6", 22, "::/0"),
                            ("IPv6", 80, "::/0"), ("IPv6", 443, "::/0")}
@@ -43,9 +50,72 @@ def test_security_group_rules_add_only_what_is_missing():
 
 def test_narrowed_ssh_gets_its_own_group_and_one_ssh_rule():
     assert osp.security_group_name("0.0.0.0/0") == "vmbinder"
+    assert osp.security_group_name("::/0") == "vmbinder"
     assert osp.security_group_name("192.0.2.0/24") == "vmbinder-ssh-192-0-2-0-24"
     ssh = [r for r in osp.wanted_rules("192.0.2.0/24") if r[1] == 22]
     assert ssh == [("IPv4", 22, "192.0.2.0/24")]
+
+
+def test_a_group_is_named_after_the_network_so_an_address_in_it_gives_the_same_group():
+    assert osp.security_group_name("10.1.2.3/24") == osp.security_group_name("10.1.2.0/24") \
+        == "vmbinder-ssh-10-1-2-0-24"
+    assert osp.security_group_name("2001:db8::1/32") == osp.security_group_name("2001:db8::/32") \
+        == "vmbinder-ssh-2001-0db8-0000-0000-0000-0000-0000-0000-32"
+    assert ("IPv4", 22, "10.1.2.0/24") in osp.wanted_rules("10.1.2.3/24")
+    assert ("IPv6", 22, "2001:db8::/32") in osp.wanted_rules("2001:db8::1/32")
+    # A host: its own group, /32 or /128.
+    assert osp.security_group_name("198.51.100.7/32") == "vmbinder-ssh-198-51-100-7-32"
+    assert osp.wanted_rules("1.2.3.4/0") == osp.wanted_rules("0.0.0.0/0")  # open is open
+
+
+def test_two_networks_never_share_a_group_name():
+    import ipaddress
+
+    nets = {
+        # Networks whose names collided when every run of non-hex characters became "-".
+        "1:2::3:4/128", "1::2:3:4/128", "1:2:3::4/128", "1::2/127", "1:0:2::/127",
+        "10.1.2.0/24", "10:1:2::/48", "::ffff:10.1.2.0/120", "::ffff:10.1.3.0/120",
+        "192.0.2.0/24", "192.0.2.0/25", "2001:db8::/32", "2001:db8::/33", "2001:db8:0:1::/64",
+        "2001:db8:1::/64", "0.0.0.0/0", "::/0", "255.255.255.255/32",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128",
+    }
+    by_name: dict[str, set] = {}
+    for text in nets:
+        by_name.setdefault(osp.security_group_name(text), set()).add(
+            ipaddress.ip_network(text, strict=False))
+    # Only the two open networks share one: `vmbinder`, which lets in both.
+    assert {n: v for n, v in by_name.items() if len(v) > 1} == {
+        "vmbinder": {ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")}}
+    assert max(len(n) for n in by_name) <= 255  # Neutron's limit
+    assert all(re.fullmatch(r"vmbinder(-ssh-[0-9a-f-]+)?", n) for n in by_name)
+
+
+def test_rules_beyond_what_vmbinder_asks_for_are_found_and_egress_is_not_one():
+    wanted = [rule(p, c, eth=e) for p in (22, 80, 443) for e, c in (("IPv4", None), ("IPv6", None))]
+    egress = {"id": "e1", "direction": "egress", "protocol": None, "ethertype": "IPv4"}
+    assert osp.extra_rules([*wanted, egress], "0.0.0.0/0") == []
+    extra = [
+        rule(8080, "0.0.0.0/0", rule_id="x1"),
+        rule(80, hi=443, rule_id="x2"),                          # a range
+        rule(53, protocol="udp", rule_id="x3"),                  # another protocol
+        rule(22, "198.51.100.0/24", rule_id="x4"),               # another prefix
+        rule(None, protocol=None, rule_id="x5", remote_group_id="g-default"),  # any protocol
+        rule(None, protocol="tcp", rule_id="x6", eth="IPv6"),    # every TCP port
+        rule(None, protocol="icmp", rule_id="x7"),
+    ]
+    found = osp.extra_rules([*wanted, egress, *extra], "0.0.0.0/0")
+    assert [r["id"] for r in found] == ["x1", "x2", "x3", "x4", "x5", "x6", "x7"]
+    said = [osp.describe_rule(r, {"g-default": "default"}) for r in found]
+    assert said == ["tcp 8080 from 0.0.0.0/0 (IPv4)", "tcp 80-443 from 0.0.0.0/0 (IPv4)",
+                    "udp 53 from 0.0.0.0/0 (IPv4)", "tcp 22 from 198.51.100.0/24 (IPv4)",
+                    "any protocol from group default (IPv4)", "tcp (every port) from ::/0 (IPv6)",
+                    "icmp from 0.0.0.0/0 (IPv4)"]
+    # With SSH narrowed, SSH from everywhere is one more than asked for; the narrowed
+    # rule, written with its host bits, is the one asked for.
+    narrowed = [r for r in wanted if r["port_range_min"] != 22]
+    narrowed.append(rule(22, "10.1.2.3/24", rule_id="s1"))
+    assert osp.extra_rules(narrowed, "10.1.2.0/24") == []
+    assert [r["id"] for r in osp.extra_rules(wanted, "10.1.2.0/24")] == ["r-22-IPv4", "r-22-IPv6"]
 
 
 @pytest.mark.parametrize("status, task, state", [
@@ -64,12 +134,13 @@ def test_floating_address_is_read_from_addresses():
 
 
 def test_metadata_records_provenance_and_refuses_overlong_values():
-    src = Source("https://github.com/o/r", "git", ref="main", open="lab/tree/a.ipynb",
+    src = Source("https://github.com/o/r", "git", ref="main", open="nb/a.ipynb",
                  given="https://github.com/o/r")
     spec = make_spec(src, name="demo")
     meta = osp.server_metadata(spec, "user-1")
     assert meta["vmbinder:repo"] == "https://github.com/o/r"
-    assert meta["vmbinder:ref"] == "main" and meta["vmbinder:open"] == "lab/tree/a.ipynb"
+    assert meta["vmbinder:ref"] == "main" and meta["vmbinder:open-file"] == "nb/a.ipynb"
+    assert "vmbinder:urlpath" not in meta and "vmbinder:open" not in meta
     assert meta["vmbinder:repo2docker"] == spec.repo2docker_version
     assert meta["vmbinder:token"] == spec.token and meta["vmbinder:owner"] == "user-1"
     assert "vmbinder:subdir" not in meta

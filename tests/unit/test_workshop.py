@@ -24,7 +24,7 @@ def test_the_example_file_reads_as_documented():
     ws = workshop.load(EXAMPLE)
     assert ws.name == "genomics-101" and ws.path == EXAMPLE
     assert ws.source.repo == "https://github.com/binder-examples/requirements"
-    assert ws.source.ref == "HEAD" and ws.source.open == "lab/tree/index.ipynb"
+    assert ws.source.ref == "HEAD" and ws.source.open == "index.ipynb"
     assert [s.name for s in ws.seats] == ["genomics-101-01", "genomics-101-02", "genomics-101-03"]
     assert [s.participant.name for s in ws.seats] == ["Ada Lovelace", "Alan Turing", "Grace Hopper"]
     assert ws.seats[1].participant.email == "alan@example.org"
@@ -60,6 +60,13 @@ def test_floating_ip_config_drive_and_a_seats_network_are_cloud_keys_like_the_ot
     assert (plain.floating_ip, plain.config_drive) == ("auto", "auto")
 
 
+def test_a_workshop_opens_a_file_or_a_url_path():
+    ws = workshop.parse(HEAD + "seats: 2\nurlpath: voila/render/a.ipynb?voila-theme=dark\n", "w.yaml")
+    assert (ws.source.open, ws.source.urlpath) == (None, "voila/render/a.ipynb?voila-theme=dark")
+    ws = workshop.parse(HEAD + "seats: 2\nopen: notebooks/a.ipynb\n", "w.yaml")
+    assert (ws.source.open, ws.source.urlpath) == ("notebooks/a.ipynb", None)
+
+
 @pytest.mark.parametrize("text, line, words", [
     (HEAD + "seats: 2\nconfig_drive: maybe\n", 4, "config_drive must be one of auto, yes, no"),
     (HEAD + "seats: 2\nfloating_ip: [yes]\n", 4, "floating_ip: auto"),
@@ -75,6 +82,8 @@ def test_floating_ip_config_drive_and_a_seats_network_are_cloud_keys_like_the_ot
     (HEAD + "ref: 'a b'\nseats: 2\n", 3, "ref 'a b'"),
     (HEAD + "seats: 2\nsubdir: ../up\n", 4, "'..'"),
     (HEAD + "seats: 2\nopen: \"a\\nb\"\n", 4, "one line"),
+    (HEAD + "seats: 2\nopen: a.ipynb\nurlpath: lab\n", 4, "not both"),
+    (HEAD + "seats: 2\nurlpath: 'lab#x'\n", 4, "'#'"),
     ("name: ws\nsource: 10.5281/zenodo.3242074\nseats: 2\nref: v1\n", 4, "git sources only"),
     (HEAD + "seats: 0\n", 3, "from 1 to 200"),
     (HEAD + "seats: 201\n", 3, "from 1 to 200"),

@@ -81,6 +81,12 @@ def upload_command(obj, folder, name, replace, public, fmt) -> None:
             "OpenStack, name a cloud with --os-cloud or OS_CLOUD")
     if obj.is_local:
         raise errors.ConfigError("no OpenStack cloud is configured to upload to", NO_CLOUD_HINT)
+    if public and not obj.quiet:
+        stderr().print(
+            "[yellow]warning:[/] --public: every project of this cloud can boot these images "
+            "and read them, and they hold what this machine gave them when they were built: its "
+            "apt sources and apt settings (logins left out), its extra CA certificates and the "
+            "pip index; see image.json in the folder.")
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(stderr())
     try:
         result = upload.upload_image(
@@ -94,10 +100,12 @@ def upload_command(obj, folder, name, replace, public, fmt) -> None:
                        "container_format": u.container_format} for u in result.images],
            "replaced": [{"id": f.id, "name": f.name} for f in result.replaced]}
     if fmt != "json":
+        from rich.markup import escape
+
         err = stderr()
         for f in result.replaced:
-            err.print(f"deleted the replaced image {f.name} ({f.id})")
-        err.print(f"[green]uploaded[/] {result.name}; launch it with: "
-                  f"vmbinder launch --image {result.name} SOURCE")
+            err.print(f"deleted the replaced image {escape(f.name)} ({f.id})")
+        err.print(f"[green]uploaded[/] {escape(result.name)}; launch it with: "
+                  f"vmbinder launch --image {escape(result.name)} SOURCE")
     emit(fmt, doc, [(u.role, f"{u.id}  {u.name}") for u in result.images],
          value="\n".join(f"{u.role}\t{u.id}\t{u.name}" for u in result.images))

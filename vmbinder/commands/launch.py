@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,12 @@ DRY_RUN_TOKEN = "0" * 64
 @click.argument("source")
 @click.option("--ref", help="Branch, tag or commit to build (git sources).")
 @click.option("--subdir", help="Folder of the repository that holds the environment files.")
-@click.option("--open", "open_path", metavar="PATH",
-              help="What to open after launch: a file (x.ipynb) or a URL path (lab/tree/x.ipynb).")
+@click.option("--open", "open_path", metavar="FILE",
+              help="A file or folder of the repository to open in JupyterLab "
+                   "(notebooks/intro.ipynb).")
+@click.option("--urlpath", metavar="PATH",
+              help="A URL path on the server to open instead, with an optional query "
+                   "(rstudio, voila/render/app.ipynb, git-pull?repo=...).")
 @click.option("--name", help="Server name [default: from the repository, plus 4 random hex digits].")
 @click.option("--image", envvar="VMBINDER_IMAGE", help="Image name or id [env: VMBINDER_IMAGE].")
 @click.option("--flavor", envvar="VMBINDER_FLAVOR", help="Flavor name or id [env: VMBINDER_FLAVOR].")
@@ -74,7 +79,7 @@ DRY_RUN_TOKEN = "0" * 64
 @click.option("--keep-on-failure", is_flag=True, help="Keep what a failed launch created, to inspect it.")
 @format_option
 @click.pass_obj
-def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, network,
+def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, flavor, network,
            external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, hostname,
            tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url, dry_run,
            no_wait, timeout, keep_on_failure, fmt):
@@ -83,7 +88,8 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
     from vmbinder import lifecycle, sources
     from vmbinder import spec as specs
 
-    src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path)
+    src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path,
+                                 urlpath=urlpath)
     cloud = specs.CloudChoice(
         image=image, flavor=flavor, network=network, external_network=external_network,
         key_name=key_name,
@@ -99,10 +105,12 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
         wildcard_dns=parse_wildcard_dns(wildcard_dns))
     spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls, acme=acme,
                            guest_network=guest_network, target=obj.provider)
+    if not dry_run:  # every value checked; a dry run asks nothing of the network
+        spec = dataclasses.replace(spec, source=resolve_remote(src, obj.provider, obj.quiet))
     if dry_run:
         doc = lifecycle.dry_run(spec.with_token(DRY_RUN_TOKEN))
         emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),
-                        ("open", doc["open"]), ("name", doc["name"]),
+                        ("open", doc["open"]), ("urlpath", doc["urlpath"]), ("name", doc["name"]),
                         ("user_data_b64_bytes", doc["user_data_b64_bytes"])],
              value=doc["user_data"])
         return
@@ -132,6 +140,21 @@ def launch(obj: Context, source, ref, subdir, open_path, name, image, flavor, ne
                       "is built, and change if the server gets its certificate for another "
                       f"name: vmbinder status {result.server.name}")
     print_server(fmt, result.server, result.access)
+
+
+def resolve_remote(src, provider, quiet: bool):
+    """The source with the commit its ref names and a forge URL's ref split where
+    the remote's refs say; what was found goes to stderr."""
+    from rich.markup import escape
+
+    from vmbinder.sources import remote
+
+    found = remote.resolve(src, here=provider.url_from_here)
+    if not quiet:
+        err = stderr()
+        for note in found.notes:
+            err.print(f"[dim]source:[/] {escape(note)}")
+    return found.source
 
 
 def parse_wildcard_dns(text: str) -> tuple[str, ...]:

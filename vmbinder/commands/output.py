@@ -133,11 +133,16 @@ def server_doc(server, acc) -> dict:
         "fault": server.fault,
         "created": server.created,
         "flavor": server.flavor,
+        "owner": server.meta("owner"),
     }
     from vmbinder import https
 
-    for key in ("repo", "ref", "subdir", "open", "source", "repo2docker", "version", "hostname", "tls"):
+    for key in ("repo", "ref", "commit", "record", "subdir", "source", "repo2docker", "version",
+                "hostname", "tls"):
         doc[key] = server.meta(key)
+    from vmbinder import lifecycle
+
+    doc["open"], doc["urlpath"] = lifecycle.opens(server)
     found = https.recorded_outcome(server.meta)
     doc["certificate"] = found.as_dict() if found else None
     doc["user_data_via"] = server.meta("user-data-via")
@@ -155,8 +160,9 @@ def print_server(fmt: str, server, acc) -> None:
 
     doc = server_doc(server, acc)
     found = https.recorded_outcome(server.meta)
-    rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "subdir",
-                                   "open", "repo2docker", "user_data_via", "fault") if doc[k]]
+    rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "commit", "record",
+                                   "subdir", "open", "urlpath", "repo2docker", "user_data_via", "fault")
+            if doc[k]]
     if server.meta("tls"):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))
     for failure in found.failed if found else ():
@@ -191,8 +197,10 @@ def print_removed(fmt: str, removed, err) -> None:
         for d in docs:
             click.echo(f"{d['kind']}\t{d['id']}\t{d['name']}")
     else:
+        from rich.markup import escape
+
         for d in docs:
-            err.print(f"removed {d['kind']} {d['name']} ({d['id']})")
+            err.print(f"removed {d['kind']} {escape(d['name'] or '')} ({d['id']})")
 
 
 def render_error(exc: errors.VmbinderError) -> None:

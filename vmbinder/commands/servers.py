@@ -1,4 +1,5 @@
-"""`vmbinder list`, `status`, `url` and `delete`: the servers this project owns."""
+"""`vmbinder list`, `status`, `url` and `delete`: the servers this project owns,
+the user's own unless --all (--force for delete; see vmbinder.scope)."""
 
 from __future__ import annotations
 
@@ -22,43 +23,67 @@ if TYPE_CHECKING:
     from vmbinder.commands.context import Context
 
 
+def all_option(help_text: str):
+    """`--all`: the servers of every user of the project, not only yours."""
+    return click.option("--all", "everyone", is_flag=True, help=help_text)
+
+
+#: --all of status and url.
+FIND_ALL = "Find NAME among the servers of every user of the project [default: yours]."
+
+
 @click.command("list")
+@all_option("Every vmbinder server of the project, with who launched it [default: yours].")
 @format_option
 @click.pass_obj
-def list_(obj: Context, fmt):
-    """List the vmbinder servers of this project."""
-    from vmbinder import lifecycle
+def list_(obj: Context, everyone, fmt):
+    """List your vmbinder servers in this project (--all: everyone's)."""
+    from vmbinder import lifecycle, scope
 
     servers = obj.provider.list_owned()
-    docs = [server_doc(s, lifecycle.access(s, with_token=False)) for s in servers]
+    mine, others = scope.whose(obj.provider, servers)
+    shown = servers if everyone else mine
+    user = obj.provider.current_owner()
+    docs = [server_doc(s, lifecycle.access(s, with_token=False)) for s in shown]
+    keys = ("name", "status", "address", "repo") + (("owner",) if everyone else ())
     if fmt == "json":
         click.echo(json.dumps(docs, indent=2))
     elif fmt == "value":
         for d in docs:
-            click.echo("\t".join(str(d[k] or "") for k in ("name", "status", "address", "repo")))
+            click.echo("\t".join(str(d[k] or "") for k in keys))
     else:
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table("name", "status", "address", "source", "ref", "created")
+        columns = ("name", "status", "address", "source", "ref", "created")
+        table = Table(*columns, *(("owner",) if everyone else ()))
         for column in table.columns:
             column.overflow = "fold"  # wrap long values, never cut them
         for d in docs:
-            table.add_row(d["name"], d["status"], d["address"] or "", d["repo"] or "",
-                          d["ref"] or "", d["created"] or "")
+            # Text: what servers record is shown as written, never read as rich markup.
+            row = [Text(d[k] or "") for k in ("name", "status", "address", "repo", "ref", "created")]
+            if everyone:
+                row.append(Text("you" if user and d["owner"] == user else d["owner"] or ""))
+            table.add_row(*row)
         stdout().print(table)
         if not docs:
-            stderr().print("no vmbinder servers in this project")
+            stderr().print("no vmbinder servers of yours in this project" if others
+                           else "no vmbinder servers in this project")
+        if others and not everyone:
+            stderr().print(f"{len(others)} more launched by other users of the project: "
+                           "vmbinder list --all")
 
 
 @click.command()
 @click.argument("name")
+@all_option(FIND_ALL)
 @format_option
 @click.pass_obj
-def status(obj: Context, name, fmt):
+def status(obj: Context, name, everyone, fmt):
     """Show a server's state, address, source and URLs."""
-    from vmbinder import lifecycle
+    from vmbinder import lifecycle, scope
 
-    server = lifecycle.settle(obj.provider, obj.provider.get(name))
+    server = lifecycle.settle(obj.provider, scope.find(obj.provider, name, everyone=everyone))
     print_server(fmt, server, lifecycle.access(server, with_token=False))
     if fmt == "table":
         stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
@@ -68,13 +93,15 @@ def status(obj: Context, name, fmt):
 @click.argument("name")
 @click.option("--ui", type=click.Choice(("tree", "lab", "rstudio", "shiny", "nteract")),
               help="Which interface [default: the launch's open path, else lab].")
+@all_option(FIND_ALL)
 @format_option
 @click.pass_obj
-def url(obj: Context, name, ui, fmt):
+def url(obj: Context, name, ui, everyone, fmt):
     """Print the URL of a server's environment, token included."""
-    from vmbinder import https, lifecycle
+    from vmbinder import https, lifecycle, scope
 
-    server = lifecycle.settle(obj.provider, obj.provider.get(name))
+    server = lifecycle.settle(obj.provider, scope.find(obj.provider, name, everyone=everyone,
+                                                           command="url"))
     link = lifecycle.url(server, ui)
     found = lifecycle.outcome(server)
     if fmt == "json":
@@ -83,7 +110,9 @@ def url(obj: Context, name, ui, fmt):
         return
     click.echo(link)
     if fmt == "table" and server.meta("tls"):
-        stderr().print(f"certificate: {https.describe(found, server.meta('acme-ca'))}")
+        from rich.markup import escape
+
+        stderr().print(f"certificate: {escape(https.describe(found, server.meta('acme-ca')))}")
         if found and found.issuer == https.INTERNAL:
             stderr().print("a browser warns about this certificate: open the warning's "
                            "certificate details and compare the root's SHA-256 fingerprint")
@@ -91,16 +120,20 @@ def url(obj: Context, name, ui, fmt):
 
 @click.command()
 @click.argument("names", nargs=-1, required=True)
+@click.option("--force", is_flag=True,
+              help="Delete servers other users of the project launched too.")
 @format_option
 @click.pass_obj
-def delete(obj: Context, names, fmt):
-    """Delete servers and their floating IPs."""
+def delete(obj: Context, names, force, fmt):
+    """Delete servers and their floating IPs.
+
+    A server another user of the project launched is deleted only with --force."""
     from vmbinder import lifecycle
 
     err = stderr()
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
     try:
-        removed = lifecycle.delete(obj.provider, list(names), reporter)
+        removed = lifecycle.delete(obj.provider, list(names), reporter, force=force)
     finally:
         reporter.stop()
     print_removed(fmt, removed, err)

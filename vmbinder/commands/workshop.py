@@ -7,11 +7,11 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import click
 
-from vmbinder.commands.launch import read_public_key
+from vmbinder.commands.launch import read_public_key, resolve_remote
 from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
 from vmbinder.workshops import file as ws
 
@@ -23,7 +23,7 @@ def plan(workshop: ws.Workshop) -> dict:
         "name": workshop.name,
         "file": str(workshop.path) if workshop.path else None,
         "source": {"repo": source.repo, "kind": source.kind, "ref": source.ref,
-                   "subdir": source.subdir, "open": source.open},
+                   "subdir": source.subdir, "open": source.open, "urlpath": source.urlpath},
         "tls": workshop.tls,
         "acme_ca": workshop.acme.ca,
         "wildcard_dns": list(workshop.acme.wildcard_dns),
@@ -90,13 +90,15 @@ class LiveTable:
 
     def _table(self):
         from rich.table import Table
+        from rich.text import Text
 
         table = Table("seat", "participant", "state", "detail", box=None)
         for name, (state, detail) in self.rows.items():
             style = {"failed": "red", "created": "green", "recreated": "green", "kept": "cyan",
                      "deleted": "green", "snapshotted": "green"}.get(state, "")
-            table.add_row(name, self.people.get(name, ""), f"[{style}]{state}[/]" if style else state,
-                          detail[:80])
+            # Text: names and details are shown as written, never read as rich markup.
+            table.add_row(Text(name), Text(self.people.get(name, "")), Text(state, style=style),
+                          Text(detail[:80]))
         return table
 
     def seat(self, name: str, state: str, detail: str = "") -> None:
@@ -173,6 +175,9 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
     from vmbinder.workshops import up as workshop_up
 
     workshop, provider = _load(obj, file)
+    # Every seat builds the commit the ref names now, asked of the remote once.
+    workshop = replace(workshop, source=resolve_remote(workshop.source, provider,
+                                                          obj.quiet or fmt == "json"))
     key = None if any(s.cloud.key_name for s in workshop.seats) else read_public_key(public_key)
     log_path = debug_log(f"workshop-{workshop.name}", None)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
@@ -191,11 +196,14 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
         for d in docs:
             click.echo(f"{d['seat']}\t{d['result']}\t{d['address'] or ''}")
     else:
+        from rich.markup import escape
+
         _table(docs, ("seat", "participant", "result", "address", "seconds", "error"))
         err = stderr()
         if result.snapshot is not None:
-            err.print(f"snapshot {result.snapshot.name} ({result.snapshot_action})")
-        err.print(f"debug log: {log_path}\nthe URLs with their tokens: vmbinder workshop roster {file}")
+            err.print(f"snapshot {escape(result.snapshot.name)} ({result.snapshot_action})")
+        err.print(f"debug log: {escape(str(log_path))}\nthe URLs with their tokens: vmbinder "
+                  f"workshop roster {escape(str(file))}")
     if result.partly_failed:  # exit 10, after every seat's result is shown
         raise result.failure()
 
@@ -246,33 +254,48 @@ def roster_(obj, file, fmt, output, no_check) -> None:
     if output:
         import os
 
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        from vmbinder import errors
+
+        # The tokens are for the instructor: a file that was there is made private
+        # too, and a symbolic link (which could point anywhere) is not followed.
+        try:
+            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise errors.BadRequest(f"cannot write the roster to {output}: {exc.strerror}",
+                                    "give a path to a regular file (not a symbolic link)") from None
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
         click.echo(text, nl=not text.endswith("\n"))
+    from rich.markup import escape
+
     err = stderr()
     err.print(f"{len(entries)} of {len(workshop.seats)} seats listed"
-              + (f" in {output}" if output else ""))
+              + (f" in {escape(str(output))}" if output else ""))
     for st in left_out:
         why = ("no server (run workshop up)" if st.server is None
                else f"{st.state}" if st.state != "active" else "its URL did not answer")
-        err.print(f"  left out {st.seat.name}: {why}")
+        err.print(f"  left out {st.seat.name}: {escape(why)}")
 
 
 @workshop.command("down")
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--snapshot", "snapshots", is_flag=True, help="Also delete the workshop's snapshots.")
+@click.option("--force", is_flag=True,
+              help="Delete seats other users of the project launched too.")
 @format_option
 @click.pass_obj
-def down(obj, file, snapshots, fmt) -> None:
+def down(obj, file, snapshots, force, fmt) -> None:
     """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
     from vmbinder.workshops import seats
 
     workshop, provider = _load(obj, file)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
     try:
-        removed = seats.down(provider, workshop, snapshots=snapshots, reporter=progress)
+        removed = seats.down(provider, workshop, snapshots=snapshots, reporter=progress,
+                             force=force)
     finally:
         progress.stop()
     print_removed(fmt, removed, stderr())

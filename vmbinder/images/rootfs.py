@@ -180,9 +180,15 @@ def trixie_sources(mirror: str) -> str:
             f"Signed-By: {KEYRING}\n")
 
 
+#: user:password@ (or token@) in a URL: the image, which others may boot, never keeps it.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"'@]+@")
+
+
 def host_apt_settings(conf_files: dict[str, str]) -> dict[str, str]:
-    """The host's apt.conf.d files that say how to reach the archive (Acquire::...)."""
-    return {n: t for n, t in conf_files.items() if re.search(r"^\s*Acquire::", t, re.MULTILINE)}
+    """The host's apt.conf.d files that say how to reach the archive (Acquire::...),
+    without the user names and passwords their URLs hold (a proxy's login)."""
+    return {n: _USERINFO.sub(r"\g<scheme>", t) for n, t in conf_files.items()
+            if re.search(r"^\s*Acquire::", t, re.MULTILINE)}
 
 
 def _read_dir(path: Path, pattern: str) -> dict[str, str]:

@@ -143,6 +143,16 @@ class Provider(abc.ABC):
     #: The longest vmbinder:* metadata value a server on this target can record.
     metadata_limits: MetadataLimits = MetadataLimits(value_max=255)
 
+    def url_from_here(self, url: str) -> str:
+        """A source URL as this machine reaches it (the guest may see it elsewhere)."""
+        return url
+
+    def current_owner(self) -> str | None:
+        """The vmbinder:owner this user's launches record, to tell their servers from
+        the rest of the project's; None on a target with one user, whose servers
+        are all theirs."""
+        return None
+
     def supports(self, verb: str) -> bool:
         if verb not in VERBS:
             raise ValueError(f"{verb!r} is not a provider verb; the verbs: {', '.join(VERBS)}")
@@ -308,6 +318,18 @@ def find_owned(servers: list[Server], name_or_id: str) -> Server:
         missing=lambda: errors.BadRequest(
             f"no vmbinder server named {name_or_id!r}",
             f"vmbinder servers here: {candidates(s.name for s in servers)} (see vmbinder list)"))
+
+
+def owner(server: Server) -> str | None:
+    """Who launched the server (vmbinder:owner); None for a server of a vmbinder
+    that did not record it."""
+    return server.meta("owner")
+
+
+def launched_by_other(server: Server, user: str | None) -> bool:
+    """Whether the server is another user's. A server with no recorded owner is
+    everyone's, and so is every server when the target has one user (user None)."""
+    return user is not None and owner(server) not in (None, user)
 
 
 def server_metadata(spec: LaunchSpec, user_id: str | None,

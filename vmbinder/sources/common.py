@@ -14,19 +14,21 @@ from vmbinder.errors import BadRequest
 ACCEPTED_FORMS = """\
 Accepted sources (one example each):
   git URL               https://git.example.org/group/project.git
-  git over ssh          git@github.com:owner/repo.git  or  ssh://git@host:2222/owner/repo.git
+  git over ssh          git@github.com:owner/repo.git  (public hosts only, fetched over https)
   GitHub repository     https://github.com/owner/repo  (also github.com/owner/repo, gh:owner/repo)
-  GitHub branch + dir   https://github.com/owner/repo/tree/main/binder
+  GitHub branch/folder  https://github.com/owner/repo/tree/main/notebooks  (the folder is opened)
   GitHub file to open   https://github.com/owner/repo/blob/main/index.ipynb
   GitLab                https://gitlab.com/group/sub/project/-/tree/main/binder
+  Codeberg, Forgejo     https://codeberg.org/owner/repo/src/branch/main/index.ipynb
   GitHub gist           https://gist.github.com/user/0123456789abcdef0123456789abcdef
-  DOI                   10.5281/zenodo.3242074  (also doi:10.5281/..., https://doi.org/10.5281/...)
+  nbviewer              https://nbviewer.org/github/owner/repo/blob/main/index.ipynb
+  DOI                   10.5281/zenodo.3242074  (also doi:10.5281/..., https://doi.org/10.5281/..., its badge)
   Zenodo record         https://zenodo.org/records/3242074
   Figshare article      https://figshare.com/articles/dataset/title/9782777
   Dataverse dataset     https://dataverse.harvard.edu/dataset.xhtml?persistentId=doi:10.7910/DVN/TJCLKP
   HydroShare resource   https://www.hydroshare.org/resource/8f7c2f0341ef4180b0dbe97f59130756
   CKAN dataset          https://demo.ckan.org/dataset/sample-dataset-1
-  Software Heritage     swh:1:dir:<40 hex digits>  (or swh:1:rev:<40 hex digits>)
+  Software Heritage     swh:1:dir:<40 hex digits>  (or swh:1:rev:..., or its archive page)
   Binder launch link    https://mybinder.org/v2/gh/owner/repo/HEAD?labpath=index.ipynb
   Binder badge          [![Binder](https://mybinder.org/badge_logo.svg)](https://mybinder.org/v2/gh/owner/repo/HEAD)"""
 
@@ -45,8 +47,14 @@ class Source:
     kind: str            # one of KINDS
     ref: str | None = None
     subdir: str | None = None
-    open: str | None = None   # URL path to open after launch, no leading slash
-    given: str = ""           # what the user typed, stripped
+    open: str | None = None     # a file or folder of the repository, opened in JupyterLab
+    urlpath: str | None = None  # or a URL path on the server, with an optional query
+    #: A forge URL's segments after tree/ or blob/ (ref and path, split where a ref
+    #: holding '/' ends: remote.resolve_ref); empty when the text named the ref alone.
+    ref_path: tuple[str, ...] = ()
+    #: The commit the ref named when the launch asked the remote (remote.resolve).
+    commit: str | None = None
+    given: str = ""             # what the user typed, stripped
 
 
 #: The whole parser (parse.parse_source), handed to every detector: a Binder

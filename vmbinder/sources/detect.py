@@ -16,8 +16,14 @@ _GIT_SCHEMES = ("https", "http", "ssh", "git")  # BinderHub GitRepoProvider.allo
 _BARE_HOSTS = frozenset(
     {"github.com", "www.github.com", "gist.github.com", "gitlab.com", "zenodo.org",
      "www.zenodo.org", "sandbox.zenodo.org", "figshare.com", "hydroshare.org",
-     "www.hydroshare.org", "mybinder.org"}
+     "www.hydroshare.org", "mybinder.org", "codeberg.org", "nbviewer.org"}
 )
+#: Hosts whose repositories are public over https: their SSH URLs are read as that.
+_PUBLIC_HOSTS = frozenset({"github.com", "gist.github.com", "gitlab.com", "codeberg.org",
+                           "bitbucket.org"})
+_PRIVATE_LATER = ("private repositories are not supported yet; they will be with a token read "
+                  "from a file or an environment variable, handed to the server for the clone "
+                  "only and never stored in its metadata")
 
 
 def _segments(path: str) -> list[str]:
@@ -25,18 +31,28 @@ def _segments(path: str) -> list[str]:
 
 
 def _tree_blob(base: Source, rest: list[str], show: str) -> Source:
-    """The tail of a forge web URL: tree/<ref>[/<dir>], blob/<ref>/<file>, commit/<sha>.
-    The first segment is taken as the ref: a ref holding '/' must be given with --ref."""
+    """The tail of a forge web URL: tree/<ref>[/<path>] and blob/<ref>/<path> (GitHub,
+    GitLab), src/branch|tag|commit/<ref>[/<path>] (Gitea, Forgejo: Codeberg),
+    releases/tag/<tag>, commit/<sha>. It names a ref and a folder or file to show,
+    which is opened, not built from (repo2docker's --subdir would make that folder
+    the whole build). A ref may hold '/': ref_path keeps the segments for
+    remote.resolve_ref, which splits them against the remote's refs; until then the
+    first segment is the ref."""
     if not rest:
         return base
-    if rest[0] == "tree" and len(rest) >= 2:
-        return replace(base, ref=rest[1], subdir="/".join(rest[2:]) or None)
-    if rest[0] == "blob" and len(rest) >= 3:
-        return replace(base, ref=rest[1], open="lab/tree/" + "/".join(rest[2:]))
-    if rest[0] == "commit" and len(rest) == 2:
+    if rest[0] in ("tree", "blob") and len(rest) >= 2:
+        tail = rest[1:]
+    elif rest[0] == "src" and len(rest) >= 3 and rest[1] in ("branch", "tag", "commit"):
+        tail = rest[2:]
+    elif rest[:2] == ["releases", "tag"] and len(rest) == 3:
+        return replace(base, ref=rest[2])
+    elif rest[0] == "commit" and len(rest) == 2:
         return replace(base, ref=rest[1])
-    raise refuse(f"{show} is a page of the repository, not a link to the repository, "
-                 "a tree (branch/directory), a blob (file) or a commit")
+    else:
+        raise refuse(f"{show} is a page of the repository, not a link to the repository, "
+                     "a tree (branch/directory), a blob (file), a release or a commit")
+    return replace(base, ref=tail[0], open="/".join(tail[1:]) or None,
+                   ref_path=tuple(tail) if len(tail) > 1 else ())
 
 
 def _github(u: SplitResult, text: str, parse: Parse) -> Source | None:
@@ -46,6 +62,49 @@ def _github(u: SplitResult, text: str, parse: Parse) -> Source | None:
     if len(segs) < 2:
         raise refuse(f"{excerpt(text)} names no repository (https://github.com/OWNER/REPO)")
     return _tree_blob(github_repo(segs[0], segs[1]), segs[2:], excerpt(text))
+
+
+def _codeberg(u: SplitResult, text: str, parse: Parse) -> Source | None:
+    # Forgejo and Gitea put the ref and path under src/branch|tag|commit/; a self-hosted
+    # one is told apart by that path, codeberg.org by its name.
+    segs = _segments(u.path)
+    if u.hostname != "codeberg.org" and not (len(segs) >= 5 and segs[2] == "src"
+                                              and segs[3] in ("branch", "tag", "commit")):
+        return None
+    if len(segs) < 2:
+        raise refuse(f"{excerpt(text)} names no repository (https://{u.hostname}/OWNER/REPO)")
+    owner, repo = check_name(segs[0], "owner"), check_name(strip_git(segs[1]), "repository")
+    return _tree_blob(Source(f"https://{u.netloc}/{owner}/{repo}", "git"), segs[2:], excerpt(text))
+
+
+def _nbviewer(u: SplitResult, text: str, parse: Parse) -> Source | None:
+    # nbviewer.org/github/OWNER/REPO[/blob|tree/REF/PATH] and /gist/[USER/]ID show a
+    # repository's notebook; /url/ and /urls/ show a file at a URL, no repository.
+    if u.hostname not in ("nbviewer.org", "nbviewer.jupyter.org"):
+        return None
+    segs = _segments(u.path)
+    if len(segs) >= 3 and segs[0] == "github":
+        return _tree_blob(github_repo(segs[1], segs[2]), segs[3:], excerpt(text))
+    if 2 <= len(segs) <= 4 and segs[0] == "gist":
+        return link_gist("/".join(segs[1:])) if len(segs) > 2 else \
+            Source(f"https://gist.github.com/{check_name(segs[1], 'gist id')}.git", "gist")
+    raise refuse(f"{excerpt(text)} shows a notebook file, not a repository",
+                 "give the repository the notebook is in, with --open for the notebook")
+
+
+def _software_heritage(u: SplitResult, text: str, parse: Parse) -> Source | None:
+    # The archive's browser: /swh:1:dir:HASH;.../ (a SWHID in the path) or
+    # /browse/directory|revision/HASH/; an origin page names no fixed content.
+    if u.hostname != "archive.softwareheritage.org":
+        return None
+    m = re.search(r"swh:1:(?:dir|rev):[0-9a-fA-F]{40}", unquote(u.path))
+    if m:
+        return parse(m.group())
+    m = re.match(r"/browse/(directory|revision)/([0-9a-f]{40})/?\Z", u.path)
+    if m:
+        return parse(f"swh:1:{m.group(1)[:3]}:{m.group(2)}")
+    raise refuse(f"{excerpt(text)} is a Software Heritage page without a fixed directory or "
+                 "revision", "copy the swh:1:dir:... id from the page's Permalinks tab")
 
 
 def _gist(u: SplitResult, text: str, parse: Parse) -> Source | None:
@@ -85,7 +144,10 @@ _DATA_REPOS = (
     ("zenodo", "CaltechDATA record", {"data.caltech.edu"}, "data.caltech.edu", r"/records/[A-Za-z0-9-]+",
      "https://data.caltech.edu/records/<id>"),
     # figshare.py: https://figshare.com/articles/ and its url_regex (code, dataset, software)
-    ("figshare", "Figshare article", {"figshare.com", "www.figshare.com"}, "figshare.com",
+    # An institution's portal (<inst>.figshare.com) shows figshare.com's articles by
+    # their global ids, so its URL becomes figshare.com's, which repo2docker fetches.
+    ("figshare", "Figshare article", {"figshare.com", "www.figshare.com", "*.figshare.com"},
+     "figshare.com",
      r"/articles/(?:(?:code|dataset|software)/)?[^/]+/\d+(?:/\d+)?/?\Z",
      "https://figshare.com/articles/<code|dataset|software>/<title>/<id>[/<version>]"),
     # hydroshare.py: <host>/resource/<id>, the id being the last segment
@@ -95,9 +157,16 @@ _DATA_REPOS = (
 )
 
 
+def _zenodo_badge(u: SplitResult, text: str, parse: Parse) -> Source | None:
+    # Zenodo's DOI badge image, https://zenodo.org/badge/DOI/<doi>.svg, names its DOI.
+    m = re.match(r"/badge/DOI/(10\.\d+/.+)\.svg\Z", unquote(u.path))
+    return parse(m.group(1)) if u.hostname in ("zenodo.org", "www.zenodo.org") and m else None
+
+
 def _data_repo(u: SplitResult, text: str, parse: Parse) -> Source | None:
     for kind, noun, hosts, host, pattern, example in _DATA_REPOS:
-        if u.hostname in hosts:
+        if u.hostname in hosts or any(
+                h.startswith("*.") and (u.hostname or "").endswith(h[1:]) for h in hosts):
             m = re.match(pattern, u.path)
             if m is None:
                 raise refuse(f"{excerpt(text)} is not a {noun} link repo2docker can fetch "
@@ -132,8 +201,8 @@ def _git_url(u: SplitResult, text: str, parse: Parse) -> Source | None:
 
 
 # For http(s) URLs, in order; other schemes go straight to _git_url.
-_WEB_DETECTORS = (_github, _gist, _gitlab, binder_link, other_binder_page, _data_repo,
-                  _dataverse, _ckan, _git_url)
+_WEB_DETECTORS = (_github, _gist, _gitlab, _codeberg, _nbviewer, _software_heritage, binder_link,
+                  other_binder_page, _zenodo_badge, _data_repo, _dataverse, _ckan, _git_url)
 
 
 def _swhid(text: str, parse: Parse) -> Source | None:
@@ -174,12 +243,20 @@ def _shorthand(text: str, parse: Parse) -> Source | None:
     return github_repo(m.group(1), m.group(2)) if m else None
 
 
+def _ssh(host: str, path: str, text: str, parse: Parse) -> Source:
+    """An SSH URL: the server has no key to clone with, so a public host's becomes
+    its https form; any other is refused."""
+    host = host.lower()
+    if host not in _PUBLIC_HOSTS:
+        raise refuse(f"{excerpt(text)} is an SSH URL; the server has no SSH key to clone it "
+                     f"with", f"give the repository's https URL if it is public; {_PRIVATE_LATER}")
+    return parse(f"https://{host}/{strip_git(path.strip('/'))}")
+
+
 def _scp_like(text: str, parse: Parse) -> Source | None:
-    # git's scp-like syntax user@host:path; repo2docker hands it to git clone as is.
+    # git's scp-like syntax user@host:path
     m = re.match(r"[\w.-]+@([\w.-]+):(?!//)(.+)\Z", text)
-    if m is None:
-        return None
-    return Source(text.rstrip("/"), "gist" if m.group(1).lower() == "gist.github.com" else "git")
+    return _ssh(m.group(1), m.group(2), text, parse) if m else None
 
 
 def _url(text: str, parse: Parse) -> Source | None:
@@ -199,10 +276,14 @@ def _url(text: str, parse: Parse) -> Source | None:
                      "https, http, ssh or git")
     if not u.hostname:
         raise refuse(f"{excerpt(text)} has no host name")
-    if u.password is not None:
-        shown = excerpt(text.replace(u.password, "***"))
-        raise refuse(f"{shown} has a password or token in it; it would be stored on the VM "
-                     "and in its metadata", "give the URL without credentials")
+    if u.scheme == "ssh":
+        return _ssh(u.hostname, u.path, text, parse)
+    if u.username is not None or u.password is not None:
+        shown = excerpt(text.replace(u.netloc.rpartition("@")[0], "***", 1))
+        what = "a password or token" if u.password is not None else "a user name or token"
+        raise refuse(f"{shown} has {what} in it; it would be stored in the server's metadata, "
+                     "which everyone in the project can read",
+                     f"give the URL without credentials; {_PRIVATE_LATER}")
     if u.scheme not in ("http", "https"):
         return _git_url(u, text, parse)
     for detect in _WEB_DETECTORS:

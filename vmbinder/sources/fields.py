@@ -6,17 +6,18 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
+from vmbinder.urls import LAB_TREE
+
 from .common import MAX_LEN, excerpt, has_control, refuse
 
-# First URL path segment of the Jupyter and proxied interfaces a user may open.
-UI_PREFIXES = frozenset(
-    {"tree", "lab", "doc", "notebooks", "edit", "view", "voila",
-     "rstudio", "shiny", "proxy", "files", "nteract"}
-)
 _REF_HINT = "give a branch, tag or commit, e.g. main, v1.2.3, feature/x, HEAD or a 40-hex commit sha"
 _SUBDIR_HINT = "give a relative directory inside the repository, e.g. binder or env/py311"
-_OPEN_HINT = ("give a file in the repository (index.ipynb, ./notebooks/intro.ipynb) or a Jupyter "
-              "URL path (lab, tree/data, doc/tree/report.ipynb, rstudio/, voila/render/app.ipynb)")
+_OPEN_HINT = ("--open takes a file or folder of the repository (index.ipynb, notebooks/intro.ipynb), "
+              "opened in JupyterLab; for a URL path on the server (lab, rstudio, "
+              "voila/render/app.ipynb, git-pull?repo=...) use --urlpath")
+_URLPATH_HINT = ("--urlpath takes a URL path on the server, optionally with a query: lab, tree, "
+                 "rstudio/, voila/render/app.ipynb?voila-theme=dark, proxy/8050/, lab?reset; "
+                 "for a file of the repository use --open")
 
 
 def _check(value: str, what: str, hint: str, rules) -> str:
@@ -45,13 +46,19 @@ _SUBDIR_RULES = (
     (lambda d: ".." in d.split("/"), "has a '..' component; it must stay inside the repository"),
     (lambda d: d.lstrip("./").startswith("-"), "starts with '-' and would be read as an option"),
 )
-_URL_PATH_RULES = (
+_PATH_RULES = (
     (lambda p: len(p) > MAX_LEN, f"is longer than {MAX_LEN} characters"),
     (has_control, "contains control characters"),
-    (lambda p: "?" in p or "#" in p,
-     "contains '?' or '#'; a query string or fragment cannot be passed through, only a path"),
     (lambda p: ".." in p.split("/"), "has a '..' component"),
-    (lambda p: "://" in p, "is a URL, not a path inside the server"),
+    (lambda p: "://" in p, "is a URL, not a path"),
+)
+# Checked on the path before '?', and on the whole: the query may hold a URL.
+_URLPATH_RULES = (
+    *((lambda p, broken=broken: broken(p.partition("?")[0]), why) for broken, why in _PATH_RULES),
+    (has_control, "contains control characters"),
+    (lambda p: "#" in p, "contains '#'; a fragment cannot be passed through"),
+    (lambda p: any(c.isspace() for c in p.partition("?")[2]),
+     "has whitespace in its query; write it %20"),
 )
 
 
@@ -66,24 +73,37 @@ def validate_subdir(subdir: str) -> str | None:
     return "/".join(p for p in subdir.split("/") if p not in ("", ".")) or None
 
 
-def check_url_path(path: str, what: str) -> str:
-    """Checks a decoded URL path inside the Jupyter server (no leading '/')."""
-    return _check(path, what, _OPEN_HINT, _URL_PATH_RULES)
+def _path_text(path: str) -> tuple[str, str]:
+    """Stripped text without leading '/' and './' parts, and %XX escapes pasted from a
+    browser decoded once (the query, after '?', of a URL path is kept as written)."""
+    text = path.strip()
+    while text.startswith(("/", "./")):
+        text = text.removeprefix(".").lstrip("/")
+    return text, unquote(text)
 
 
-def normalize_open_path(path: str) -> str:
-    """--open value -> URL path: a path starting with a Jupyter UI prefix is kept, anything
-    else is a file in the repository, opened in JupyterLab (lab/tree/<path>). A leading
-    './' forces the file reading (./notebooks/a.ipynb). Takes decoded text; %XX escapes
-    pasted from a browser are decoded once."""
-    text = unquote(path.strip())
-    is_file = text.startswith("./")
-    text = text.lstrip("/")
-    while text.startswith("./"):
-        text = text[2:].lstrip("/")
+def normalize_open_file(path: str, what: str = "--open") -> str:
+    """A file or folder of the repository to open in JupyterLab: 'notebooks/intro.ipynb'.
+    Any name is a path in the repository, whatever its first folder is called."""
+    _, text = _path_text(path)
+    text = text.rstrip("/")
     if not text:
-        raise refuse(f"open path {excerpt(path)} is empty", _OPEN_HINT)
-    check_url_path(text, "open path")
-    if not is_file and text.split("/", 1)[0] in UI_PREFIXES:
-        return text
-    return check_url_path("lab/tree/" + text, "open path")
+        raise refuse(f"{what} {excerpt(path)} is empty", _OPEN_HINT)
+    return _check(text, what, _OPEN_HINT, (
+        *_PATH_RULES,
+        (lambda p: len(LAB_TREE + p) > MAX_LEN, f"is longer than {MAX_LEN - len(LAB_TREE)} characters"),
+    ))
+
+
+def normalize_urlpath(path: str, what: str = "--urlpath") -> str:
+    """A URL path on the server, with an optional query: 'voila/render/a.ipynb?voila-theme=dark'.
+    The path is decoded once (it is encoded again when the URL is printed); the query is
+    kept as written, so escapes it holds (an nbgitpuller repo=https%3A...) stay."""
+    raw, _ = _path_text(path)
+    route, mark, query = raw.partition("?")
+    text = unquote(route) + mark + query
+    if not route.strip("/"):
+        raise refuse(f"{what} {excerpt(path)} names no path on the server", _URLPATH_HINT)
+    if "?" in unquote(route):
+        raise refuse(f"{what} {excerpt(path)} has an escaped '?' in its path", _URLPATH_HINT)
+    return _check(text, what, _URLPATH_HINT, _URLPATH_RULES)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from urllib.parse import SplitResult, parse_qs, unquote
 
 from .common import DOI_RE, NAME_RE, Parse, Source, check_name, excerpt, github_repo, refuse, strip_git
-from .fields import check_url_path
+from .fields import normalize_open_file, normalize_urlpath
 
 
 def _doi_or_refuse(spec: str, what: str) -> str:
@@ -91,28 +91,26 @@ LAUNCH_IN_TEXT = re.compile(
     rf"https?://[^\s\"'<>()\[\]]*?/v2/(?:{'|'.join(_LINK_PROVIDERS)})/[^\s\"'<>()\[\]]+")
 
 
-def _launch_open(query: str) -> str | None:
-    """The URL path a launch link opens. As BinderHub's LaunchSpec.fromSearchParams
-    (js/packages/binderhub-client/lib/spec.js): labpath=F wins and means doc/tree/F,
-    then filepath=F means tree/F (one trailing '/' of F trimmed), then urlpath;
-    the leading '/' is dropped."""
+def _launch_open(query: str) -> dict:
+    """What a launch link opens, as BinderHub's LaunchSpec.fromSearchParams
+    (js/packages/binderhub-client/lib/spec.js) chooses: labpath=F wins, then
+    filepath=F, both a file or folder of the repository; then urlpath, a URL path
+    on the server."""
     q = parse_qs(query)
-    if "labpath" in q:
-        path = "doc/tree/" + q["labpath"][0].removesuffix("/").lstrip("/")
-    elif "filepath" in q:
-        path = "tree/" + q["filepath"][0].removesuffix("/").lstrip("/")
-    elif "urlpath" in q:
-        path = q["urlpath"][0].lstrip("/")
-    else:
-        return None
-    return check_url_path(path, "the link's path to open") if path else None
+    for key, field, check in (("labpath", "open", normalize_open_file),
+                              ("filepath", "open", normalize_open_file),
+                              ("urlpath", "urlpath", normalize_urlpath)):
+        if key in q:
+            value = q[key][0]
+            return {field: check(value, f"the link's {key}")} if value.strip("/ ") else {}
+    return {}
 
 
 def binder_link(u: SplitResult, text: str, parse: Parse) -> Source | None:
     m = _LAUNCH_PATH.match(u.path)
     if m is None:
         return None
-    return replace(_LINK_PROVIDERS[m.group(2)](m.group(3), parse), open=_launch_open(u.query))
+    return replace(_LINK_PROVIDERS[m.group(2)](m.group(3), parse), **_launch_open(u.query))
 
 
 def other_binder_page(u: SplitResult, text: str, parse: Parse) -> Source | None:

@@ -48,7 +48,7 @@ CLOUD_KEYS = ("flavor", "image", "network", "external_network", "floating_ip", "
 CHOICE_KEYS = ("floating_ip", "config_drive")
 OVERRIDE_KEYS = (*CLOUD_KEYS, "hostname")
 ACME_KEYS = ("acme_ca", "acme_ca_root", "wildcard_dns")
-KEYS = ("name", "source", "ref", "subdir", "open", "seats", "participants", *CLOUD_KEYS,
+KEYS = ("name", "source", "ref", "subdir", "open", "urlpath", "seats", "participants", *CLOUD_KEYS,
         "tls", *ACME_KEYS, "lifetime", "overrides")
 LIFETIME_RE = re.compile(r"\A(\d{1,5})\s*(m|min|h|d)\Z")
 LIFETIME_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
@@ -292,13 +292,13 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
         raise doc.error(doc.node("name"), f"invalid name {name!r}",
                         f"use 1-{NAME_MAX} lowercase letters, digits and hyphens, starting and "
                         "ending with a letter or digit: seats are named NAME-01, NAME-02, ...")
-    options = {k: doc.text(k) for k in ("ref", "subdir", "open")}
+    options = {k: doc.text(k) for k in ("ref", "subdir", "open", "urlpath")}
     given = doc.text("source", required=True, limit=2048)
     try:
         source = resolve_source(given, ref=options["ref"], subdir=options["subdir"],
-                                open_path=options["open"])
+                                open_path=options["open"], urlpath=options["urlpath"])
     except BadRequest as exc:
-        culprit = next((k for k in ("ref", "subdir", "open") if options[k] is not None
+        culprit = next((k for k in ("ref", "subdir", "open", "urlpath") if options[k] is not None
                         and k in exc.message), "source")
         raise doc.error(doc.node(culprit), exc.message, exc.hint) from None
     tls = doc.text("tls") or ACME

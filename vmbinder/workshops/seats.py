@@ -5,8 +5,11 @@
     down    removes every seat, and the snapshot when asked
 
 The seats are found by what the cloud records on them (vmbinder:workshop and
-vmbinder:seat), as every other command finds its servers. Making them is
-vmbinder.workshops.up. Nothing here prints.
+vmbinder:seat), as every other command finds its servers, whoever launched
+them: a workshop's seats are its instructors'. Removing seats another user of
+the project launched is refused unless forced, as `vmbinder delete` refuses
+(scope.refuse_others). Making them is vmbinder.workshops.up. Nothing here
+prints.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from vmbinder import errors, lifecycle, readiness
+from vmbinder import errors, lifecycle, readiness, scope
 from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Provider, Removed, Server
 from vmbinder.workshops.file import Seat, Workshop
 
@@ -139,11 +142,17 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
 
 
 def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
-         reporter: BatchReporter | None = None, parallel: int = PARALLEL) -> list[Removed]:
+         reporter: BatchReporter | None = None, parallel: int = PARALLEL,
+         force: bool = False) -> list[Removed]:
     """Remove every seat of the workshop (its floating IP with it) and, with
-    snapshots=True, its snapshots. Safe to run again: then it removes nothing."""
+    snapshots=True, its snapshots. Safe to run again: then it removes nothing.
+    Seats another user launched are refused, before any is removed, unless force."""
     reporter = reporter or NullBatchReporter()
     found = seats_of(provider, workshop)
+    if not force:
+        scope.refuse_others(
+            provider, list(found.values()), "seats",
+            f"vmbinder workshop down --force {workshop.path or 'FILE'}")
     errors_seen: list[tuple[str, errors.VmbinderError]] = []
 
     def remove(server: Server) -> list[Removed]:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from vmbinder import errors, lifecycle, readiness
+from vmbinder import errors, lifecycle, readiness, scope
 from vmbinder.guestcontract import REPO2DOCKER_VERSION
 from vmbinder.providers.base import Ledger, Provider, Server, Snapshot
 from vmbinder.spec import ACME, LaunchSpec, make_spec
@@ -120,7 +120,7 @@ class UpResult:
 def build_key(workshop: Workshop, image: str | None) -> str:
     """What a snapshot holds: the source, the repo2docker that built it, the image under it."""
     s = workshop.source
-    what = [s.kind, s.repo, s.ref, s.subdir, REPO2DOCKER_VERSION, image]
+    what = [s.kind, s.repo, s.commit or s.ref, s.subdir, REPO2DOCKER_VERSION, image]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
@@ -223,7 +223,8 @@ class UpSteps:
         """Which seats to make: a seat whose server is healthy is kept (and reported
         kept), one with no server is created, one whose server failed is recreated.
         A server with a seat's name that is not this workshop's is refused before
-        anything is done."""
+        anything is done, and so is a failed seat another user launched, which
+        recreating it would delete (as `vmbinder delete` refuses it)."""
         self.existing = seats_of(self.provider, self.workshop)
         for seat in self.workshop.seats:
             server = self.existing.get(seat.name)
@@ -232,6 +233,10 @@ class UpSteps:
                 self.reporter.seat(seat.name, KEPT, server.address or server.state)
             else:
                 self.todo.append((seat, RECREATED if server is not None else CREATED))
+        failed = [self.existing[seat.name] for seat, action in self.todo if action == RECREATED]
+        scope.refuse_others(self.provider, failed, "failed seats",
+                            "vmbinder delete --force " + " ".join(s.name for s in failed)
+                            + ", then run up again")
         self.result.attempted = len(self.todo)
         return self.todo
 

@@ -54,6 +54,7 @@ from vmbinder.providers.local import state
 from vmbinder.providers.local.qemu import (
     CONSOLE,
     FORWARDS,
+    HOST_FROM_GUEST,
     INSTALL_HINT,
     LOOPBACK,
     PIDFILE,
@@ -87,10 +88,20 @@ class LocalProvider(Provider):
     kind = "local"
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "preflight"})
     #: Reached on this machine's loopback: no public DNS name, so no Let's Encrypt.
-    target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False)
+    target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False,
+                                     host_address=HOST_FROM_GUEST)
     #: server.json has no limit of its own; a cloud's (Nova's 255) keeps a launch that
     #: works here working there.
     metadata_limits = MetadataLimits(value_max=255)
+
+    def url_from_here(self, url: str) -> str:
+        """A guest reaches this machine's loopback at 10.0.2.2 (localrepo's URLs)."""
+        from urllib.parse import urlsplit, urlunsplit
+
+        u = urlsplit(url)
+        if u.hostname != HOST_FROM_GUEST:
+            return url
+        return urlunsplit(u._replace(netloc=u.netloc.replace(HOST_FROM_GUEST, "127.0.0.1", 1)))
 
     def __init__(
         self,

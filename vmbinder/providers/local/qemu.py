@@ -37,6 +37,8 @@ MAX_CPUS = 64
 OVERLAY_SIZE = "20G"
 OVERLAY_BYTES = 20 << 30
 LOOPBACK = "127.0.0.1"
+#: The address of this machine's loopback as qemu user-mode networking shows it to the guest.
+HOST_FROM_GUEST = "10.0.2.2"
 #: (metadata key, guest port) of every port forwarded from the host's loopback.
 FORWARDS = (("ssh-port", 22), ("http-port", 80), ("https-port", 443))
 

@@ -5,7 +5,7 @@ rules vmbinder uses, and the vmbinder:* metadata a server carries."""
 
 from __future__ import annotations
 
-import re
+import ipaddress
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -243,41 +243,115 @@ def server_address(addresses: dict | None, metadata: dict | None) -> str | None:
     return floating_address(addresses) or (metadata or {}).get(f"{META}address") or None
 
 
+def _ssh_network(ssh_cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """--ssh-cidr as the network it names: 10.1.2.3/24 is 10.1.2.0/24."""
+    return ipaddress.ip_network(ssh_cidr, strict=False)
+
+
 def security_group_name(ssh_cidr: str) -> str:
-    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+    """The group of an --ssh-cidr: `vmbinder` when SSH is open to all, else one per
+    network, named so that two networks never share a name: an IPv4 network's
+    four numbers and prefix (vmbinder-ssh-192-0-2-0-24), an IPv6 one's eight
+    groups written out in full and prefix, which never look like IPv4's."""
+    net = _ssh_network(ssh_cidr)
+    if net.prefixlen == 0:
         return "vmbinder"
-    return "vmbinder-ssh-" + re.sub(r"[^0-9a-f]+", "-", ssh_cidr.lower()).strip("-")
+    address = net.network_address
+    fields = address.exploded.split(":") if net.version == 6 else str(address).split(".")
+    return "vmbinder-ssh-" + "-".join([*fields, str(net.prefixlen)])
 
 
 def wanted_rules(ssh_cidr: str) -> set[tuple[str, int, str]]:
     """(ethertype, port, remote prefix) of every ingress rule the group needs."""
     rules = {("IPv4", p, "0.0.0.0/0") for p in WEB_PORTS} | {("IPv6", p, "::/0") for p in WEB_PORTS}
-    if ssh_cidr in ("0.0.0.0/0", "::/0"):
+    net = _ssh_network(ssh_cidr)
+    if net.prefixlen == 0:
         rules |= {("IPv4", SSH_PORT, "0.0.0.0/0"), ("IPv6", SSH_PORT, "::/0")}
     else:
-        rules.add(("IPv6" if ":" in ssh_cidr else "IPv4", SSH_PORT, ssh_cidr))
+        rules.add((f"IPv{net.version}", SSH_PORT, str(net)))
     return rules
 
 
 def _normal_prefix(rule: dict) -> str:
     prefix = rule.get("remote_ip_prefix")
     if prefix:
-        return prefix
+        try:
+            return str(ipaddress.ip_network(prefix, strict=False))
+        except ValueError:
+            return prefix
     return "::/0" if rule.get("ethertype") == "IPv6" else "0.0.0.0/0"
 
 
+def _tcp(rule: dict) -> bool:
+    return str(rule.get("protocol") or "").lower() in ("tcp", "6")
+
+
+def _rule_key(rule: dict) -> tuple[str, int, str] | None:
+    """(ethertype, port, remote prefix) of an ingress rule that lets in one TCP port
+    from an address prefix, as wanted_rules writes them; None for any other rule."""
+    lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
+    if (rule.get("direction") != "ingress" or not _tcp(rule) or lo is None or lo != hi
+            or rule.get("remote_group_id") or rule.get("remote_address_group_id")):
+        return None
+    return rule.get("ethertype"), lo, _normal_prefix(rule)
+
+
 def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
-    have = set()
-    for rule in group_rules:
-        if rule.get("direction") != "ingress" or rule.get("protocol") not in ("tcp", "6"):
-            continue
-        lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
-        if lo is None or hi is None or rule.get("remote_group_id"):
-            continue
-        for port in (SSH_PORT, *WEB_PORTS):
-            if lo <= port <= hi:
-                have.add((rule.get("ethertype"), port, _normal_prefix(rule)))
-    return have
+    """The group's ingress rules of the kind wanted_rules describes."""
+    return {key for key in map(_rule_key, group_rules) if key is not None}
+
+
+def extra_rules(group_rules: list[dict], ssh_cidr: str) -> list[dict]:
+    """The group's ingress rules that let in more than wanted_rules(ssh_cidr): another
+    port or a range, another protocol or any, another prefix, a remote group.
+    Egress is not vmbinder's concern."""
+    wanted = wanted_rules(ssh_cidr)
+    return [r for r in group_rules
+            if r.get("direction") == "ingress" and _rule_key(r) not in wanted]
+
+
+def describe_rule(rule: dict, group_names: dict[str, str] | None = None) -> str:
+    """A rule as a person reads it: "tcp 8080 from 0.0.0.0/0 (IPv4)", "any protocol
+    from group default (IPv6)". group_names: remote group ids to names."""
+    protocol = rule.get("protocol")
+    lo, hi = rule.get("port_range_min"), rule.get("port_range_max")
+    what = "tcp" if _tcp(rule) else str(protocol or "any protocol").lower()
+    if str(protocol or "").lower() in ("icmp", "ipv6-icmp", "icmpv6", "1", "58"):
+        what += "".join(f" {k} {v}" for k, v in (("type", lo), ("code", hi)) if v is not None)
+    elif protocol and lo is None:
+        what += " (every port)"
+    elif lo is not None:
+        what += f" {lo}" if lo == hi or hi is None else f" {lo}-{hi}"
+    group = rule.get("remote_group_id")
+    if group:
+        source = f"group {(group_names or {}).get(group) or group}"
+    elif rule.get("remote_address_group_id"):
+        source = f"address group {rule['remote_address_group_id']}"
+    else:
+        source = _normal_prefix(rule)
+    return f"{what} from {source} ({rule.get('ethertype') or 'IPv4'})"
+
+
+def refuse_extra_rules(conn, group, ssh_cidr: str) -> None:
+    """ConfigError when the group vmbinder would use lets in more than it asks for:
+    its servers would be open on ports vmbinder never shows. It lists each extra
+    rule, and how to remove them or the group (which vmbinder then makes again)."""
+    extra = extra_rules(group.security_group_rules or [], ssh_cidr)
+    if not extra:
+        return
+    names = {group.id: group.name}
+    for other in {r["remote_group_id"] for r in extra if r.get("remote_group_id")} - set(names):
+        found = find_or_none(conn.network.find_security_group, other)
+        names[other] = found.name if found is not None else other
+    ids = " ".join(r.get("id") or "?" for r in extra)
+    raise errors.ConfigError(
+        f"security group {group.name} ({group.id}) lets in more than vmbinder asks for "
+        f"(TCP 22, 80 and 443); its servers would be open to:\n"
+        + "\n".join(f"  {describe_rule(r, names)}  (rule {r.get('id') or '?'})" for r in extra),
+        f"remove those rules (openstack security group rule delete {ids}), or delete the "
+        f"group and vmbinder makes it again (openstack security group delete {group.id})",
+        details={"security_group": group.id, "extra_rules": [r.get("id") for r in extra]},
+    )
 
 
 def server_metadata(spec: LaunchSpec, user_id: str | None) -> dict[str, str]:

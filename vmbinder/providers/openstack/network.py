@@ -13,9 +13,11 @@ from vmbinder.providers.base import META, OWNER_TAG, Created, Ledger, Removed, R
 from vmbinder.providers.openstack.common import (
     cloud_errors,
     existing_rules,
+    extra_rules,
     find_or_none,
     in_flight,
     openstacksdk,
+    refuse_extra_rules,
     security_group_name,
     wanted_rules,
 )
@@ -26,13 +28,18 @@ from vmbinder.spec import LaunchSpec
 
 def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float):
     """The group for spec's --ssh-cidr (its id and name), made (and its missing
-    rules added) when needed."""
+    rules added) when needed. A group of that name that lets in more is refused
+    before anything is made (common.refuse_extra_rules); ingress rules a cloud
+    adds to every new group are removed from the one made here, which is
+    vmbinder's."""
     name = security_group_name(spec.cloud.ssh_cidr)
     project_id = conn.current_project_id
     with cloud_errors(f"preparing security group {name}"):
         found = list(conn.network.security_groups(name=name, project_id=project_id))
         group = found[0] if found else None
-        if group is None:
+        if group is not None:
+            refuse_extra_rules(conn, group, spec.cloud.ssh_cidr)
+        else:
             with in_flight(ledger, "security group", name,
                            lambda: _sweep_group(conn, name, settle_timeout),
                            f"openstack security group delete {name}"):
@@ -44,6 +51,8 @@ def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float
                 lambda: _delete_created_group(conn, group_id, settle_timeout),
                 f"openstack security group delete {group_id}",
             ))
+            for rule in extra_rules(group.security_group_rules or [], spec.cloud.ssh_cidr):
+                conn.network.delete_security_group_rule(rule["id"], ignore_missing=True)
         missing = wanted_rules(spec.cloud.ssh_cidr) - existing_rules(group.security_group_rules or [])
         if missing:
             conn.network.create_security_group_rules([
@@ -124,7 +133,8 @@ def allocate_floating_ip(conn, spec: LaunchSpec, external, ledger: Ledger):
 def attach_floating_ip(conn, server: Server, resolved: Resolved) -> None:
     """Attach the floating IP prepare allocated to the server's port on its network."""
     with cloud_errors(f"attaching floating IP {resolved.public_ip}"):
-        ports = list(conn.network.ports(device_id=server.id, network_id=resolved.network_id))
+        ports = list(conn.network.ports(device_id=server.id, network_id=resolved.network_id,
+                                        project_id=conn.current_project_id))
         if not ports:
             raise errors.CloudError(f"server {server.name} has no port on {resolved.network_name}")
         conn.network.update_ip(resolved.floating_ip_id, port_id=ports[0].id)
@@ -132,12 +142,15 @@ def attach_floating_ip(conn, server: Server, resolved: Resolved) -> None:
 
 def floating_ips(conn, server: Server) -> list:
     """The server's floating IPs: attached to its ports, or allocated for it and
-    never attached."""
+    never attached. Only this project's: an administrator's credentials list
+    every project's, and another project's server may have the same name."""
+    project_id = conn.current_project_id
     with cloud_errors(f"finding the floating IPs of {server.name}"):
-        found = {ip.id: ip for ip in conn.network.ips(description=f"{META}{server.name}")
+        found = {ip.id: ip for ip in conn.network.ips(description=f"{META}{server.name}",
+                                                      project_id=project_id)
                  if not ip.port_id}
-        for port in conn.network.ports(device_id=server.id):
-            for ip in conn.network.ips(port_id=port.id):
+        for port in conn.network.ports(device_id=server.id, project_id=project_id):
+            for ip in conn.network.ips(port_id=port.id, project_id=project_id):
                 found[ip.id] = ip
     return list(found.values())
 
@@ -203,7 +216,9 @@ def create_port(conn, spec: LaunchSpec, net, group_id: str, ledger: Ledger):
 
 
 def server_ports(conn, server: Server) -> list:
-    """The ports vmbinder made for the server: attached to it, or to nothing yet."""
+    """The ports vmbinder made for the server: attached to it, or to nothing yet;
+    this project's only (see floating_ips)."""
     with cloud_errors(f"finding the ports of {server.name}"):
-        return [p for p in conn.network.ports(description=f"{META}{server.name}")
+        return [p for p in conn.network.ports(description=f"{META}{server.name}",
+                                              project_id=conn.current_project_id)
                 if p.device_id in (None, "", server.id)]

@@ -115,10 +115,12 @@ class OpenStackProvider(Provider):
                                      choice.floating_ip))
         # Made once by the first server of a batch, which is made alone: the
         # others reuse them, and a rollback of one of them never removes them.
-        key_name = self._remember(("keypair", choice.key_name, choice.public_key),
-                                  lambda: resolve.keypair(conn, spec, ledger))
+        # The group comes first: one that lets in too much is refused before
+        # anything is made.
         group = self._remember(("group", choice.ssh_cidr), lambda: network.security_group(
             conn, spec, ledger, self.settle_timeout))
+        key_name = self._remember(("keypair", choice.key_name, choice.public_key),
+                                  lambda: resolve.keypair(conn, spec, ledger))
         net, external = place.network, place.external
         chosen = dict(
             image_id=image.id, image_name=image.name, flavor_id=flavor.id, flavor_name=flavor.name,
@@ -156,7 +158,7 @@ class OpenStackProvider(Provider):
         makes the port), with a config drive unless --config-drive no. With auto,
         a cloud that refuses config drives gets the request again without one;
         vmbinder:user-data-via records which way the user-data went."""
-        metadata = server_metadata(spec, self.conn.current_user_id)
+        metadata = server_metadata(spec, self.current_owner())
         attrs = dict(
             name=spec.name, image_id=resolved.image_id, flavor_id=resolved.flavor_id,
             user_data=base64.b64encode(user_data.encode()).decode(), tags=[OWNER_TAG],
@@ -265,6 +267,11 @@ class OpenStackProvider(Provider):
             metadata=dict(raw.metadata or {}), fault=fault, created=raw.created_at,
             flavor=flavor_name,
         )
+
+    def current_owner(self) -> str | None:
+        """The Keystone user id create records as vmbinder:owner."""
+        with cloud_errors("finding who you are on the cloud"):
+            return self.conn.current_user_id
 
     def list_owned(self) -> list[Server]:
         with cloud_errors("listing vmbinder servers"):

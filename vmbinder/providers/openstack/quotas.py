@@ -1,5 +1,6 @@
 """What a batch of servers needs on OpenStack: a check, before anything is made,
-that the project's compute and network quotas leave room for every seat."""
+that the project's compute and network quotas leave room for every seat (and
+that no security group the seats would use lets in more than vmbinder asks for)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from vmbinder.providers.openstack.common import (
     cloud_errors,
     existing_rules,
     find_or_none,
+    refuse_extra_rules,
     security_group_name,
     wanted_rules,
 )
@@ -55,6 +57,8 @@ def _network_needs(conn, count: int, cidrs: list[str], floating_ips: int) -> lis
         for cidr in sorted(set(cidrs)):
             group = find_or_none(conn.network.find_security_group, security_group_name(cidr),
                                  project_id=conn.current_project_id)
+            if group is not None:
+                refuse_extra_rules(conn, group, cidr)
             have = existing_rules(group.security_group_rules or []) if group else set()
             groups += group is None
             # A new group also gets Neutron's two default egress rules.
@@ -77,7 +81,8 @@ def _network_needs(conn, count: int, cidrs: list[str], floating_ips: int) -> lis
 def check_quota(conn, flavors: list, cidrs: list[str], *, floating_ips: int) -> list[Need]:
     """Every quota the batch draws on (floating_ips: how many of its servers get
     one). QuotaExceeded, naming each short one with its numbers, when one is too
-    small; nothing is created either way."""
+    small, and ConfigError for a security group that lets in more than vmbinder
+    asks for; nothing is created either way."""
     needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), cidrs, floating_ips)
     short = [n for n in needs if n.short]
     if short:
