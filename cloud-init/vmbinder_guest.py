@@ -456,13 +456,14 @@ def ensure_caddy(doc):
     return "installed"
 
 
-def unit(doc, name, description, exec_start, after="network-online.target", extra="", requires=""):
+def unit(doc, name, description, exec_start, after="network-online.target", extra="", requires="",
+         unit_extra=""):
     # After cloud-init's network stage, which runs write_files: on a server's first
     # boot from a snapshot, it writes this server's launch document before these
     # units start. cloud-init 24 and newer (Debian 13) name that stage
     # cloud-init-network.service; older ones, cloud-init.service (systemd ignores
     # the one that does not exist).
-    needs = f"Requires={requires}\n" if requires else ""
+    needs = (f"Requires={requires}\n" if requires else "") + unit_extra
     return write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
 Description={description}
 After={after} cloud-init.service cloud-init-network.service
@@ -789,6 +790,218 @@ WantedBy=multi-user.target
     return f"{doc['fence']['host']}: ports {ports} only"
 
 
+# -- the home: the user's work, on the server's disk or a volume ----------------------
+#
+# The container's /home/jovyan is a folder of the server (on the work volume when
+# one is attached), so what the user edits or adds survives container restarts,
+# reboots, stop and start, and with a volume, the server itself. It is filled
+# from the environment as built at the first start; when a later build (another
+# commit) meets the same home, files the user changed or added are kept, files
+# the user never changed are replaced by the new build's, new ones are added.
+
+#: The environment's home in the container (repo2docker --user-name jovyan).
+CONTAINER_HOME = "/home/jovyan"
+#: Where the guest finds attached volumes: virtio-<serial> (a volume id's first
+#: 20 characters on OpenStack; the local target gives its disks such serials).
+BY_ID = "/dev/disk/by-id"
+#: Marks vmbinder's lines in /etc/fstab (written again at every launch).
+FSTAB_MARK = "# vmbinder volume"
+DEVICE_WAIT = int(os.environ.get("VMBINDER_GUEST_DEVICE_WAIT", "120"))  # seconds
+
+
+def volumes(doc):
+    return doc.get("volumes") or {"work": None, "data": []}
+
+
+def home_store(doc):
+    """The folder that holds the home and its record of what it was filled with:
+    the work volume's mount point, else the server's own disk."""
+    return where(doc, "volume_mount") if volumes(doc).get("work") else where(doc, "home_store")
+
+
+def home_dir(doc):
+    return home_store(doc) + "/home"
+
+
+def data_mounts(doc):
+    """(name, mount point on the server, path in the container) of each data
+    volume: one is ~/data, several are ~/data/<name>."""
+    data = volumes(doc).get("data") or []
+    inside = CONTAINER_HOME + "/data"
+    return [(d["name"], f"{where(doc, 'data_mount')}/{d['name']}",
+             inside if len(data) == 1 else f"{inside}/{d['name']}") for d in data]
+
+
+def volume_device(serial):
+    return f"{BY_ID}/virtio-{serial}"
+
+
+def wait_for_device(doc, name, serial):
+    device = volume_device(serial)
+    deadline = time.time() + DEVICE_WAIT
+    while not os.path.exists(at(device)):
+        if time.time() > deadline:
+            raise RuntimeError(f"volume {name} is not attached: no {device} after {DEVICE_WAIT} s")
+        time.sleep(2)
+    return device
+
+
+def probe_device(device):
+    """What is on a device: its filesystem type (blkid's low-level probe), else
+    "empty" when its first MiB is zeros (a new volume), else what makes it no
+    filesystem vmbinder may use ("a partition table", "data of no known kind")."""
+    found = subprocess.run(["blkid", "-p", "-o", "export", at(device)], capture_output=True,
+                           text=True, check=False)
+    values = dict(line.split("=", 1) for line in found.stdout.splitlines() if "=" in line)
+    if values.get("TYPE"):
+        return values["TYPE"]
+    if values.get("PTTYPE"):
+        return "a partition table"
+    with open(at(device), "rb") as fh:
+        head = fh.read(1 << 20)
+    return "empty" if not head.strip(b"\0") else "data of no known kind"
+
+
+#: What probe_device finds that is no filesystem to mount.
+NO_FILESYSTEM = ("empty", "a partition table", "data of no known kind")
+
+
+def fstab_lines(doc, devices):
+    """vmbinder's /etc/fstab lines for (device, mount point, options); nofail: a
+    volume detached while the server was off never keeps it from booting."""
+    return [f"{device} {mountpoint} auto {options},nofail,x-systemd.device-timeout=30s 0 2 {FSTAB_MARK}"
+            for device, mountpoint, options in devices]
+
+
+def write_fstab(doc, lines):
+    try:
+        with open(at("/etc/fstab")) as fh:
+            kept = [ln for ln in fh.read().splitlines() if not ln.endswith(FSTAB_MARK)]
+    except OSError:
+        kept = []
+    return write("/etc/fstab", "\n".join(kept + lines) + "\n")
+
+
+def ensure_mounted(doc, mountpoint):
+    os.makedirs(at(mountpoint), exist_ok=True)
+    if not ok(["findmnt", "--mountpoint", mountpoint]):
+        run(doc, ["mount", mountpoint])
+
+
+def ensure_volumes(doc):
+    """The work volume formatted once (only when it holds nothing at all) and
+    mounted; data volumes mounted read-only. Both again at every boot (fstab)."""
+    vols = volumes(doc)
+    mounts, said = [], []
+    work = vols.get("work")
+    if work:
+        device = wait_for_device(doc, work["name"], work["serial"])
+        found = probe_device(device)
+        if found == "empty":  # formatted once, never again: its files are the user's
+            run(doc, ["mkfs.ext4", "-q", "-L", "vmbinder-work", at(device)])
+            said.append(f"{work['name']} formatted")
+        elif found in NO_FILESYSTEM:
+            raise RuntimeError(f"volume {work['name']} holds {found} and no filesystem: "
+                               "vmbinder formats only empty volumes (attach another one)")
+        else:
+            said.append(f"{work['name']} ({found}) kept")
+        mounts.append((device, where(doc, "volume_mount"), "defaults"))
+    for (name, mountpoint, _), data in zip(data_mounts(doc), vols.get("data") or [], strict=True):
+        device = wait_for_device(doc, name, data["serial"])
+        found = probe_device(device)
+        if found in NO_FILESYSTEM:
+            raise RuntimeError(f"data volume {name} holds {found}, no filesystem to mount")
+        # noload: an ext4 journal is not replayed, so a read-only volume stays untouched.
+        mounts.append((device, mountpoint, "ro,noload" if found == "ext4" else "ro"))
+        said.append(f"{name} read-only")
+    if write_fstab(doc, fstab_lines(doc, mounts)):
+        run(doc, ["systemctl", "daemon-reload"])
+    for _, mountpoint, _ in mounts:
+        ensure_mounted(doc, mountpoint)
+    return ", ".join(said) if said else "none attached"
+
+
+def home_record(doc):
+    """What the home was filled from: {"image": image id, "files": {path: [size, mtime_ns]}}."""
+    try:
+        with open(at(home_store(doc) + "/home.json")) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
+def image_id(doc):
+    found = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image_name(doc)],
+                           capture_output=True, text=True, check=False)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def inside(root, rel):
+    """root/rel when it is a file below root with no link on the way, else None."""
+    path = os.path.join(root, rel)
+    real = os.path.realpath(path)
+    if not real.startswith(os.path.realpath(root) + os.sep) or os.path.islink(path):
+        return None
+    return path if os.path.isfile(path) else None
+
+
+def unchanged_since_filled(home, record):
+    """Files of the home the user never changed since it was filled (same size and
+    modification time as recorded then)."""
+    same = []
+    for rel, (size, mtime) in (record.get("files") or {}).items():
+        path = inside(home, rel)
+        if path:
+            st = os.lstat(path)
+            if st.st_size == size and st.st_mtime_ns == mtime:
+                same.append(path)
+    return same
+
+
+def home_files(home):
+    files = {}
+    for folder, _, names in os.walk(home):
+        for name in names:
+            path = os.path.join(folder, name)
+            st = os.lstat(path)
+            if os.path.isfile(path) and not os.path.islink(path):
+                files[os.path.relpath(path, home)] = [st.st_size, st.st_mtime_ns]
+    return files
+
+
+#: Run in a container of the environment, as root, the home bound at /seed: its
+#: files copied, never over a file already there (tar keeps owners and modes).
+#: Copying inside the container keeps links in the image from reaching the server.
+FILL = ("cd {home} 2>/dev/null || exit 0; "
+        "tar -cf - . | tar -C /seed --skip-old-files --same-owner -xpf -")
+
+
+def ensure_home(doc):
+    """The home filled from the environment as built (see above)."""
+    home = home_dir(doc)
+    os.makedirs(at(home), exist_ok=True)
+    image = image_id(doc)
+    record = home_record(doc)
+    if image and record.get("image") == image:
+        return "kept"
+    replaced = 0
+    if record.get("image"):  # another build: files the user never changed give way
+        for path in unchanged_since_filled(at(home), record):
+            os.remove(path)
+            replaced += 1
+    run(doc, ["docker", "run", "--rm", "--user", "0:0", "--network", "none",
+              "--entrypoint", "/bin/sh", "-v", f"{home}:/seed", image_name(doc),
+              "-c", FILL.format(home=CONTAINER_HOME)])
+    try:
+        os.chown(at(home), 1000, 1000)
+    except PermissionError:
+        pass
+    write(home_store(doc) + "/home.json", json.dumps({"image": image, "files": home_files(at(home))}))
+    if not record.get("image"):
+        return "filled from the environment"
+    return f"updated for another build ({replaced} unchanged files replaced, changed ones kept)"
+
+
 def ensure_base_images(doc):
     """Container images baked into the VM image as tarballs (no registry needed):
     each <tarball>.json beside its tarball says {"name", "tarball", "changes"}."""
@@ -850,12 +1063,77 @@ def repo2docker_argv(doc):
     return argv + ["--", doc["repo"]]
 
 
+#: git-credential(1): git asks each configured helper with "get". repo2docker's
+#: own image answers from GIT_CREDENTIAL_ENV (its docker/git-credential-env); the
+#: repo2docker installed from PyPI has no helper, so git gets this one, a shell
+#: function in its configuration: the token is on no command line and in no file.
+#: Its twin is HELPER in vmbinder/sources/credential.py.
+GIT_HELPER = "!f() { test \"$1\" = get && printf '%s\\n' \"$GIT_CREDENTIAL_ENV\"; }; f"
+
+
+def repo2docker_env(doc):
+    """repo2docker's environment: git never prompts, and a private repository's
+    token (the launch document's git_credential) is in GIT_CREDENTIAL_ENV only,
+    sent to the repository's host only; no other helper is asked (a `store`
+    would write it to disk). The twin is git_env in vmbinder/sources/credential.py."""
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    cred = doc.get("git_credential")
+    if cred:
+        u = urllib.parse.urlsplit(doc["repo"])
+        env.update(GIT_CREDENTIAL_ENV=f"username={cred['username']}\npassword={cred['password']}",
+                   GIT_CONFIG_COUNT="2", GIT_CONFIG_KEY_0="credential.helper", GIT_CONFIG_VALUE_0="",
+                   GIT_CONFIG_KEY_1=f"credential.{u.scheme}://{u.netloc}.helper",
+                   GIT_CONFIG_VALUE_1=GIT_HELPER)
+    return env
+
+
+#: Where cloud-init keeps copies of the user-data, and so of the launch document:
+#: per instance user-data.txt, user-data.txt.i, cloud-config.txt and the cached
+#: datasource obj.pkl; in /run its merged configuration (cloud-init 23 and newer).
+CLOUD_INIT_COPIES = ("/var/lib/cloud", "/run/cloud-init")
+
+
+def forget_git_credential(doc):
+    """After the build, whether it worked or not (or when there is none to do): the
+    git token leaves the server's disk. The launch document is written again
+    without it; in cloud-init's copies each occurrence becomes as many '*', in
+    place, so the pickled datasource keeps its lengths and cloud-init still reads
+    it at the next boot. The document in memory keeps it, for failure() to hide."""
+    secret = ((doc.get("git_credential") or {}).get("password") or "").encode()
+    if not secret:
+        return 0
+    current = dict(load_again(doc), git_credential=None)
+    write(LAUNCH, json.dumps(current, sort_keys=True, separators=(",", ":")), mode=0o600)
+    scrubbed = 0
+    for top in CLOUD_INIT_COPIES:
+        for folder, _, names in os.walk(at(top)):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    if os.path.islink(path) or not os.path.isfile(path):
+                        continue
+                    with open(path, "r+b") as fh:
+                        data = fh.read()
+                        if secret in data:
+                            fh.seek(0)
+                            fh.write(data.replace(secret, b"*" * len(secret)))
+                            scrubbed += 1
+                except OSError as exc:
+                    log(doc, f"could not scrub {path}: {exc.strerror}")
+    log(doc, f"git token removed from the launch document and {scrubbed} of cloud-init's files")
+    return scrubbed
+
+
 def ensure_image(doc):
     image = image_name(doc)
     if ok(["docker", "image", "inspect", image]):
+        forget_git_credential(doc)
         return "present"
     write(where(doc, "r2d_config"), repo2docker_config(doc))
-    run(doc, repo2docker_argv(doc))
+    try:
+        run(doc, repo2docker_argv(doc), env=repo2docker_env(doc))
+    finally:
+        forget_git_credential(doc)
     inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", image],
                              capture_output=True, text=True, check=False)
     built = {}
@@ -896,21 +1174,24 @@ def fetched_record(text):
 
 
 def env_service_command(doc):
-    """The container, with the token in its env file, never on its command line."""
-    work = where(doc, "work_dir")
+    """The container, with the token in its env file, never on its command line;
+    the home (see ensure_home) and the data volumes (read-only) bound in."""
+    binds = f" -v {home_dir(doc)}:{CONTAINER_HOME}"
+    binds += "".join(f" -v {mountpoint}:{path}:ro" for _, mountpoint, path in data_mounts(doc))
     return ("/usr/bin/docker run --rm --name vmbinder-env --env-file " + where(doc, "env_file")
-            + f" -p {jupyter_address(doc)}:8888 -v {work}:/home/jovyan/work " + image_name(doc)
+            + f" -p {jupyter_address(doc)}:8888" + binds + " " + image_name(doc)
             + " jupyter notebook --ip 0.0.0.0 --port 8888 --no-browser"
             + " --ServerApp.trust_xheaders=True")
 
 
+def mounts_needed(doc):
+    """The unit's RequiresMountsFor: the volumes the container binds."""
+    paths = [where(doc, "volume_mount")] if volumes(doc).get("work") else []
+    paths += [mountpoint for _, mountpoint, _ in data_mounts(doc)]
+    return f"RequiresMountsFor={' '.join(paths)}\n" if paths else ""
+
+
 def ensure_service(doc):
-    work = at(where(doc, "work_dir"))
-    os.makedirs(work, exist_ok=True)
-    try:
-        os.chown(work, 1000, 1000)
-    except PermissionError:
-        pass
     changed = write_env_file(doc)
     fenced = FENCE_UNIT if doc.get("fence") else ""
     changed |= unit(
@@ -918,6 +1199,7 @@ def ensure_service(doc):
         after=" ".join(filter(None, ("docker.service", fenced))), requires=fenced,
         extra="ExecStartPre=-/usr/bin/docker rm -f vmbinder-env\n"
               f"ExecStartPre=/usr/bin/python3 {os.path.abspath(__file__)} env-file\n",
+        unit_extra=mounts_needed(doc),
     )
     if changed:
         run(doc, ["systemctl", "daemon-reload"])
@@ -969,8 +1251,8 @@ def detect_interfaces(doc):
 
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
          ("tls", ensure_tls), ("docker", ensure_docker), ("fence", ensure_fence),
-         ("base-images", ensure_base_images),
-         ("repo2docker", ensure_repo2docker), ("build", ensure_image),
+         ("volumes", ensure_volumes), ("base-images", ensure_base_images),
+         ("repo2docker", ensure_repo2docker), ("build", ensure_image), ("home", ensure_home),
          ("service", ensure_service), ("interfaces", detect_interfaces))
 
 
@@ -983,10 +1265,12 @@ def failure(doc, exc, lines=10, width=150):
         error = f"{cmd[:2 * width]} exited with {exc.returncode}"
     else:
         error = f"{type(exc).__name__}: {exc}"[:2 * width]
-    tail = [ln[:width] for ln in log_tail(doc, 4 * lines).replace("\r", "\n").splitlines()
+    tail = [ln[:width] for ln in readable(log_tail(doc, 4 * lines)).replace("\r", "\n").splitlines()
             if ln.strip()][-lines:]
-    hide = doc.get("token") or "\0"
-    return {"error": error.replace(hide, "<token>"), "log": [ln.replace(hide, "<token>") for ln in tail]}
+    for hide in (doc.get("token"), (doc.get("git_credential") or {}).get("password")):
+        if hide:
+            error, tail = error.replace(hide, "<token>"), [ln.replace(hide, "<token>") for ln in tail]
+    return {"error": error, "log": tail}
 
 
 def run_all(doc):
@@ -1000,17 +1284,21 @@ def run_all(doc):
                 ready=False, server=doc["name"], machine=machine_digest(), host_keys=host_keys())
     durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
+        write_state(doc, step_started=time.time())
         phase(doc, name, "started")
         t0 = time.time()
         try:
             result = step(doc)
         except Exception as exc:  # any failure is this step's, reported, never a silent stop
             log(doc, f"{name} failed: {exc!r}")
+            forget_git_credential(doc)  # a step before the build failed: no build will need it
             phase(doc, name, "failed", **failure(doc, exc))
             return 1
         durations[name] = round(time.time() - t0, 1)
         write_state(doc, durations=durations)
         phase(doc, name, "done", result=result)
+    times = {**build_times(doc), image_name(doc): durations}
+    write(home_store(doc) + "/steps.json", json.dumps(dict(list(times.items())[-5:])))
     write_state(doc, ready=True)
     phase(doc, "ready", "done")
     return 0
@@ -1093,6 +1381,80 @@ def log_tail(doc, lines=40):
         return ""
 
 
+def readable(text):
+    """The commands log as people read it: repo2docker's JSON progress lines
+    (--json-logs) as their message text, other lines as they are."""
+    out = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line) if line.startswith("{") else None
+        except ValueError:
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("message"), str):
+            out.extend(entry["message"].rstrip("\n").splitlines() or [""])
+        else:
+            out.append(line)
+    return "\n".join(out) + ("\n" if out else "")
+
+
+#: The most of the log one answer carries.
+LOG_CHUNK = 256 * 1024
+
+
+def log_chunk(doc, offset):
+    """The commands log from byte offset on, up to LOG_CHUNK and cut after a whole
+    line: (readable text, the offset to ask for next, the log's size). The
+    Jupyter token never leaves (the guest's own lines never hold it)."""
+    path = commands_log(doc)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            fh.seek(min(max(offset, 0), size))
+            data = fh.read(LOG_CHUNK)
+    except OSError:
+        return "", 0, 0
+    start = min(max(offset, 0), size)
+    if len(data) == LOG_CHUNK and b"\n" in data:
+        data = data[:data.rindex(b"\n") + 1]
+    elif not data.endswith(b"\n"):  # a line still being written: next time
+        data = data[:data.rindex(b"\n") + 1] if b"\n" in data else b""
+    text = readable(data.decode(errors="replace"))
+    token = doc.get("token") or "\0"
+    return text.replace(token, "<token>"), start + len(data), size
+
+
+def build_times(doc):
+    """Seconds per step of earlier launches, per image, kept beside the home (on
+    the work volume when there is one: a relaunch with it knows what is coming)."""
+    try:
+        with open(at(home_store(doc) + "/steps.json")) as fh:
+            times = json.load(fh)
+        return times if isinstance(times, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def steps_table(doc, state):
+    """Every step with its state and time: done (seconds), running (so far, and
+    what an earlier build of this image took), waiting."""
+    durations = state.get("durations") or {}
+    earlier = build_times(doc).get(doc["build"]["image"]) or {}
+    now_phase, now_status = state.get("phase"), state.get("status")
+    rows = []
+    for name, _ in STEPS:
+        if name in durations:
+            rows.append((name, "done", f"{durations[name]:.0f} s"))
+        elif name == now_phase and now_status == "failed":
+            rows.append((name, "failed", ""))
+        elif name == now_phase:
+            so_far = time.time() - (state.get("step_started") or time.time())
+            left = f", about {max(earlier[name] - so_far, 0):.0f} s left" if name in earlier else ""
+            rows.append((name, "running", f"{so_far:.0f} s so far{left}"))
+        else:
+            rows.append((name, "waiting", ""))
+    return rows
+
+
 class StatusHandler(BaseHTTPRequestHandler):
     doc = {}  # the launch document, set by serve_status
     #: Read the launch document again per request: on a first boot from a
@@ -1130,6 +1492,18 @@ class StatusHandler(BaseHTTPRequestHandler):
                     "durations", "tls", "machine", "host_keys", "record")
             doc = {k: state.get(k) for k in keys} | {"elapsed": elapsed}
             return self.send(200, json.dumps(doc), "application/json")
+        if path == "/vmbinder/log":
+            if not self.authorised():
+                return self.send(403, json.dumps({"error": "token required"}), "application/json")
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            try:
+                offset = int(query.get("offset", ["0"])[0])
+            except ValueError:
+                offset = 0
+            text, after, size = log_chunk(self.doc, offset)
+            body = {"text": text, "offset": after, "size": size, "phase": state.get("phase"),
+                    "status": state.get("status"), "ready": bool(state.get("ready"))}
+            return self.send(200, json.dumps(body), "application/json")
         if path == "/" + ROOT_PATH:
             # The own CA's root, public like any CA root: vmbinder checks it against
             # the fingerprint on the console, then trusts it for this server only.
@@ -1139,10 +1513,19 @@ class StatusHandler(BaseHTTPRequestHandler):
             return self.send(200, pem, "application/x-pem-file")
         tail = ""
         if self.authorised():
-            tail = "<h2>Log</h2><pre>" + html.escape(log_tail(self.doc)) + "</pre>"
-        page = PAGE.format(phase=html.escape(str(state.get("phase", "starting"))),
+            rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(st)}</td>"
+                           f"<td>{html.escape(t)}</td></tr>" for n, st, t in steps_table(self.doc, state))
+            lines = readable(log_tail(self.doc, 200)).splitlines()[-40:]
+            token = self.doc.get("token") or "\0"
+            tail = ("<h2>Steps</h2><table>" + rows + "</table><h2>Log</h2><pre>"
+                    + html.escape("\n".join(lines).replace(token, "<token>")) + "</pre>")
+        # Caddy shows this page (as /vmbinder/page) only when Jupyter did not
+        # answer: once ready, that is a restart (a reboot, the service), never a 200.
+        fallback = path == "/vmbinder/page"
+        what = "restarting" if fallback and state.get("ready") else state.get("phase", "starting")
+        page = PAGE.format(phase=html.escape(str(what)),
                            status=html.escape(str(state.get("status", ""))), elapsed=elapsed, tail=tail)
-        self.send(503 if not state.get("ready") else 200, page, "text/html; charset=utf-8")
+        self.send(503 if fallback or not state.get("ready") else 200, page, "text/html; charset=utf-8")
 
     def log_message(self, fmt, *args):
         pass

@@ -16,6 +16,12 @@ CATALOG = (
     ("neutron", "network", "neutron", ""),
     ("placement", "placement", "placement", ""),
 )
+#: Cinder (fake mode): its service type and the older name Nova's [cinder]
+#: catalog_info asks for, both at the same API.
+VOLUME_CATALOG = (
+    ("cinder", "block-storage", "cinder", "/v3/%(project_id)s"),
+    ("cinderv3", "volumev3", "cinder", "/v3/%(project_id)s"),
+)
 
 FLAVORS = (
     # name, vCPUs, RAM MiB, disk GB
@@ -103,7 +109,7 @@ def _identity(lay, conn):
         user = idn.create_user(name=who["username"], password=lay.password, domain_id="default",
                                default_project_id=demo.id)
         idn.assign_project_role_to_user(demo, user, roles["member"])
-    for name, kind, port_key, path in CATALOG:
+    for name, kind, port_key, path in CATALOG + (() if lay.real else VOLUME_CATALOG):
         svc = idn.create_service(name=name, type=kind)
         idn.create_endpoint(service_id=svc.id, interface="public",
                             url=lay.public_url(port_key, path), region_id=REGION)
@@ -176,6 +182,39 @@ def _networks(lay, admin):
         name=PRIVATE["router"], external_gateway_info={"network_id": public.id})
     demo.network.add_interface_to_router(router, subnet_id=subnet.id)
     demo.close()
+
+
+class VolumeProbe:
+    """Makes one volume as the admin until Cinder places it (the scheduler sends a
+    volume to ERROR while it has heard of no back end), then removes it."""
+
+    NAME = "testbed-probe"
+
+    def __init__(self, lay):
+        self.conn = connect(lay, ADMIN)
+        self.volume = None
+
+    def made(self):
+        from runner import NotReady
+
+        bs = self.conn.block_storage
+        if self.volume is None:
+            self.volume = bs.create_volume(name=self.NAME, size=1)
+        self.volume = bs.get_volume(self.volume)
+        if self.volume.status == "error":
+            bs.delete_volume(self.volume)
+            self.volume = None
+            raise NotReady("the scheduler found no back end yet")
+        if self.volume.status != "available":
+            raise NotReady(f"probe volume {self.volume.status}")
+        bs.delete_volume(self.volume)
+        bs.wait_for_delete(self.volume, interval=0.5, wait=60)
+        self.volume = None
+
+    def close(self):
+        if self.volume is not None:
+            self.conn.block_storage.delete_volume(self.volume, ignore_missing=True)
+        self.conn.close()
 
 
 def write_clouds_yaml(lay):

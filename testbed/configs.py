@@ -24,13 +24,16 @@ PORTS = {
     "neutron": 45696,
     "nova-api": 45774,
     "nova-metadata": 45775,
+    "cinder": 45776,
 }
 
 DATABASES = ("keystone", "glance", "placement", "neutron",
-             "nova_api", "nova", "nova_cell0")
+             "nova_api", "nova", "nova_cell0", "cinder")
 
 # Service users live in project "service" and hold roles admin and service.
-SERVICE_USERS = ("nova", "neutron", "glance", "placement")
+SERVICE_USERS = ("nova", "neutron", "glance", "placement", "cinder")
+#: Cinder's one back end (fake mode): a driver that stores nothing (plugins/volume.py).
+CINDER_BACKEND = "nothing"
 
 
 @dataclass(frozen=True)
@@ -244,7 +247,10 @@ def nova_conf(lay, debug):
         "placement": service_auth(lay, "placement"),
         "neutron": service_auth(lay, "neutron"),
         "glance": {"region_name": REGION},
-        "cinder": {"os_region_name": REGION},
+        # Attaching and detaching volumes at server create and delete; the
+        # service user for the calls Nova makes on its own (a user's token
+        # may have expired by then).
+        "cinder": {"os_region_name": REGION, **service_auth(lay, "nova")},
         # Neutron lets only a service delete a compute port: send a service
         # token along with the user's.
         "service_user": {"send_service_user_token": True,
@@ -253,6 +259,40 @@ def nova_conf(lay, debug):
         "conductor": {"workers": 1},
         "vnc": {"enabled": False},
         "oslo_concurrency": {"lock_path": lay.run / "lock" / "nova"},
+    }
+
+
+def cinder_conf(lay, debug):
+    """cinder-api, cinder-scheduler and cinder-volume with one back end whose
+    driver stores nothing: volumes are database rows, as servers are with
+    Nova's fake driver."""
+    state = lay.run / "cinder"
+    return {
+        "DEFAULT": {
+            **common(lay, debug),
+            "host": COMPUTE_HOST,
+            "my_ip": HOST,
+            "transport_url": lay.transport_url,
+            "auth_strategy": "keystone",
+            "state_path": state,
+            "api_paste_config": lay.etc / "cinder" / "api-paste.ini",
+            "enabled_backends": CINDER_BACKEND,
+            "default_volume_type": "__DEFAULT__",
+            # Images are never copied to volumes here.
+            "glance_api_servers": lay.url("glance"),
+            "osapi_volume_workers": 1,
+            # Which filters a list may use (name, status, metadata, ...), as shipped.
+            "resource_query_filters_file": lay.venv / "etc" / "cinder" / "resource_filters.json",
+        },
+        "database": {"connection": lay.db_url("cinder")},
+        "keystone_authtoken": authtoken(lay, "cinder"),
+        "nova": {**service_auth(lay, "cinder"), "interface": "internal"},
+        "oslo_concurrency": {"lock_path": lay.run / "lock" / "cinder"},
+        "coordination": {"backend_url": f"file://{state / 'coordination'}"},
+        CINDER_BACKEND: {
+            "volume_driver": "testbed_plugins.volume.NothingStoredDriver",
+            "volume_backend_name": CINDER_BACKEND,
+        },
     }
 
 
@@ -289,6 +329,7 @@ def write_all(lay, debug=False):
         etc / "neutron" / "plugins" / "ml2" / "ml2_conf.ini": ml2_conf(lay, debug),
         etc / "nova" / "nova.conf": nova_conf(lay, debug),
         etc / "nova" / "nova-db.conf": nova_db_conf(lay, debug),
+        etc / "cinder" / "cinder.conf": cinder_conf(lay, debug),
     }
     if lay.real:
         import realconf
@@ -306,6 +347,7 @@ def write_all(lay, debug=False):
         (venv_etc / "glance" / "glance-api-paste.ini", etc / "glance" / "glance-api-paste.ini"),
         (venv_etc / "neutron" / "api-paste.ini", etc / "neutron" / "api-paste.ini"),
         (venv_etc / "nova" / "api-paste.ini", etc / "nova" / "api-paste.ini"),
+        (venv_etc / "cinder" / "api-paste.ini", etc / "cinder" / "api-paste.ini"),
     ]:
         _write(dst, src.read_text(), 0o644)
     rabbit = lay.run / "rabbitmq"
@@ -313,5 +355,6 @@ def write_all(lay, debug=False):
     _write(rabbit / "enabled_plugins", "[].\n")
     _write(rabbit / "rabbitmq-env.conf", "")
     for sub in ("glance/images", "glance/staging", "glance/tasks", "lock/glance",
-                "lock/neutron", "lock/nova", "nova/instances", "neutron"):
+                "lock/neutron", "lock/nova", "lock/cinder", "nova/instances", "neutron",
+                "cinder/coordination"):
         (lay.run / sub).mkdir(parents=True, exist_ok=True)

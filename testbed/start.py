@@ -7,6 +7,7 @@ as its database is ready, and Nova's daemons follow Keystone's bootstrap.
 
 import concurrent.futures as cf
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -201,6 +202,40 @@ class Starter(RealMode, Runner):
         if self.lay.real:
             self.nova_metadata()
 
+    def cinder(self):
+        """Cinder's schema and its API (fake mode only: real mode has no volumes)."""
+        conf = self.lay.etc / "cinder" / "cinder.conf"
+        self.run("cinder", [self.lay.venv / "bin" / "cinder-manage", "--config-file", conf,
+                            "db", "sync"])
+        # cinder-api reads its configuration from its command line, which
+        # `serve` gives it from TESTBED_APP_ARGS.
+        self.serve("cinder", "cinder.wsgi.api:application",
+                   TESTBED_APP_ARGS=f"--config-file {shlex.quote(str(conf))}")
+
+    def start_cinder_daemons(self):
+        conf = ["--config-file", self.lay.etc / "cinder" / "cinder.conf"]
+        bin_ = self.lay.venv / "bin"
+        self.start("cinder-scheduler", [bin_ / "cinder-scheduler", *conf])
+        self.start("cinder-volume", [bin_ / "cinder-volume", *conf])
+        self.step("cinder-scheduler and cinder-volume started")
+
+    def wait_cinder(self):
+        """cinder-volume's back end registered, and a volume made on it: the
+        scheduler places none before it has heard the back end's capacity."""
+        def backend_up():
+            if not self.query("SELECT COUNT(*) FROM cinder.services WHERE topic=%s "
+                              "AND disabled=0 AND deleted=0", "cinder-volume"):
+                raise NotReady("cinder-volume has not registered its back end yet")
+
+        watch = ("cinder-volume", "cinder-scheduler", "cinder", "mariadb", "rabbitmq")
+        self.wait("cinder-volume", "volume back end", backend_up, watch)
+        probe = bootstrap.VolumeProbe(self.lay)
+        try:
+            self.wait("cinder-volume", "a volume made on the back end", probe.made, watch)
+        finally:
+            probe.close()
+        self.step(f"cinder back end {configs.CINDER_BACKEND!r} makes volumes")
+
     def serve(self, name, app, **env):
         self.start(name, [self.lay.venv / "bin" / "python", HERE / "testbed.py",
                           "serve", name, app, PORTS[name]], self.env(**env))
@@ -290,17 +325,20 @@ class Starter(RealMode, Runner):
         self.start_mariadb()
         if lay.real:
             self.start_dataplane()
-        with cf.ThreadPoolExecutor(max_workers=6) as pool:
+        # Real compute has no volume back end (see README.md): Cinder runs in fake mode.
+        services = ("keystone", "placement", "glance", "neutron", "nova", "wait_rabbitmq",
+                    *(() if lay.real else ("cinder",)))
+        with cf.ThreadPoolExecutor(max_workers=len(services)) as pool:
             try:
-                tasks = {name: pool.submit(getattr(self, name)) for name in
-                         ("keystone", "placement", "glance", "neutron", "nova",
-                          "wait_rabbitmq")}
+                tasks = {name: pool.submit(getattr(self, name)) for name in services}
                 self.futures = list(tasks.values())
                 self._await(tasks["keystone"])
                 bootstrap.identity(lay, self.step)
                 for name in ("placement", "wait_rabbitmq", "nova"):
                     self._await(tasks[name])
                 self.start_conductor_scheduler()
+                if not lay.real:
+                    self.start_cinder_daemons()
                 for name in ("glance", "neutron"):
                     self._await(tasks[name])
                 resources = pool.submit(bootstrap.resources, lay, self.step)
@@ -310,6 +348,9 @@ class Starter(RealMode, Runner):
                 self._await(resources)
                 if lay.real:
                     self.wait_wired()
+                else:
+                    self._await(tasks["cinder"])
+                    self.wait_cinder()
                 self.check_alive(*self.procs)
             except BaseException:
                 self.abort.set()

@@ -313,7 +313,11 @@ def cmd_serve(args):
     from gunicorn.app.base import BaseApplication
 
     name, target, port = args.name, args.app, args.port
-    sys.argv = [name]
+    # Services that read their configuration files from the command line
+    # (Cinder) get them from TESTBED_APP_ARGS.
+    import shlex
+
+    sys.argv = [name, *shlex.split(os.environ.get("TESTBED_APP_ARGS", ""))]
 
     class Application(BaseApplication):
         def load_config(self):

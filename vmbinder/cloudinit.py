@@ -4,6 +4,7 @@ The launch document they carry is made by launchdoc.py."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import json
@@ -42,12 +43,29 @@ def _gz_b64(text: str) -> str:
     return base64.b64encode(gzip.compress(text.encode(), mtime=0)).decode()
 
 
-def render(spec: LaunchSpec, public_ip: str | None = None) -> str:
-    guest = _templates().joinpath(GUEST_SCRIPT).read_text()
+@lru_cache(maxsize=1)
+def guest_script() -> str:
+    """The guest script as the server gets it: the same code without its comments
+    and docstrings (a third of the user-data Nova allows, kept for the values users
+    add). Read it with them in the package: cloud-init/vmbinder_guest.py."""
+    tree = ast.parse(_templates().joinpath(GUEST_SCRIPT).read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return "#!/usr/bin/env python3\n" + ast.unparse(tree) + "\n"
+
+
+def render(spec: LaunchSpec, public_ip: str | None = None, volumes=()) -> str:
+    """volumes: the VolumeUse records of the server's volumes (launchdoc.volumes)."""
+    guest = guest_script()
     text = _environment().get_template(TEMPLATE).render(
         vmbinder_version=spec.vmbinder_version,
         launch_path=guestcontract.LAUNCH_PATH,
-        launch_json=json.dumps(launchdoc.document(spec, public_ip), sort_keys=True, separators=(",", ":")),
+        launch_json=json.dumps(launchdoc.document(spec, public_ip, volumes=volumes), sort_keys=True,
+                               separators=(",", ":")),
         guest_script_path=guestcontract.GUEST_SCRIPT_PATH,
         guest_script_gz_b64=_gz_b64(guest),
     )

@@ -68,7 +68,12 @@ LAYOUT = {
     "base_images": BASE_IMAGES_DIR,
     "r2d_config": "/etc/vmbinder/repo2docker_config.py",
     "env_file": "/etc/vmbinder/jupyter.env",
-    "work_dir": "/srv/vmbinder/work",
+    # The environment's home: on the server's disk (home_store/home), or on the
+    # work volume mounted at volume_mount (volume_mount/home); data volumes
+    # read-only at data_mount/<name>.
+    "home_store": "/srv/vmbinder",
+    "volume_mount": "/srv/vmbinder/volume",
+    "data_mount": "/srv/vmbinder/data",
     "caddy_venv": CADDY_VENV,
     "caddyfile": "/etc/vmbinder/Caddyfile",
     # Caddy's state (certificates, ACME account, its own CA), one folder per
@@ -80,6 +85,13 @@ LAYOUT = {
     "trixie_pin": "/etc/apt/preferences.d/vmbinder-trixie",
     "trixie_sources": "/etc/apt/sources.list.d/vmbinder-trixie.sources",
 }
+#: Where the guest finds each volume the launch document names, as virtio-<serial>:
+#: udev's links of virtio disks by their serial. On OpenStack (libvirt) the serial
+#: is the volume's id cut to VOLUME_SERIAL_MAX characters; the local target gives
+#: its disks serials of that length.
+VOLUME_BY_ID = "/dev/disk/by-id"
+VOLUME_SERIAL_MAX = 20
+
 #: Loopback addresses behind Caddy: the container's Jupyter, the status page.
 JUPYTER_ADDRESS = "127.0.0.1:8888"
 STATUS_ADDRESS = "127.0.0.1:8081"

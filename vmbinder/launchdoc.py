@@ -11,7 +11,9 @@ ever pasted into a shell command. It has five parts:
 - ``build``: the image name (the build key) and repo2docker's content providers;
 - ``guest``: the paths, loopback addresses and texts of guestcontract.py;
 - ``fence``: on the local target, the ports of the launching machine's loopback
-  that code on the server may reach (None elsewhere).
+  that code on the server may reach (None elsewhere);
+- ``volumes``: the work volume and the data volumes, each with the serial the
+  guest finds it by (/dev/disk/by-id/virtio-<serial>).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "open": src.open,
         "urlpath": src.urlpath,
         "token": spec.token,
+        # A private repository's: removed from the server after the build (the guest's
+        # forget_git_credential); it reaches git in GIT_CREDENTIAL_ENV only.
+        "git_credential": git_credential(spec),
         "hostname": spec.hostname,
         "public_ip": public_ip,
         "tls": spec.tls,
@@ -46,7 +51,14 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "ca_certs": list(spec.guest_network.ca_certs),
         "apt_mirror": spec.guest_network.apt_mirror,
         "pip_index_url": spec.guest_network.pip_index_url,
+        "volume": spec.volume,
+        "data": list(spec.data),
     }
+
+
+def git_credential(spec: LaunchSpec) -> dict | None:
+    cred = spec.git_credential
+    return {"username": cred.user, "password": cred.token} if cred else None
 
 
 #: The port of a URL that names none, by scheme.
@@ -118,15 +130,31 @@ def guest() -> dict:
         "trixie_pin": gc.TRIXIE_PIN,
         "caddy_version": gc.CADDY_VERSION,
         "outcome_prefix": https.OUTCOME_PREFIX,
+        "volume_by_id": gc.VOLUME_BY_ID,
     }
 
 
-def document(spec: LaunchSpec, public_ip: str | None = None) -> dict:
-    """The whole launch document for a server with this public address."""
+def volume_doc(uses=()) -> dict:
+    """The server's volumes (providers.base.VolumeUse records): its work volume,
+    made by this launch (created: the guest formats it) or one that was there, and
+    its data volumes, mounted read-only. The guest finds each at
+    guestcontract.VOLUME_BY_ID/virtio-<serial>."""
+    work = [u for u in uses if u.role == "work"]
+    return {
+        "work": {"name": work[0].name, "serial": work[0].serial, "created": work[0].created}
+        if work else None,
+        "data": [{"name": u.name, "serial": u.serial} for u in uses if u.role == "data"],
+    }
+
+
+def document(spec: LaunchSpec, public_ip: str | None = None, volumes=()) -> dict:
+    """The whole launch document for a server with this public address and
+    these volumes (VolumeUse records, from the provider's prepare)."""
     return {
         **request(spec, public_ip),
         "site": site(spec, public_ip),
         "build": build(spec),
         "guest": guest(),
         "fence": fence(spec),
+        "volumes": volume_doc(volumes),
     }

@@ -4,12 +4,26 @@ reporter; prints nothing and never exits."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vmbinder import cloudinit, errors, https, launchdoc, readiness, scope, urls
 from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server, find_owned
-from vmbinder.spec import ACME, LaunchSpec
+
+# How to reach a server, used by every command through this module.
+from vmbinder.reach import (  # noqa: F401
+    Access,
+    TrustNotYet,
+    access,
+    opens,
+    outcome,
+    record_outcome,
+    settle,
+    site_host,
+    trust,
+    url,
+)
+from vmbinder.spec import LaunchSpec
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +46,6 @@ class NullReporter:
 
 
 @dataclass(frozen=True)
-class Access:
-    """The URLs to print for a server, and the interfaces left out with why."""
-
-    base: str | None
-    urls: dict[str, str] = field(default_factory=dict)
-    absent: dict[str, str] = field(default_factory=dict)
-    open_url: str | None = None
-
-
-@dataclass(frozen=True)
 class Launched:
     server: Server
     resolved: Resolved | None
@@ -59,7 +63,11 @@ class Launched:
 
 
 def dry_run(spec: LaunchSpec) -> dict:
-    """Everything a launch would send, created nowhere."""
+    """Everything a launch would send, created nowhere; a git token shown as <token>
+    (the user-data with the real one is rendered too, so its size is checked)."""
+    if spec.git_credential is not None:
+        cloudinit.render(spec)
+        spec = replace(spec, git_credential=spec.git_credential.shown())
     user_data = cloudinit.render(spec)
     doc = launchdoc.request(spec)
     del doc["token"], doc["public_ip"]  # made at launch time
@@ -68,109 +76,6 @@ def dry_run(spec: LaunchSpec) -> dict:
         "user_data": user_data,
         "user_data_b64_bytes": cloudinit.b64_size(user_data),
     }
-
-
-def site_host(server: Server) -> str | None:
-    """The name the server serves: the one its guest settled on, else the first it
-    tries (--hostname, else its address)."""
-    return server.meta("site") or server.meta("hostname") or server.address
-
-
-def opens(server: Server) -> tuple[str | None, str | None]:
-    """What the server opens, as recorded: a file of the repository, or a URL path.
-    Servers launched before the two were told apart recorded a URL path as "open"."""
-    return server.meta("open-file"), server.meta("urlpath") or server.meta("open")
-
-
-def access(server: Server, detected: frozenset[str] | None = None, *, with_token: bool = True) -> Access:
-    """URLs from what the cloud recorded: address or settled name, TLS mode, token, open path.
-
-    with_token=False leaves the token out, for output that people paste into
-    bug reports (status, list); `launch` and `url` print it, as is their job."""
-    tls = server.meta("tls") or ACME
-    port = server.meta("http-port" if tls == "off" else "https-port")
-    base = urls.base_url(site_host(server), tls, port)
-    if base is None:
-        return Access(base=None)
-    token = server.meta("token") if with_token else None
-    if detected is None and server.meta("interfaces"):
-        detected = frozenset(server.meta("interfaces").split(","))
-    shown = urls.available(detected)
-    links = {i.key: urls.url_for(base, i.path, token) for i in shown}
-    absent = {i.key: i.absent_reason for i in urls.INTERFACES if i not in shown}
-    file, urlpath = opens(server)
-    open_url = urls.open_url(base, token, file=file, urlpath=urlpath)
-    return Access(base=base, urls=links, absent=absent, open_url=open_url)
-
-
-def outcome(server: Server) -> https.Outcome | None:
-    """The certificate the server settled on, as recorded (None: not known yet)."""
-    return https.recorded_outcome(server.meta)
-
-
-def record_outcome(provider: Provider, server: Server, found: https.Outcome) -> Server:
-    """Keep what the guest settled on with the server, so every command, from any
-    machine, prints the URL it serves."""
-    if outcome(server) == found:
-        return server
-    return provider.set_metadata(server, found.metadata(provider.metadata_limits.value_max))
-
-
-def settle(provider: Provider, server: Server) -> Server:
-    """The server, with its certificate's outcome recorded once its console shows
-    it (for `status` and `url` after `launch --no-wait`)."""
-    if server.meta("issuer") or server.state != "active":
-        return server
-    found = https.last_outcome(provider.console_log(server))
-    return record_outcome(provider, server, found) if found else server
-
-
-def trust(server: Server, extra_roots: str | None = None, *, timeout: float = 10.0):
-    """How to check the server's certificate: None over plain HTTP; its own CA's
-    root, fetched and checked against the fingerprint its console published; else
-    the system's roots (and a private ACME CA's). None also when the own CA's root
-    cannot be fetched yet (TrustNotYet)."""
-    if (server.meta("tls") or ACME) == https.OFF:
-        return None
-    if server.meta("issuer") != https.INTERNAL:
-        return https.public_context(extra_roots)
-    expected = server.meta("tls-root")
-    base = access(server, with_token=False).base
-    status, body, reason = readiness.fetch(base + https.ROOT_PATH,
-                                           context=https.unverified_context(), timeout=timeout)
-    if status != 200 or not expected:
-        raise TrustNotYet(f"the server's own CA root is not available yet ({status or reason})")
-    try:
-        return https.pinned_context(https.check_root(body.decode(errors="replace"), expected))
-    except ValueError as exc:
-        raise errors.UntrustedServer(
-            f"{server.name}: {exc}",
-            "something between this machine and the server may be intercepting the "
-            "connection; do not use the URL, and check with the cloud's console "
-            f"(vmbinder status {server.name})") from None
-
-
-class TrustNotYet(Exception):
-    """The server's own CA root could not be fetched yet."""
-
-
-def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) -> str:
-    """One URL: the open path when no --ui is asked for, else that interface's."""
-    acc = access(server, detected)
-    if acc.base is None:
-        raise errors.BadRequest(
-            f"{server.name} has no public address yet (status {server.state})",
-            f"wait for it: vmbinder status {server.name}",
-        )
-    if ui is None:
-        return acc.open_url or acc.urls["lab"]
-    if ui not in acc.urls:
-        iface = urls.BY_KEY[ui]
-        raise errors.BadRequest(
-            f"{iface.label} is not known to be served by {server.name}: {iface.absent_reason}",
-            "use --ui tree or --ui lab",
-        )
-    return acc.urls[ui]
 
 
 def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, str]]:
@@ -197,6 +102,8 @@ class _Watch:
         self.found: https.Outcome | None = None
         self.context = None
         self.trusted = False
+        self.log, self.log_offset, self.newest = None, 0, ""
+        self.on_output = lambda line: None
 
     def console(self) -> str:
         text = self.provider.console_log(self.server, lines=200)
@@ -216,26 +123,84 @@ class _Watch:
         return True, f"certificate from {https.issuer_label(self.found.issuer)}"
 
     def answers(self) -> tuple[bool, str]:
-        url = urls.url_for(access(self.server).base, "api/status", self.server.meta("token"))
-        return readiness.http_probe(url, context=self.context, expect_key="started")()
+        probe_url = urls.url_for(access(self.server).base, "api/status", self.server.meta("token"))
+        return readiness.http_probe(probe_url, context=self.context, expect_key="started")()
+
+    def build_output(self) -> tuple[bool, str]:
+        """The guest's build log as it grows, once its certificate can be checked:
+        the newest line is kept for the progress line, every line goes to
+        on_output. Never holds the wait up: a log that cannot be read is skipped."""
+        if self.found is None:
+            return True, ""
+        if self.log is None:
+            from vmbinder import guestlog
+
+            self.log = guestlog.Reader(self.provider, self.server, self.extra_roots)
+        try:
+            chunk = self.log.read(self.log_offset)
+        except Exception as exc:  # noqa: BLE001 - progress only; the probes below decide
+            log.debug("could not read the build log: %s", exc)
+            return True, ""
+        if chunk is not None and chunk.text:
+            self.log_offset = chunk.offset
+            lines = [ln for ln in chunk.text.splitlines() if ln.strip()]
+            for line in lines:
+                self.on_output(line)
+            self.newest = lines[-1] if lines else self.newest
+        return True, ""
 
     def probes(self) -> list[readiness.Probe]:
-        return [readiness.console_probe(self.console), self.certificate, self.answers]
+        return [self.build_output, readiness.console_probe(self.console), self.certificate,
+                self.answers]
 
     def record_interfaces(self) -> Server:
         """Ask the guest which interfaces answered, and which record version a DOI
-        source was fetched at, and keep both on the server, so `url` and `status`
-        print only those interfaces and the record, from any machine."""
-        server = self.server
+        source was fetched at, and keep both on the server (record_status)."""
         status = readiness.fetch_json(
-            urls.url_for(access(server).base, "vmbinder/status.json", server.meta("token")),
+            urls.url_for(access(self.server).base, "vmbinder/status.json", self.server.meta("token")),
             context=self.context)
-        found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
-        values = {"interfaces": ",".join(found)} if found else {}
-        record = status.get("record")
-        if isinstance(record, str) and record.isprintable() and not server.meta("record"):
-            values["record"] = record[:self.provider.metadata_limits.value_max]
-        return self.provider.set_metadata(server, values) if values else server
+        return record_status(self.provider, self.server, status)
+
+
+def record_status(provider: Provider, server: Server, status: dict) -> Server:
+    """Keep what the guest's status says once it is ready (the interfaces that
+    answered, the record version a DOI source was fetched at) on the server, so
+    `url` and `status` print only those interfaces and the record, from any machine."""
+    found = [k for k in status.get("interfaces") or [] if k in urls.BY_KEY]
+    values = {"interfaces": ",".join(found)} if found else {}
+    record = status.get("record")
+    if isinstance(record, str) and record.isprintable() and not server.meta("record"):
+        values["record"] = record[:provider.metadata_limits.value_max]
+    values = {k: v for k, v in values.items() if server.meta(k) != v}
+    return provider.set_metadata(server, values) if values else server
+
+
+#: What `status` shows of the guest's own report (its status.json).
+GUEST_KEYS = ("phase", "status", "ready", "elapsed", "error", "commit")
+
+
+def observe(provider: Provider, server: Server, extra_roots: str | None = None
+            ) -> tuple[Server, dict | None]:
+    """The server with its certificate's outcome recorded (settle), and what its
+    guest reports now through the URL (phase, step status, elapsed seconds, the
+    commit it built, the error of a failed step), or None when it does not answer
+    yet. Once the guest is ready, what it found is recorded (record_status): by
+    whichever command sees it first, after `launch --no-wait` too."""
+    server = settle(provider, server)
+    if server.state != "active" or access(server, with_token=False).base is None:
+        return server, None
+    try:
+        context = trust(server, extra_roots, timeout=5)
+    except TrustNotYet:
+        return server, None
+    status = readiness.fetch_json(
+        urls.url_for(access(server).base, "vmbinder/status.json", server.meta("token")),
+        context=context, timeout=5)
+    if not status:
+        return server, None
+    if status.get("ready") and not server.meta("interfaces"):
+        server = record_status(provider, server, status)
+    return server, {k: status.get(k) for k in GUEST_KEYS}
 
 
 def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeout: float,
@@ -243,10 +208,12 @@ def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeou
     """Wait until the server's environment answers; record its certificate's outcome
     and which interfaces it serves. extra_roots: a private ACME CA's (PEM)."""
     watch = _Watch(provider, server, extra_roots)
-    readiness.wait_until(
-        watch.probes(), timeout=timeout, clock=clock,
-        on_progress=lambda detail: reporter.phase(ENVIRONMENT, detail),
-    )
+    watch.on_output = getattr(reporter, "output", watch.on_output)
+
+    def progress(detail: str) -> None:
+        reporter.phase(ENVIRONMENT, f"{detail}: {watch.newest}" if watch.newest else detail)
+
+    readiness.wait_until(watch.probes(), timeout=timeout, clock=clock, on_progress=progress)
     server = watch.record_interfaces()
     reporter.phase(READY, "the environment answers")
     return server
@@ -261,27 +228,32 @@ def launch(
     active_timeout: float = 600,
     ready_timeout: float = 1800,
     keep_on_failure: bool = False,
+    keep_failed_build: bool = False,
     clock: readiness.Clock = readiness.Clock(),
 ) -> Launched:
     """Create the server and (unless wait is False) wait for the environment.
 
     On any failure or interrupt, everything this attempt created is removed
-    (unless keep_on_failure), and the error says so or names the leftovers."""
+    (unless keep_on_failure), and the error says so or names the leftovers.
+    With keep_failed_build, a server that came up but whose environment failed
+    to build or did not answer in time is kept, its failure recorded, so its
+    logs can be read (cloud failures still roll back)."""
     reporter = reporter or NullReporter()
     # User-data Nova would refuse is refused before the cloud is asked anything:
     # rendered with the longest address there is, it is as big as it can get.
     cloudinit.render(spec, LONGEST_ADDRESS)
     ledger = Ledger()
+    up = None  # the server once ACTIVE: from then on a failure is the guest's
     try:
         reporter.phase(RESOLVE, f"finding image, flavor and networks on {provider.kind}")
         resolved = provider.prepare(spec, ledger)
         for warning in resolved.warnings:
             reporter.phase(RESOLVE, f"warning: {warning}")
-        user_data = cloudinit.render(spec, resolved.public_ip)
+        user_data = cloudinit.render(spec, resolved.public_ip, volumes=resolved.volumes)
         reporter.phase(CREATE, f"creating server {spec.name} ({resolved.flavor_name}, {resolved.image_name})")
         server = provider.create(spec, resolved, user_data, ledger)
         reporter.phase(BOOT, f"waiting for {spec.name} to become ACTIVE")
-        server = provider.wait(server, resolved, active_timeout, ledger)
+        server = up = provider.wait(server, resolved, active_timeout, ledger)
         if server.meta("user-data-via"):
             reporter.phase(BOOT, _user_data_via(spec, server.meta("user-data-via")))
         if wait:
@@ -289,6 +261,9 @@ def launch(
             server = wait_ready(provider, server, reporter, timeout=ready_timeout, clock=clock,
                                 extra_roots=spec.acme.ca_root)
     except BaseException as exc:
+        if keep_failed_build and up is not None and isinstance(
+                exc, (errors.BuildFailed, errors.ReadinessTimeout)):
+            raise kept_failed(provider, up, exc) from None
         if keep_on_failure and not isinstance(exc, KeyboardInterrupt) and ledger.items:
             kept = ", ".join(f"{i.kind} {i.name}" for i in ledger.items)
             if isinstance(exc, errors.VmbinderError):
@@ -297,6 +272,26 @@ def launch(
         roll_back_or_report(ledger, reporter, exc)
         raise
     return Launched(server=server, resolved=resolved, access=access(server), ready=wait)
+
+
+def kept_failed(provider: Provider, server: Server, exc: errors.VmbinderError) -> errors.VmbinderError:
+    """The failure of a server kept after its build failed (or its environment
+    did not answer in time): recorded on it (vmbinder:failed), for status and
+    list, and the error's hint says how to read its logs and remove it."""
+    what = "timeout" if isinstance(exc, errors.ReadinessTimeout) else "build"
+    try:
+        provider.set_metadata(server, {"failed": what})
+    except Exception as err:  # noqa: BLE001 - the failure itself is what the user must see
+        log.warning("could not record the failure on %s: %s", server.name, err)
+    name = server.name
+    exc.hint = "\n".join(filter(None, (
+        exc.hint,
+        f"the server {name} is kept so you can see what happened: vmbinder logs {name} "
+        f"(the whole build log), vmbinder ssh {name}",
+        f"remove it with: vmbinder delete {name} (launch --delete-on-failure removes a "
+        "failed launch's server by itself)")))
+    exc.details = {**(exc.details or {}), "kept": name}
+    return exc
 
 
 def _user_data_via(spec: LaunchSpec, via: str) -> str:

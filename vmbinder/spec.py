@@ -12,7 +12,7 @@ from typing import Protocol
 from vmbinder import REPO2DOCKER_VERSION, __version__
 from vmbinder.errors import BadRequest
 from vmbinder.https import WILDCARD_DNS
-from vmbinder.sources import Source
+from vmbinder.sources import GitCredential, Source, check_source
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 HOSTNAME_RE = re.compile(
@@ -114,13 +114,86 @@ class LaunchSpec:
     acme: AcmeChoice = field(default_factory=AcmeChoice)
     guest_network: GuestNetwork = field(default_factory=GuestNetwork)
     token: str = field(default_factory=new_token, repr=False)
+    #: A private git repository's token (--git-token-file, --git-token-env): in the
+    #: launch document only, never recorded with the server (sources/credential.py).
+    git_credential: GitCredential | None = field(default=None, repr=False)
     repo2docker_version: str = REPO2DOCKER_VERSION
     vmbinder_version: str = __version__
     #: Extra (key, value) pairs recorded with the server, such as its workshop and seat.
     labels: tuple[tuple[str, str], ...] = ()
+    #: --volume: the work volume, as a size in GB (a new volume <name>-work) or
+    #: the name or id of an existing one; None: no work volume.
+    volume: str | None = None
+    #: --data: names or ids of existing volumes, mounted read-only.
+    data: tuple[str, ...] = ()
+
+    @property
+    def volume_size(self) -> int | None:
+        """The size in GB of the work volume to make, None when --volume names one."""
+        return volume_size(self.volume) if self.volume else None
+
+    @property
+    def work_volume_name(self) -> str | None:
+        """The name of the work volume: the one made for the server, or the one named."""
+        if not self.volume:
+            return None
+        return f"{self.name}-work" if self.volume_size else self.volume
 
     def with_token(self, token: str) -> LaunchSpec:
         return replace(self, token=token)
+
+
+#: --volume SIZE: whole GB, written 10, 10G, 10GB (or 10GiB: Cinder's GB are GiB).
+VOLUME_SIZE_RE = re.compile(r"^([0-9]{1,6})\s*(?:[gG](?:[iI]?[bB])?)?$")
+#: A volume vmbinder names: Cinder's names are free, but a name here also names a
+#: folder on the server (data volumes) and a file on the local target; a volume
+#: whose name is not like this is named by its id.
+VOLUME_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_VOLUME_GB = 16384
+
+
+def volume_size(text: str) -> int | None:
+    """The size --volume gives in GB, or None when it is a volume's name."""
+    m = VOLUME_SIZE_RE.match(text.strip())
+    return int(m.group(1)) if m else None
+
+
+def validate_volume_size(size: int, option: str = "--volume") -> int:
+    if not 1 <= size <= MAX_VOLUME_GB:
+        raise BadRequest(f"invalid {option} size {size} GB",
+                         f"give 1 to {MAX_VOLUME_GB} GB, such as {option} 10")
+    return size
+
+
+def validate_volume_name(name: str, option: str) -> str:
+    if not VOLUME_NAME_RE.match(name or ""):
+        raise BadRequest(
+            f"invalid {option} {name!r}",
+            "give a volume's name (letters, digits, '.', '_' and '-', at most 128) or its id"
+            + ("; or a size in GB for a new one, such as --volume 10" if option == "--volume"
+               else ""))
+    return name
+
+
+def validate_volumes(volume: str | None, data, name: str) -> tuple[str | None, tuple[str, ...]]:
+    """--volume (a size, or a volume's name or id) and --data (names or ids), checked."""
+    if volume is not None:
+        volume = volume.strip()
+        size = volume_size(volume)
+        if size is not None:
+            validate_volume_size(size)
+            validate_volume_name(f"{name}-work", "--volume")
+        else:
+            validate_volume_name(volume, "--volume")
+    data = tuple(validate_volume_name(d.strip(), "--data") for d in data)
+    twice = sorted({d for d in data if data.count(d) > 1})
+    if twice:
+        raise BadRequest(f"--data {twice[0]} is given twice", "give each data volume once")
+    if volume is not None and volume in data:
+        raise BadRequest(f"volume {volume} is given both as --volume and as --data",
+                         "a volume is either the server's work volume (read-write) or a "
+                         "data volume (read-only)")
+    return volume, data
 
 
 def default_name(source: Source) -> str:
@@ -266,8 +339,11 @@ def make_spec(
     tls: str | None = None,
     acme: AcmeChoice | None = None,
     guest_network: GuestNetwork | None = None,
+    git_credential: GitCredential | None = None,
     labels: Mapping[str, str] | tuple[tuple[str, str], ...] = (),
     target: Target | None = None,
+    volume: str | None = None,
+    data: tuple[str, ...] | list[str] = (),
 ) -> LaunchSpec:
     """A launch request, every value checked: the one place a spec is validated.
 
@@ -295,10 +371,17 @@ def make_spec(
                        if given.pip_index_url else None),
         host_address=given.host_address or defaults.host_address,
     )
+    name = validate_name(name) if name is not None else default_name(source)
+    volume, data = validate_volumes(volume, tuple(data), name)
+    if git_credential is not None:
+        check_source(source, git_credential)
     spec = LaunchSpec(
         guest_network=checked,
         source=source,
-        name=validate_name(name) if name is not None else default_name(source),
+        git_credential=git_credential,
+        name=name,
+        volume=volume,
+        data=data,
         cloud=cloud,
         hostname=validate_hostname(hostname) if hostname else None,
         tls=tls,

@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -229,6 +230,9 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
             listener.accept()
     assert from_kernel == from_guest == ["ConnectionRefusedError", "open"], (from_kernel, from_guest)
 
+    # `vmbinder ssh` and `vmbinder tunnel` through the CLI (see check_ssh_and_tunnel).
+    check_ssh_and_tunnel(cli_env, name, state / "local" / name / "console.log", token)
+
     # After a reboot the same URL works with the same token.
     from vmbinder.providers.local import LocalProvider
 
@@ -250,3 +254,76 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     res = subprocess.run([sys.executable, "-m", "vmbinder", "--cloud", "local", "delete", name],
                          env=cli_env, capture_output=True, text=True, timeout=120, check=False)
     assert res.returncode == 0, res.stderr
+
+
+# -- vmbinder ssh and vmbinder tunnel ----------------------------------------------------
+
+def vmbinder(cli_env, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vmbinder", "--cloud", "local", *args], env=cli_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def check_ssh_and_tunnel(cli_env, name: str, console_path, token: str) -> None:
+    """`vmbinder ssh NAME -- COMMAND` logs in as the recorded user (debian) with the
+    key in HOME/.ssh, the host key checked against the console's newest block: the
+    guest's own key file is that key; the command's output and exit status come
+    back. `vmbinder tunnel NAME --port P` carries concurrent connections to Jupyter
+    on the guest's loopback: JupyterLab answers 200 on the printed URL and a kernel
+    runs code through it; Ctrl-C ends it with exit 0."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.kernel import execute
+    from vmbinder import remote
+    from vmbinder.providers.local.qemu import free_ports
+
+    # cloud-init prints the host keys after the guest script's run, which may end
+    # after the environment answers: wait for them.
+    deadline = time.monotonic() + 300
+    console = console_path.read_text(errors="replace")
+    while remote.END not in console and time.monotonic() < deadline:
+        time.sleep(5)
+        console = console_path.read_text(errors="replace")
+    printed = [k for k in remote.console_host_keys(console) if k.kind == "ssh-ed25519"]
+    assert printed, "cloud-init printed no ed25519 host key on the console"
+
+    res = vmbinder(cli_env, "ssh", name, "--", "whoami; cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert res.returncode == 0, res.stderr
+    user, key_line = res.stdout.splitlines()
+    assert user == "debian"
+    assert base64.b64decode(key_line.split()[1]) == printed[0].blob
+    res = vmbinder(cli_env, "ssh", name, "--", "echo out; echo err >&2; exit 3")
+    assert (res.returncode, res.stdout, res.stderr) == (3, "out\n", "err\n")
+    assert not (Path(cli_env["HOME"]) / ".ssh" / "known_hosts").exists()
+
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([sys.executable, "-m", "vmbinder", "--cloud", "local", "tunnel", name,
+                             "--port", str(port)], env=cli_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        rows = {}
+        while "lab url" not in rows:
+            line = proc.stdout.readline()
+            if not line:
+                proc.wait(timeout=30)
+                raise AssertionError(f"the tunnel printed no lab url: {proc.stderr.read()}")
+            key, _, value = line.strip().partition("  ")
+            rows[key] = value.strip()
+        base = f"http://127.0.0.1:{port}"
+        assert rows["lab url"] == f"{base}/lab?token={token}"
+        plain = ssl.create_default_context()  # the tunnel is plain HTTP: no certificate to check
+        with ThreadPoolExecutor(6) as pool:  # a browser opens several connections at once
+            codes = list(pool.map(lambda url: get(url, timeout=60, context=plain)[0],
+                                  [rows["lab url"]] * 3 + [f"{base}/api/status?token={token}"] * 3))
+        assert codes == [200] * 6, codes
+        assert get(f"{base}/api/status?token=wrong", context=plain)[0] in (401, 403)
+        assert execute(base, token, "print(6 * 7)", context=plain).split() == ["42"]
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+        assert proc.returncode == 0, err
+        assert f"forwarding 127.0.0.1:{port} to Jupyter on {name}" in err
+        assert f"tunnel to {name} closed" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

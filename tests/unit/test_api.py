@@ -326,3 +326,23 @@ def test_config_drive_and_floating_ip_take_auto_yes_or_no(field, option):
                   cloud=CloudChoice(**{field: "true"}))
     assert info.value.message == f"invalid {option} 'true'"
     assert info.value.hint == "use one of: auto, yes, no"
+
+
+def test_a_failed_build_keeps_the_server_to_read_its_logs_unless_asked_not_to():
+    console = 'VMBINDER-PHASE {"phase": "build", "status": "failed", "error": "repo2docker exited with 1"}\n'
+    provider = FakeProvider(console=console)
+    with pytest.raises(errors.BuildFailed) as info:
+        lifecycle.launch(provider, spec(), wait=True, keep_failed_build=True)
+    assert info.value.exit_code == 6 and info.value.details["kept"] == "demo"
+    assert "vmbinder logs demo" in info.value.hint and "vmbinder delete demo" in info.value.hint
+    assert "--delete-on-failure" in info.value.hint
+    (server,) = provider.list_owned()
+    assert server.meta("failed") == "build"
+    assert len(provider.resources) == 4  # nothing rolled back
+
+
+def test_a_cloud_failure_still_rolls_back_when_failed_builds_are_kept():
+    provider = FakeProvider(fail_at="wait")
+    with pytest.raises(errors.CloudError):
+        lifecycle.launch(provider, spec(), wait=True, keep_failed_build=True)
+    assert provider.resources == {}

@@ -30,6 +30,7 @@ HELP = [
     ["image"], ["image", "build"], ["image", "upload"],
     ["workshop"], ["workshop", "check"], ["workshop", "up"], ["workshop", "status"],
     ["workshop", "roster"], ["workshop", "down"],
+    ["volumes"], ["volumes", "create"], ["volumes", "delete"],
 ]
 BAD_WORKSHOP = "name: Bad Name\nsource: https://github.com/binder-examples/requirements\nseats: 0\n"
 
@@ -55,6 +56,10 @@ CASES = [
        "https://mybinder.org/v2/gh/binder-examples/requirements/HEAD?urlpath=lab/tree/index.ipynb"]
       for fmt in ("table", "json") for extra in ([], ["--tls", "off", "--hostname", "lab.example.org"])],
     ["launch", "--dry-run", "--name", "golden", "--format", "table", "10.5281/zenodo.3242074"],
+    ["--cloud", "local", "volumes"],
+    ["--cloud", "local", "volumes", "--format", "json"],
+    ["--cloud", "local", "volumes", "delete", "nope"],
+    ["--cloud", "local", "launch", "--volume", "0", "https://github.com/binder-examples/requirements"],
     ["--cloud", "local", "image", "upload", "somewhere"],
     ["image", "build", "--distro", "debian-11"],
     ["image", "upload", "somewhere"],

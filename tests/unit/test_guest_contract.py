@@ -94,7 +94,7 @@ def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
 def test_the_request_part_is_what_a_dry_run_shows():
     spec = spec_for()
     doc = launchdoc.document(spec, "203.0.113.9")
-    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest", "fence")} == \
+    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest", "fence", "volumes")} == \
         launchdoc.request(spec, "203.0.113.9")
 
 

@@ -203,14 +203,14 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert state["interfaces"] == ["tree", "lab"]
     # Seconds per step, which the guest-overhead benchmark reads.
     assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "fence",
-                                        "base-images", "repo2docker", "build", "service",
-                                        "interfaces"]
+                                        "volumes", "base-images", "repo2docker", "build", "home",
+                                        "service", "interfaces"]
     assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console if line.startswith("VMBINDER-PHASE ")]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "tls", "docker", "fence", "base-images", "repo2docker",
-        "build", "service", "interfaces", "ready"]
+        "trust", "mirrors", "proxy", "tls", "docker", "fence", "volumes", "base-images",
+        "repo2docker", "build", "home", "service", "interfaces", "ready"]
     # The certificate: Let's Encrypt's, for the address itself.
     (outcome,) = outcomes(guest)
     assert outcome == {"site": "203.0.113.9", "issuer": "acme", "failed": [], "root": None}

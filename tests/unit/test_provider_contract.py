@@ -106,3 +106,17 @@ def test_find_asks_openstacksdk_for_the_exception_rather_than_none():
     assert find_or_none(finder, "there") == "found"
     assert find_or_none(finder, "gone", project_id="p") is None
     assert asked == [("there", False, {}), ("gone", False, {"project_id": "p"})]
+
+
+def test_ssh_target_is_optional_and_a_target_without_it_refuses_in_words():
+    assert "ssh_target" in base.OPTIONAL and "ssh_target" not in base.PLANNED
+    assert LocalProvider.capabilities >= {"ssh_target"}
+    assert OpenStackProvider.capabilities >= {"ssh_target"}
+    with pytest.raises(errors.BadRequest) as info:
+        FakeProvider().ssh_target(SERVER)
+    assert info.value.message == "ssh_target is not supported on the fake target"
+    server = base.Server("id-1", "demo", base.ACTIVE, "ACTIVE", "203.0.113.9",
+                         {"vmbinder:ssh-port": "40022", "vmbinder:login-user": "debian"})
+    assert LocalProvider().ssh_target(server) == base.SshTarget("127.0.0.1", 40022, "debian")
+    assert OpenStackProvider(conn=object()).ssh_target(server) == base.SshTarget("203.0.113.9", 22,
+                                                                                  "debian")

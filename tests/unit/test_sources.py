@@ -317,7 +317,7 @@ def test_credentials_are_not_echoed_and_private_repositories_are_explained(text)
     assert "SECRET" not in info.value.message and "SECRET" not in info.value.hint
     assert "***" in info.value.message
     assert "metadata" in info.value.message
-    assert "private repositories are not supported yet" in info.value.hint
+    assert "--git-token-file FILE or --git-token-env VAR" in info.value.hint
 
 
 def test_ssh_urls_of_other_hosts_say_why_and_what_to_do():

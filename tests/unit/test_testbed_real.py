@@ -32,7 +32,8 @@ def tb():
 
 def _layout(configs, tmp_path, real):
     lay = configs.Layout(tmp_path / "state", "pw", real=real)
-    for name in ("glance/glance-api-paste.ini", "neutron/api-paste.ini", "nova/api-paste.ini"):
+    for name in ("glance/glance-api-paste.ini", "neutron/api-paste.ini", "nova/api-paste.ini",
+                 "cinder/api-paste.ini"):
         (lay.venv / "etc" / name).parent.mkdir(parents=True, exist_ok=True)
         (lay.venv / "etc" / name).write_text("[pipeline:main]\n")
     configs.write_all(lay)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import click
 
@@ -72,17 +73,38 @@ DRY_RUN_TOKEN = "0" * 64
               metavar="FILE", help="Extra CA certificate (PEM) the server must trust; repeatable.")
 @click.option("--apt-mirror", metavar="URL", help="Debian/Ubuntu package mirror for the server.")
 @click.option("--pip-index-url", metavar="URL", help="Python package index for the server.")
+@click.option("--git-token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A private git repository's token, in a file only you can read (chmod 600): "
+                   "the server gets it for the clone only and removes it after the build.")
+@click.option("--git-token-env", metavar="VAR",
+              help="The environment variable holding that token instead.")
+@click.option("--git-user", metavar="NAME",
+              help="The user name sent with the token [default: x-access-token].")
+@click.option("--volume", metavar="SIZE|NAME",
+              help="A work volume that outlives the server, holding its home: a size in GB "
+                   "makes a new one named <name>-work (10, 10G); a name or id attaches one "
+                   "you have (not in use by another server).")
+@click.option("--data", "data", multiple=True, metavar="VOLUME",
+              help="An existing volume mounted read-only at ~/data (shared data sets); "
+                   "repeatable.")
 @click.option("--dry-run", is_flag=True, help="Resolve and render everything; create nothing.")
 @click.option("--no-wait", is_flag=True, help="Return once the server is ACTIVE with its IP.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
               help="Seconds to wait for the environment to answer.")
 @click.option("--keep-on-failure", is_flag=True, help="Keep what a failed launch created, to inspect it.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print the server's whole build log as it grows [default: its newest line "
+                   "in the progress line].")
+@click.option("--delete-on-failure", is_flag=True,
+              help="Remove the server when its build fails or its environment does not answer "
+                   "in time [default: keep it, to read its logs] (for batch scripts).")
 @format_option
 @click.pass_obj
 def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, flavor, network,
            external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, hostname,
-           tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url, dry_run,
-           no_wait, timeout, keep_on_failure, fmt):
+           tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url,
+           git_token_file, git_token_env, git_user, volume, data, dry_run, no_wait, timeout,
+           keep_on_failure, verbose, delete_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
     from vmbinder import lifecycle, sources
@@ -90,6 +112,8 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
 
     src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path,
                                  urlpath=urlpath)
+    git_credential = sources.read_credential(token_file=git_token_file, token_env=git_token_env,
+                                             user=git_user)
     cloud = specs.CloudChoice(
         image=image, flavor=flavor, network=network, external_network=external_network,
         key_name=key_name,
@@ -104,9 +128,11 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
         ca=acme_ca, ca_root=Path(acme_ca_root).read_text(errors="replace") if acme_ca_root else None,
         wildcard_dns=parse_wildcard_dns(wildcard_dns))
     spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls, acme=acme,
-                           guest_network=guest_network, target=obj.provider)
+                           guest_network=guest_network, git_credential=git_credential,
+                           target=obj.provider, volume=volume, data=data)
     if not dry_run:  # every value checked; a dry run asks nothing of the network
-        spec = dataclasses.replace(spec, source=resolve_remote(src, obj.provider, obj.quiet))
+        spec = dataclasses.replace(spec, source=resolve_remote(src, obj.provider, obj.quiet,
+                                                               git_credential))
     if dry_run:
         doc = lifecycle.dry_run(spec.with_token(DRY_RUN_TOKEN))
         emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),
@@ -116,7 +142,12 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
         return
     log_path = debug_log(spec.name, spec.token)
     err = stderr()
-    reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
+    reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err, verbose=verbose)
+    repo_url = urlsplit(spec.source.repo)
+    if git_credential and repo_url.scheme == "http" and \
+            repo_url.hostname != spec.guest_network.host_address:
+        err.print("[yellow]warning:[/] the repository's URL is http://: the server sends the git "
+                  "token to it in clear text over the network.")
     if not cloud.key_name and not cloud.public_key:
         err.print("[yellow]note:[/] no SSH key found (~/.ssh/id_*.pub); launching without one.")
     if spec.tls == "off" and obj.provider.target_defaults.acme:
@@ -124,7 +155,8 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
                   "everything you do in Jupyter) travels in clear text over the network.")
     try:
         result = lifecycle.launch(obj.provider, spec, reporter, wait=not no_wait,
-                                  ready_timeout=timeout, keep_on_failure=keep_on_failure)
+                                  ready_timeout=timeout, keep_on_failure=keep_on_failure,
+                                  keep_failed_build=not delete_on_failure)
     finally:
         reporter.stop()
     if result.warnings:
@@ -142,14 +174,18 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
     print_server(fmt, result.server, result.access)
 
 
-def resolve_remote(src, provider, quiet: bool):
+def resolve_remote(src, provider, quiet: bool, git_credential=None):
     """The source with the commit its ref names and a forge URL's ref split where
-    the remote's refs say; what was found goes to stderr."""
+    the remote's refs say (asked with the git token, if any); what was found goes
+    to stderr."""
+    import functools
+
     from rich.markup import escape
 
     from vmbinder.sources import remote
 
-    found = remote.resolve(src, here=provider.url_from_here)
+    lister = functools.partial(remote.ls_remote, credential=git_credential)
+    found = remote.resolve(src, lister=lister, here=provider.url_from_here)
     if not quiet:
         err = stderr()
         for note in found.notes:

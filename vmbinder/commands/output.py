@@ -46,8 +46,9 @@ def format_option(f):
 class Progress:
     """One spinner with step text on stderr."""
 
-    def __init__(self, console):
+    def __init__(self, console, verbose: bool = False):
         self.console = console
+        self.verbose = verbose
         self.status = None
         self.last = ""
         self.started = time.monotonic()
@@ -68,6 +69,15 @@ class Progress:
             self.status.start()
         else:
             self.status.update(text)
+
+    def output(self, line: str) -> None:
+        """A line of the guest's build log: to the debug log, and with verbose
+        (launch -v) above the spinner; else only the newest shows, in the step text."""
+        logging.getLogger("vmbinder.build").info("%s", line)
+        if self.verbose:
+            from rich.text import Text
+
+            self.console.print(Text(line))
 
     def stop(self) -> None:
         if self.status is not None:
@@ -153,16 +163,37 @@ def server_doc(server, acc) -> dict:
     return doc
 
 
-def print_server(fmt: str, server, acc) -> None:
+def guest_rows(server, guest: dict | None) -> list[tuple[str, str]]:
+    """What status shows of the guest's own report: its step, elapsed time, the
+    error of a failed step; a kept failed build says so even when the guest is silent."""
+    rows = []
+    if guest:
+        step = f"{guest.get('phase') or 'starting'} {guest.get('status') or ''}".strip()
+        rows.append(("step", "ready: the environment answers" if guest.get("ready") else step))
+        if guest.get("elapsed") is not None:
+            rows.append(("elapsed", f"{guest['elapsed']} s since the guest started"))
+        if guest.get("error"):
+            rows.append(("error", guest["error"]))
+    if server.meta("failed"):
+        rows.append(("failed", f"the {server.meta('failed')} failed; the server is kept: "
+                               f"vmbinder logs {server.name}"))
+    return rows
+
+
+def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
     """One server for launch and status: aligned lines, JSON, or its URL (else its
-    address); with the certificate it got and why earlier tries failed."""
+    address); with the certificate it got and why earlier tries failed, and what
+    the guest reports (status)."""
     from vmbinder import https
 
     doc = server_doc(server, acc)
+    if guest is not None or server.meta("failed"):
+        doc["guest"], doc["failed"] = guest, server.meta("failed")
     found = https.recorded_outcome(server.meta)
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "commit", "record",
                                    "subdir", "open", "urlpath", "repo2docker", "user_data_via", "fault")
             if doc[k]]
+    rows += guest_rows(server, guest)
     if server.meta("tls"):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))
     for failure in found.failed if found else ():

@@ -84,8 +84,20 @@ def status(obj: Context, name, everyone, fmt):
     from vmbinder import lifecycle, scope
 
     server = lifecycle.settle(obj.provider, scope.find(obj.provider, name, everyone=everyone))
-    print_server(fmt, server, lifecycle.access(server, with_token=False))
+    acc = lifecycle.access(server, with_token=False)
+    work, data = server.meta("volume"), [d for d in (server.meta("data") or "").split(",") if d]
+    if fmt == "json":
+        click.echo(json.dumps({**server_doc(server, acc), "volume": work, "data": data},
+                              indent=2))
+        return
+    print_server(fmt, server, acc)
     if fmt == "table":
+        from rich.markup import escape
+
+        if work or data:
+            said = [f"work volume {work} (kept when the server is deleted)"] if work else []
+            said += [f"data volumes {', '.join(data)} (read-only)"] if data else []
+            stderr().print(escape("volumes: " + "; ".join(said)))
         stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
 
 
@@ -122,18 +134,30 @@ def url(obj: Context, name, ui, everyone, fmt):
 @click.argument("names", nargs=-1, required=True)
 @click.option("--force", is_flag=True,
               help="Delete servers other users of the project launched too.")
+@click.option("--delete-volumes", is_flag=True,
+              help="Delete their work volumes too (never their data volumes).")
 @format_option
 @click.pass_obj
-def delete(obj: Context, names, force, fmt):
+def delete(obj: Context, names, force, delete_volumes, fmt):
     """Delete servers and their floating IPs.
 
-    A server another user of the project launched is deleted only with --force."""
+    A server another user of the project launched is deleted only with --force.
+    Its work volume is kept (and named) unless --delete-volumes."""
+    from rich.markup import escape
+
     from vmbinder import lifecycle
+    from vmbinder.commands import volumes
 
     err = stderr()
+    provider = obj.provider
+    # Read before they go: which work volume each server has (vmbinder:volume).
+    servers = [s for s in provider.list_owned() if s.name in names or s.id in names]
     reporter = Quiet() if (obj.quiet or fmt == "json") else Progress(err)
     try:
-        removed = lifecycle.delete(obj.provider, list(names), reporter, force=force)
+        removed = lifecycle.delete(provider, list(names), reporter, force=force)
+        more, kept = volumes.after_server_delete(provider, servers, delete_volumes)
     finally:
         reporter.stop()
-    print_removed(fmt, removed, err)
+    print_removed(fmt, removed + more, err)
+    for volume, why in kept:
+        err.print(escape(volumes.kept_line(volume, why)))

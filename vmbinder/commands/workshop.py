@@ -285,19 +285,27 @@ def roster_(obj, file, fmt, output, no_check) -> None:
 @click.option("--snapshot", "snapshots", is_flag=True, help="Also delete the workshop's snapshots.")
 @click.option("--force", is_flag=True,
               help="Delete seats other users of the project launched too.")
+@click.option("--delete-volumes", is_flag=True,
+              help="Also delete the seats' work volumes (kept by default).")
 @format_option
 @click.pass_obj
-def down(obj, file, snapshots, force, fmt) -> None:
-    """Delete every seat of FILE and its floating IP (and snapshots with --snapshot)."""
+def down(obj, file, snapshots, force, delete_volumes, fmt) -> None:
+    """Delete every seat of FILE and its floating IP (and snapshots with --snapshot).
+
+    The seats' work volumes (`volume:` in FILE) are kept unless --delete-volumes."""
     from vmbinder.workshops import seats
 
     workshop, provider = _load(obj, file)
     progress = LiveTable(stderr(), workshop, quiet=obj.quiet or fmt == "json")
     try:
         removed = seats.down(provider, workshop, snapshots=snapshots, reporter=progress,
-                             force=force)
+                             force=force, volumes=delete_volumes)
+        kept = [] if delete_volumes else seats.work_volumes(provider, workshop)
     finally:
         progress.stop()
     print_removed(fmt, removed, stderr())
+    if kept:
+        stderr().print(f"kept {len(kept)} work volumes: {', '.join(v.name for v in kept)} "
+                       f"(vmbinder workshop down --delete-volumes {file} removes them)")
     if fmt not in ("json", "value") and not removed:
         stderr().print(f"nothing of workshop {workshop.name} was left to remove")

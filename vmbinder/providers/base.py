@@ -1,4 +1,8 @@
-"""The verb set every target implements, if only to refuse, and the records it trades in."""
+"""The verb set every target implements, if only to refuse, and the records it trades in.
+
+The whole contract stays in this one module, which a target's author reads
+first: its size is one default per verb and the records the verbs trade in
+(servers, snapshots, volumes)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,50 @@ BUILDING, ACTIVE, ERROR, STOPPED, DELETING, UNKNOWN = (
     "building", "active", "error", "stopped", "deleting", "unknown")
 
 
+#: A volume's roles: the server's work volume (read-write, its home) or a data
+#: volume (read-only, shared data sets).
+WORK, DATA = "work", "data"
+
+
+@dataclass(frozen=True)
+class VolumeUse:
+    """A volume a launch attaches, as prepare resolved or made it. The guest finds
+    it at /dev/disk/by-id/virtio-<serial> (guestcontract.VOLUME_BY_ID)."""
+
+    id: str
+    name: str
+    role: str
+    serial: str
+    #: Made by this launch (a rollback removes it), not one that was there.
+    created: bool = False
+    size_gb: int | None = None
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A volume vmbinder made or attached, as `vmbinder volumes` lists it. Its
+    vmbinder:* metadata on the target is the only record of it."""
+
+    id: str
+    name: str
+    size_gb: int
+    status: str
+    #: The servers it is attached to now (names where vmbinder knows them, else ids).
+    attached_to: tuple[str, ...]
+    metadata: dict[str, str]
+    created: str | None = None
+    #: Several servers may attach it at once (a shared data set).
+    multiattach: bool = False
+
+    def meta(self, key: str) -> str | None:
+        return self.metadata.get(META + key)
+
+    @property
+    def made_by_vmbinder(self) -> bool:
+        """Made by vmbinder (it records the owner of what it makes), not only attached."""
+        return META + "owner" in self.metadata
+
+
 @dataclass(frozen=True)
 class Resolved:
     """Cloud objects chosen for a launch (ids and names), from `prepare`."""
@@ -43,6 +91,10 @@ class Resolved:
     port_id: str | None = None
     #: What the user should know about these choices (shown as warnings).
     warnings: tuple[str, ...] = ()
+    #: The image's login user, recorded as vmbinder:login-user for `ssh` (None: unknown).
+    login_user: str | None = None
+    #: The volumes the server gets: its work volume first, then its data volumes.
+    volumes: tuple[VolumeUse, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,20 +167,22 @@ REQUIRED = ("prepare", "create", "wait", "get", "list_owned", "console_log", "se
             "delete")
 #: What some targets do; each provider lists the ones it does in `capabilities`.
 OPTIONAL = ("snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
-            "release_orphans", "remembering")
+            "release_orphans", "remembering", "ssh_target", "volumes", "create_volume",
+            "delete_volume")
 #: Declared for the work to come; no target does them yet.
 PLANNED = ("stop", "start", "shelve", "unshelve", "resize", "attach_volume", "detach_volume",
-           "logs", "ssh_target")
+           "logs")
 VERBS = REQUIRED + OPTIONAL + PLANNED
 
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where `ssh` reaches a server: host, port and user."""
+    """Where `ssh` reaches a server: host, port and the image's login user as the
+    launch recorded it (vmbinder:login-user; None when it is not known)."""
 
     host: str
     port: int
-    user: str
+    user: str | None
 
 
 class Provider(abc.ABC):
@@ -236,6 +290,24 @@ class Provider(abc.ABC):
         callers may always use it."""
         return contextlib.nullcontext(self)
 
+    def ssh_target(self, server: Server) -> SshTarget:
+        """Where this machine reaches the server's SSH daemon; BadRequest when it
+        has no address yet."""
+        raise self.unsupported("ssh_target")
+
+    def volumes(self) -> list[Volume]:
+        """Every volume vmbinder made or attached (vmbinder:* metadata), every user's."""
+        raise self.unsupported("volumes")
+
+    def create_volume(self, name: str, size_gb: int, *, from_dir: str | None = None) -> Volume:
+        """A new empty volume (from_dir: an ext4 filesystem holding that folder's
+        files, where the target can make one)."""
+        raise self.unsupported("create_volume")
+
+    def delete_volume(self, volume: Volume) -> list[Removed]:
+        """Remove a volume attached to no server; BadRequest while it is attached."""
+        raise self.unsupported("delete_volume")
+
     # -- planned (no target does them yet) ------------------------------------------
 
     def stop(self, server: Server) -> Server:
@@ -262,9 +334,6 @@ class Provider(abc.ABC):
     def logs(self, server: Server, lines: int | None = None) -> str:
         """The guest's build and service logs (not the console)."""
         raise self.unsupported("logs")
-
-    def ssh_target(self, server: Server) -> SshTarget:
-        raise self.unsupported("ssh_target")
 
 
 # -- finding one by name or id ------------------------------------------------------------
@@ -337,6 +406,17 @@ def server_metadata(spec: LaunchSpec, user_id: str | None,
     """The vmbinder:* metadata of a server: its owner and what it records about its
     launch; BadRequest when a value is longer than the target can record."""
     values = {k: v for k, v in {"owner": user_id, **recorded(spec, limits)}.items() if v}
+    check_recorded(values, limits)
+    return {META + k: v for k, v in values.items()}
+
+
+def volume_metadata(uses: tuple[VolumeUse, ...], limits: MetadataLimits) -> dict[str, str]:
+    """The vmbinder:volume (the work volume's name) and vmbinder:data (the data
+    volumes' names, comma-separated) of a server with these volumes; BadRequest
+    when they are longer than the target can record."""
+    values = {"volume": ",".join(u.name for u in uses if u.role == WORK),
+              "data": ",".join(u.name for u in uses if u.role == DATA)}
+    values = {k: v for k, v in values.items() if v}
     check_recorded(values, limits)
     return {META + k: v for k, v in values.items()}
 

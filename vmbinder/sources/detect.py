@@ -21,9 +21,10 @@ _BARE_HOSTS = frozenset(
 #: Hosts whose repositories are public over https: their SSH URLs are read as that.
 _PUBLIC_HOSTS = frozenset({"github.com", "gist.github.com", "gitlab.com", "codeberg.org",
                            "bitbucket.org"})
-_PRIVATE_LATER = ("private repositories are not supported yet; they will be with a token read "
-                  "from a file or an environment variable, handed to the server for the clone "
-                  "only and never stored in its metadata")
+#: How a private repository is launched (sources/credential.py).
+_PRIVATE_HOW = ("private repositories take the https URL and the token with --git-token-file "
+                "FILE or --git-token-env VAR (--git-user NAME if the host wants a user name): the "
+                "token goes to the server for the clone only, never into its metadata")
 
 
 def _segments(path: str) -> list[str]:
@@ -249,7 +250,7 @@ def _ssh(host: str, path: str, text: str, parse: Parse) -> Source:
     host = host.lower()
     if host not in _PUBLIC_HOSTS:
         raise refuse(f"{excerpt(text)} is an SSH URL; the server has no SSH key to clone it "
-                     f"with", f"give the repository's https URL if it is public; {_PRIVATE_LATER}")
+                     f"with", f"give the repository's https URL if it is public; {_PRIVATE_HOW}")
     return parse(f"https://{host}/{strip_git(path.strip('/'))}")
 
 
@@ -283,7 +284,7 @@ def _url(text: str, parse: Parse) -> Source | None:
         what = "a password or token" if u.password is not None else "a user name or token"
         raise refuse(f"{shown} has {what} in it; it would be stored in the server's metadata, "
                      "which everyone in the project can read",
-                     f"give the URL without credentials; {_PRIVATE_LATER}")
+                     f"give the URL without credentials; {_PRIVATE_HOW}")
     if u.scheme not in ("http", "https"):
         return _git_url(u, text, parse)
     for detect in _WEB_DETECTORS:

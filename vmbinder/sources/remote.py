@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 
 from .common import Source, excerpt, refuse
+from .credential import GitCredential, git_env
 
 #: How long the remote may take to list its refs.
 TIMEOUT = 20.0
@@ -68,14 +69,17 @@ def parse_ls_remote(text: str) -> Refs:
     return Refs(head, branches, tags, other)
 
 
-def ls_remote(repo: str, timeout: float = TIMEOUT) -> tuple[Refs | None, str]:
+def ls_remote(repo: str, timeout: float = TIMEOUT,
+              credential: GitCredential | None = None) -> tuple[Refs | None, str]:
     """The remote's refs, or None and why not. Never prompts: a remote that wants
-    credentials counts as not answering."""
+    credentials it was not given counts as not answering. A credential reaches git
+    in its environment only (credential.git_env)."""
     git = shutil.which("git")
     if git is None:
         return None, "git is not installed here"
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true", "SSH_ASKPASS": "true",
-           "GCM_INTERACTIVE": "never", "LC_ALL": "C"}
+           "GCM_INTERACTIVE": "never", "LC_ALL": "C",
+           **(git_env(repo, credential) if credential else {})}
     try:
         res = subprocess.run([git, "ls-remote", "--", repo], capture_output=True, text=True,
                              timeout=timeout, env=env, stdin=subprocess.DEVNULL, check=False)

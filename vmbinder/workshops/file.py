@@ -10,6 +10,7 @@
     acme_ca: https://ca.example.org/acme/directory   # optional, as --acme-ca; also
     acme_ca_root: ca-root.pem     #   acme_ca_root (next to this file), wildcard_dns
     lifetime: 8h                  # how long the seats are meant to live (m, h, d)
+    volume: 10                    # optional: each seat's own work volume <seat>-work, in GB
     overrides:                    # per seat: by number, seat name or participant name
       1: {flavor: m1.xlarge}
 
@@ -31,12 +32,14 @@ from vmbinder.sources import Source, has_control, resolve_source
 from vmbinder.spec import (
     ACME,
     CHOICES,
+    MAX_VOLUME_GB,
     NAME_RE,
     AcmeChoice,
     CloudChoice,
     validate_acme,
     validate_hostname,
     validate_tls,
+    volume_size,
 )
 
 MAX_SEATS = 200
@@ -49,7 +52,7 @@ CHOICE_KEYS = ("floating_ip", "config_drive")
 OVERRIDE_KEYS = (*CLOUD_KEYS, "hostname")
 ACME_KEYS = ("acme_ca", "acme_ca_root", "wildcard_dns")
 KEYS = ("name", "source", "ref", "subdir", "open", "urlpath", "seats", "participants", *CLOUD_KEYS,
-        "tls", *ACME_KEYS, "lifetime", "overrides")
+        "tls", *ACME_KEYS, "lifetime", "volume", "overrides")
 LIFETIME_RE = re.compile(r"\A(\d{1,5})\s*(m|min|h|d)\Z")
 LIFETIME_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
 EMAIL_RE = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}\Z")
@@ -79,6 +82,8 @@ class Workshop:
     acme: AcmeChoice = field(default_factory=AcmeChoice)
     lifetime_s: int | None = None
     path: Path | None = field(default=None, compare=False)
+    #: Each seat's work volume, <seat>-work, in GB (None: none).
+    volume_gb: int | None = None
 
     def seat(self, name: str) -> Seat:
         return next(s for s in self.seats if s.name == name)
@@ -320,7 +325,19 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
                           participant=people[index] if people else None,
                           hostname=overrides.get(index, {}).get("hostname")))
     return Workshop(name=name, source=source, seats=tuple(seats), tls=tls, acme=acme,
-                    lifetime_s=lifetime)
+                    lifetime_s=lifetime, volume_gb=_parse_volume(doc))
+
+
+def _parse_volume(doc: _Doc) -> int | None:
+    """volume: each seat's work volume in GB (10, 10G, 10GB)."""
+    text = doc.text("volume")
+    if text is None:
+        return None
+    size = volume_size(text)
+    if size is None or not 1 <= size <= MAX_VOLUME_GB:
+        raise doc.error(doc.node("volume"), f"volume {text!r} is not a size in GB",
+                        f"give each seat's work volume size, 1 to {MAX_VOLUME_GB}: volume: 10")
+    return size
 
 
 def _parse_acme(doc: _Doc, tls: str) -> AcmeChoice:

@@ -143,9 +143,10 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
 
 def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
          reporter: BatchReporter | None = None, parallel: int = PARALLEL,
-         force: bool = False) -> list[Removed]:
+         force: bool = False, volumes: bool = False) -> list[Removed]:
     """Remove every seat of the workshop (its floating IP with it) and, with
-    snapshots=True, its snapshots. Safe to run again: then it removes nothing.
+    snapshots=True, its snapshots, with volumes=True the seats' work volumes (see
+    work_volumes; else they are kept). Safe to run again: then it removes nothing.
     Seats another user launched are refused, before any is removed, unless force."""
     reporter = reporter or NullBatchReporter()
     found = seats_of(provider, workshop)
@@ -172,6 +173,9 @@ def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
     if snapshots:
         for snap in provider.snapshots({P_WORKSHOP: workshop.name}):
             removed += provider.delete_snapshot(snap)
+    if volumes:
+        for volume in work_volumes(provider, workshop):
+            removed += provider.delete_volume(volume)
     if errors_seen:
         raise errors.CleanupFailed(
             "could not remove these seats:\n"
@@ -179,3 +183,12 @@ def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
             "run the same `vmbinder workshop down` again; if it still fails, see the hint of "
             "each error", details={"removed": removed})
     return removed
+
+
+def work_volumes(provider: Provider, workshop: Workshop) -> list:
+    """The seats' work volumes (<seat>-work) that vmbinder made and no server holds."""
+    if not workshop.volume_gb or not provider.supports("volumes"):
+        return []
+    names = {f"{seat.name}-work" for seat in workshop.seats}
+    return [v for v in provider.volumes()
+            if v.name in names and v.made_by_vmbinder and not v.attached_to]

@@ -125,9 +125,12 @@ def build_key(workshop: Workshop, image: str | None) -> str:
 
 
 def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Provider,
-          image: str | None = None, labels: dict[str, str] | None = None) -> LaunchSpec:
+          image: str | None = None, labels: dict[str, str] | None = None,
+          kept: frozenset[str] = frozenset()) -> LaunchSpec:
     """A seat's launch. A workshop file is meant for any target: its tls acme (the
-    default) becomes the target's own default where Let's Encrypt cannot reach it."""
+    default) becomes the target's own default where Let's Encrypt cannot reach it.
+    With volume, the seat gets a new work volume <seat>-work, or the one of that
+    name that is there and free (kept: a seat made again gets its work back)."""
     tls = workshop.tls
     if tls == ACME and not target.target_defaults.acme and not workshop.acme.ca:
         tls = None
@@ -138,9 +141,12 @@ def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Pro
     if workshop.lifetime_s:
         end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=workshop.lifetime_s)
         values[EXPIRES] = end.isoformat(timespec="minutes").replace("+00:00", "Z")
+    volume = None
+    if workshop.volume_gb:
+        volume = f"{seat.name}-work" if f"{seat.name}-work" in kept else str(workshop.volume_gb)
     return make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=seat.hostname,
                      tls=tls, acme=workshop.acme if tls == ACME else None, labels=values,
-                     target=target)
+                     target=target, volume=volume)
 
 
 class _Launcher:
@@ -199,6 +205,9 @@ class UpSteps:
     """One run of `up`, step by step: its options, and what the steps found and
     made so far. Each step reads what the ones before it left here."""
 
+    #: Work volumes of the seats' names that are there and free (check_quota finds them).
+    kept: frozenset[str] = frozenset()
+
     def __init__(self, provider: Provider, workshop: Workshop, *, reporter: BatchReporter,
                  public_key: str | None, parallel: int, wait: bool, fan_out: bool,
                  ready_timeout: float, built: Callable[[Server], None] | None):
@@ -254,8 +263,10 @@ class UpSteps:
     def check_quota(self) -> None:
         """Every seat's launch, checked against the project's quota where the target
         can: QuotaExceeded before anything is made."""
+        if self.workshop.volume_gb and self.provider.supports("volumes"):
+            self.kept = frozenset(v.name for v in self.provider.volumes() if not v.attached_to)
         self.specs = {seat.name: _spec(self.workshop, seat, public_key=self.public_key,
-                                       target=self.provider)
+                                       target=self.provider, kept=self.kept)
                       for seat, _ in self.todo}
         if self.provider.supports("preflight"):
             self.result.quota = self.provider.preflight(list(self.specs.values()))
@@ -282,7 +293,7 @@ class UpSteps:
         if snap is None:
             return self.specs[seat.name]
         return _spec(self.workshop, seat, public_key=self.public_key, target=self.provider,
-                     image=snap.id, labels={FROM_SNAPSHOT: snap.id})
+                     image=snap.id, labels={FROM_SNAPSHOT: snap.id}, kept=self.kept)
 
     def first_seat(self) -> SeatResult:
         """The first seat alone, so that a configuration error shows once, not once per

@@ -7,7 +7,9 @@ its qemu process is running and still running a moment later.
 A snapshot (see snapshot) powers the guest off, flattens its overlay into a
 new image folder under the images folder (image.json says `snapshot_of` and
 carries the properties) and starts the same qemu command line again; a launch
-passes that folder as its --image.
+passes that folder as its --image. Volumes are qcow2 disks beside the
+servers' folders (see volumes). Its size is one method per verb of
+the contract, most of them a few lines that hand over to those modules.
 
 What a launch can choose:
   --image    a name under the images folder ($VMBINDER_IMAGES_DIR, default
@@ -33,7 +35,14 @@ from pathlib import Path
 import yaml
 
 from vmbinder import errors
-from vmbinder.images.folder import cloud_image, images_dir, load_image, resolve_image
+from vmbinder.images.folder import (
+    ImageFileError,
+    cloud_image,
+    images_dir,
+    load_image,
+    read_image_file,
+    resolve_image,
+)
 from vmbinder.images.seed import write_seed
 from vmbinder.providers.base import (
     META,
@@ -44,13 +53,17 @@ from vmbinder.providers.base import (
     Resolved,
     Server,
     Snapshot,
+    SshTarget,
+    Volume,
     find_owned,
     keypair_name,
     redact_token,
     server_metadata,
+    volume_metadata,
 )
 from vmbinder.providers.local import snapshot as local_snapshot
 from vmbinder.providers.local import state
+from vmbinder.providers.local import volumes as local_volumes
 from vmbinder.providers.local.qemu import (
     CONSOLE,
     FORWARDS,
@@ -86,7 +99,8 @@ PORT_ATTEMPTS = 3
 
 class LocalProvider(Provider):
     kind = "local"
-    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "preflight"})
+    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
+                              "ssh_target", "volumes", "create_volume", "delete_volume"})
     #: Reached on this machine's loopback: no public DNS name, so no Let's Encrypt.
     target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False,
                                      host_address=HOST_FROM_GUEST)
@@ -119,6 +133,8 @@ class LocalProvider(Provider):
         env = os.environ if env is None else env
         self.env = env
         self.root = Path(state_dir) if state_dir else state_root(env)
+        #: The volumes' disks and records (see volumes), beside the servers' folders.
+        self.volumes_root = local_volumes.volumes_root(self.root)
         self.images = Path(images) if images else images_dir(env)
         self._accel = accel
         self.which = which
@@ -161,20 +177,30 @@ class LocalProvider(Provider):
             raise errors.ConfigError(f"{' and '.join(missing)} not found on PATH", INSTALL_HINT)
         accel = self._accel or detect_accel(self.env)
         with _PORTS_LOCK:  # servers prepared side by side must not choose the same ports
+            # nor the same volumes: those named are checked free before anything is made
+            uses = local_volumes.named(self.volumes_root, self.root, spec, self.metadata_limits)
             ports = self._free_ports()
             folder = state.claim(self.root, spec.name)
             ledger.add(Created(
                 "state folder", str(folder), spec.name, lambda: state.remove_folder(folder),
                 f"rm -rf {shlex.quote(str(folder))}",
             ))
+            if spec.volume_size:
+                uses = (local_volumes.work_volume(self, spec, ledger), *uses)
             metadata = server_metadata(spec, state.user(), self.metadata_limits)
+            metadata.update(volume_metadata(uses, self.metadata_limits))
             metadata.update({META + key: str(port) for key, port in ports.items()})
+            user = login_user(image.path)
+            if user:
+                metadata[META + "login-user"] = user
             self.write_state(folder, {
                 "id": str(uuid.uuid4()), "name": spec.name, "created": state.now(),
                 "metadata": metadata, "ports": ports,
                 "image": {"name": image.name, "path": str(image.path),
                           "kind": "file" if image.path == image.disk else "folder"},
                 "flavor": flavor.name, "accel": accel, "pid": None, "argv": None,
+                "volumes": [{"name": u.name, "id": u.id, "serial": u.serial, "role": u.role}
+                            for u in uses],
             })
         return Resolved(
             image_id=str(image.path), image_name=image.name,
@@ -182,7 +208,7 @@ class LocalProvider(Provider):
             network_id="user", network_name="qemu user-mode",
             external_network_id=None, external_network_name=None,
             key_name=keypair_name(choice.public_key) if choice.public_key else None,
-            security_groups=(), public_ip=LOOPBACK,
+            security_groups=(), public_ip=LOOPBACK, volumes=uses,
         )
 
     def _free_ports(self, also_exclude: set[int] = frozenset()) -> dict[str, int]:
@@ -206,9 +232,10 @@ class LocalProvider(Provider):
         self.run_tool(overlay_argv(image, folder), folder, f"creating the disk of {spec.name}")
 
         flavor = parse_flavor(doc["flavor"])
+        disks = local_volumes.qemu_args(self.volumes_root, doc.get("volumes") or [])
         pid = self.start_qemu(folder, doc, lambda ports: qemu_argv(
             name=spec.name, image=image, state=folder, ports=ports, flavor=flavor,
-            accel=doc["accel"]), f"starting qemu for {spec.name}")
+            accel=doc["accel"]) + disks, f"starting qemu for {spec.name}")
         ledger.add(Created(
             "qemu process", str(pid), spec.name,
             lambda: stop(pid, folder, proc=self.proc, sleep=self.sleep), f"kill {pid}",
@@ -273,6 +300,8 @@ class LocalProvider(Provider):
                     details={"server_id": server.id},
                 )
             if waited >= settle:
+                if resolved is not None:  # None: started again after a snapshot
+                    local_volumes.mark_used(self.volumes_root, resolved.volumes, server.name)
                 return self.record(folder, doc)
             self.sleep(0.25)
             waited += 0.25
@@ -314,6 +343,26 @@ class LocalProvider(Provider):
     def console_log(self, server: Server, lines: int | None = None) -> str:
         return redact_token(console_tail(self.folder(server.name) / CONSOLE, lines), server)
 
+    def ssh_target(self, server: Server) -> SshTarget:
+        """The guest's port 22, forwarded to vmbinder:ssh-port on this machine's loopback."""
+        port = server.meta("ssh-port")
+        if not port:
+            raise errors.BadRequest(f"{server.name} records no forwarded SSH port",
+                                    f"launch it again: vmbinder delete {server.name}")
+        return SshTarget(LOOPBACK, int(port), server.meta("login-user"))
+
+    # -- volumes -------------------------------------------------------------------
+
+    def volumes(self) -> list[Volume]:
+        return local_volumes.listed(self.volumes_root, self.root)
+
+    def create_volume(self, name: str, size_gb: int, *, from_dir: str | None = None) -> Volume:
+        """An empty qcow2 disk, or (from_dir) an ext4 filesystem of that folder's files."""
+        return local_volumes.create(self, name, size_gb, from_dir)
+
+    def delete_volume(self, volume: Volume) -> list[Removed]:
+        return local_volumes.delete(self.volumes_root, volume)
+
     # -- snapshots -----------------------------------------------------------------
 
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
@@ -352,6 +401,17 @@ class LocalProvider(Provider):
         state.remove_or_fail(folder, "state folder", str(folder))
         removed.append(Removed("server", server.id, server.name))
         return removed
+
+
+def login_user(image: Path) -> str | None:
+    """The login user of an image folder made by `vmbinder image build` (or a
+    snapshot of one): Debian's cloud-init makes `debian`. None for a plain cloud
+    image file, which does not say."""
+    try:
+        distro = str(read_image_file(image).get("distro") or "") if image.is_dir() else ""
+    except ImageFileError:
+        return None
+    return "debian" if distro.startswith("debian") else None
 
 
 def _available_mb(proc: Path) -> int | None:

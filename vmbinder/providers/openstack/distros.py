@@ -1,5 +1,5 @@
-"""Which distribution a Glance image holds, and the image a launch gets when
---image is not given.
+"""Which distribution a Glance image holds, the image a launch gets when
+--image is not given, and the user `vmbinder ssh` logs in as.
 
 Glance's `os_distro` and `os_version` properties say what an image is where the
 cloud set them, and then its name does not count: an image named like Ubuntu
@@ -106,3 +106,25 @@ def choose(images) -> object:
             details={"candidates": names},
         )
     return max(top, key=lambda i: i.created_at or "")
+
+
+#: The login user of each distribution's cloud images (cloud-init's default_user there).
+LOGIN_USERS = {"ubuntu": "ubuntu", "debian": "debian"}
+#: A user name as useradd takes it; an image property that is not one is passed over.
+_USER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def login_user(image) -> str | None:
+    """The user `vmbinder ssh` logs in as on servers of image: its os_admin_user
+    property when set, else its distribution's (by os_distro, else as rank reads
+    it); None when neither says."""
+    admin = getattr(image, "os_admin_user", None) or (
+        getattr(image, "properties", None) or {}).get("os_admin_user")
+    admin = str(admin or "").strip()
+    if admin and _USER_RE.fullmatch(admin):
+        return admin
+    os_distro = _property(image, "os_distro")
+    if os_distro:
+        return LOGIN_USERS.get(os_distro)
+    found = rank(image)
+    return None if found is None else LOGIN_USERS.get(PREFERRED[found].os_distro)

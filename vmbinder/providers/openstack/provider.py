@@ -8,7 +8,9 @@ This module holds the provider's verbs and the server itself (create, wait,
 read, delete); what a server is made from and where it is placed are chosen in
 resolve (the default image in distros), its security group and its floating IP
 or port are made in network, a batch's quotas are checked in quotas and
-snapshots are made in snapshots.
+snapshots are made in snapshots, its volumes in volumes. Its size is one method
+per verb of the contract, most of them a few lines that hand over to those
+modules.
 """
 
 from __future__ import annotations
@@ -30,11 +32,15 @@ from vmbinder.providers.base import (
     Resolved,
     Server,
     Snapshot,
+    SshTarget,
+    Volume,
     find_owned,
     redact_token,
+    volume_metadata,
 )
-from vmbinder.providers.openstack import network, quotas, resolve
+from vmbinder.providers.openstack import distros, network, quotas, resolve
 from vmbinder.providers.openstack import snapshots as glance_snapshots
+from vmbinder.providers.openstack import volumes as cinder_volumes
 from vmbinder.providers.openstack.common import (
     NOVA_METADATA,
     cloud_errors,
@@ -60,7 +66,8 @@ def refuses_config_drive(exc: errors.CloudError) -> bool:
 class OpenStackProvider(Provider):
     kind = "openstack"
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "preflight",
-                              "release_orphans", "remembering"})
+                              "release_orphans", "remembering", "ssh_target", "volumes",
+                              "create_volume", "delete_volume"})
     #: A floating IP with a public name (<ip>.sslip.io unless --hostname): Let's Encrypt.
     target_defaults = TargetDefaults()
     metadata_limits = NOVA_METADATA
@@ -113,6 +120,9 @@ class OpenStackProvider(Provider):
             ("networks", choice.network, choice.external_network, choice.floating_ip),
             lambda: resolve.networks(conn, choice.network, choice.external_network,
                                      choice.floating_ip))
+        # The volumes named are checked (found, free) before anything is made.
+        uses = cinder_volumes.named(conn, spec, self.current_owner(), self._server_names,
+                                    self.metadata_limits) if spec.volume or spec.data else ()
         # Made once by the first server of a batch, which is made alone: the
         # others reuse them, and a rollback of one of them never removes them.
         # The group comes first: one that lets in too much is refused before
@@ -128,7 +138,11 @@ class OpenStackProvider(Provider):
             external_network_id=external.id if external else None,
             external_network_name=external.name if external else None,
             key_name=key_name, security_groups=(group.name,),
+            login_user=distros.login_user(image),
         )
+        if spec.volume_size:
+            uses = (cinder_volumes.work_volume(conn, spec, self.current_owner(), ledger), *uses)
+        chosen["volumes"] = uses
         if place.floating:
             fip = network.allocate_floating_ip(conn, spec, external, ledger)
             return Resolved(**chosen, public_ip=fip.floating_ip_address, floating_ip_id=fip.id)
@@ -140,6 +154,9 @@ class OpenStackProvider(Provider):
             f"{spec.name} gets no floating IP (--floating-ip no) and network {net.name} is not "
             f"routable: its address {address} answers only from inside the cloud",)
         return Resolved(**chosen, public_ip=address, port_id=port.id, warnings=warnings)
+
+    def _server_names(self) -> dict[str, str]:
+        return {s.id: s.name for s in self.list_owned()}
 
     def _refuse_duplicate(self, name: str) -> None:
         with cloud_errors("listing vmbinder servers"):
@@ -172,6 +189,12 @@ class OpenStackProvider(Provider):
             attrs["security_groups"] = [{"name": g} for g in resolved.security_groups]
         if resolved.key_name:
             attrs["key_name"] = resolved.key_name
+        if resolved.login_user:
+            metadata[f"{META}login-user"] = resolved.login_user
+        if resolved.volumes:
+            attrs["block_device_mapping"] = cinder_volumes.block_devices(resolved.image_id,
+                                                                         resolved.volumes)
+            metadata.update(volume_metadata(resolved.volumes, self.metadata_limits))
         mode = spec.cloud.config_drive
         try:
             server = self._boot(spec, attrs, metadata, ledger, config_drive=mode != "no")
@@ -241,6 +264,7 @@ class OpenStackProvider(Provider):
             raise
         if resolved.floating_ip_id:
             network.attach_floating_ip(conn, server, resolved)
+        cinder_volumes.mark_used(conn, resolved.volumes, server.name)
         record = self._record(raw)
         if record.address is None and resolved.public_ip:
             record = replace(record, address=resolved.public_ip)
@@ -286,6 +310,15 @@ class OpenStackProvider(Provider):
         text = out.get("output", "") if isinstance(out, dict) else str(out)
         return redact_token(text, server)
 
+    def ssh_target(self, server: Server) -> SshTarget:
+        """The server's public address (its floating IP, or its own on a routable
+        network), port 22."""
+        if not server.address:
+            raise errors.BadRequest(
+                f"{server.name} has no address yet (status {server.state})",
+                f"wait for it: vmbinder status {server.name}")
+        return SshTarget(server.address, 22, server.meta("login-user"))
+
     def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
         meta = {META + k: v for k, v in values.items()}
         with cloud_errors(f"recording metadata on {server.name}"):
@@ -329,6 +362,23 @@ class OpenStackProvider(Provider):
 
     def delete_snapshot(self, snapshot: Snapshot) -> list[Removed]:
         return glance_snapshots.delete_snapshot(self.conn, snapshot)
+
+    # -- volumes -------------------------------------------------------------------
+
+    def volumes(self) -> list[Volume]:
+        return cinder_volumes.listed(self.conn, self._server_names)
+
+    def create_volume(self, name: str, size_gb: int, *, from_dir: str | None = None) -> Volume:
+        if from_dir:
+            raise errors.BadRequest(
+                "--from-dir is for the local target: a cloud's volume cannot be filled from "
+                "a folder on this machine",
+                "make the volume empty (leave --from-dir out), attach it with --data to a "
+                "server and copy the files there")
+        return cinder_volumes.create(self.conn, name, size_gb, self.current_owner())
+
+    def delete_volume(self, volume: Volume) -> list[Removed]:
+        return cinder_volumes.delete(self.conn, volume, self.active_timeout)
 
     # -- deleting ------------------------------------------------------------------
 
