@@ -6,6 +6,8 @@
     vmbinder-guest.py env-file       Jupyter's token file, from the launch document
     vmbinder-guest.py caddy-config   Caddy's configuration for this launch (before it starts)
     vmbinder-guest.py fence          the local target's fence (every boot, before the environment)
+    vmbinder-guest.py metadata       containers refused the metadata service; the git token
+                                     scrubbed again (every boot, before the environment)
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -494,7 +496,23 @@ def caddy_unit(doc):
               f"ExecStartPre=+/usr/bin/python3 {os.path.abspath(__file__)} caddy-config\n")
 
 
+def ssh_only(doc):
+    """launch --expose ssh: only port 22 is open, nothing serves HTTP publicly, and
+    the environment is reached through an SSH tunnel (vmbinder tunnel)."""
+    return doc.get("expose") == "ssh"
+
+
 def ensure_proxy(doc):
+    if ssh_only(doc):
+        # The status service still runs (on loopback): vmbinder reads it through SSH.
+        changed = unit(doc, "vmbinder-status.service", "vmbinder status page",
+                       f"/usr/bin/python3 {os.path.abspath(__file__)} serve-status")
+        if changed:
+            run(doc, ["systemctl", "daemon-reload"])
+            run(doc, ["systemctl", "enable", "--now", "vmbinder-status.service"])
+        if os.path.exists(at(f"/etc/systemd/system/multi-user.target.wants/{CADDY_UNIT}")):
+            run(doc, ["systemctl", "disable", "--now", CADDY_UNIT])  # a snapshot's
+        return "none: only SSH is exposed (vmbinder tunnel)"
     installed = ensure_caddy(doc)
     # An image with the distribution's caddy package: its service would hold 80 and 443.
     if os.path.exists(at("/etc/systemd/system/multi-user.target.wants/caddy.service")):
@@ -626,6 +644,8 @@ def ensure_tls(doc):
     """The first candidate (name, issuer) Caddy gets a certificate for, each try
     bounded; the outcome, with why the tries before it failed, goes to the
     console and the state. A run after a settled one changes nothing."""
+    if ssh_only(doc):
+        return "none: only SSH is exposed"
     settled = (current_state(doc).get("tls") or {}).get("outcome")
     if settled and (settled["issuer"] == "off" or certificate(doc, current_candidate(doc))):
         return f"{settled['issuer']} for {settled['site'] or 'any name'} (settled)"
@@ -788,6 +808,98 @@ WantedBy=multi-user.target
         run(doc, ["systemctl", "start", FENCE_UNIT])
     ports = ", ".join(map(str, doc["fence"]["ports"])) or "none"
     return f"{doc['fence']['host']}: ports {ports} only"
+
+
+# -- the metadata service (every target) ----------------------------------------------
+
+#: The cloud's metadata service serves the user-data (the launch document, a
+#: private repository's git token in it) to whatever on the server asks, for the
+#: server's whole life. Containers (the environment, a Dockerfile's RUN) and the
+#: server's users other than root are refused it at every boot; root's processes
+#: (cloud-init) reach it.
+METADATA_CHAIN = "VMBINDER-METADATA"
+METADATA_UNIT = "vmbinder-metadata.service"
+#: Where connections to it are refused: containers' in Docker's chain for its
+#: users' rules and in FORWARD, which a bridged container's traffic crosses
+#: whatever Docker does; the server's own, in OUTPUT, unless they are root's.
+METADATA_FROM = (("DOCKER-USER",), ("FORWARD",), ("OUTPUT", "-m", "owner", "!", "--uid-owner", "0"))
+#: Its address per family (OpenStack's IPv6 one is link-local), and the command.
+METADATA = (("169.254.169.254", IPTABLES), ("fe80::a9fe:a9fe", ["ip6tables", "-w"]))
+
+
+def refuse_metadata(address, cmd):
+    """The chain filled again (a TCP reset, else an ICMP error: a connection fails
+    at once, it does not hang), entered from METADATA_FROM for the address. Made
+    and entered once: applying it again adds no rule."""
+    for chain in (METADATA_CHAIN, "DOCKER-USER"):
+        if not ok(cmd + ["-n", "-L", chain]):
+            subprocess.run(cmd + ["-N", chain], check=True)
+    subprocess.run(cmd + ["-F", METADATA_CHAIN], check=True)
+    for rule in (["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"], ["-j", "REJECT"]):
+        subprocess.run(cmd + ["-A", METADATA_CHAIN, *rule], check=True)
+    for parent, *match in METADATA_FROM:
+        jump = [*match, "-d", address, "-j", METADATA_CHAIN]
+        if not ok(cmd + ["-C", parent, *jump]):
+            subprocess.run(cmd + ["-I", parent, "1", *jump], check=True)
+
+
+def seeded_git_password():
+    """The git token in the user-data as cloud-init wrote it at this boot (a
+    datasource read again at each boot, the local target's NoCloud seed or a
+    config drive, writes it back), from the launch document's line there; None
+    when there is none or it is already scrubbed."""
+    text = read_text(CLOUD_INSTANCE + "/user-data.txt") or ""
+    for quoted in re.findall(r'^\s*content: ("(?:[^"\\\n]|\\.)*")\s*$', text, re.M):
+        try:
+            launch = json.loads(json.loads(quoted))
+            password = launch["git_credential"]["password"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        if isinstance(password, str) and password.strip("*"):
+            return password
+    return None
+
+
+def apply_metadata(doc):
+    """`metadata`: every boot, after cloud-init, before the environment. Everything
+    but root refused the metadata service (IPv6 too where ip6tables works; a server
+    without it still starts), and cloud-init's copies of the user-data scrubbed again once
+    the launch document holds no token (the build has had it; before, it needs it)."""
+    doc = load_again(doc)
+    refuse_metadata(*METADATA[0])
+    try:
+        refuse_metadata(*METADATA[1])
+    except (OSError, subprocess.CalledProcessError) as exc:
+        log(doc, f"{METADATA[1][0]} not refused: {exc}")
+    secret = None if (doc.get("git_credential") or {}).get("password") else seeded_git_password()
+    if secret:
+        forget_git_credential(dict(doc, git_credential={"password": secret}))
+    return 0
+
+
+def ensure_metadata(doc):
+    script = os.path.abspath(__file__)
+    changed = write(f"{where(doc, 'unit_dir')}/{METADATA_UNIT}", f"""[Unit]
+Description=vmbinder: containers refused the cloud's metadata service
+After=docker.service cloud-init.service cloud-init-network.service
+Before=vmbinder-env.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/python3 {script} metadata
+
+[Install]
+WantedBy=multi-user.target
+RequiredBy=vmbinder-env.service
+""")
+    if changed:
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", METADATA_UNIT])
+        run(doc, ["systemctl", "restart", METADATA_UNIT])
+    elif not ok(["systemctl", "is-active", "--quiet", METADATA_UNIT]):
+        run(doc, ["systemctl", "start", METADATA_UNIT])
+    return f"{METADATA[0][0]} refused to containers"
 
 
 # -- the home: the user's work, on the server's disk or a volume ----------------------
@@ -1250,7 +1362,8 @@ def detect_interfaces(doc):
 
 
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
-         ("tls", ensure_tls), ("docker", ensure_docker), ("fence", ensure_fence),
+         ("tls", ensure_tls), ("docker", ensure_docker),
+         ("metadata", ensure_metadata), ("fence", ensure_fence),
          ("volumes", ensure_volumes), ("base-images", ensure_base_images),
          ("repo2docker", ensure_repo2docker), ("build", ensure_image), ("home", ensure_home),
          ("service", ensure_service), ("interfaces", detect_interfaces))
@@ -1282,6 +1395,7 @@ def run_all(doc):
         forget_other_launch(doc)
     write_state(doc, started=time.time() if fresh else state.get("started") or time.time(),
                 ready=False, server=doc["name"], machine=machine_digest(), host_keys=host_keys())
+    print_host_keys()
     durations = {}  # seconds per step in this run: what a boot spends where
     for name, step in STEPS:
         write_state(doc, step_started=time.time())
@@ -1334,6 +1448,22 @@ def host_keys():
             digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
             found.append(f"{words[0]} SHA256:{digest}")
     return found
+
+
+def print_host_keys():
+    """The SSH host keys on the console now, as cloud-init prints them once the
+    whole first boot is over: vmbinder ssh (and the wait of launch --expose ssh)
+    checks the server's key against them, so it can log in while the build runs."""
+    keys = []
+    folder = at("/etc/ssh")
+    for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+        if entry.startswith("ssh_host_") and entry.endswith("_key.pub"):
+            words = (read_text("/etc/ssh/" + entry) or "").split()
+            if len(words) >= 2:
+                keys.append(f"{words[0]} {words[1]}")
+    if keys:
+        console("\n".join(["-----BEGIN SSH HOST KEY KEYS-----", *keys,
+                           "-----END SSH HOST KEY KEYS-----"]))
 
 
 def forget_other_launch(doc):
@@ -1553,9 +1683,11 @@ def serve_status(doc):
 
 def main(argv):
     commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file,
-                "caddy-config": caddy_config, "fence": apply_fence}
+                "caddy-config": caddy_config, "fence": apply_fence,
+                "metadata": apply_metadata}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence", file=sys.stderr)
+        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence|metadata",
+              file=sys.stderr)
         return 2
     return commands[argv[1]](load())
 

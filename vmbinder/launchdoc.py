@@ -46,6 +46,7 @@ def request(spec: LaunchSpec, public_ip: str | None = None) -> dict:
         "hostname": spec.hostname,
         "public_ip": public_ip,
         "tls": spec.tls,
+        "expose": spec.cloud.expose,
         "repo2docker_version": spec.repo2docker_version,
         "vmbinder_version": spec.vmbinder_version,
         "ca_certs": list(spec.guest_network.ca_certs),

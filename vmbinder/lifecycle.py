@@ -15,11 +15,14 @@ from vmbinder.reach import (  # noqa: F401
     Access,
     TrustNotYet,
     access,
+    guest_get,
+    guest_json,
     opens,
     outcome,
     record_outcome,
     settle,
     site_host,
+    ssh_only,
     trust,
     url,
 )
@@ -95,7 +98,9 @@ def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, st
 
 class _Watch:
     """A launch's wait: the guest's phase and certificate outcome from the
-    console, then Jupyter's own answer through the URL, checked as trust() says."""
+    console, then Jupyter's own answer through the URL, checked as trust() says.
+    A server launched with --expose ssh asks for no certificate and serves no
+    URL: Jupyter is asked through SSH, its host key checked against the console."""
 
     def __init__(self, provider: Provider, server: Server, extra_roots: str | None):
         self.provider, self.server, self.extra_roots = provider, server, extra_roots
@@ -104,6 +109,15 @@ class _Watch:
         self.trusted = False
         self.log, self.log_offset, self.newest = None, 0, ""
         self.on_output = lambda line: None
+        self.through = None
+        if ssh_only(server):
+            from vmbinder import remote
+
+            self.through = remote.Through(provider, server)
+
+    def close(self) -> None:
+        if self.through is not None:
+            self.through.close()
 
     def console(self) -> str:
         text = self.provider.console_log(self.server, lines=200)
@@ -123,21 +137,30 @@ class _Watch:
         return True, f"certificate from {https.issuer_label(self.found.issuer)}"
 
     def answers(self) -> tuple[bool, str]:
-        probe_url = urls.url_for(access(self.server).base, "api/status", self.server.meta("token"))
-        return readiness.http_probe(probe_url, context=self.context, expect_key="started")()
+        try:
+            answer = guest_get(self.server, "api/status", context=self.context,
+                               through=self.through, timeout=5)
+        except (errors.ConfigError, errors.UntrustedServer):
+            raise  # no key to log in with, or a host key that is not the console's
+        except errors.VmbinderError as exc:  # SSH does not answer yet
+            return False, f"waiting for SSH: {exc.message}"
+        return readiness.judge(*answer, expect_key="started")
 
     def build_output(self) -> tuple[bool, str]:
         """The guest's build log as it grows, once its certificate can be checked:
         the newest line is kept for the progress line, every line goes to
         on_output. Never holds the wait up: a log that cannot be read is skipped."""
-        if self.found is None:
+        if self.found is None and self.through is None:
             return True, ""
         if self.log is None:
             from vmbinder import guestlog
 
-            self.log = guestlog.Reader(self.provider, self.server, self.extra_roots)
+            self.log = guestlog.Reader(self.provider, self.server, self.extra_roots,
+                                       through=self.through)
         try:
             chunk = self.log.read(self.log_offset)
+        except (errors.ConfigError, errors.UntrustedServer):
+            raise  # through SSH: no key to log in with, or not the console's host key
         except Exception as exc:  # noqa: BLE001 - progress only; the probes below decide
             log.debug("could not read the build log: %s", exc)
             return True, ""
@@ -150,15 +173,16 @@ class _Watch:
         return True, ""
 
     def probes(self) -> list[readiness.Probe]:
+        if self.through is not None:
+            return [self.build_output, readiness.console_probe(self.console), self.answers]
         return [self.build_output, readiness.console_probe(self.console), self.certificate,
                 self.answers]
 
     def record_interfaces(self) -> Server:
         """Ask the guest which interfaces answered, and which record version a DOI
         source was fetched at, and keep both on the server (record_status)."""
-        status = readiness.fetch_json(
-            urls.url_for(access(self.server).base, "vmbinder/status.json", self.server.meta("token")),
-            context=self.context)
+        status = guest_json(self.server, "vmbinder/status.json", context=self.context,
+                            through=self.through)
         return record_status(self.provider, self.server, status)
 
 
@@ -187,15 +211,30 @@ def observe(provider: Provider, server: Server, extra_roots: str | None = None
     yet. Once the guest is ready, what it found is recorded (record_status): by
     whichever command sees it first, after `launch --no-wait` too."""
     server = settle(provider, server)
-    if server.state != "active" or access(server, with_token=False).base is None:
+    # Only a guest whose script has started is asked (its phase lines are on the
+    # console): nothing is sent to an address where no guest answers yet.
+    if server.state != "active" or readiness.last_phase(
+            provider.console_log(server, lines=500)) is None:
         return server, None
-    try:
-        context = trust(server, extra_roots, timeout=5)
-    except TrustNotYet:
+    if ssh_only(server):
+        from vmbinder import remote
+
+        through = remote.Through(provider, server)
+        try:
+            status = guest_json(server, "vmbinder/status.json", through=through, timeout=10)
+        except errors.VmbinderError as exc:
+            log.info("%s does not answer over SSH: %s", server.name, exc.message)
+            status = {}
+        finally:
+            through.close()
+    elif access(server, with_token=False).base is None:
         return server, None
-    status = readiness.fetch_json(
-        urls.url_for(access(server).base, "vmbinder/status.json", server.meta("token")),
-        context=context, timeout=5)
+    else:
+        try:
+            context = trust(server, extra_roots, timeout=5)
+        except TrustNotYet:
+            return server, None
+        status = guest_json(server, "vmbinder/status.json", context=context, timeout=5)
     if not status:
         return server, None
     if status.get("ready") and not server.meta("interfaces"):
@@ -213,9 +252,12 @@ def wait_ready(provider: Provider, server: Server, reporter: Reporter, *, timeou
     def progress(detail: str) -> None:
         reporter.phase(ENVIRONMENT, f"{detail}: {watch.newest}" if watch.newest else detail)
 
-    readiness.wait_until(watch.probes(), timeout=timeout, clock=clock, on_progress=progress)
-    server = watch.record_interfaces()
-    reporter.phase(READY, "the environment answers")
+    try:
+        readiness.wait_until(watch.probes(), timeout=timeout, clock=clock, on_progress=progress)
+        server = watch.record_interfaces()
+    finally:
+        watch.close()
+    reporter.phase(READY, "the environment answers" + (" (through SSH)" if watch.through else ""))
     return server
 
 

@@ -5,10 +5,12 @@ fetched and checked against the fingerprint its console published)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from vmbinder import errors, https, readiness, urls
+from vmbinder.guestcontract import JUPYTER_ADDRESS, STATUS_ADDRESS
 from vmbinder.providers.base import Provider, Server
-from vmbinder.spec import ACME
+from vmbinder.spec import ACME, EXPOSE_SSH
 
 
 @dataclass(frozen=True)
@@ -19,6 +21,18 @@ class Access:
     urls: dict[str, str] = field(default_factory=dict)
     absent: dict[str, str] = field(default_factory=dict)
     open_url: str | None = None
+    #: Launched with --expose ssh: nothing is served publicly, `vmbinder tunnel` reaches it.
+    ssh_only: bool = False
+
+
+def ssh_only(server: Server) -> bool:
+    """Was the server launched with --expose ssh (port 22 only, no public URL)?"""
+    return server.meta("expose") == EXPOSE_SSH
+
+
+def tunnel_hint(server: Server) -> str:
+    return (f"{server.name} was launched with --expose ssh: only SSH reaches it; "
+            f"vmbinder tunnel {server.name} forwards it to this machine and prints its URLs")
 
 
 def site_host(server: Server) -> str | None:
@@ -37,7 +51,10 @@ def access(server: Server, detected: frozenset[str] | None = None, *, with_token
     """URLs from what the cloud recorded: address or settled name, TLS mode, token, open path.
 
     with_token=False leaves the token out, for output that people paste into
-    bug reports (status, list); `launch` and `url` print it, as is their job."""
+    bug reports (status, list); `launch` and `url` print it, as is their job.
+    A server launched with --expose ssh has none (base None, ssh_only)."""
+    if ssh_only(server):
+        return Access(base=None, ssh_only=True)
     tls = server.meta("tls") or ACME
     port = server.meta("http-port" if tls == "off" else "https-port")
     base = urls.base_url(site_host(server), tls, port)
@@ -70,7 +87,7 @@ def record_outcome(provider: Provider, server: Server, found: https.Outcome) -> 
 def settle(provider: Provider, server: Server) -> Server:
     """The server, with its certificate's outcome recorded once its console shows
     it (for `status` and `url` after `launch --no-wait`)."""
-    if server.meta("issuer") or server.state != "active":
+    if server.meta("issuer") or server.state != "active" or ssh_only(server):
         return server
     found = https.last_outcome(provider.console_log(server))
     return record_outcome(provider, server, found) if found else server
@@ -81,7 +98,7 @@ def trust(server: Server, extra_roots: str | None = None, *, timeout: float = 10
     root, fetched and checked against the fingerprint its console published; else
     the system's roots (and a private ACME CA's). None also when the own CA's root
     cannot be fetched yet (TrustNotYet)."""
-    if (server.meta("tls") or ACME) == https.OFF:
+    if (server.meta("tls") or ACME) == https.OFF or ssh_only(server):
         return None
     if server.meta("issuer") != https.INTERNAL:
         return https.public_context(extra_roots)
@@ -108,6 +125,8 @@ class TrustNotYet(Exception):
 def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) -> str:
     """One URL: the open path when no --ui is asked for, else that interface's."""
     acc = access(server, detected)
+    if acc.ssh_only:
+        raise errors.BadRequest(f"{server.name} has no public URL", tunnel_hint(server))
     if acc.base is None:
         raise errors.BadRequest(
             f"{server.name} has no public address yet (status {server.state})",
@@ -122,3 +141,26 @@ def url(server: Server, ui: str | None, detected: frozenset[str] | None = None) 
             "use --ui tree or --ui lab",
         )
     return acc.urls[ui]
+
+
+def guest_get(server: Server, path: str, query: str = "", *, context=None, through=None,
+              timeout: float = 10.0, limit: int = 1 << 20) -> tuple[int | None, bytes, str]:
+    """GET path (the token added) from the server's own services, as readiness.fetch
+    answers: over its URL, checked with context (see trust); or, through an SSH
+    connection (remote.Through, for --expose ssh), from the service on its
+    loopback that the guest's proxy would route path to: /vmbinder/* to its
+    status service, the rest to Jupyter."""
+    token = server.meta("token")
+    if through is None:
+        return readiness.fetch(urls.url_for(access(server).base, path, token, query),
+                               context=context, timeout=timeout, limit=limit)
+    parts = urlsplit(urls.url_for("http://server/", path, token, query))
+    address = STATUS_ADDRESS if path.lstrip("/").startswith("vmbinder/") else JUPYTER_ADDRESS
+    return through.get(address, f"{parts.path}?{parts.query}" if parts.query else parts.path,
+                       timeout=timeout, limit=limit)
+
+
+def guest_json(server: Server, path: str, **how) -> dict:
+    """A JSON document of the server's own services (guest_get); {} when it cannot be had."""
+    status, body, _ = guest_get(server, path, **how)
+    return readiness.json_object(body) if status == 200 else {}

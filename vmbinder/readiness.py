@@ -112,16 +112,19 @@ def fetch(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 1
         conn.close()
 
 
-def fetch_json(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 10.0) -> dict:
-    """GET a JSON document (the guest's status); {} when it cannot be had."""
-    status, body, _ = fetch(url, context=context, timeout=timeout)
-    if status != 200:
-        return {}
+def json_object(body: bytes) -> dict:
+    """body as a JSON object; {} when it is not one."""
     try:
         doc = json.loads(body)
     except ValueError:
         return {}
     return doc if isinstance(doc, dict) else {}
+
+
+def fetch_json(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 10.0) -> dict:
+    """GET a JSON document (the guest's status); {} when it cannot be had."""
+    status, body, _ = fetch(url, context=context, timeout=timeout)
+    return json_object(body) if status == 200 else {}
 
 
 def http_probe(url: str, *, context: ssl.SSLContext | None = None, timeout: float = 5.0,
@@ -131,21 +134,21 @@ def http_probe(url: str, *, context: ssl.SSLContext | None = None, timeout: floa
     Jupyter)."""
 
     def probe() -> tuple[bool, str]:
-        status, body, reason = fetch(url, context=context, timeout=timeout)
-        if status is None:
-            return False, f"not answering ({reason})"
-        if status != 200:
-            return False, f"HTTP {status}"
-        if expect_key:
-            try:
-                doc = json.loads(body)
-            except ValueError:
-                doc = None
-            if not isinstance(doc, dict) or expect_key not in doc:
-                return False, f"HTTP 200, but not Jupyter's answer (no {expect_key!r})"
-        return True, f"HTTP {status}"
+        return judge(*fetch(url, context=context, timeout=timeout), expect_key=expect_key)
 
     return probe
+
+
+def judge(status: int | None, body: bytes, reason: str, *,
+          expect_key: str | None = None) -> tuple[bool, str]:
+    """An answer (as fetch gives it) as a probe's result: see http_probe."""
+    if status is None:
+        return False, f"not answering ({reason})"
+    if status != 200:
+        return False, f"HTTP {status}"
+    if expect_key and expect_key not in json_object(body):
+        return False, f"HTTP 200, but not Jupyter's answer (no {expect_key!r})"
+    return True, f"HTTP {status}"
 
 
 def wait_until(

@@ -33,8 +33,8 @@ from pathlib import Path
 
 from vmbinder import errors, urls
 from vmbinder.guestcontract import JUPYTER_ADDRESS
-from vmbinder.lifecycle import Access, opens
 from vmbinder.providers.base import ACTIVE, Provider, Server, SshTarget
+from vmbinder.reach import Access, opens
 
 BEGIN = "-----BEGIN SSH HOST KEY KEYS-----"
 END = "-----END SSH HOST KEY KEYS-----"
@@ -384,6 +384,35 @@ class Session:
             chan.close()
         return status if status >= 0 else 255
 
+    def get(self, address: str, target: str, *, timeout: float = CONNECT_TIMEOUT,
+            limit: int = 1 << 22) -> tuple[int | None, bytes, str]:
+        """GET target from address (host:port, a service on the server's loopback)
+        through this connection: (HTTP status, body, reason), as readiness.fetch
+        says it; the status is None when nothing answered there."""
+        paramiko = _paramiko()
+        host, port = address.rsplit(":", 1)
+        try:
+            chan = self.transport.open_channel("direct-tcpip", (host, int(port)), ("127.0.0.1", 0),
+                                               timeout=timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            return None, b"", _said(exc)
+        try:
+            chan.settimeout(timeout)
+            # HTTP/1.0: the answer ends with the connection, never in chunks.
+            chan.sendall(f"GET {target} HTTP/1.0\r\nHost: {address}\r\n\r\n".encode())
+            data = b""
+            while len(data) <= limit + 65536 and (piece := chan.recv(CHUNK)):
+                data += piece
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            return None, b"", _said(exc)
+        finally:
+            chan.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        words = head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(words) < 2 or not words[0].startswith(b"HTTP/") or not words[1].isdigit():
+            return None, b"", "not an HTTP answer" if data else "the connection was closed"
+        return int(words[1]), body[:limit], (words[2] if len(words) > 2 else b"").decode(errors="replace")
+
     def forward(self, listener: socket.socket, remote: tuple[str, int], *,
                 on_error: Callable[[str], None] = lambda message: None,
                 stop: threading.Event | None = None) -> None:
@@ -541,3 +570,31 @@ def tunnel_access(server: Server, port: int) -> Access:
     return Access(base=base, urls={i.key: urls.url_for(base, i.path, token) for i in shown},
                   absent={i.key: i.absent_reason for i in urls.INTERFACES if i not in shown},
                   open_url=urls.open_url(base, token, file=file, urlpath=urlpath))
+
+
+class Through:
+    """The server's own HTTP services (Jupyter, the status service), reached over
+    SSH: for servers launched with --expose ssh, where nothing answers publicly.
+    Connects when first asked, and again after the connection was lost."""
+
+    def __init__(self, provider: Provider, server: Server):
+        self.provider, self.server = provider, server
+        self.session: Session | None = None
+
+    def get(self, address: str, target: str, *, timeout: float = CONNECT_TIMEOUT,
+            limit: int = 1 << 22) -> tuple[int | None, bytes, str]:
+        """As Session.get; the connection's failures raise (see connect). timeout
+        is the request's: connecting has CONNECT_TIMEOUT, as ssh has."""
+        return self.connection().get(address, target, timeout=timeout, limit=limit)
+
+    def connection(self, timeout: float = CONNECT_TIMEOUT) -> Session:
+        """The session, connected (again) when needed."""
+        if self.session is None or not self.session.transport.is_active():
+            self.close()
+            self.session = connect(self.provider, self.server, timeout=timeout)
+        return self.session
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None

@@ -1,4 +1,8 @@
-"""What a launch asks for: frozen records and their validation. Pure: no I/O."""
+"""What a launch asks for: frozen records and their validation. Pure: no I/O.
+
+Its size is that of every choice a launch takes (the cloud's, the guest's
+network, the certificate, volumes, exposure) with the checks each needs, kept in
+one place so that launch, dry runs and workshops validate alike."""
 
 from __future__ import annotations
 
@@ -26,6 +30,11 @@ TOKEN_BYTES = 32
 #: --config-drive and --floating-ip: the target decides (auto), always, never.
 AUTO = "auto"
 CHOICES = (AUTO, "yes", "no")
+#: --expose: what the server opens to the network. https: 22, 80 and 443, the
+#: environment behind HTTPS; ssh: port 22 only, the environment reached through
+#: `vmbinder tunnel` (nothing serves HTTP publicly, no certificate is asked for).
+EXPOSE_HTTPS, EXPOSE_SSH = "https", "ssh"
+EXPOSE = (EXPOSE_HTTPS, EXPOSE_SSH)
 
 
 def new_token() -> str:
@@ -49,6 +58,8 @@ class CloudChoice:
     #: Make a floating IP: auto (unless the server's network is itself
     #: routable), yes, no (the server's own address is its address).
     floating_ip: str = AUTO
+    #: What the server opens: EXPOSE_HTTPS or EXPOSE_SSH (see EXPOSE).
+    expose: str = EXPOSE_HTTPS
 
 
 @dataclass(frozen=True)
@@ -313,6 +324,7 @@ def recorded(spec: LaunchSpec, limits: MetadataLimits) -> dict[str, str]:
         "hostname": spec.hostname,
         "tls": spec.tls,
         "acme-ca": spec.acme.ca,
+        "expose": spec.cloud.expose if spec.cloud.expose != EXPOSE_HTTPS else None,
         "token": spec.token,
         **dict(spec.labels),
     }
@@ -353,13 +365,24 @@ def make_spec(
     provider checks the record when it prepares the launch."""
     defaults = target.target_defaults if target is not None else TargetDefaults()
     acme = acme or AcmeChoice()
+    cloud = cloud or CloudChoice()
+    if cloud.expose not in EXPOSE:
+        raise BadRequest(f"invalid --expose {cloud.expose!r}", f"use one of: {', '.join(EXPOSE)}")
+    if cloud.expose == EXPOSE_SSH:
+        given = [option for option, value in (("--hostname", hostname), ("--tls", tls),
+                                              ("--acme-ca", acme.ca)) if value]
+        if given:
+            raise BadRequest(f"{', '.join(given)} names how the server serves HTTPS, but with "
+                             "--expose ssh it serves nothing publicly (only port 22 is open)",
+                             f"leave {', '.join(given)} out, or launch with --expose https")
+        # Nothing is served on a public name: the guest skips its proxy and certificate.
+        tls, hostname = "off", None
     # A private ACME CA given on a target whose default is another issuer asks for ACME;
     # the target's default name (localhost) is not one an ACME CA can check.
     tls = tls or (ACME if acme.ca else defaults.tls)
     hostname = hostname or (defaults.hostname if tls != ACME else None)
     validate_tls(tls)
     acme = validate_acme(acme, tls)
-    cloud = cloud or CloudChoice()
     cloud = replace(cloud, ssh_cidr=validate_cidr(cloud.ssh_cidr),
                     config_drive=validate_choice(cloud.config_drive, "--config-drive"),
                     floating_ip=validate_choice(cloud.floating_ip, "--floating-ip"))

@@ -183,3 +183,29 @@ def test_narrowed_ssh_uses_a_group_of_its_own(testbed, vmb, name):
            if r["direction"] == "ingress" and r["port_range_min"] == 22]
     assert [r["remote_ip_prefix"] for r in ssh] == ["192.0.2.0/24"]
     ok(vmb("delete", name))
+
+
+def test_expose_ssh_opens_port_22_alone_and_prints_the_tunnel_not_a_url(testbed, vmb, name):
+    res = ok(vmb(*launch_args(name, "--expose", "ssh", SOURCE)))
+    out = json.loads(res.stdout)
+    assert out["expose"] == "ssh" and out["urls"] == {} and out["open_url"] is None
+    server = testbed.server(name)
+    assert server.metadata["vmbinder:expose"] == "ssh" and server.metadata["vmbinder:tls"] == "off"
+    assert [g["name"] for g in server.security_groups] == ["vmbinder-ssh-only"]
+    group = testbed.admin.network.find_security_group("vmbinder-ssh-only",
+                                                      project_id=testbed.project_id)
+    ingress = {(r["ethertype"], r["port_range_min"], r["port_range_max"], r["remote_ip_prefix"])
+               for r in group.security_group_rules if r["direction"] == "ingress"}
+    assert ingress == {("IPv4", 22, 22, "0.0.0.0/0"), ("IPv6", 22, 22, "::/0")}
+    user_data = base64.b64decode(server.user_data).decode()
+    files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
+    assert json.loads(files["/etc/vmbinder/launch.json"]["content"])["expose"] == "ssh"
+    table = ok(vmb("status", name))
+    assert f"vmbinder tunnel {name}" in table.stdout and "https://" not in table.stdout
+    url = vmb("url", name)
+    assert url.returncode == 2 and f"vmbinder tunnel {name}" in url.stderr
+    refused = vmb(*launch_args(name + "-b", "--expose", "ssh", "--hostname", "lab.example.org",
+                               SOURCE))
+    assert refused.returncode == 2 and "--hostname" in refused.stderr
+    removed = json.loads(ok(vmb("delete", name, "--format", "json")).stdout)
+    assert sorted(r["kind"] for r in removed) == ["floating IP", "security group", "server"]

@@ -106,6 +106,12 @@ class OneServer:
     def set_metadata(self, server, values):
         return server
 
+    def supports(self, verb):
+        return False
+
+    def unsupported(self, verb):
+        return errors.BadRequest(f"the test target cannot {verb}", "no SSH here")
+
 
 def server_at(port: int, doc: dict) -> Server:
     meta = {"vmbinder:tls": "off", "vmbinder:http-port": str(port), "vmbinder:token": doc["token"]}
@@ -134,13 +140,15 @@ def test_logs_reads_the_whole_log_then_follows_it(served, monkeypatch):
     assert written == ["grown while followed\n"] and offset == path.stat().st_size
 
 
-def test_a_server_whose_status_service_does_not_answer_names_the_way_over_ssh(served):
+def test_a_server_reached_neither_over_https_nor_over_ssh_says_both(served):
+    """(The ways over SSH, when it answers: tests/unit/test_expose_ssh.py.)"""
     doc, _, port = served
     reader = guestlog.Reader(OneServer(), server_at(1, doc))
     with pytest.raises(errors.CloudError) as info:
         list(guestlog.read_all(reader))
-    assert info.value.message == "demo's status service does not answer"
-    assert "vmbinder ssh demo -- sudo cat /var/log/vmbinder/commands.log" in info.value.hint
+    assert info.value.message == ("demo's status service does not answer, and SSH does not "
+                                  "reach the server either: the test target cannot ssh_target")
+    assert info.value.hint == "no SSH here"
 
 
 def test_a_launch_shows_the_build_output_while_it_waits(served):
@@ -178,6 +186,10 @@ def test_once_ready_the_page_in_front_of_a_jupyter_that_does_not_answer_is_no_20
 class Recording(OneServer):
     def __init__(self):
         self.recorded = []
+        self.console = ""
+
+    def console_log(self, server, lines=None):
+        return self.console
 
     def set_metadata(self, server, values):
         self.recorded.append(values)
@@ -197,6 +209,9 @@ def test_status_after_no_wait_tells_the_guest_s_step_and_records_what_it_found_o
     doc, _, port = served
     provider = Recording()
     guest.write_state(doc, phase="build", status="started", started=guest.time.time() - 42)
+    server, report = lifecycle.observe(provider, server_at(port, doc))
+    assert report is None  # no phase on the console: its guest has not started, nothing is asked
+    provider.console = guest.phase_line(doc, {"phase": "build", "status": "started"}) + "\n"
     server, report = lifecycle.observe(provider, server_at(port, doc))
     assert report["phase"] == "build" and report["status"] == "started" and not report["ready"]
     assert 41 <= report["elapsed"] <= 60 and provider.recorded == []

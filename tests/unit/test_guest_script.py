@@ -202,15 +202,15 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert state["ready"] is True and state["phase"] == "ready"
     assert state["interfaces"] == ["tree", "lab"]
     # Seconds per step, which the guest-overhead benchmark reads.
-    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "fence",
-                                        "volumes", "base-images", "repo2docker", "build", "home",
-                                        "service", "interfaces"]
+    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "metadata",
+                                        "fence", "volumes", "base-images", "repo2docker", "build",
+                                        "home", "service", "interfaces"]
     assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console if line.startswith("VMBINDER-PHASE ")]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "tls", "docker", "fence", "volumes", "base-images",
-        "repo2docker", "build", "home", "service", "interfaces", "ready"]
+        "trust", "mirrors", "proxy", "tls", "docker", "metadata", "fence", "volumes",
+        "base-images", "repo2docker", "build", "home", "service", "interfaces", "ready"]
     # The certificate: Let's Encrypt's, for the address itself.
     (outcome,) = outcomes(guest)
     assert outcome == {"site": "203.0.113.9", "issuer": "acme", "failed": [], "root": None}
@@ -241,7 +241,11 @@ def test_a_second_run_changes_nothing(tmp_path, jupyter):
     first = len(guest.calls())
     assert guest.run().returncode == 0
     again = guest.calls()[first:]
-    assert not [c for c in again if c[0] in ("apt-get", "systemctl", "update-ca-certificates")]
+    # Only questions: is the metadata unit (which a failed start would leave down) active?
+    assert not [c for c in again if c[0] in ("apt-get", "systemctl", "update-ca-certificates")
+                and c[1] != "is-active"]
+    assert [c for c in again if c[0] == "systemctl"] == [
+        ["systemctl", "is-active", "--quiet", "vmbinder-metadata.service"]]
     assert [c for c in again if c[0] == "repo2docker"] == [["repo2docker", "--version"]]
     assert guest.state()["ready"] is True
 

@@ -277,11 +277,11 @@ def test_floating_ips_are_counted_for_the_seats_that_get_one_and_ports_for_every
         network=SimpleNamespace(get_quota=lambda project, details: quota,
                                 find_security_group=lambda name, **kw: group))
     flavor = SimpleNamespace(name="m1.small", vcpus=1, ram=2048)
-    needs = {n.resource: n for n in quotas.check_quota(conn, [flavor] * 6, ["0.0.0.0/0"] * 6,
-                                                       floating_ips=1)}
+    groups = [("0.0.0.0/0", "https")] * 6
+    needs = {n.resource: n for n in quotas.check_quota(conn, [flavor] * 6, groups, floating_ips=1)}
     assert (needs["floating IPs"].needed, needs["ports"].needed) == (1, 6)
     with pytest.raises(errors.QuotaExceeded) as info:
-        quotas.check_quota(conn, [flavor] * 6, ["0.0.0.0/0"] * 6, floating_ips=2)
+        quotas.check_quota(conn, [flavor] * 6, [("0.0.0.0/0", "https")] * 6, floating_ips=2)
     assert "floating IPs: needs 2, 1 left of 2" in info.value.message
     assert "ports" not in info.value.message
 
@@ -397,7 +397,7 @@ def test_the_quota_check_of_a_batch_refuses_a_group_that_lets_in_more():
                                 find_security_group=lambda name, **kw: wide))
     flavor = SimpleNamespace(name="m1.small", vcpus=1, ram=2048)
     with pytest.raises(errors.ConfigError) as info:
-        quotas.check_quota(conn, [flavor] * 3, ["0.0.0.0/0"] * 3, floating_ips=3)
+        quotas.check_quota(conn, [flavor] * 3, [("0.0.0.0/0", "https")] * 3, floating_ips=3)
     assert "tcp 8080 from 0.0.0.0/0 (IPv4)" in info.value.message
 
 

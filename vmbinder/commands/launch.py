@@ -54,6 +54,10 @@ DRY_RUN_TOKEN = "0" * 64
                    "id_ecdsa.pub or id_rsa.pub].")
 @click.option("--ssh-cidr", default="0.0.0.0/0", show_default=True,
               help="Who may reach SSH (port 22).")
+@click.option("--expose", type=click.Choice(("https", "ssh")), default="https", show_default=True,
+              help="What the server opens. https: ports 22, 80 and 443, the environment at its "
+                   "HTTPS URL; ssh: port 22 only, nothing served publicly, the environment "
+                   "reached with vmbinder tunnel NAME.")
 @click.option("--hostname", help="Your own DNS name for the server [default: its address].")
 @click.option("--tls", type=click.Choice(("acme", "internal", "off")),
               help="HTTPS certificate. acme (default on a cloud): from Let's Encrypt for the "
@@ -101,8 +105,8 @@ DRY_RUN_TOKEN = "0" * 64
 @format_option
 @click.pass_obj
 def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, flavor, network,
-           external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, hostname,
-           tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url,
+           external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, expose,
+           hostname, tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url,
            git_token_file, git_token_env, git_user, volume, data, dry_run, no_wait, timeout,
            keep_on_failure, verbose, delete_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
@@ -118,7 +122,7 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
         image=image, flavor=flavor, network=network, external_network=external_network,
         key_name=key_name,
         public_key=None if (key_name or dry_run) else read_public_key(public_key),
-        ssh_cidr=ssh_cidr, floating_ip=floating_ip, config_drive=config_drive,
+        ssh_cidr=ssh_cidr, floating_ip=floating_ip, config_drive=config_drive, expose=expose,
     )
     guest_network = specs.GuestNetwork(
         ca_certs=tuple(Path(f).read_text(errors="replace") for f in ca_certs),

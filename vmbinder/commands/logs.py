@@ -4,6 +4,7 @@ service; -f follows it as it grows."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import TYPE_CHECKING
@@ -28,7 +29,12 @@ if TYPE_CHECKING:
 @click.pass_obj
 def logs(obj: Context, name, follow, lines, everyone, fmt):
     """Print the build log of a server's environment (the guest's commands and
-    repo2docker's output), token-protected like the environment itself."""
+    repo2docker's output), token-protected like the environment itself.
+
+    It is read from the server's status service through its URL; when that
+    does not answer (or the server was launched with --expose ssh), through
+    SSH, the host key checked against the console; and when the status service
+    does not run at all, the log file itself over SSH (with sudo)."""
     from vmbinder import guestlog, scope
 
     if follow and fmt == "json":
@@ -36,6 +42,13 @@ def logs(obj: Context, name, follow, lines, everyone, fmt):
                                 "leave out --format json, or --follow")
     server = scope.find(obj.provider, name, everyone=everyone, command="logs")
     reader = guestlog.Reader(obj.provider, server)
+    with contextlib.closing(reader):
+        _print(reader, server, follow, lines, fmt)
+
+
+def _print(reader, server, follow: bool, lines: int, fmt: str) -> None:
+    from vmbinder import guestlog
+
     text, last = "", None
     for chunk in guestlog.read_all(reader):
         text, last = text + chunk.text, chunk

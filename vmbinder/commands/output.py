@@ -150,6 +150,7 @@ def server_doc(server, acc) -> dict:
     for key in ("repo", "ref", "commit", "record", "subdir", "source", "repo2docker", "version",
                 "hostname", "tls"):
         doc[key] = server.meta(key)
+    doc["expose"] = server.meta("expose") or "https"
     from vmbinder import lifecycle
 
     doc["open"], doc["urlpath"] = lifecycle.opens(server)
@@ -194,7 +195,7 @@ def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
                                    "subdir", "open", "urlpath", "repo2docker", "user_data_via", "fault")
             if doc[k]]
     rows += guest_rows(server, guest)
-    if server.meta("tls"):
+    if server.meta("tls") and not (acc and acc.ssh_only):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))
     for failure in found.failed if found else ():
         rows.append(("tried first", failure.describe()))
@@ -202,6 +203,9 @@ def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
     if acc and acc.open_url:
         urls.insert(0, ("open url", acc.open_url))
     absent = [(f"{k}", f"not shown: {why}") for k, why in (acc.absent if acc else {}).items()]
+    if acc and acc.ssh_only:
+        urls.append(("reach it", f"vmbinder tunnel {server.name} (--expose ssh: only SSH is "
+                                 "open; the tunnel prints the URLs)"))
     value = acc.open_url or acc.urls.get("lab") if acc and acc.base else server.address
     emit(fmt, doc, rows + urls + absent, value=value or "")
 

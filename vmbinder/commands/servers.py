@@ -83,14 +83,17 @@ def status(obj: Context, name, everyone, fmt):
     """Show a server's state, address, source and URLs."""
     from vmbinder import lifecycle, scope
 
-    server = lifecycle.settle(obj.provider, scope.find(obj.provider, name, everyone=everyone))
+    # What the guest reports now (its step, a failure), asked through its URL, or
+    # through SSH for --expose ssh; once it is ready, what it found is recorded.
+    server, guest = lifecycle.observe(obj.provider, scope.find(obj.provider, name,
+                                                               everyone=everyone))
     acc = lifecycle.access(server, with_token=False)
     work, data = server.meta("volume"), [d for d in (server.meta("data") or "").split(",") if d]
     if fmt == "json":
-        click.echo(json.dumps({**server_doc(server, acc), "volume": work, "data": data},
-                              indent=2))
+        click.echo(json.dumps({**server_doc(server, acc), "volume": work, "data": data,
+                               "guest": guest, "failed": server.meta("failed")}, indent=2))
         return
-    print_server(fmt, server, acc)
+    print_server(fmt, server, acc, guest=guest)
     if fmt == "table":
         from rich.markup import escape
 
@@ -98,7 +101,8 @@ def status(obj: Context, name, everyone, fmt):
             said = [f"work volume {work} (kept when the server is deleted)"] if work else []
             said += [f"data volumes {', '.join(data)} (read-only)"] if data else []
             stderr().print(escape("volumes: " + "; ".join(said)))
-        stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
+        if not acc.ssh_only:
+            stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
 
 
 @click.command()

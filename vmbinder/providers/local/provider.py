@@ -66,7 +66,6 @@ from vmbinder.providers.local import state
 from vmbinder.providers.local import volumes as local_volumes
 from vmbinder.providers.local.qemu import (
     CONSOLE,
-    FORWARDS,
     HOST_FROM_GUEST,
     INSTALL_HINT,
     LOOPBACK,
@@ -77,6 +76,7 @@ from vmbinder.providers.local.qemu import (
     SEED,
     console_tail,
     detect_accel,
+    forwarded_for,
     free_ports,
     is_our_qemu,
     overlay_argv,
@@ -179,7 +179,7 @@ class LocalProvider(Provider):
         with _PORTS_LOCK:  # servers prepared side by side must not choose the same ports
             # nor the same volumes: those named are checked free before anything is made
             uses = local_volumes.named(self.volumes_root, self.root, spec, self.metadata_limits)
-            ports = self._free_ports()
+            ports = self._free_ports(forwarded_for(spec.cloud.expose))
             folder = state.claim(self.root, spec.name)
             ledger.add(Created(
                 "state folder", str(folder), spec.name, lambda: state.remove_folder(folder),
@@ -211,11 +211,11 @@ class LocalProvider(Provider):
             security_groups=(), public_ip=LOOPBACK, volumes=uses,
         )
 
-    def _free_ports(self, also_exclude: set[int] = frozenset()) -> dict[str, int]:
-        """Free loopback ports, none of them recorded by another local server."""
+    def _free_ports(self, keys: tuple[str, ...], also_exclude: set[int] = frozenset()) -> dict[str, int]:
+        """Free loopback ports for the forwards named by keys (see FORWARDS), none of
+        them recorded by another local server."""
         taken = {p for s in state.documents(self.root) for p in (s.get("ports") or {}).values()}
-        return dict(zip((key for key, _ in FORWARDS),
-                        free_ports(len(FORWARDS), taken | set(also_exclude)), strict=True))
+        return dict(zip(keys, free_ports(len(keys), taken | set(also_exclude)), strict=True))
 
     # -- creating ------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class LocalProvider(Provider):
                 if attempt == PORT_ATTEMPTS or not port_taken(exc.message):
                     raise
             with _PORTS_LOCK:
-                doc["ports"] = self._free_ports(set(doc["ports"].values()))
+                doc["ports"] = self._free_ports(tuple(doc["ports"]), set(doc["ports"].values()))
             doc["metadata"].update({META + k: str(p) for k, p in doc["ports"].items()})
         pid = read_pid(folder)
         if pid is None:

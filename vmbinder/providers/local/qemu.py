@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vmbinder import errors
 from vmbinder.images.folder import Image
+from vmbinder.spec import EXPOSE_SSH
 
 #: Debian/Ubuntu packages that provide the programs this provider runs.
 HOST_PACKAGES = ("qemu-system-x86", "qemu-utils")
@@ -41,6 +42,11 @@ LOOPBACK = "127.0.0.1"
 HOST_FROM_GUEST = "10.0.2.2"
 #: (metadata key, guest port) of every port forwarded from the host's loopback.
 FORWARDS = (("ssh-port", 22), ("http-port", 80), ("https-port", 443))
+
+
+def forwarded_for(expose: str) -> tuple[str, ...]:
+    """The FORWARDS a server gets: all of them, or with --expose ssh its port 22 only."""
+    return tuple(key for key, guest in FORWARDS if expose != EXPOSE_SSH or guest == 22)
 
 # Files in a server's state folder.
 SERVER_JSON = "server.json"
@@ -177,7 +183,8 @@ def qemu_argv(*, name: str, image: Image, state: Path, ports: Mapping[str, int],
               flavor: Flavor, accel: str) -> list[str]:
     """The qemu command line. It holds no secret: the user-data (and the token in
     it) reaches the guest only through the seed disk."""
-    forwards = ",".join(f"hostfwd=tcp:{LOOPBACK}:{ports[key]}-:{guest}" for key, guest in FORWARDS)
+    forwards = ",".join(f"hostfwd=tcp:{LOOPBACK}:{ports[key]}-:{guest}"
+                        for key, guest in FORWARDS if key in ports)
     argv = [
         QEMU, "-name", f"vmbinder-{name}", "-nodefaults", "-display", "none",
         *accel_args(accel), "-smp", str(flavor.cpus), "-m", str(flavor.memory_mb),
@@ -203,6 +210,8 @@ def with_ports(argv: list[str], old: Mapping[str, int], new: Mapping[str, int]) 
     out = list(argv)
     i = out.index("-netdev") + 1
     for key, guest in FORWARDS:
+        if key not in old:
+            continue
         out[i] = out[i].replace(f"hostfwd=tcp:{LOOPBACK}:{old[key]}-:{guest}",
                                 f"hostfwd=tcp:{LOOPBACK}:{new[key]}-:{guest}")
     return out

@@ -22,7 +22,7 @@ from vmbinder.providers.base import (
     Ledger,
 )
 from vmbinder.providers.base import server_metadata as base_server_metadata
-from vmbinder.spec import LaunchSpec, MetadataLimits
+from vmbinder.spec import EXPOSE_HTTPS, EXPOSE_SSH, LaunchSpec, MetadataLimits
 
 #: Metadata values longer than this are refused by Nova (keys too, but vmbinder's are short).
 META_VALUE_MAX = 255
@@ -248,22 +248,28 @@ def _ssh_network(ssh_cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network
     return ipaddress.ip_network(ssh_cidr, strict=False)
 
 
-def security_group_name(ssh_cidr: str) -> str:
-    """The group of an --ssh-cidr: `vmbinder` when SSH is open to all, else one per
-    network, named so that two networks never share a name: an IPv4 network's
-    four numbers and prefix (vmbinder-ssh-192-0-2-0-24), an IPv6 one's eight
-    groups written out in full and prefix, which never look like IPv4's."""
+def security_group_name(ssh_cidr: str, expose: str = EXPOSE_HTTPS) -> str:
+    """The group of an --ssh-cidr and --expose: `vmbinder` when SSH is open to all,
+    else one per network, named so that two networks never share a name: an IPv4
+    network's four numbers and prefix (vmbinder-ssh-192-0-2-0-24), an IPv6 one's
+    eight groups written out in full and prefix, which never look like IPv4's.
+    With --expose ssh (port 22 alone), `-ssh-only` is added (vmbinder-ssh-only,
+    vmbinder-ssh-only-192-0-2-0-24): such a group never lets in 80 or 443."""
     net = _ssh_network(ssh_cidr)
+    only = "-ssh-only" if expose == EXPOSE_SSH else ""
     if net.prefixlen == 0:
-        return "vmbinder"
+        return "vmbinder" + only
     address = net.network_address
     fields = address.exploded.split(":") if net.version == 6 else str(address).split(".")
-    return "vmbinder-ssh-" + "-".join([*fields, str(net.prefixlen)])
+    return (f"vmbinder{only}-" if only else "vmbinder-ssh-") + "-".join([*fields, str(net.prefixlen)])
 
 
-def wanted_rules(ssh_cidr: str) -> set[tuple[str, int, str]]:
+def wanted_rules(ssh_cidr: str, expose: str = EXPOSE_HTTPS) -> set[tuple[str, int, str]]:
     """(ethertype, port, remote prefix) of every ingress rule the group needs."""
-    rules = {("IPv4", p, "0.0.0.0/0") for p in WEB_PORTS} | {("IPv6", p, "::/0") for p in WEB_PORTS}
+    rules = set()
+    if expose != EXPOSE_SSH:
+        rules = ({("IPv4", p, "0.0.0.0/0") for p in WEB_PORTS}
+                 | {("IPv6", p, "::/0") for p in WEB_PORTS})
     net = _ssh_network(ssh_cidr)
     if net.prefixlen == 0:
         rules |= {("IPv4", SSH_PORT, "0.0.0.0/0"), ("IPv6", SSH_PORT, "::/0")}
@@ -301,11 +307,11 @@ def existing_rules(group_rules: list[dict]) -> set[tuple[str, int, str]]:
     return {key for key in map(_rule_key, group_rules) if key is not None}
 
 
-def extra_rules(group_rules: list[dict], ssh_cidr: str) -> list[dict]:
-    """The group's ingress rules that let in more than wanted_rules(ssh_cidr): another
-    port or a range, another protocol or any, another prefix, a remote group.
-    Egress is not vmbinder's concern."""
-    wanted = wanted_rules(ssh_cidr)
+def extra_rules(group_rules: list[dict], ssh_cidr: str, expose: str = EXPOSE_HTTPS) -> list[dict]:
+    """The group's ingress rules that let in more than wanted_rules(ssh_cidr, expose):
+    another port or a range, another protocol or any, another prefix, a remote
+    group. Egress is not vmbinder's concern."""
+    wanted = wanted_rules(ssh_cidr, expose)
     return [r for r in group_rules
             if r.get("direction") == "ingress" and _rule_key(r) not in wanted]
 
@@ -332,11 +338,11 @@ def describe_rule(rule: dict, group_names: dict[str, str] | None = None) -> str:
     return f"{what} from {source} ({rule.get('ethertype') or 'IPv4'})"
 
 
-def refuse_extra_rules(conn, group, ssh_cidr: str) -> None:
+def refuse_extra_rules(conn, group, ssh_cidr: str, expose: str = EXPOSE_HTTPS) -> None:
     """ConfigError when the group vmbinder would use lets in more than it asks for:
     its servers would be open on ports vmbinder never shows. It lists each extra
     rule, and how to remove them or the group (which vmbinder then makes again)."""
-    extra = extra_rules(group.security_group_rules or [], ssh_cidr)
+    extra = extra_rules(group.security_group_rules or [], ssh_cidr, expose)
     if not extra:
         return
     names = {group.id: group.name}
@@ -346,7 +352,8 @@ def refuse_extra_rules(conn, group, ssh_cidr: str) -> None:
     ids = " ".join(r.get("id") or "?" for r in extra)
     raise errors.ConfigError(
         f"security group {group.name} ({group.id}) lets in more than vmbinder asks for "
-        f"(TCP 22, 80 and 443); its servers would be open to:\n"
+        f"(TCP {'22' if expose == EXPOSE_SSH else '22, 80 and 443'}); its servers would be "
+        "open to:\n"
         + "\n".join(f"  {describe_rule(r, names)}  (rule {r.get('id') or '?'})" for r in extra),
         f"remove those rules (openstack security group rule delete {ids}), or delete the "
         f"group and vmbinder makes it again (openstack security group delete {group.id})",

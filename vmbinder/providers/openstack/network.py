@@ -21,39 +21,41 @@ from vmbinder.providers.openstack.common import (
     security_group_name,
     wanted_rules,
 )
-from vmbinder.spec import LaunchSpec
+from vmbinder.spec import EXPOSE_SSH, LaunchSpec
 
 # -- security groups -------------------------------------------------------------
 
 
 def security_group(conn, spec: LaunchSpec, ledger: Ledger, settle_timeout: float):
-    """The group for spec's --ssh-cidr (its id and name), made (and its missing
+    """The group for spec's --ssh-cidr and --expose (its id and name), made (and its missing
     rules added) when needed. A group of that name that lets in more is refused
     before anything is made (common.refuse_extra_rules); ingress rules a cloud
     adds to every new group are removed from the one made here, which is
     vmbinder's."""
-    name = security_group_name(spec.cloud.ssh_cidr)
+    cidr, expose = spec.cloud.ssh_cidr, spec.cloud.expose
+    name = security_group_name(cidr, expose)
     project_id = conn.current_project_id
     with cloud_errors(f"preparing security group {name}"):
         found = list(conn.network.security_groups(name=name, project_id=project_id))
         group = found[0] if found else None
         if group is not None:
-            refuse_extra_rules(conn, group, spec.cloud.ssh_cidr)
+            refuse_extra_rules(conn, group, cidr, expose)
         else:
             with in_flight(ledger, "security group", name,
                            lambda: _sweep_group(conn, name, settle_timeout),
                            f"openstack security group delete {name}"):
                 group = conn.network.create_security_group(
-                    name=name, description="vmbinder: ingress 22, 80 and 443 only")
+                    name=name, description="vmbinder: ingress 22 only" if expose == EXPOSE_SSH
+                    else "vmbinder: ingress 22, 80 and 443 only")
             group_id = group.id
             ledger.add(Created(
                 "security group", group_id, name,
                 lambda: _delete_created_group(conn, group_id, settle_timeout),
                 f"openstack security group delete {group_id}",
             ))
-            for rule in extra_rules(group.security_group_rules or [], spec.cloud.ssh_cidr):
+            for rule in extra_rules(group.security_group_rules or [], cidr, expose):
                 conn.network.delete_security_group_rule(rule["id"], ignore_missing=True)
-        missing = wanted_rules(spec.cloud.ssh_cidr) - existing_rules(group.security_group_rules or [])
+        missing = wanted_rules(cidr, expose) - existing_rules(group.security_group_rules or [])
         if missing:
             conn.network.create_security_group_rules([
                 {"security_group_id": group.id, "direction": "ingress", "protocol": "tcp",

@@ -127,7 +127,7 @@ class OpenStackProvider(Provider):
         # others reuse them, and a rollback of one of them never removes them.
         # The group comes first: one that lets in too much is refused before
         # anything is made.
-        group = self._remember(("group", choice.ssh_cidr), lambda: network.security_group(
+        group = self._remember(("group", choice.ssh_cidr, choice.expose), lambda: network.security_group(
             conn, spec, ledger, self.settle_timeout))
         key_name = self._remember(("keypair", choice.key_name, choice.public_key),
                                   lambda: resolve.keypair(conn, spec, ledger))
@@ -343,8 +343,8 @@ class OpenStackProvider(Provider):
                 seen[key] = resolve.flavor(self.conn, c.flavor, image), place.floating
             flavors.append(seen[key][0])
             floating += seen[key][1]
-        return quotas.check_quota(self.conn, flavors, [s.cloud.ssh_cidr for s in specs],
-                                  floating_ips=floating)
+        groups = [(s.cloud.ssh_cidr, s.cloud.expose) for s in specs]
+        return quotas.check_quota(self.conn, flavors, groups, floating_ips=floating)
 
     def release_orphans(self, names: list[str]) -> list[Removed]:
         """Floating IPs and ports made for these server names and attached to

@@ -50,19 +50,20 @@ def _compute_needs(conn, flavors: list) -> list[Need]:
     ]
 
 
-def _network_needs(conn, count: int, cidrs: list[str], floating_ips: int) -> list[Need]:
+def _network_needs(conn, count: int, wanted: list[tuple[str, str]], floating_ips: int) -> list[Need]:
     with cloud_errors("reading the network quota"):
         quota = conn.network.get_quota(conn.current_project_id, details=True)
         groups, rules = 0, 0
-        for cidr in sorted(set(cidrs)):
-            group = find_or_none(conn.network.find_security_group, security_group_name(cidr),
+        for cidr, expose in sorted(set(wanted)):
+            group = find_or_none(conn.network.find_security_group,
+                                 security_group_name(cidr, expose),
                                  project_id=conn.current_project_id)
             if group is not None:
-                refuse_extra_rules(conn, group, cidr)
+                refuse_extra_rules(conn, group, cidr, expose)
             have = existing_rules(group.security_group_rules or []) if group else set()
             groups += group is None
             # A new group also gets Neutron's two default egress rules.
-            rules += len(wanted_rules(cidr) - have) + (2 if group is None else 0)
+            rules += len(wanted_rules(cidr, expose) - have) + (2 if group is None else 0)
 
     def need(resource: str, detail: dict | None, needed: int) -> Need:
         detail = detail or {}
@@ -78,12 +79,13 @@ def _network_needs(conn, count: int, cidrs: list[str], floating_ips: int) -> lis
     ]
 
 
-def check_quota(conn, flavors: list, cidrs: list[str], *, floating_ips: int) -> list[Need]:
-    """Every quota the batch draws on (floating_ips: how many of its servers get
-    one). QuotaExceeded, naming each short one with its numbers, when one is too
-    small, and ConfigError for a security group that lets in more than vmbinder
-    asks for; nothing is created either way."""
-    needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), cidrs, floating_ips)
+def check_quota(conn, flavors: list, groups: list[tuple[str, str]], *,
+                floating_ips: int) -> list[Need]:
+    """Every quota the batch draws on (groups: the --ssh-cidr and --expose of each
+    server; floating_ips: how many of them get one). QuotaExceeded, naming each
+    short one with its numbers, when one is too small, and ConfigError for a
+    security group that lets in more than vmbinder asks for; nothing is created either way."""
+    needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), groups, floating_ips)
     short = [n for n in needs if n.short]
     if short:
         sizes = Counter(f.name for f in flavors)
