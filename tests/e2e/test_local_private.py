@@ -1,19 +1,18 @@
 """End to end: a private repository. tests/gitserver.py serves a copy of
 examples/local-repo over git's smart HTTP on this machine's loopback (the guest
 reaches it at 10.0.2.2), answering only requests with HTTP basic
-authentication; `vmbinder --cloud local launch --git-token-file FILE` builds
-it, and a kernel runs code through the printed URL and reads a file of the
-private repository. Then the token is searched for everywhere: on the whole
-server (over SSH, its host key checked against the fingerprints the guest
-reports on its status page, and those against the keys cloud-init prints:
-every file but /proc, /sys and /dev, the built image as `docker save` writes
-it, the journal), in every process's arguments on the server while it built
-and on this machine while it launched, in the console, vmbinder's logs and the
-server's metadata. The search is handed the token on its standard input, so it
-plants it nowhere. Every search also looks for things that must be found (the
-Jupyter token in the launch document, a file of the repository in the image),
-so a search that reads nothing cannot pass. Without the token the launch fails
-as a build failure that says why.
+authentication. Without the token `vmbinder --cloud local launch` fails as a
+build failure that says why, and keeps the server until `delete`.
+
+The build with the token (`--git-token-file`), and the search for the token
+everywhere once it is done, are in test_local_workplace.py, on the server whose
+home and volumes that test follows: one launch under qemu for both. The helpers
+they use are here: the served repository, the watcher of every process's
+arguments in the guest during the build, and the search of the whole server
+(every file but /proc, /sys and /dev, the built image as `docker save` writes
+it, the journal), over SSH with the host key checked against the fingerprints
+the guest reports on its status page. The search is handed what it looks for
+on its standard input, so it plants it nowhere.
 
 Needs root, qemu and the baked image (tests/e2e/conftest.py builds it when
 missing). Missing parts fail, never skip.
@@ -25,18 +24,15 @@ import base64
 import hashlib
 import json
 import secrets
-import shlex
 import shutil
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from .conftest import ROOT
-from .test_local_guest import get, ssh_key
+from .test_local_guest import get
 
 pytestmark = pytest.mark.e2e
 
@@ -172,133 +168,6 @@ def launch_argv(name: str, image: Path, url: str, *extra: str) -> list[str]:
 def delete(name: str, env: dict) -> None:
     subprocess.run([sys.executable, "-m", "vmbinder", "--cloud", "local", "delete", name],
                    env=env, capture_output=True, text=True, timeout=120, check=False)
-
-
-def test_a_private_repository_builds_and_its_token_is_nowhere(cli_env, baked_image, tmp_path,
-                                                               private_repo):
-    from tests.kernel import execute
-
-    token = private_repo.token
-    name = "e2e-private"
-    env = {**cli_env, "GIT_ALLOW_PROTOCOL": "file:git:http"}  # this machine asks the remote too
-    token_file = tmp_path / "token"
-    token_file.write_text(token + "\n")
-    token_file.chmod(0o600)
-    pkey = ssh_key(tmp_path / "home")
-    state = tmp_path / "state" / "vmbinder"
-    folder = state / "local" / name
-    host_ps: list[str] = []
-    watcher: dict = {}
-
-    def start_watcher(port: int) -> None:
-        try:
-            ssh(port, pkey, watcher["host_keys"], "setsid nohup python3 -c " + shlex.quote(PS_WATCH)
-                + " >/tmp/vmbinder-ps.log 2>&1 </dev/null &", timeout=120)
-            watcher["started"] = time.monotonic()
-        except Exception as exc:  # noqa: BLE001 - tried again on the next round
-            watcher["error"] = repr(exc)
-            watcher.pop("thread", None)
-
-    proc = subprocess.Popen(launch_argv(name, baked_image, private_repo.url,
-                                        "--git-token-file", str(token_file)),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 2700
-        while proc.poll() is None and time.monotonic() < deadline:
-            host_ps += subprocess.run(["ps", "-eww", "-o", "args"], capture_output=True, text=True,
-                                      check=True).stdout.splitlines()
-            if "started" not in watcher and "thread" not in watcher and (folder / "server.json").exists():
-                meta = json.loads((folder / "server.json").read_text())["metadata"]
-                status = guest_status(meta)
-                # Before the build: the watcher must see it from its start.
-                if status and status.get("host_keys") and status.get("phase") in (
-                        "trust", "mirrors", "proxy", "tls", "docker", "fence", "base-images", "repo2docker"):
-                    watcher["host_keys"] = status["host_keys"]
-                    watcher["thread"] = threading.Thread(
-                        target=start_watcher, args=(int(meta["vmbinder:ssh-port"]),))
-                    watcher["thread"].start()
-            time.sleep(1)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    try:
-        assert proc.returncode == 0, err
-        assert "started" in watcher, f"the ps watcher never started in the guest: {watcher}"
-        doc = json.loads(out)
-        jupyter_token = doc["urls"]["lab"].rsplit("token=", 1)[1]
-        for key, url in doc["urls"].items():
-            code, _ = get(url, context=None)
-            assert code == 200, f"{key}: {url} answered {code}"
-        base = doc["urls"]["lab"].split("/lab?")[0]
-        # The environment computes, and what it computes on is the private repository.
-        assert execute(base, jupyter_token, "print(6 * 7)", context=None).strip() == "42"
-        assert execute(base, jupyter_token, "print(open('/home/jovyan/private.txt').read())",
-                       context=None).strip() == private_repo.marker
-        # This machine resolved the commit with the token, and the guest cloned with it.
-        head = subprocess.run(["git", "ls-remote", private_repo.here, "HEAD"], capture_output=True,
-                              text=True, check=False, env={**env, "GIT_TERMINAL_PROMPT": "0"})
-        assert head.returncode != 0, "the test repository answers without the token"
-        assert doc["commit"] and f"at commit {doc['commit']}" in err, err
-        posts = [r for r in private_repo.requests if r[0] == "POST" and r[2]]
-        assert len(posts) >= 3, private_repo.requests  # ls-refs here, ls-refs and fetch there
-
-        console = (folder / "console.log").read_text(errors="replace")
-        port = int(json.loads((folder / "server.json").read_text())["metadata"]["vmbinder:ssh-port"])
-        # The keys the status page reported are the ones cloud-init printed.
-        block = console.split("-----BEGIN SSH HOST KEY KEYS-----")[-1].split(
-            "-----END SSH HOST KEY KEYS-----")[0]
-        printed = [fingerprint(line.split()[0], base64.b64decode(line.split()[1]))
-                   for line in block.splitlines() if line.startswith("ssh-ed25519 ")]
-        assert printed and set(printed) <= set(watcher["host_keys"]), (printed, watcher["host_keys"])
-        keys = watcher["host_keys"]
-
-        # Every process's arguments on the server while it built.
-        deadline = time.monotonic() + 120
-        while True:
-            found = ssh(port, pkey, keys, "cat /tmp/vmbinder-ps.json 2>/dev/null || true")
-            if found.strip() or time.monotonic() > deadline:
-                break
-            time.sleep(5)
-        ps = json.loads(found)
-        assert ps["samples"] >= 5, ps["samples"]
-        assert [line for line in ps["lines"] if "repo2docker" in line], "the build was never seen"
-        assert not [line for line in ps["lines"] if token in line]
-
-        # The launch document keeps everything but the git token.
-        launch = json.loads(ssh(port, pkey, keys, "sudo cat /etc/vmbinder/launch.json"))
-        assert launch["git_credential"] is None and launch["repo"] == private_repo.url
-        assert ssh(port, pkey, keys, "sudo stat -c %a /etc/vmbinder/launch.json").strip() == "600"
-
-        # The whole server: files, the image, the journal.
-        needles = {"git": token, "jupyter": jupyter_token, "marker": private_repo.marker}
-        result = json.loads(ssh(port, pkey, keys, "sudo python3 -c " + shlex.quote(SEARCH),
-                                stdin=json.dumps(needles)))
-        assert "/etc/vmbinder/launch.json" in result["files"]["jupyter"], result["files"]
-        assert [p for p in result["files"]["marker"] if p.startswith("/var/lib/docker/")], result["files"]
-        assert result["files"]["git"] == [], result["files"]["git"]
-        assert len(result["images"]) == 1 and result["image"]["exit"] == 0, result
-        assert result["image"]["bytes"] > 10_000_000 and "marker" in result["image"]["found"], result
-        assert "git" not in result["image"]["found"]
-        assert result["journal"]["bytes"] > 100_000 and result["journal"]["exit"] == 0, result
-        assert "git" not in result["journal"]["found"]
-
-        # This machine: what the launch printed, its processes, the console, vmbinder's
-        # logs, the server's metadata.
-        assert token not in out + err
-        assert len(host_ps) > 100, "ps was hardly sampled here"
-        assert not [line for line in host_ps if token in line]
-        assert token not in console
-        logs = list((state / "logs").glob("*.log"))
-        assert logs and not [p for p in logs if token in p.read_text(errors="replace")]
-        assert token not in (folder / "server.json").read_text()
-        # The NoCloud seed (the local target's config drive) keeps the user-data as
-        # it was sent, in the server's folder, which only its user can read.
-        assert token.encode() in (folder / "seed.iso").read_bytes()
-        assert folder.stat().st_mode & 0o777 == 0o700
-    finally:
-        delete(name, env)
-    assert not folder.exists()
 
 
 def test_without_the_token_the_build_fails_says_why_and_the_server_is_kept(cli_env, baked_image, tmp_path,

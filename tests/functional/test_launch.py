@@ -201,7 +201,8 @@ def test_expose_ssh_opens_port_22_alone_and_prints_the_tunnel_not_a_url(testbed,
     files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
     assert json.loads(files["/etc/vmbinder/launch.json"]["content"])["expose"] == "ssh"
     table = ok(vmb("status", name))
-    assert f"vmbinder tunnel {name}" in table.stdout and "https://" not in table.stdout
+    assert f"vmbinder tunnel {name}" in table.stdout
+    assert f"https://{out['address']}" not in table.stdout and "/lab" not in table.stdout
     url = vmb("url", name)
     assert url.returncode == 2 and f"vmbinder tunnel {name}" in url.stderr
     refused = vmb(*launch_args(name + "-b", "--expose", "ssh", "--hostname", "lab.example.org",

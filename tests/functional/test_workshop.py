@@ -1,5 +1,5 @@
 """Workshops against the real testbed: 30 seats up, a re-run, a seat deleted by
-hand, the quota check, snapshots, roster and down.
+hand, the quota check, snapshots, roster and down, and each seat's work volume.
 
 The testbed boots nothing, so seats are made with --no-wait; the snapshot path
 runs through the Python API with a hook that says the first seat is built."""
@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from vmbinder.providers.openstack import OpenStackProvider
 from vmbinder.workshops.file import load
 from vmbinder.workshops.up import build_key, up
 
 from .conftest import IMAGE, MEMBER, SOURCE, connect
 from .test_launch import ok
+from .test_volumes import launch_document, project_volumes, refused
 
 TINY = "m1.tiny"  # 1 vCPU, 512 MB: 30 of them fit the raised quota
 
@@ -151,3 +154,119 @@ def test_snapshot_fan_out_on_the_testbed(testbed, vmb, tmp_path, ssh_key):
     removed = json.loads(res.stdout)
     assert [r["id"] for r in removed if r["kind"] == "snapshot"] == [snap.id]
     only_the_keypair_is_left(testbed)
+
+
+@pytest.fixture
+def no_work_volume_left(testbed):
+    """The project has no volume before the test, and none after it (the check of
+    conftest does not look at volumes). A volume left attached is freed first: the
+    servers holding it are removed, as Cinder deletes no attached volume."""
+    assert project_volumes(testbed) == {}, "volumes left by an earlier run"
+    yield
+    left = project_volumes(testbed)
+    if left:
+        testbed.remove([r for r in testbed.owned() if r[0] == "server"])
+        deadline = time.monotonic() + 120
+        while any(v.attachments for v in project_volumes(testbed).values()) \
+                and time.monotonic() < deadline:
+            time.sleep(1)
+        for volume in project_volumes(testbed).values():
+            testbed.admin.block_storage.delete_volume(volume, force=True)
+    assert sorted(left) == [], f"volumes left behind: {sorted(left)}"
+
+
+def work_volumes_of(testbed, seats) -> dict:
+    """Each seat's work volume <seat>-work, read as the admin; no other volume is there."""
+    volumes = project_volumes(testbed)
+    assert sorted(volumes) == sorted(f"{seat}-work" for seat in seats), sorted(volumes)
+    return {seat: volumes[f"{seat}-work"] for seat in seats}
+
+
+def test_each_seat_gets_its_work_volume_kept_by_down_and_back_on_the_next_up(
+        testbed, vmb, tmp_path, ssh_key, no_work_volume_left):
+    seats = ["wsvol-01", "wsvol-02", "wsvol-03"]
+    path = write_workshop(tmp_path, "wsvol", 3, "volume: 1\n")
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=600))
+    assert [s["result"] for s in json.loads(res.stdout)["seats"]] == ["created"] * 3, res.stdout
+    on_cloud = seats_on_cloud(testbed, "wsvol")
+    assert sorted(on_cloud) == seats
+    volumes = work_volumes_of(testbed, seats)
+    for seat in seats:
+        server, volume = on_cloud[seat], volumes[seat]
+        # Made for this seat alone, 1 GB, attached by Nova when it made the seat.
+        assert (volume.size, volume.status) == (1, "in-use")
+        assert [a["server_id"] for a in volume.attachments] == [server.id]
+        assert [a.id for a in testbed.admin.compute.volume_attachments(server)] == [volume.id]
+        assert volume.metadata == {"vmbinder:owner": testbed.user_id, "vmbinder:role": "work",
+                                   "vmbinder:made-for": seat, "vmbinder:last-server": seat}
+        assert server.metadata["vmbinder:volume"] == f"{seat}-work"
+        assert launch_document(testbed, seat)["volumes"]["work"] == {
+            "name": f"{seat}-work", "serial": volume.id[:20], "created": True}
+    listed = json.loads(ok(vmb("volumes", "--format", "json")).stdout)
+    assert sorted((v["name"], v["size_gb"], v["status"], v["attached_to"], v["role"])
+                  for v in listed) == [(f"{seat}-work", 1, "in-use", [seat], "work")
+                                       for seat in seats]
+
+    # Again: every seat kept, and no second volume.
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=600))
+    assert [s["result"] for s in json.loads(res.stdout)["seats"]] == ["kept"] * 3, res.stdout
+    assert {s: v.id for s, v in work_volumes_of(testbed, seats).items()} == \
+        {s: v.id for s, v in volumes.items()}
+
+    # down removes the seats, keeps their volumes, and names them.
+    res = ok(vmb("workshop", "down", str(path), timeout=600))
+    said = " ".join(res.stderr.split())
+    assert "kept 3 work volumes: " in said, res.stderr
+    kept = said.split("kept 3 work volumes: ", 1)[1].split(" (", 1)[0]
+    assert sorted(kept.split(", ")) == [f"{seat}-work" for seat in seats], res.stderr
+    assert f"(vmbinder workshop down --delete-volumes {path} removes them)" in said
+    assert "removed volume" not in said
+    assert seats_on_cloud(testbed, "wsvol") == {}
+    after = work_volumes_of(testbed, seats)
+    for seat in seats:
+        assert after[seat].id == volumes[seat].id
+        assert (after[seat].status, after[seat].attachments) == ("available", [])
+    listed = json.loads(ok(vmb("volumes", "--format", "json")).stdout)
+    assert sorted((v["name"], v["status"], v["attached_to"], v["last_server"]) for v in listed) \
+        == [(f"{seat}-work", "available", [], seat) for seat in seats]
+
+    # One volume removed as a user would; the next up gives that seat a new one
+    # and the other seats their own back.
+    res = ok(vmb("volumes", "delete", "wsvol-03-work"))
+    assert f"removed volume wsvol-03-work ({volumes['wsvol-03'].id})" in res.stderr
+    res = ok(vmb("workshop", "up", str(path), "--no-wait", "--format", "json", timeout=600))
+    assert [s["result"] for s in json.loads(res.stdout)["seats"]] == ["created"] * 3, res.stdout
+    on_cloud = seats_on_cloud(testbed, "wsvol")
+    again = work_volumes_of(testbed, seats)
+    for seat in seats:
+        assert [a["server_id"] for a in again[seat].attachments] == [on_cloud[seat].id]
+        assert again[seat].size == 1
+    for seat in ("wsvol-01", "wsvol-02"):
+        assert again[seat].id == volumes[seat].id
+        assert launch_document(testbed, seat)["volumes"]["work"]["created"] is False
+    assert again["wsvol-03"].id != volumes["wsvol-03"].id
+    assert launch_document(testbed, "wsvol-03")["volumes"]["work"]["created"] is True
+
+    # down --delete-volumes removes them with the seats; nothing is left.
+    res = ok(vmb("workshop", "down", str(path), "--delete-volumes", "--format", "json",
+                 timeout=600))
+    removed = json.loads(res.stdout)
+    assert sorted((r["id"], r["name"]) for r in removed if r["kind"] == "volume") == \
+        sorted((v.id, v.name) for v in again.values())
+    assert sum(r["kind"] == "server" for r in removed) == 3
+    assert "kept" not in res.stderr
+    assert project_volumes(testbed) == {}
+    assert json.loads(ok(vmb("volumes", "--format", "json")).stdout) == []
+    only_the_keypair_is_left(testbed)
+
+
+@pytest.mark.parametrize("size", ["lots", "0", "20000"])
+def test_an_invalid_volume_is_refused_before_anything_is_made(
+        testbed, vmb, tmp_path, ssh_key, no_work_volume_left, size):
+    path = write_workshop(tmp_path, "wsbadvol", 2, f"volume: {size}\n")
+    for command in (("check",), ("up", "--no-wait")):
+        refused(vmb("workshop", *command, str(path)), 2,
+                f"error: {path}:8: volume '{size}' is not a size in GB hint: give each seat's "
+                "work volume size, 1 to 16384: volume: 10")
+    assert testbed.owned() == []
+    assert project_volumes(testbed) == {}
