@@ -158,3 +158,40 @@ def test_a_private_acme_ca_for_every_seat(tmp_path):
                     "acme_ca: https://ca.example/dir\nacme_ca_root: ca.pem\nwildcard_dns: none\n")
     ws = workshop.load(path)
     assert (ws.acme.ca, ws.acme.ca_root, ws.acme.wildcard_dns) == ("https://ca.example/dir", pem, ())
+
+
+def test_down_with_volumes_removes_only_this_users_work_volumes_unless_forced(monkeypatch):
+    """Work volumes are found by name (<seat>-work): another user's volume of that
+    name stays unless --force, as another user's seats do."""
+    from vmbinder.providers.base import META, Removed, Volume
+    from vmbinder.workshops import seats
+
+    ws = workshop.parse(HEAD + "seats: 2\nvolume: 1\n")
+    mine, theirs = (Volume(id=f"v{n}", name=f"{seat.name}-work", size_gb=1, status="available",
+                           attached_to=(), metadata={META + "owner": owner})
+                    for n, (seat, owner) in enumerate(zip(ws.seats, ("me", "someone"), strict=True)))
+
+    class Target:
+        deleted: list[str] = []
+
+        def supports(self, verb):
+            return verb == "volumes"
+
+        def volumes(self):
+            return [v for v in (mine, theirs) if v.name not in self.deleted]
+
+        def current_owner(self):
+            return "me"
+
+        def delete_volume(self, volume):
+            self.deleted.append(volume.name)
+            return [Removed("volume", volume.id, volume.name)]
+
+    monkeypatch.setattr(seats, "seats_of", lambda provider, w: {})
+    monkeypatch.setattr(seats, "release_orphans", lambda provider, names: [])
+    target = Target()
+    removed = seats.down(target, ws, volumes=True)
+    assert [r.name for r in removed] == [mine.name]
+    assert [v.name for v in seats.work_volumes(target, ws)] == [theirs.name]  # kept, and said so
+    removed = seats.down(target, ws, volumes=True, force=True)
+    assert [r.name for r in removed] == [theirs.name] and seats.work_volumes(target, ws) == []

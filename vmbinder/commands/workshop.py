@@ -300,12 +300,17 @@ def down(obj, file, snapshots, force, delete_volumes, fmt) -> None:
     try:
         removed = seats.down(provider, workshop, snapshots=snapshots, reporter=progress,
                              force=force, volumes=delete_volumes)
-        kept = [] if delete_volumes else seats.work_volumes(provider, workshop)
+        kept = seats.work_volumes(provider, workshop)
     finally:
         progress.stop()
     print_removed(fmt, removed, stderr())
     if kept:
-        stderr().print(f"kept {len(kept)} work volumes: {', '.join(v.name for v in kept)} "
-                       f"(vmbinder workshop down --delete-volumes {file} removes them)")
+        from rich.markup import escape
+
+        many = f"{len(kept)} work volume{'s' if len(kept) != 1 else ''}"
+        how = (f"other users made them: vmbinder workshop down --delete-volumes --force {file} "
+               "removes them too" if delete_volumes
+               else f"vmbinder workshop down --delete-volumes {file} removes them")
+        stderr().print(escape(f"kept {many}: {', '.join(v.name for v in kept)} ({how})"))
     if fmt not in ("json", "value") and not removed:
         stderr().print(f"nothing of workshop {workshop.name} was left to remove")

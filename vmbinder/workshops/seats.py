@@ -146,8 +146,9 @@ def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
          force: bool = False, volumes: bool = False) -> list[Removed]:
     """Remove every seat of the workshop (its floating IP with it) and, with
     snapshots=True, its snapshots, with volumes=True the seats' work volumes (see
-    work_volumes; else they are kept). Safe to run again: then it removes nothing.
-    Seats another user launched are refused, before any is removed, unless force."""
+    work_volumes; else they are kept; other users' only with force). Safe to run
+    again: then it removes nothing. Seats another user launched are refused,
+    before any is removed, unless force."""
     reporter = reporter or NullBatchReporter()
     found = seats_of(provider, workshop)
     if not force:
@@ -174,8 +175,11 @@ def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,
         for snap in provider.snapshots({P_WORKSHOP: workshop.name}):
             removed += provider.delete_snapshot(snap)
     if volumes:
+        # Another user's volumes of the same names stay, unless force (as for seats).
+        user = provider.current_owner()
         for volume in work_volumes(provider, workshop):
-            removed += provider.delete_volume(volume)
+            if force or user is None or volume.meta("owner") in (None, user):
+                removed += provider.delete_volume(volume)
     if errors_seen:
         raise errors.CleanupFailed(
             "could not remove these seats:\n"
