@@ -864,8 +864,11 @@ def apply_metadata(doc):
     """`metadata`: every boot, after cloud-init, before the environment. Everything
     but root refused the metadata service (IPv6 too where ip6tables works; a server
     without it still starts), and cloud-init's copies of the user-data scrubbed again once
-    the launch document holds no token (the build has had it; before, it needs it)."""
+    the launch document holds no token (the build has had it; before, it needs it).
+    It also prints the SSH host keys on the console again: cloud-init prints them
+    on the first boot only, and vmbinder ssh checks the server's key against them."""
     doc = load_again(doc)
+    print_host_keys()
     refuse_metadata(*METADATA[0])
     try:
         refuse_metadata(*METADATA[1])

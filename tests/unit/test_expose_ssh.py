@@ -309,3 +309,13 @@ def test_the_guest_of_expose_ssh_starts_no_proxy_asks_for_no_certificate_and_pri
     assert [str(k) for k in remote.console_host_keys(console)] == [SEAT_KEY_SHA256]
     # The block comes before the steps: vmbinder can log in while the server builds.
     assert console.index("-----BEGIN SSH HOST KEY KEYS-----") < console.index('"phase": "trust"')
+    # Every boot prints them again (cloud-init does on the first boot only), so
+    # vmbinder ssh can check the key after a reboot.
+    from tests.unit.test_guest_metadata import ip6_recorder
+
+    ip6_recorder(guest)
+    (guest.root / "dev/console").write_text("")
+    res = guest.run("metadata")
+    assert res.returncode == 0, res.stderr
+    console = (guest.root / "dev/console").read_text()
+    assert [str(k) for k in remote.console_host_keys(console)] == [SEAT_KEY_SHA256]
