@@ -783,29 +783,36 @@ def apply_fence(doc):
     return 0
 
 
-def ensure_fence(doc):
-    if not doc.get("fence"):
-        return "none needed"
-    script = os.path.abspath(__file__)
-    changed = write(f"{where(doc, 'unit_dir')}/{FENCE_UNIT}", f"""[Unit]
-Description=vmbinder fence: only the named ports of the launching machine
+def boot_unit(doc, name, description, command, install_extra=""):
+    """A oneshot unit that runs this script's command at every boot, after
+    cloud-init and Docker, before the environment; (re)started when it changed
+    or does not run."""
+    changed = write(f"{where(doc, 'unit_dir')}/{name}", f"""[Unit]
+Description={description}
 After=docker.service cloud-init.service cloud-init-network.service
 Before=vmbinder-env.service
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/usr/bin/python3 {script} fence
+ExecStart=/usr/bin/python3 {os.path.abspath(__file__)} {command}
 
 [Install]
 WantedBy=multi-user.target
-""")
+{install_extra}""")
     if changed:
         run(doc, ["systemctl", "daemon-reload"])
-        run(doc, ["systemctl", "enable", FENCE_UNIT])
-        run(doc, ["systemctl", "restart", FENCE_UNIT])
-    elif not ok(["systemctl", "is-active", "--quiet", FENCE_UNIT]):
-        run(doc, ["systemctl", "start", FENCE_UNIT])
+        run(doc, ["systemctl", "enable", name])
+        run(doc, ["systemctl", "restart", name])
+    elif not ok(["systemctl", "is-active", "--quiet", name]):
+        run(doc, ["systemctl", "start", name])
+
+
+def ensure_fence(doc):
+    if not doc.get("fence"):
+        return "none needed"
+    boot_unit(doc, FENCE_UNIT, "vmbinder fence: only the named ports of the launching machine",
+              "fence")
     ports = ", ".join(map(str, doc["fence"]["ports"])) or "none"
     return f"{doc['fence']['host']}: ports {ports} only"
 
@@ -881,27 +888,8 @@ def apply_metadata(doc):
 
 
 def ensure_metadata(doc):
-    script = os.path.abspath(__file__)
-    changed = write(f"{where(doc, 'unit_dir')}/{METADATA_UNIT}", f"""[Unit]
-Description=vmbinder: containers refused the cloud's metadata service
-After=docker.service cloud-init.service cloud-init-network.service
-Before=vmbinder-env.service
-
-[Service]
-Type=oneshot
-RemainAfterExit=yes
-ExecStart=/usr/bin/python3 {script} metadata
-
-[Install]
-WantedBy=multi-user.target
-RequiredBy=vmbinder-env.service
-""")
-    if changed:
-        run(doc, ["systemctl", "daemon-reload"])
-        run(doc, ["systemctl", "enable", METADATA_UNIT])
-        run(doc, ["systemctl", "restart", METADATA_UNIT])
-    elif not ok(["systemctl", "is-active", "--quiet", METADATA_UNIT]):
-        run(doc, ["systemctl", "start", METADATA_UNIT])
+    boot_unit(doc, METADATA_UNIT, "vmbinder: containers refused the cloud's metadata service",
+              "metadata", install_extra="RequiredBy=vmbinder-env.service\n")
     return f"{METADATA[0][0]} refused to containers"
 
 
