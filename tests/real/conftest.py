@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +147,24 @@ def repo_url(real_testbed) -> str:
     from vmbinder.localrepo import serve
 
     with serve(ROOT / "examples" / "local-repo", listen=INET_ADDRESS) as url:
+        yield url
+
+
+#: The line the failing repository's build prints before it fails.
+FAILS_ON_PURPOSE = "this build fails on purpose"
+
+
+@pytest.fixture
+def failing_repo_url(real_testbed, tmp_path) -> str:
+    """examples/local-repo with a last Dockerfile step that prints FAILS_ON_PURPOSE
+    and exits 3, over git:// from "the internet" as repo_url serves its original."""
+    from vmbinder.localrepo import serve
+
+    folder = tmp_path / "failing-repo"
+    shutil.copytree(ROOT / "examples" / "local-repo", folder)
+    with (folder / "Dockerfile").open("a") as dockerfile:
+        dockerfile.write(f'RUN echo "{FAILS_ON_PURPOSE}" && exit 3\n')
+    with serve(folder, listen=INET_ADDRESS) as url:
         yield url
 
 

@@ -7,26 +7,51 @@ through the router's NAT) at the first try; every printed URL answers through
 the floating IP with the token, the certificate checked against the CA's root,
 a wrong token is refused, a kernel runs code through the printed URL; from "the
 internet" only 22, 80 and 443 answer on the floating IP; the public APIs answer
-from inside the guest; after a soft and a hard reboot the same URL answers
-again; `delete` leaves nothing owned by vmbinder.
+from inside the guest; `vmbinder ssh` runs commands through the floating IP, the
+host key checked against the console, and returns their exit status; `vmbinder
+tunnel` carries Jupyter to this machine's loopback; a file and an edited
+notebook saved through Jupyter's contents API are in the server's home; after a
+soft and a hard reboot the same URL answers again and the work is still there;
+the notebook's kernel cannot reach the cloud's metadata service, which the
+server itself can; `delete` leaves nothing owned by vmbinder.
+
+A second launch, beside the first (both guests boot at once, which costs less
+wall time than one after the other), builds a repository whose build fails:
+its server is kept, with exit 6 and the commands to read its log and remove it;
+`list`, `status` and `logs` show it, the log read through the server's
+token-protected status service; `delete` removes it. `vmbinder ssh` after each
+reboot is checked last, so that a failure there leaves the rest shown.
 """
 
 from __future__ import annotations
 
 import json
 import selectors
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tests.e2e.test_local_guest import ssh_key, ssh_run
 from tests.kernel import execute
+from vmbinder import errors
 
-from .conftest import FLAVOR, INET_ADDRESS, cli_environment, only_the_keypair_is_left, stack_memory, vmbinder
+from .conftest import (
+    FAILS_ON_PURPOSE,
+    FLAVOR,
+    INET_ADDRESS,
+    cli_environment,
+    only_the_keypair_is_left,
+    stack_memory,
+    vmbinder,
+)
 
 pytestmark = pytest.mark.real
 TIMEOUT = 1800
@@ -116,24 +141,194 @@ def console_of(testbed, server) -> str:
 
 
 BOOT_ID = "cat /proc/sys/kernel/random/boot_id"
+#: The cloud's metadata service, which holds the server's user-data (and so its token).
+USER_DATA_URL = "http://169.254.169.254/openstack/latest/user_data"
+#: Run in the notebook's kernel: what asking the metadata service gives.
+METADATA_PROBE = f"""
+import urllib.error, urllib.request
+try:
+    with urllib.request.urlopen("{USER_DATA_URL}", timeout=5) as resp:
+        print("answered", resp.status)
+except urllib.error.HTTPError as exc:
+    print("answered", exc.code)
+except OSError as exc:
+    reason = getattr(exc, "reason", exc)
+    print("failed", type(reason).__name__, getattr(reason, "errno", None), reason)
+"""
+#: What this test saves in the home through Jupyter, as JupyterLab saves files.
+EDITED = "# edited on the server"
+KEPT = "kept across reboots\n"
+
+
+def assert_no_metadata(out: str) -> None:
+    """METADATA_PROBE's output says the connection failed: refused, unreachable or no answer."""
+    words = out.split()
+    assert words[0] == "failed", f"the kernel reached the metadata service: {out}"
+    assert words[1] in ("ConnectionRefusedError", "TimeoutError") or words[2] in ("101", "113"), out
+
+
+def server_run(env: dict, name: str, command: str) -> str:
+    """command's output on the server through `vmbinder ssh NAME -- command`
+    (vmbinder checks the host key against the console); it must exit 0."""
+    res = vmbinder(env, "ssh", name, "--", command, timeout=300)
+    assert res.returncode == 0, f"vmbinder ssh {name} -- {command}: exit {res.returncode}\n{res.stderr}"
+    return res.stdout
+
+
+def contents(base: str, token: str, context: ssl.SSLContext, path: str, method: str = "GET",
+             body: dict | None = None) -> dict:
+    """Jupyter's contents API on path in the home (what JupyterLab opens and saves with)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{base}/api/contents/{path}?token={token}", data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60, context=context) as resp:
+        return json.loads(resp.read())
+
+
+def save_work(base: str, token: str, context: ssl.SSLContext) -> None:
+    """Edit the repository's notebook and add a file in a new folder."""
+    notebook = contents(base, token, context, "index.ipynb")["content"]
+    notebook["cells"] = [{"cell_type": "markdown", "metadata": {}, "source": EDITED}]
+    contents(base, token, context, "index.ipynb", "PUT",
+             {"type": "notebook", "format": "json", "content": notebook})
+    contents(base, token, context, "notes", "PUT", {"type": "directory"})
+    contents(base, token, context, "notes/kept.txt", "PUT",
+             {"type": "file", "format": "text", "content": KEPT})
+
+
+def work_is_there(base: str, token: str, context: ssl.SSLContext) -> None:
+    notebook = contents(base, token, context, "index.ipynb")["content"]
+    assert [c["source"] for c in notebook["cells"]] == [EDITED], notebook["cells"]
+    assert contents(base, token, context, "notes/kept.txt")["content"] == KEPT
+
+
+def spawn(env: dict, folder: Path, *args: str) -> subprocess.Popen:
+    """`vmbinder ARGS` running in the background, its stdout and stderr going to
+    files in folder (a pipe nobody reads while it runs could fill up)."""
+    with open(folder / "stdout", "w") as out, open(folder / "stderr", "w") as err:
+        return subprocess.Popen([sys.executable, "-m", "vmbinder", *args], env=env, stdout=out,
+                                stderr=err, text=True)
+
+
+def ended(proc: subprocess.Popen, folder: Path, timeout: float = TIMEOUT + 300) -> tuple[str, str]:
+    """(stdout, stderr) of a spawned command, once it has ended."""
+    proc.wait(timeout=timeout)
+    return (folder / "stdout").read_text(), (folder / "stderr").read_text()
+
+
+def wait_created(testbed, name: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until Nova has the server name (its security group and keypair are then
+    there, for a second launch to find), or the launch that makes it has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(s.name == name for s in testbed.admin.compute.servers(
+                all_projects=True, project_id=testbed.project_id, tags="vmbinder")):
+            return
+        time.sleep(2)
+
+
+def check_failed_build(env: dict, name: str, code: int, stderr: str, beside: str) -> None:
+    """A launch whose build failed (its exit code and stderr): exit 6 with the
+    commands to read its log and remove it; `list` (beside the other server,
+    `beside`), `status` and `logs` show the kept server, its log read through
+    the status service; `delete` removes it."""
+    def cli(*args: str) -> str:
+        res = vmbinder(env, *args, timeout=300)
+        assert res.returncode == 0, f"vmbinder {' '.join(args)}: exit {res.returncode}\n{res.stderr}"
+        return res.stdout
+
+    assert code == errors.BuildFailed.exit_code == 6, stderr
+    assert "error: the guest step 'build' failed:" in stderr, stderr
+    assert f"vmbinder logs {name}" in stderr, stderr
+    assert f"remove it with: vmbinder delete {name}" in stderr, stderr
+
+    listed = json.loads(cli("list", "--format", "json"))
+    assert sorted((s["name"], s["status"]) for s in listed) == [(name, "active"), (beside, "active")], listed
+    status = json.loads(cli("status", name, "--format", "json"))
+    assert status["failed"] == "build", status
+    assert (status["guest"]["phase"], status["guest"]["status"]) == ("build", "failed"), status
+
+    log = cli("logs", name)
+    printed = [line for line in log.splitlines()
+               if line.rstrip().endswith(FAILS_ON_PURPOSE) and "echo" not in line]
+    assert printed, f"the failing step's own output is not in the log: {log[-3000:]}"
+    tail = json.loads(cli("logs", name, "-n", "3", "--format", "json"))
+    assert tail["name"] == name and len(tail["log"].splitlines()) == 3, tail
+    assert (tail["phase"], tail["status"], tail["ready"]) == ("build", "failed", False), tail
+
+    cli("delete", name, "--format", "json")
+    assert [s["name"] for s in json.loads(cli("list", "--format", "json"))] == [beside]
+
+
+def check_tunnel(env: dict, name: str, token: str, wait: float = 120) -> None:
+    """`vmbinder tunnel NAME --format json` prints one line with its port and
+    URLs first, carries Jupyter's API to this machine's loopback (plain HTTP),
+    and ends with exit 0 on Ctrl-C (SIGINT)."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmbinder", "tunnel", name, "--format", "json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(timeout=wait)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            proc.kill()
+            _, err = proc.communicate(timeout=30)
+            raise AssertionError(f"the tunnel printed nothing in {wait:.0f} s "
+                                 f"(exit {proc.returncode}): {err}")
+        doc = json.loads(line)
+        local = f"http://127.0.0.1:{doc['port']}"
+        assert doc["name"] == name and doc["urls"]["lab"] == f"{local}/lab?token={token}", doc
+        with urllib.request.urlopen(f"{local}/api/status?token={token}", timeout=60) as resp:
+            assert resp.status == 200
+            assert "started" in json.loads(resp.read()), "not Jupyter's own answer"
+        try:
+            urllib.request.urlopen(f"{local}/api/status?token=wrong", timeout=60).close()
+            raise AssertionError("Jupyter took a wrong token through the tunnel")
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (401, 403), exc.code
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert f"tunnel to {name} closed" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
-        real_testbed, uploaded_image, repo_url, acme_ca, tmp_path, phase):
-    tb, name = real_testbed, "real-launch"
+        real_testbed, uploaded_image, repo_url, failing_repo_url, acme_ca, tmp_path, phase):
+    tb, name, failed = real_testbed, "real-launch", "real-failed"
     (tmp_path / "home").mkdir()
     env = cli_environment(tmp_path / "home")
     key = ssh_key(tmp_path / "home")
     phase("set-up")
 
-    res = vmbinder(env, "launch", "--name", name, "--image", uploaded_image, "--flavor", FLAVOR,
-                   "--acme-ca", acme_ca.directory, "--acme-ca-root", str(acme_ca.roots),
-                   "--format", "json", "--timeout", str(TIMEOUT), repo_url, timeout=TIMEOUT + 300)
-    assert res.returncode == 0, res.stderr
-    doc = json.loads(res.stdout)
-    phase("launch until every URL answers")
-    phase.note(f"memory with one guest (RSS, PSS MiB): {stack_memory()}")
+    failing = None
     try:
+        for folder in ("launch", "failing"):
+            (tmp_path / folder).mkdir()
+        launch = spawn(env, tmp_path / "launch", "launch", "--name", name, "--image", uploaded_image,
+                       "--flavor", FLAVOR, "--acme-ca", acme_ca.directory, "--acme-ca-root",
+                       str(acme_ca.roots), "--format", "json", "--timeout", str(TIMEOUT), repo_url)
+        # The failing build boots beside it, once the group and keypair they share are
+        # made; the server's own CA (--tls internal) lets `status` and `logs` check its
+        # certificate against the root its console vouches for.
+        wait_created(tb, name, launch)
+        failing = spawn(env, tmp_path / "failing", "launch", "--name", failed, "--image",
+                        uploaded_image, "--flavor", FLAVOR, "--tls", "internal", "--timeout",
+                        str(TIMEOUT), failing_repo_url)
+        out, err = ended(launch, tmp_path / "launch")
+        assert launch.returncode == 0, err
+        doc = json.loads(out)
+        phase("launch until every URL answers (a failing build launched beside it)")
+        phase.note(f"memory with two guests (RSS, PSS MiB): {stack_memory()}")
+        _, err = ended(failing, tmp_path / "failing")
+        phase("the failing build's launch ends")
+        check_failed_build(env, failed, failing.returncode, err, beside=name)
+        phase("list, status, logs and delete of the failed build's server")
+
         server = tb.server(name)
         # Asked for by default: neither the image nor Nova forces one here.
         assert server.has_config_drive in (True, "True"), server.has_config_drive
@@ -163,6 +358,28 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         assert out.split()[0] == "45", out
         phase("URLs with the CA's certificate, a wrong token, a kernel through the printed URL")
 
+        # Work saved in Jupyter is in the server's home folder, bound into the container.
+        save_work(base, token, context)
+        work_is_there(base, token, context)
+        assert server_run(env, name, "sudo cat /srv/vmbinder/home/notes/kept.txt") == KEPT
+        # `vmbinder ssh` reaches the same server as the test's own pinned connection,
+        # and the command's exit status comes back, in JSON too.
+        assert server_run(env, name, BOOT_ID) == guest_run(address, key, console, BOOT_ID)
+        res = vmbinder(env, "ssh", name, "--format", "json", "--", "false", timeout=300)
+        assert res.returncode == 1, res.stderr
+        assert json.loads(res.stdout) == {"name": name, "command": "false", "exit_status": 1,
+                                          "stdout": "", "stderr": ""}, res.stdout
+        check_tunnel(env, name, token)
+        phase("work saved through the contents API, vmbinder ssh and vmbinder tunnel")
+
+        # The server reaches the cloud's metadata service (as root: the guest refuses
+        # it to every other user there too); the notebook's kernel, which runs
+        # whatever the repository or its user asks, does not.
+        code = server_run(env, name, f"sudo curl -s -o /dev/null -w '%{{http_code}}' {USER_DATA_URL}")
+        assert code == "200", code
+        assert_no_metadata(execute(base, token, METADATA_PROBE, context=context))
+        phase("the metadata service: the server reaches it, the kernel does not")
+
         # The security group really filters: only 22, 80 and 443 answer; every
         # other port gives no answer at all (dropped, not refused).
         opened, refused = scan(address)
@@ -174,6 +391,7 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
                              f"http://{INET_ADDRESS}:45500/v3")
         assert keystone == "200", keystone
 
+        through_cli = []
         for kind in ("SOFT", "HARD"):
             before = guest_run(address, key, console, BOOT_ID)
             tb.admin.compute.reboot_server(server, kind)
@@ -183,9 +401,26 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
             after = guest_run(address, key, console, BOOT_ID)  # the host keys of the first boot
             assert after != before, f"the {kind} reboot did not restart the guest"
             assert get(doc["urls"]["lab"], context) == 200
-            phase(f"{kind.lower()} reboot until the same URL answers")
+            work_is_there(base, token, context)
+            # Checked once the work and the hard reboot are: see below.
+            through_cli.append((kind, after, vmbinder(env, "ssh", name, "--", BOOT_ID, timeout=300)))
+            phase(f"{kind.lower()} reboot until the same URL answers, the work still there")
+        assert_no_metadata(execute(base, token, METADATA_PROBE, context=context))
+
+        # `vmbinder ssh` after each reboot: the console it checks the host key
+        # against must still show the key.
+        for kind, boot_id, res in through_cli:
+            assert (res.returncode, res.stdout) == (0, boot_id), \
+                f"vmbinder ssh {name} after the {kind} reboot: exit {res.returncode}: {res.stderr}"
     finally:
         res = vmbinder(env, "delete", name, "--format", "json", timeout=300)
+        if failing is not None:
+            if failing.poll() is None:
+                failing.send_signal(signal.SIGINT)  # Ctrl-C: the launch removes what it made
+                failing.wait(timeout=300)
+            if any(s.name == failed for s in tb.admin.compute.servers(
+                    all_projects=True, project_id=tb.project_id, tags="vmbinder")):
+                vmbinder(env, "delete", failed, "--format", "json", timeout=300)
     assert res.returncode == 0, res.stderr
     only_the_keypair_is_left(tb, uploaded_image)
     phase("delete")
