@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vmbinder import errors, reach, urls
+from vmbinder import errors, reach
 from vmbinder.guestcontract import LAYOUT
 from vmbinder.providers.base import Provider, Server
 
@@ -48,12 +48,11 @@ class Reader:
 
             self.through = remote.Through(provider, server)
 
-    def url(self, offset: int) -> str:
-        base = reach.access(self.server).base
-        if base is None:
+    def check_address(self) -> None:
+        """BadRequest when the server has no public address yet (over HTTPS)."""
+        if reach.access(self.server).base is None:
             raise errors.BadRequest(f"{self.server.name} has no public address yet",
                                     f"wait for it: vmbinder status {self.server.name}")
-        return urls.url_for(base, "vmbinder/log", self.server.meta("token"), f"offset={offset}")
 
     def read(self, offset: int = 0) -> Chunk | None:
         """The log from offset, or None when the status service does not answer."""
@@ -65,7 +64,7 @@ class Reader:
                 return None
             self.trusted = True
         if self.through is None:
-            self.url(offset)  # a server with no address yet says so
+            self.check_address()
         status, body, _ = reach.guest_get(self.server, "vmbinder/log", f"offset={offset}",
                                           context=self.context, through=self.through, timeout=20,
                                           limit=1 << 22)

@@ -11,11 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from tests.unit.fakes import FakeProvider
-from tests.unit.test_local_provider import FakeQemu, launched, make_image, provider, spec
+from tests.unit.test_local_provider import env, fake, launched, provider, spec  # noqa: F401 (fixtures)
 from vmbinder import cloudinit, errors, launchdoc, lifecycle
 from vmbinder.commands import volumes as volume_commands
 from vmbinder.commands.main import cli
-from vmbinder.images import folder as img
 from vmbinder.providers.base import DATA, META, WORK, Ledger, Removed, Volume, VolumeUse
 from vmbinder.providers.local import volumes as local_volumes
 from vmbinder.sources import resolve_source
@@ -181,21 +180,6 @@ def test_volumes_delete_refuses_others_and_attached_ones_before_deleting_any():
 
 
 # -- the local target ----------------------------------------------------------------
-
-@pytest.fixture
-def env(tmp_path):
-    images = tmp_path / "images"
-    make_image(images, "debian-12")
-    return {"HOME": str(tmp_path / "home"), "XDG_STATE_HOME": str(tmp_path / "state"),
-            img.IMAGES_ENV: str(images)}
-
-
-@pytest.fixture
-def fake():
-    f = FakeQemu()
-    yield f
-    f.reap()
-
 
 def test_local_volumes_are_disks_with_a_record_beside_the_servers(env, fake, tmp_path):
     p = provider(env, fake)

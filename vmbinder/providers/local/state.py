@@ -93,13 +93,19 @@ def read_state(folder: Path) -> dict:
 
 def write_state(folder: Path, doc: dict) -> None:
     """Replace the server.json of a server's folder at once (readable by its user only)."""
-    tmp = folder / f".{SERVER_JSON}.tmp"
+    write_private_json(folder / SERVER_JSON, doc)
+
+
+def write_private_json(path: Path, doc: dict) -> None:
+    """Replace the JSON file at path at once, readable by its user only (a
+    leftover temporary file with a wider mode is narrowed first)."""
+    tmp = path.parent / f".{path.name}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, folder / SERVER_JSON)
+    os.replace(tmp, path)
 
 
 def record(folder: Path, doc: dict, proc: Path) -> Server:

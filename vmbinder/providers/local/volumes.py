@@ -65,13 +65,7 @@ def read(root: Path, name: str) -> dict | None:
 
 
 def write(root: Path, doc: dict) -> None:
-    path = root / f"{doc['name']}{RECORD}"
-    tmp = root / f".{doc['name']}{RECORD}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    state.write_private_json(root / f"{doc['name']}{RECORD}", doc)
 
 
 def documents(root: Path) -> list[dict]:
