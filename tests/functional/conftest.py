@@ -174,21 +174,27 @@ def name(request) -> str:
 def quota(testbed):
     """Set the member project's quotas as the admin; reverted afterwards."""
     a = testbed.admin
-    changed = {"compute": False, "network": False}
+    changed = {"compute": False, "network": False, "volume": False}
 
-    def set_quota(*, compute: dict | None = None, network: dict | None = None):
+    def set_quota(*, compute: dict | None = None, network: dict | None = None,
+                  volume: dict | None = None):
         if compute:
             a.compute.update_quota_set(testbed.project_id, **compute)
             changed["compute"] = True
         if network:
             a.network.update_quota(testbed.project_id, **network)
             changed["network"] = True
+        if volume:
+            a.block_storage.update_quota_set(testbed.project_id, **volume)
+            changed["volume"] = True
 
     yield set_quota
     if changed["compute"]:
         a.compute.revert_quota_set(testbed.project_id)
     if changed["network"]:
         a.network.delete_quota(testbed.project_id)
+    if changed["volume"]:
+        a.block_storage.revert_quota_set(testbed.project_id)
 
 
 

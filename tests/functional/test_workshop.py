@@ -119,6 +119,18 @@ def test_the_quota_check_refuses_a_too_large_workshop_with_nothing_made(testbed,
     assert testbed.owned() == []
 
 
+def test_the_quota_check_counts_the_seats_work_volumes(testbed, vmb, quota, tmp_path,
+                                                       no_work_volume_left):
+    quota(volume={"gigabytes": 5})
+    path = write_workshop(tmp_path, "wsgb", 3, "volume: 2\n")
+    res = vmb("workshop", "up", str(path), "--no-wait")
+    assert res.returncode == 4, res.stderr
+    said = " ".join(res.stderr.split())
+    assert "quota is too small for 3 servers" in said and "volume GB: needs 6, 5 left of 5" in said
+    assert "volumes:" not in said and "instances" not in said  # only the short ones are named
+    assert testbed.owned() == [] and project_volumes(testbed) == {}
+
+
 def test_snapshot_fan_out_on_the_testbed(testbed, vmb, tmp_path, ssh_key):
     """The first seat is snapshotted (stopped, imaged, started), the others boot
     from the snapshot; a later up reuses it; down --snapshot removes it."""

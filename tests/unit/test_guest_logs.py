@@ -172,15 +172,18 @@ def test_a_launch_shows_the_build_output_while_it_waits(served):
 
 
 def test_once_ready_the_page_in_front_of_a_jupyter_that_does_not_answer_is_no_200(served):
-    """Caddy shows the page as /vmbinder/page when Jupyter does not answer; after
-    the environment was ready that is a restart, and probes must not take it for Jupyter."""
+    """Caddy shows the page as /vmbinder/unavailable when Jupyter does not answer;
+    after the environment was ready that is a restart, and probes must not take it
+    for Jupyter. The page asked for by its own path is a 200 once ready."""
     doc, _, port = served
     guest.write_state(doc, phase="ready", status="done", ready=True, started=0)
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as resp:
-        assert resp.status == 200  # the status page itself, asked for by its own path
+    for path in ("/", "/vmbinder/page"):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            assert resp.status == 200 and b"restarting" not in resp.read()
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/vmbinder/page", timeout=10)
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{guest.FALLBACK_PATH}", timeout=10)
     assert info.value.code == 503 and b"restarting" in info.value.read()
+    assert f"rewrite * {guest.FALLBACK_PATH}" in guest.caddyfile(doc, None)
 
 
 class Recording(OneServer):

@@ -64,7 +64,7 @@ def test_the_caddyfile_for_an_address_under_acme(monkeypatch):
         "\t}\n"
         "\t# Only errors inside Caddy land here (Jupyter not answering yet): show progress.\n"
         "\thandle_errors {\n"
-        "\t\trewrite * /vmbinder/page\n"
+        "\t\trewrite * /vmbinder/unavailable\n"
         "\t\treverse_proxy 127.0.0.1:8081\n"
         "\t}\n"
         "}\n")

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from vmbinder import errors, launchdoc
 from vmbinder.commands import image as image_commands
 from vmbinder.images import build as gi
-from vmbinder.images import rootfs
+from vmbinder.images import dockerstore, rootfs
 
 guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
 
@@ -195,6 +195,10 @@ class FakeRun:
                 tar.add(argv[argv.index("-C") + 1], arcname=".")
         elif argv[0] == "dpkg-query":
             return "".join(f"{p} 1.0-1\n" for p in argv[5:])
+        elif argv[:1] == ["chroot"] and "import" in argv:  # the bake's docker import
+            store = Path(argv[1]) / dockerstore.DOCKER_DATA / "image/overlay2"
+            store.mkdir(parents=True, exist_ok=True)
+            (store / "repositories.json").write_text(json.dumps({"Repositories": {argv[-1]: {}}}))
         elif "freeze" in argv:
             return "jupyterlab==4.4.1\nnotebook==7.4.1\njupyter_server==2.16.0\ntornado==6.5\n"
         return ""
@@ -253,9 +257,11 @@ def test_stock_build_commands_and_image_json_contract(host, tmp_path):
     assert "--include=" + ",".join(gi.DEBOOTSTRAP_INCLUDE) in first
     assert run.chroot_steps() == [["ca"], ["apt", *gi.GUEST_PACKAGES], ["finish"], ["trim"]]
     mounts = [c for c in run.calls if c[0] in ("mount", "umount")]
+    # the rootfs bound onto itself first (its / a mount point), unbound last
     assert [c[-1] for c in mounts] == [str(root / d) for d in
-                                       ("dev", "dev/pts", "proc", "sys", "sys", "proc",
-                                        "dev/pts", "dev")]
+                                       ("", "dev", "dev/pts", "proc", "sys", "sys", "proc",
+                                        "dev/pts", "dev", "")]
+    assert mounts[0] == ["mount", "--bind", str(root), str(root)]
     assert ["mkfs.ext4", "-q", "-F", "-L", "vmbinder-root", "-d", str(root),
             str(out / "work/disk.raw"), "20G"] in run.calls
     assert ["qemu-img", "convert", "-O", "qcow2", str(out / "work/disk.raw"),
@@ -350,7 +356,7 @@ def test_a_failing_chroot_step_still_unmounts_everything(host, tmp_path):
                        log=lambda m: None, run=run)
     mounted = [c[-1] for c in run.calls if c[0] == "mount"]
     unmounted = [c[-1] for c in run.calls if c[0] == "umount"]
-    assert len(mounted) == 4 and unmounted == mounted[::-1]
+    assert len(mounted) == 5 and unmounted == mounted[::-1]
     assert not (out / "work/rootfs/usr/sbin/policy-rc.d").exists()
 
 
@@ -359,7 +365,7 @@ def test_ctrl_c_inside_the_chroot_unmounts(tmp_path):
     make_rootfs(root)
     with pytest.raises(KeyboardInterrupt), rootfs.chroot(root, run, log=lambda m: None):
         raise KeyboardInterrupt
-    assert [c[0] for c in run.calls] == ["mount"] * 4 + ["umount"] * 4
+    assert [c[0] for c in run.calls] == ["mount"] * 5 + ["umount"] * 5
 
 
 def test_base_container_tarball_and_its_docker_import_sidecar(host, tmp_path):
@@ -431,8 +437,36 @@ def test_cli_names_the_missing_packages(monkeypatch, tmp_path):
     assert not (tmp_path / "img").exists()
 
 
-def test_base_images_are_put_where_the_guest_imports_them(host, tmp_path):
+class FakeDockerd:
+    """The bake's dockerd: its socket, and what a daemon leaves in its data folder."""
+
+    def __init__(self, exits: bool = False):
+        self.started, self.terminated, self.exits = [], False, exits
+
+    def __call__(self, root, logfile):
+        self.started.append(root)
+        Path(logfile).write_text("failed to start daemon: Devices cgroup isn't mounted\n")
+        if not self.exits:
+            (root / dockerstore.BAKE_RUN.lstrip("/") / "docker.sock").touch()
+            for leftover in ("network/files", "buildkit", "overlay2/l"):
+                (root / dockerstore.DOCKER_DATA / leftover).mkdir(parents=True, exist_ok=True)
+            (root / dockerstore.DOCKER_DATA / "engine-id").write_text("one for every server")
+        return self
+
+    def poll(self):
+        return 1 if self.exits else None
+
+    def terminate(self):
+        self.terminated = True
+
+    def wait(self, timeout=None):
+        return 0
+
+
+def test_base_images_are_put_where_the_guest_imports_them(host, tmp_path, monkeypatch):
     run, out = FakeRun(), tmp_path / "out"
+    dockerd = FakeDockerd()
+    monkeypatch.setattr(dockerstore, "start_dockerd", dockerd)
     tar = tmp_path / "base-container.tar.gz"
     tar.write_bytes(b"tarball")
     Path(f"{tar}.json").write_text(json.dumps({"name": "vmbinder/base:bookworm",
@@ -445,3 +479,36 @@ def test_base_images_are_put_where_the_guest_imports_them(host, tmp_path):
     assert info.contents["base-images"] == ["vmbinder/base:bookworm"]
     # the guest script looks in the same place: the launch document names it
     assert launchdoc.guest()["paths"]["base_images"] == gi.BASE_IMAGES_DIR
+    # ... and finds the image already in Docker's store: the image's own dockerd,
+    # started in the chroot, imported it with the sidecar's changes, then stopped.
+    root = out / "work/rootfs"
+    assert dockerd.started == [root] and dockerd.terminated
+    docker = ["chroot", str(root), "docker", "-H", dockerstore.BAKE_SOCKET]
+    assert [*docker, "version"] in run.calls
+    assert [*docker, "import", f"{gi.BASE_IMAGES_DIR}/{tar.name}", "vmbinder/base:bookworm"] in run.calls
+    # only the images and their layers stay: the guest's daemon makes its own state
+    assert sorted(p.name for p in (root / dockerstore.DOCKER_DATA).iterdir()) == ["image", "overlay2"]
+    assert ["mount", "--rbind", "/sys/fs/cgroup", str(root / "sys/fs/cgroup")] in run.calls
+    assert not (root / dockerstore.BAKE_RUN.lstrip("/")).exists()
+    # the bake's daemon ran before the image forgot its identity (its key.json too)
+    imported = run.calls.index([*docker, "import", f"{gi.BASE_IMAGES_DIR}/{tar.name}",
+                                "vmbinder/base:bookworm"])
+    finish = run.calls.index(["chroot", str(root), "/bin/sh", rootfs.InChroot.SCRIPT, "finish"])
+    assert imported < finish
+    assert "/etc/docker/key.json" in (gi.GUEST_DIR / "provision.sh").read_text()
+
+
+def test_a_dockerd_that_does_not_start_fails_the_build_with_its_log(host, tmp_path, monkeypatch):
+    run, out = FakeRun(), tmp_path / "out"
+    tar = tmp_path / "base-container.tar.gz"
+    tar.write_bytes(b"tarball")
+    Path(f"{tar}.json").write_text(json.dumps({"name": "vmbinder/base:bookworm",
+                                               "tarball": tar.name, "changes": []}))
+    monkeypatch.setattr(dockerstore, "start_dockerd", FakeDockerd(exits=True))
+    with pytest.raises(errors.BuildFailed) as exc:
+        gi.build_image(out, baked=True, ca_files=[host], repo2docker_version="2026.4.0",
+                       log=lambda m: None, run=run, keep_rootfs=True, base_images=[tar])
+    assert "dockerd did not start" in str(exc.value) and "Devices cgroup" in str(exc.value)
+    assert str(out / "dockerd.log") in exc.value.hint
+    # the chroot's mounts were undone all the same
+    assert ["umount", str(out / "work/rootfs/sys")] in run.calls

@@ -284,6 +284,31 @@ def test_floating_ips_are_counted_for_the_seats_that_get_one_and_ports_for_every
         quotas.check_quota(conn, [flavor] * 6, [("0.0.0.0/0", "https")] * 6, floating_ips=2)
     assert "floating IPs: needs 2, 1 left of 2" in info.value.message
     assert "ports" not in info.value.message
+    assert not {"volumes", "volume GB"} & needs.keys()  # no work volumes made: Cinder is not asked
+
+
+def test_work_volumes_are_counted_against_cinders_limits():
+    limits = SimpleNamespace(instances=10, instances_used=0, total_cores=20, total_cores_used=0,
+                             total_ram=51200, total_ram_used=0)
+    quota = SimpleNamespace(floating_ips={"limit": -1}, ports={"limit": -1},
+                            security_groups={"limit": -1}, security_group_rules={"limit": -1})
+    cinder = SimpleNamespace(max_total_volumes=10, total_volumes_used=7,
+                             max_total_volume_gigabytes=100, total_gigabytes_used=90)
+    conn = SimpleNamespace(
+        current_project_id=PROJECT,
+        compute=SimpleNamespace(get_limits=lambda: SimpleNamespace(absolute=limits)),
+        network=SimpleNamespace(get_quota=lambda project, details: quota,
+                                find_security_group=lambda name, **kw: None),
+        block_storage=SimpleNamespace(get_limits=lambda: SimpleNamespace(absolute=cinder)))
+    flavor = SimpleNamespace(name="m1.small", vcpus=1, ram=2048)
+    groups = [("0.0.0.0/0", "https")] * 3
+    needs = {n.resource: n for n in quotas.check_quota(conn, [flavor] * 3, groups, floating_ips=0,
+                                                        volume_sizes=[3, 3, 3])}
+    assert (needs["volumes"].needed, needs["volume GB"].needed) == (3, 9)
+    with pytest.raises(errors.QuotaExceeded) as info:
+        quotas.check_quota(conn, [flavor] * 3, groups, floating_ips=0, volume_sizes=[6, 5])
+    assert info.value.message.endswith("\n  volume GB: needs 11, 10 left of 100"), info.value.message
+    assert "volumes:" not in info.value.message
 
 
 # -- the security group ------------------------------------------------------------------

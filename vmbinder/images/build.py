@@ -36,6 +36,7 @@ from vmbinder.guestcontract import (
     REPO2DOCKER_VENV,
     REPO2DOCKER_VERSION,
 )
+from vmbinder.images.dockerstore import load_base_images
 from vmbinder.images.folder import created_now, images_dir, write_image_file
 from vmbinder.images.rootfs import (
     DEFAULT_DISTRO,
@@ -203,6 +204,10 @@ def build_image(output_dir: Path, *, baked: bool, ca_files: list[Path],
             folder.mkdir(parents=True, exist_ok=True)
             for part in (Path(tarball), Path(f"{tarball}.json")):
                 shutil.copy(part, folder / part.name)
+        if baked and base_images:
+            with step(log, "load the base images into the image's Docker"):
+                load_base_images(root, [Path(f"{t}.json") for t in base_images], run, log,
+                                 output_dir / "dockerd.log")
         in_chroot.step("finish")
     baked_packages = (*BAKED_PACKAGES, *release.docker_extra, BUILDX) if baked else ()
     contents = _dpkg_versions(root, ("linux-image-cloud-amd64", "cloud-init", "python3",

@@ -238,8 +238,10 @@ class InChroot:
 
 @contextmanager
 def chroot(root: Path, run: Runner, log: Log):
-    """Bind /dev, /dev/pts, /proc, /sys and block service starts; always unmount."""
-    mounts = [(["--bind", "/dev"], "dev"), (["--bind", "/dev/pts"], "dev/pts"),
+    """Bind /dev, /dev/pts, /proc, /sys and block service starts; always unmount.
+    The rootfs is bound onto itself first, so its / is a mount point as a
+    system's is (dockerd's layer extraction makes / private, which fails otherwise)."""
+    mounts = [(["--bind", str(root)], ""), (["--bind", "/dev"], "dev"), (["--bind", "/dev/pts"], "dev/pts"),
               (["-t", "proc", "proc"], "proc"), (["-t", "sysfs", "sysfs"], "sys")]
     policy = root / "usr/sbin/policy-rc.d"
     done: list[Path] = []

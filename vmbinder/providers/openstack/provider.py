@@ -344,7 +344,8 @@ class OpenStackProvider(Provider):
             flavors.append(seen[key][0])
             floating += seen[key][1]
         groups = [(s.cloud.ssh_cidr, s.cloud.expose) for s in specs]
-        return quotas.check_quota(self.conn, flavors, groups, floating_ips=floating)
+        return quotas.check_quota(self.conn, flavors, groups, floating_ips=floating,
+                                  volume_sizes=[s.volume_size for s in specs if s.volume_size])
 
     def release_orphans(self, names: list[str]) -> list[Removed]:
         """Floating IPs and ports made for these server names and attached to

@@ -1,5 +1,5 @@
 """What a batch of servers needs on OpenStack: a check, before anything is made,
-that the project's compute and network quotas leave room for every seat (and
+that the project's compute, network and volume quotas leave room for every seat (and
 that no security group the seats would use lets in more than vmbinder asks for)."""
 
 from __future__ import annotations
@@ -79,13 +79,27 @@ def _network_needs(conn, count: int, wanted: list[tuple[str, str]], floating_ips
     ]
 
 
+def _volume_needs(conn, sizes: list[int]) -> list[Need]:
+    """The work volumes the batch makes (sizes in GB), against Cinder's limits."""
+    if not sizes:
+        return []
+    with cloud_errors("reading the volume quota"):
+        limits = conn.block_storage.get_limits().absolute
+    return [
+        Need("volumes", len(sizes), limits.max_total_volumes, limits.total_volumes_used or 0),
+        Need("volume GB", sum(sizes), limits.max_total_volume_gigabytes, limits.total_gigabytes_used or 0),
+    ]
+
+
 def check_quota(conn, flavors: list, groups: list[tuple[str, str]], *,
-                floating_ips: int) -> list[Need]:
+                floating_ips: int, volume_sizes: list[int] = ()) -> list[Need]:
     """Every quota the batch draws on (groups: the --ssh-cidr and --expose of each
-    server; floating_ips: how many of them get one). QuotaExceeded, naming each
-    short one with its numbers, when one is too small, and ConfigError for a
-    security group that lets in more than vmbinder asks for; nothing is created either way."""
-    needs = _compute_needs(conn, flavors) + _network_needs(conn, len(flavors), groups, floating_ips)
+    server; floating_ips: how many of them get one; volume_sizes: the work volumes
+    it makes). QuotaExceeded, naming each short one with its numbers, when one is
+    too small, and ConfigError for a security group that lets in more than
+    vmbinder asks for; nothing is created either way."""
+    needs = (_compute_needs(conn, flavors) + _network_needs(conn, len(flavors), groups, floating_ips)
+             + _volume_needs(conn, list(volume_sizes)))
     short = [n for n in needs if n.short]
     if short:
         sizes = Counter(f.name for f in flavors)
