@@ -1,8 +1,17 @@
 import os
+import signal
 
 import pytest
 
 from tests import deprecations
+
+
+def pytest_configure(config):
+    """Ctrl-C reaches the tests and the commands they start also when a shell
+    started this run in the background, which ignores SIGINT for it (ignored
+    signals stay ignored in every program started from it): tests press Ctrl-C
+    with interrupt_main and with SIGINT to a `vmbinder tunnel` or launch."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

@@ -104,7 +104,8 @@ class _Watch:
 
     def __init__(self, provider: Provider, server: Server, extra_roots: str | None):
         self.provider, self.server, self.extra_roots = provider, server, extra_roots
-        self.found: https.Outcome | None = None
+        # A server started again has its certificate's outcome recorded already.
+        self.found: https.Outcome | None = https.recorded_outcome(server.meta)
         self.context = None
         self.trusted = False
         self.log, self.log_offset, self.newest = None, 0, ""

@@ -37,14 +37,15 @@ def find(provider: Provider, name_or_id: str, *, everyone: bool = False,
     return find_owned(mine, name_or_id)
 
 
-def refuse_others(provider: Provider, servers: list[Server], kind: str, force: str) -> None:
+def refuse_others(provider: Provider, servers: list[Server], kind: str, force: str,
+                  doing: tuple[str, str, str] = ("deleting", "deleted", "delete")) -> None:
     """BadRequest naming the servers among these that another user launched, before
-    any of them is deleted; kind: what they are ("servers", "seats"), force: the
-    command that deletes them anyway."""
+    any of them is touched; kind: what they are ("servers", "seats"), force: the
+    command that does it anyway, doing: the verb's -ing form, past and plain form."""
     _, theirs = whose(provider, servers)
     if theirs:
         raise errors.BadRequest(
-            f"not deleting {kind} another user of the project launched: "
+            f"not {doing[0]} {kind} another user of the project launched: "
             + ", ".join(f"{s.name} (owner {owner(s)})" for s in theirs),
-            f"nothing was deleted; to delete them anyway: {force}",
+            f"nothing was {doing[1]}; to {doing[2]} them anyway: {force}",
             details={"others": [{"name": s.name, "id": s.id, "owner": owner(s)} for s in theirs]})

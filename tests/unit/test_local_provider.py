@@ -606,3 +606,20 @@ def test_a_folder_that_cannot_be_removed_is_a_leftover_with_its_command(tmp_path
     assert info.value.hint == command
     assert info.value.details["leftovers"] == [("snapshot", str(folder), "[Errno 13] Permission denied",
                                                 command)]
+
+
+def test_stop_powers_the_guest_off_and_start_boots_it_with_the_same_ports(env, fake):
+    run = launched(env, fake)
+    p = run.p
+    done = p.wait(run.server, run.resolved, 60, run.ledger)
+    first = fake.children[0]
+    stopped = p.stop(done)
+    assert (stopped.state, stopped.address) == (STOPPED, None)
+    assert first.wait(timeout=5) is not None  # no monitor here: qemu's process was ended
+    assert p.stop(stopped).state == STOPPED  # already off: nothing to do
+    started = p.start(stopped)
+    assert (started.state, started.address) == (ACTIVE, "127.0.0.1")
+    assert len(fake.children) == 2 and fake.children[1].poll() is None
+    assert started.meta("https-port") == done.meta("https-port")
+    assert fake.calls[-1] == json.loads((p.folder("demo") / "server.json").read_text())["argv"]
+    assert p.start(started) == started and len(fake.children) == 2  # running: nothing to do

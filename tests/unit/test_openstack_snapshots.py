@@ -10,7 +10,7 @@ import pytest
 
 from vmbinder import errors
 from vmbinder.providers.base import Ledger, Server
-from vmbinder.providers.openstack import snapshots
+from vmbinder.providers.openstack import power, snapshots
 
 SERVER = Server("srv-1", "ws-01", "active", "ACTIVE", "203.0.113.20", {})
 
@@ -61,7 +61,7 @@ class Cloud:
 
 
 def test_the_server_starts_again_once_nova_has_ended_its_snapshot_task(monkeypatch):
-    monkeypatch.setattr(snapshots.time, "sleep", lambda s: None)
+    monkeypatch.setattr(power.time, "sleep", lambda s: None)
     cloud = Cloud(uploading=3)
     snap = snapshots.snapshot(cloud, SERVER, "ws-snapshot", {}, Ledger(), timeout=60)
     assert snap.id == "img-1" and cloud.uploading == 0
@@ -69,7 +69,7 @@ def test_the_server_starts_again_once_nova_has_ended_its_snapshot_task(monkeypat
 
 
 def test_an_imaging_failure_is_reported_even_when_starting_again_fails(monkeypatch):
-    monkeypatch.setattr(snapshots.time, "sleep", lambda s: None)
+    monkeypatch.setattr(power.time, "sleep", lambda s: None)
     cloud = Cloud(uploading=0, image_fails=True, start_fails=True)
     ledger = Ledger()
     with pytest.raises(errors.CloudError) as info:

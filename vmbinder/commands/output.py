@@ -181,6 +181,13 @@ def guest_rows(server, guest: dict | None) -> list[tuple[str, str]]:
     return rows
 
 
+#: What a server that does not run still holds (status), and how it comes back.
+HOLDS = {
+    "stopped": "its disk, address and work; on a cloud also its cores (vmbinder start {name})",
+    "shelved": "its address and work, its disk as an image; no cores (vmbinder unshelve {name})",
+}
+
+
 def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
     """One server for launch and status: aligned lines, JSON, or its URL (else its
     address); with the certificate it got and why earlier tries failed, and what
@@ -194,6 +201,8 @@ def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "commit", "record",
                                    "subdir", "open", "urlpath", "repo2docker", "user_data_via", "fault")
             if doc[k]]
+    if server.state in HOLDS:
+        rows.insert(3, ("holds", HOLDS[server.state].format(name=server.name)))
     rows += guest_rows(server, guest)
     if server.meta("tls") and not (acc and acc.ssh_only):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))

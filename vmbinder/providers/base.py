@@ -21,9 +21,10 @@ OWNER_TAG = "vmbinder"
 #: Prefix of every metadata key vmbinder writes.
 META = "vmbinder:"
 
-# Our few states; the cloud's own status is kept next to them.
-BUILDING, ACTIVE, ERROR, STOPPED, DELETING, UNKNOWN = (
-    "building", "active", "error", "stopped", "deleting", "unknown")
+# Our few states; the cloud's own status is kept next to them. A stopped server
+# still holds its cores on the cloud; a shelved one holds only its disk image.
+BUILDING, ACTIVE, ERROR, STOPPED, SHELVED, DELETING, UNKNOWN = (
+    "building", "active", "error", "stopped", "shelved", "deleting", "unknown")
 
 
 #: A volume's roles: the server's work volume (read-write, its home) or a data
@@ -168,10 +169,9 @@ REQUIRED = ("prepare", "create", "wait", "get", "list_owned", "console_log", "se
 #: What some targets do; each provider lists the ones it does in `capabilities`.
 OPTIONAL = ("snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
             "release_orphans", "remembering", "ssh_target", "volumes", "create_volume",
-            "delete_volume")
+            "delete_volume", "stop", "start", "shelve", "unshelve")
 #: Declared for the work to come; no target does them yet.
-PLANNED = ("stop", "start", "shelve", "unshelve", "resize", "attach_volume", "detach_volume",
-           "logs")
+PLANNED = ("resize", "attach_volume", "detach_volume", "logs")
 VERBS = REQUIRED + OPTIONAL + PLANNED
 
 
@@ -308,19 +308,27 @@ class Provider(abc.ABC):
         """Remove a volume attached to no server; BadRequest while it is attached."""
         raise self.unsupported("delete_volume")
 
-    # -- planned (no target does them yet) ------------------------------------------
+    # Power: each returns the server once the target says it is in the new state;
+    # its disk, address and work stay. Asked of a server already there, nothing
+    # is done. The environment's own wait after start and unshelve is lifecycle's.
 
     def stop(self, server: Server) -> Server:
+        """Power the server off (it still holds its cores on a cloud)."""
         raise self.unsupported("stop")
 
     def start(self, server: Server) -> Server:
+        """Power a stopped server on."""
         raise self.unsupported("start")
 
     def shelve(self, server: Server) -> Server:
+        """Put the server away: its disk kept as an image, its cores released."""
         raise self.unsupported("shelve")
 
     def unshelve(self, server: Server) -> Server:
+        """Bring a shelved server back."""
         raise self.unsupported("unshelve")
+
+    # -- planned (no target does them yet) ------------------------------------------
 
     def resize(self, server: Server, flavor: str) -> Server:
         raise self.unsupported("resize")

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vmbinder import errors, lifecycle, readiness, scope
-from vmbinder.providers.base import ACTIVE, BUILDING, STOPPED, Provider, Removed, Server
+from vmbinder.providers.base import ACTIVE, BUILDING, SHELVED, STOPPED, Provider, Removed, Server
 from vmbinder.workshops.file import Seat, Workshop
 
 #: Seats made or removed at once (after the first one, for `up`).
@@ -29,7 +29,7 @@ PARALLEL = 8
 WORKSHOP, SEAT, FROM_SNAPSHOT, EXPIRES = "workshop", "seat", "snapshot", "expires"
 #: Snapshot properties: the workshop, and what was built (see up.build_key).
 P_WORKSHOP, P_BUILD = "vmbinder_workshop", "vmbinder_build"
-HEALTHY = (ACTIVE, BUILDING, STOPPED)
+HEALTHY = (ACTIVE, BUILDING, STOPPED, SHELVED)
 # What happened to a seat in `up`.
 KEPT, CREATED, RECREATED, FAILED, SKIPPED = "kept", "created", "recreated", "failed", "skipped"
 SNAPSHOTTED = "snapshotted"

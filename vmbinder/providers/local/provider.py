@@ -99,8 +99,9 @@ PORT_ATTEMPTS = 3
 
 class LocalProvider(Provider):
     kind = "local"
-    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
-                              "ssh_target", "volumes", "create_volume", "delete_volume"})
+    capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "stop", "start",
+                              "preflight", "ssh_target", "volumes", "create_volume",
+                              "delete_volume"})
     #: Reached on this machine's loopback: no public DNS name, so no Let's Encrypt.
     target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False,
                                      host_address=HOST_FROM_GUEST)
@@ -316,6 +317,21 @@ class LocalProvider(Provider):
     def reboot(self, server: Server) -> None:
         """Reset the guest (a power cycle; the disk and the forwarded ports stay)."""
         qmp(self.folder(server.name), "system_reset")
+
+    def stop(self, server: Server) -> Server:
+        """The ACPI power button, and qemu's exit waited for (see snapshot.shut_down)."""
+        folder = self.folder(server.name)
+        local_snapshot.shut_down(folder, self.read_state(folder).get("pid"), proc=self.proc,
+                                 sleep=self.sleep)
+        return self.record(folder, self.read_state(folder))
+
+    def start(self, server: Server) -> Server:
+        """qemu again with the server's recorded command line: its disk and volumes,
+        and its forwarded ports unless another program took one meanwhile."""
+        folder = self.folder(server.name)
+        if not is_our_qemu(self.read_state(folder).get("pid"), folder, self.proc):
+            local_snapshot.start_again(self, server.name)
+        return self.record(folder, self.read_state(folder))
 
     # -- reading -------------------------------------------------------------------
 

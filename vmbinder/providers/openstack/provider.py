@@ -38,7 +38,7 @@ from vmbinder.providers.base import (
     redact_token,
     volume_metadata,
 )
-from vmbinder.providers.openstack import distros, network, quotas, resolve
+from vmbinder.providers.openstack import distros, network, power, quotas, resolve
 from vmbinder.providers.openstack import snapshots as glance_snapshots
 from vmbinder.providers.openstack import volumes as cinder_volumes
 from vmbinder.providers.openstack.common import (
@@ -67,7 +67,8 @@ class OpenStackProvider(Provider):
     kind = "openstack"
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "preflight",
                               "release_orphans", "remembering", "ssh_target", "volumes",
-                              "create_volume", "delete_volume"})
+                              "create_volume", "delete_volume", "stop", "start", "shelve",
+                              "unshelve"})
     #: A floating IP with a public name (<ip>.sslip.io unless --hostname): Let's Encrypt.
     target_defaults = TargetDefaults()
     metadata_limits = NOVA_METADATA
@@ -324,6 +325,20 @@ class OpenStackProvider(Provider):
         with cloud_errors(f"recording metadata on {server.name}"):
             self.conn.compute.set_server_metadata(server.id, **meta)
         return replace(server, metadata={**server.metadata, **meta})
+
+    # -- power ---------------------------------------------------------------------
+
+    def stop(self, server: Server) -> Server:
+        return self._record(power.stop(self.conn, server, self.active_timeout))
+
+    def start(self, server: Server) -> Server:
+        return self._record(power.start(self.conn, server, self.active_timeout))
+
+    def shelve(self, server: Server) -> Server:
+        return self._record(power.shelve(self.conn, server, self.active_timeout))
+
+    def unshelve(self, server: Server) -> Server:
+        return self._record(power.unshelve(self.conn, server, self.active_timeout))
 
     # -- batches -------------------------------------------------------------------
 

@@ -4,11 +4,11 @@ their properties and deleted, so that a batch's seats can start from one."""
 from __future__ import annotations
 
 import contextlib
-import time
 
 from vmbinder import errors
 from vmbinder.providers.base import Created, Ledger, Removed, Server, Snapshot
 from vmbinder.providers.openstack.common import cloud_errors, find_or_none
+from vmbinder.providers.openstack.power import wait_for, wait_idle
 
 #: The property every vmbinder snapshot carries: the server it was made from.
 SNAPSHOT_OF = "vmbinder_snapshot_of"
@@ -19,31 +19,11 @@ def _record(image) -> Snapshot:
     return Snapshot(id=image.id, name=image.name, properties=props, created=image.created_at)
 
 
-def _wait_for(conn, server: Server, status: str, timeout: float):
-    raw = conn.compute.get_server(server.id)
-    if raw.status != status:
-        conn.compute.wait_for_server(raw, status=status, failures=["ERROR"], interval=2, wait=timeout)
-
-
-def _wait_idle(conn, server: Server, timeout: float) -> None:
-    """Until Nova runs no task on the server: Glance can call a snapshot active a
-    moment before Nova ends its image_uploading task, and Nova refuses to start
-    a server during one (HTTP 409)."""
-    deadline = time.monotonic() + timeout
-    while (task := conn.compute.get_server(server.id).task_state) is not None:
-        if time.monotonic() > deadline:
-            raise errors.CloudError(
-                f"{server.name} still has Nova task {task} after {timeout:.0f} s",
-                "the cloud may be overloaded; start it with: openstack server start "
-                f"{server.id}")
-        time.sleep(1)
-
-
 def _start_again(conn, server: Server, timeout: float) -> None:
     with cloud_errors(f"starting {server.name} again after its snapshot"):
-        _wait_idle(conn, server, timeout)
+        wait_idle(conn, server, timeout)
         conn.compute.start_server(server.id)
-        _wait_for(conn, server, "ACTIVE", timeout)
+        wait_for(conn, server, "ACTIVE", timeout)
 
 
 def snapshot(conn, server: Server, name: str, properties: dict[str, str], ledger: Ledger,
@@ -53,7 +33,7 @@ def snapshot(conn, server: Server, name: str, properties: dict[str, str], ledger
     with cloud_errors(f"stopping {server.name} to snapshot it"):
         if conn.compute.get_server(server.id).status != "SHUTOFF":
             conn.compute.stop_server(server.id)
-        _wait_for(conn, server, "SHUTOFF", timeout)
+        wait_for(conn, server, "SHUTOFF", timeout)
     try:
         with cloud_errors(f"snapshotting {server.name}"):
             image = conn.compute.create_server_image(
