@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vmbinder import cloudinit, errors, https, launchdoc, readiness, scope, urls
-from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server, find_owned
+from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
 
 # How to reach a server, used by every command through this module.
 from vmbinder.reach import (  # noqa: F401
@@ -378,11 +378,7 @@ def delete(provider: Provider, names: list[str], reporter: Reporter | None = Non
     an unknown one, or (unless force) a server another user launched (see
     scope), is refused before anything is deleted."""
     reporter = reporter or NullReporter()
-    found = provider.list_owned()
-    servers = [find_owned(found, name) for name in names]
-    if not force:
-        scope.refuse_others(provider, servers, "servers",
-                            "vmbinder delete --force " + " ".join(names))
+    servers = scope.named(provider, names, force=force)
     removed: list[Removed] = []
     for server in servers:
         reporter.phase("delete", f"deleting {server.name}")

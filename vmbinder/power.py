@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from vmbinder import lifecycle, scope
-from vmbinder.providers.base import ACTIVE, SHELVED, STOPPED, Provider, Server, find_owned
+from vmbinder.providers.base import ACTIVE, SHELVED, STOPPED, Provider, Server
 
 VERBS = ("stop", "start", "shelve", "unshelve")
 #: The state each verb brings a server to.
@@ -46,11 +46,7 @@ def act(provider: Provider, verb: str, names: list[str], reporter: lifecycle.Rep
     if not provider.supports(verb):
         raise provider.unsupported(verb)
     reporter = reporter or lifecycle.NullReporter()
-    found = provider.list_owned()
-    servers = [find_owned(found, name) for name in names]
-    if not force:
-        scope.refuse_others(provider, servers, "servers", f"vmbinder {verb} --force " + " ".join(names),
-                            doing=(DOING[verb], DONE[verb], verb))
+    servers = scope.named(provider, names, force=force, doing=(DOING[verb], DONE[verb], verb))
     outcomes = []
     for server in servers:
         t0 = time.monotonic()

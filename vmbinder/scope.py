@@ -37,6 +37,19 @@ def find(provider: Provider, name_or_id: str, *, everyone: bool = False,
     return find_owned(mine, name_or_id)
 
 
+def named(provider: Provider, names: list[str], *, force: bool,
+          doing: tuple[str, str, str] = ("deleting", "deleted", "delete")) -> list[Server]:
+    """The servers these names or ids name, every one checked before any is touched:
+    an unknown one is refused, and (unless force) one another user launched
+    (refuse_others; doing as there)."""
+    found = provider.list_owned()
+    servers = [find_owned(found, name) for name in names]
+    if not force:
+        refuse_others(provider, servers, "servers",
+                      f"vmbinder {doing[2]} --force " + " ".join(names), doing)
+    return servers
+
+
 def refuse_others(provider: Provider, servers: list[Server], kind: str, force: str,
                   doing: tuple[str, str, str] = ("deleting", "deleted", "delete")) -> None:
     """BadRequest naming the servers among these that another user launched, before
