@@ -285,7 +285,7 @@ def test_a_private_repository_leaves_no_token_and_its_home_and_volume_outlive_re
         res = cli(env, "stop", first, "--format", "json", timeout=300)
         assert [(d["action"], d["status"]) for d in json.loads(res.stdout)] == [("stopped", "stopped")]
         with pytest.raises(OSError):  # nothing listens on the forwarded port
-            urllib.request.urlopen(f"{base}/api/status?token={jupyter_token}", timeout=10)
+            get(f"{base}/api/status?token={jupyter_token}", timeout=10, context=NO_TLS)
         res = cli(env, "start", first, "--format", "json", "--timeout", "900", timeout=1000)
         (started,) = json.loads(res.stdout)
         assert (started["action"], started["status"], started["ready"]) == ("started", "active", True)
