@@ -8,6 +8,8 @@
     vmbinder-guest.py fence          the local target's fence (every boot, before the environment)
     vmbinder-guest.py metadata       containers refused the metadata service; the git token
                                      scrubbed again (every boot, before the environment)
+    vmbinder-guest.py care           an idle server, or one whose lifetime ended, puts
+                                     itself away (a service, with launch --idle, --lifetime)
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -1356,7 +1358,207 @@ def detect_interfaces(doc):
     return ",".join(found)
 
 
+# -- care: an idle server and an ended lifetime put themselves away --------------------
+
+#: The care service: every care["interval"] seconds, Jupyter's activity and the clock.
+CARE_UNIT = "vmbinder-care.service"
+#: The cloud's record that the lifetime's action was done (server metadata), so it
+#: is done once: a server brought back afterwards runs on.
+ENDED_KEY = "vmbinder:ended"
+#: cloud-init's record of the instance: on OpenStack, the server's id.
+INSTANCE_ID = "/var/lib/cloud/data/instance-id"
+
+
+def ensure_care(doc):
+    if not doc.get("care"):
+        if os.path.exists(at(f"/etc/systemd/system/multi-user.target.wants/{CARE_UNIT}")):
+            run(doc, ["systemctl", "disable", "--now", CARE_UNIT])  # a snapshot's
+        return "none asked for"
+    changed = unit(doc, CARE_UNIT, "vmbinder care: idle and lifetime",
+                   f"/usr/bin/python3 {os.path.abspath(__file__)} care")
+    if changed:
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", CARE_UNIT])
+        run(doc, ["systemctl", "restart", CARE_UNIT])
+    elif not ok(["systemctl", "is-active", "--quiet", CARE_UNIT]):
+        run(doc, ["systemctl", "start", CARE_UNIT])
+    care = doc["care"]
+    said = []
+    if care.get("idle_s"):
+        said.append(f"{care['idle_action']} after {care['idle_s'] // 60} min idle")
+    if care.get("expires"):
+        said.append(f"{care['at_end']} at {care['expires']}")
+    return "; ".join(said)
+
+
+def utc(text):
+    """Seconds since the epoch of an ISO 8601 time (Jupyter's, or vmbinder's
+    2026-12-07T05:42Z), None for anything else."""
+    import datetime
+
+    try:
+        value = datetime.datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.timestamp()
+
+
+def jupyter_json(doc, path, timeout=5):
+    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode({"token": doc["token"]})
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+def activity(doc, now):
+    """What Jupyter says of its use: None when it does not answer. A kernel
+    running a cell, an open terminal or a connected client is activity now;
+    else the newest last_activity it reports."""
+    status = jupyter_json(doc, "api/status")
+    if not isinstance(status, dict):
+        return None
+    kernels = jupyter_json(doc, "api/kernels") or []
+    terminals = jupyter_json(doc, "api/terminals") or []
+    busy = [k.get("id") for k in kernels if k.get("execution_state") == "busy"]
+    connected = (status.get("connections") or 0) + sum(k.get("connections") or 0 for k in kernels)
+    times = [utc(x.get("last_activity")) for x in [status, *kernels, *terminals]]
+    last = max([t for t in times if t] or [0])
+    if busy or terminals or connected:
+        last = now
+    return {"last": last, "busy": len(busy), "terminals": len(terminals),
+            "connections": connected}
+
+
+def due(doc, now, watching_since, seen):
+    """(action, why, lifetime) when the server should put itself away now (lifetime:
+    because its lifetime ended), else None. seen: what activity() said, or None."""
+    care = doc["care"]
+    state = current_state(doc)
+    expires = utc(care.get("expires"))
+    if expires and now >= expires and not state.get("care_ended"):
+        return care["at_end"], f"its lifetime ended at {care['expires']}", True
+    idle_s = care.get("idle_s")
+    if not idle_s or not state.get("ready") or seen is None:
+        return None
+    since = max(seen["last"], watching_since)
+    if now - since >= idle_s:
+        return care["idle_action"], f"idle for {round((now - since) / 60)} min", False
+    return None
+
+
+def cloud_call(doc, method, url, body=None, token=None, timeout=30):
+    """One HTTP call to the cloud's API: (status, headers, parsed JSON or None)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    req.add_header("Accept", "application/json")
+    if token:
+        req.add_header("X-Auth-Token", token)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return resp.status, resp.headers, json.loads(raw) if raw.strip() else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, None
+
+
+def cloud_session(doc):
+    """(token, compute URL, server id) for the server's own credential: Keystone
+    issues a token for it, whose catalog names Nova."""
+    cred = doc["care"]["credential"]
+    auth = cred["auth_url"].rstrip("/")
+    auth = auth if auth.endswith("/v3") else auth + "/v3"
+    body = {"auth": {"identity": {"methods": ["application_credential"], "application_credential": {
+        "name": cred["name"], "user": {"id": cred["user_id"]}, "secret": cred["secret"]}}}}
+    code, headers, answer = cloud_call(doc, "POST", auth + "/auth/tokens", body)
+    if code != 201 or not answer:
+        raise RuntimeError(f"Keystone refused the server's credential (HTTP {code})")
+    compute = [e["url"] for entry in answer["token"].get("catalog", [])
+               if entry.get("type") == "compute" for e in entry.get("endpoints", [])
+               if e.get("interface") == cred.get("interface", "public")
+               and (not cred.get("region") or e.get("region") in (cred["region"], None))]
+    if not compute:
+        raise RuntimeError("the token's catalog names no compute endpoint")
+    server_id = (read_text(INSTANCE_ID) or "").strip()
+    if not server_id:
+        raise RuntimeError(f"no server id in {INSTANCE_ID}")
+    return headers["X-Subject-Token"], compute[0].rstrip("/"), server_id
+
+
+#: Nova's server actions for each way of putting a server away.
+NOVA_ACTIONS = {"shelve": {"shelve": None}, "stop": {"os-stop": None}}
+
+
+def put_away(doc, action, why, lifetime):
+    """Ask the cloud to shelve, stop or delete this server (with its credential),
+    or power it off from inside (stop, without one). True when asked."""
+    care = doc["care"]
+    console(f"vmbinder care: {action}: {why}")
+    log(doc, f"care: {action}: {why}")
+    if not care.get("credential"):
+        if action != "stop":
+            log(doc, f"care: cannot {action} without the cloud's credential; powering off")
+        if lifetime:
+            write_state(doc, care_ended=action)
+        run(doc, ["systemctl", "poweroff"])
+        return True
+    token, compute, server_id = cloud_session(doc)
+    server = f"{compute}/servers/{server_id}"
+    code, _, answer = cloud_call(doc, "GET", server, token=token)
+    meta = ((answer or {}).get("server") or {}).get("metadata") or {}
+    if lifetime and meta.get(ENDED_KEY):
+        write_state(doc, care_ended=meta[ENDED_KEY])  # done already (vmbinder reap)
+        return False
+    ended = f"{server}/metadata/{ENDED_KEY}"
+    if lifetime and action != "delete":
+        # Recorded first (Nova takes no metadata once the server is shelved): a
+        # server brought back later runs on. Taken back if the action is refused.
+        code, _, _ = cloud_call(doc, "PUT", ended, {"meta": {ENDED_KEY: action}}, token=token)
+        if code != 200:
+            raise RuntimeError(f"Nova refused to record {ENDED_KEY} (HTTP {code})")
+    if action == "delete":
+        code, _, _ = cloud_call(doc, "DELETE", server, token=token)
+    else:
+        code, _, _ = cloud_call(doc, "POST", server + "/action", NOVA_ACTIONS[action], token=token)
+    if code not in (202, 204):
+        if lifetime and action != "delete":
+            cloud_call(doc, "DELETE", ended, token=token)
+        raise RuntimeError(f"Nova refused to {action} the server (HTTP {code})")
+    if lifetime:
+        write_state(doc, care_ended=action)
+    return True
+
+
+def care_loop(doc):
+    """`care`: the care service's loop."""
+    watching_since = time.time()
+    while True:
+        doc = load_again(doc)
+        care = doc.get("care") or {}
+        now = time.time()
+        seen = activity(doc, now) if care.get("idle_s") else None
+        write_state(doc, care_seen={**(seen or {}), "checked": now,
+                                    "watching_since": watching_since})
+        try:
+            found = due(doc, now, watching_since, seen) if care else None
+            if found and put_away(doc, *found):
+                time.sleep(300)  # the cloud is at it; look again if still running then
+                watching_since = time.time()
+                continue
+        except Exception as exc:  # noqa: BLE001 - reported, tried again next round
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            if current_state(doc).get("care_error") != error:
+                log(doc, f"care: {error}")
+            write_state(doc, care_error=error)
+        time.sleep(care.get("interval") or 30)
+
+
 STEPS = (("trust", ensure_trust), ("mirrors", ensure_mirrors), ("proxy", ensure_proxy),
+         ("care", ensure_care),
          ("tls", ensure_tls), ("docker", ensure_docker),
          ("metadata", ensure_metadata), ("fence", ensure_fence),
          ("volumes", ensure_volumes), ("base-images", ensure_base_images),
@@ -1614,7 +1816,8 @@ class StatusHandler(BaseHTTPRequestHandler):
             if not self.authorised():
                 return self.send(403, json.dumps({"error": "token required"}), "application/json")
             keys = ("phase", "status", "ready", "interfaces", "commit", "built", "error",
-                    "durations", "tls", "machine", "host_keys", "record")
+                    "durations", "tls", "machine", "host_keys", "record", "care_seen",
+                    "care_error", "care_ended")
             doc = {k: state.get(k) for k in keys} | {"elapsed": elapsed}
             return self.send(200, json.dumps(doc), "application/json")
         if path == "/vmbinder/log":
@@ -1679,9 +1882,9 @@ def serve_status(doc):
 def main(argv):
     commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file,
                 "caddy-config": caddy_config, "fence": apply_fence,
-                "metadata": apply_metadata}
+                "metadata": apply_metadata, "care": care_loop}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence|metadata",
+        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence|metadata|care",
               file=sys.stderr)
         return 2
     return commands[argv[1]](load())

@@ -137,10 +137,17 @@ def service_auth(lay, user):
     }
 
 
+#: Each service's type in the catalog: its auth_token middleware checks an
+#: application credential's access rules against it (as clouds set it).
+SERVICE_TYPES = {"nova": "compute", "glance": "image", "neutron": "network",
+                 "placement": "placement", "cinder": "block-storage"}
+
+
 def authtoken(lay, user):
     return {
         "www_authenticate_uri": lay.url("keystone"),
         "service_token_roles_required": True,
+        "service_type": SERVICE_TYPES[user],
         **service_auth(lay, user),
     }
 

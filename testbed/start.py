@@ -31,6 +31,21 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+
+RESERVED = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_ports(ports) -> None:
+    """Keep the kernel from giving the services' fixed ports (in its ephemeral
+    range) to outgoing connections, which made a service's bind fail now and
+    then. Added to what is reserved already; only root can, others go on."""
+    try:
+        have = RESERVED.read_text().strip()
+        wanted = ",".join([have] * bool(have) + [str(p) for p in sorted(ports)])
+        RESERVED.write_text(wanted + "\n")
+    except OSError:
+        pass
+
 class Starter(RealMode, Runner):
     def __init__(self, state, password, timeout, debug=False, real=False):
         super().__init__(state, password, timeout, real=real)
@@ -41,6 +56,7 @@ class Starter(RealMode, Runner):
 
     def prepare(self):
         lay = self.lay
+        reserve_ports(PORTS.values())
         busy = [f"{port} ({name})" for name, port in PORTS.items() if not port_free(port)]
         if busy:
             raise Failure("ports", "in use on 127.0.0.1: " + ", ".join(busy)

@@ -58,13 +58,16 @@ def guest_script() -> str:
     return "#!/usr/bin/env python3\n" + ast.unparse(tree) + "\n"
 
 
-def render(spec: LaunchSpec, public_ip: str | None = None, volumes=()) -> str:
-    """volumes: the VolumeUse records of the server's volumes (launchdoc.volumes)."""
+def render(spec: LaunchSpec, public_ip: str | None = None, volumes=(),
+           credential: dict | None = None) -> str:
+    """volumes: the VolumeUse records of the server's volumes (launchdoc.volumes);
+    credential: the server's own, for its care (launchdoc.care)."""
     guest = guest_script()
     text = _environment().get_template(TEMPLATE).render(
         vmbinder_version=spec.vmbinder_version,
         launch_path=guestcontract.LAUNCH_PATH,
-        launch_json=json.dumps(launchdoc.document(spec, public_ip, volumes=volumes), sort_keys=True,
+        launch_json=json.dumps(launchdoc.document(spec, public_ip, volumes=volumes,
+                                                             credential=credential), sort_keys=True,
                                separators=(",", ":")),
         guest_script_path=guestcontract.GUEST_SCRIPT_PATH,
         guest_script_gz_b64=_gz_b64(guest),

@@ -13,7 +13,10 @@ ever pasted into a shell command. It has five parts:
 - ``fence``: on the local target, the ports of the launching machine's loopback
   that code on the server may reach (None elsewhere);
 - ``volumes``: the work volume and the data volumes, each with the serial the
-  guest finds it by (/dev/disk/by-id/virtio-<serial>).
+  guest finds it by (/dev/disk/by-id/virtio-<serial>);
+- ``care``: when the server's lifetime ends and after how long idle it puts
+  itself away, and how; with the restricted application credential it does that
+  with on a cloud (credential; the secret lives only here and in Keystone).
 """
 
 from __future__ import annotations
@@ -148,9 +151,28 @@ def volume_doc(uses=()) -> dict:
     }
 
 
-def document(spec: LaunchSpec, public_ip: str | None = None, volumes=()) -> dict:
-    """The whole launch document for a server with this public address and
-    these volumes (VolumeUse records, from the provider's prepare)."""
+#: Seconds between two looks at Jupyter's activity and the clock.
+CARE_INTERVAL = 30
+#: As long as a credential gets (a long Keystone URL and region), for the size check.
+LONGEST_CREDENTIAL = {"auth_url": "https://" + "k" * 240 + "/v3", "user_id": "u" * 64,
+                      "name": "n" * 80, "secret": "s" * 64, "region": "r" * 64,
+                      "interface": "public"}
+
+
+def care(spec: LaunchSpec, credential: dict | None = None) -> dict | None:
+    """What the guest watches for (spec.care) and its credential for the cloud's
+    API (None: it can only power itself off)."""
+    watch = spec.care
+    if watch is None:
+        return None
+    return {**watch, "interval": CARE_INTERVAL, "credential": credential}
+
+
+def document(spec: LaunchSpec, public_ip: str | None = None, volumes=(),
+             credential: dict | None = None) -> dict:
+    """The whole launch document for a server with this public address, these
+    volumes (VolumeUse records, from the provider's prepare) and this credential
+    for the server's own care (from prepare too)."""
     return {
         **request(spec, public_ip),
         "site": site(spec, public_ip),
@@ -158,4 +180,5 @@ def document(spec: LaunchSpec, public_ip: str | None = None, volumes=()) -> dict
         "guest": guest(),
         "fence": fence(spec),
         "volumes": volume_doc(volumes),
+        "care": care(spec, credential),
     }

@@ -284,7 +284,7 @@ def launch(
     reporter = reporter or NullReporter()
     # User-data Nova would refuse is refused before the cloud is asked anything:
     # rendered with the longest address there is, it is as big as it can get.
-    cloudinit.render(spec, LONGEST_ADDRESS)
+    cloudinit.render(spec, LONGEST_ADDRESS, credential=launchdoc.LONGEST_CREDENTIAL)
     ledger = Ledger()
     up = None  # the server once ACTIVE: from then on a failure is the guest's
     try:
@@ -292,7 +292,8 @@ def launch(
         resolved = provider.prepare(spec, ledger)
         for warning in resolved.warnings:
             reporter.phase(RESOLVE, f"warning: {warning}")
-        user_data = cloudinit.render(spec, resolved.public_ip, volumes=resolved.volumes)
+        user_data = cloudinit.render(spec, resolved.public_ip, volumes=resolved.volumes,
+                                     credential=resolved.credential)
         reporter.phase(CREATE, f"creating server {spec.name} ({resolved.flavor_name}, {resolved.image_name})")
         server = provider.create(spec, resolved, user_data, ledger)
         reporter.phase(BOOT, f"waiting for {spec.name} to become ACTIVE")

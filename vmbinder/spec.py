@@ -16,6 +16,7 @@ from typing import Protocol
 from vmbinder import REPO2DOCKER_VERSION, __version__
 from vmbinder.errors import BadRequest
 from vmbinder.https import WILDCARD_DNS
+from vmbinder.lifetime import AT_END, IDLE_ACTIONS, SHELVE, expires_at, now
 from vmbinder.sources import GitCredential, Source, check_source
 
 NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -98,6 +99,10 @@ class TargetDefaults:
     acme: bool = True
     #: Where its servers reach the launching machine's loopback (GuestNetwork.host_address).
     host_address: str | None = None
+    #: What happens to a server when its lifetime ends, unless --at-end says, and
+    #: the actions the target can take then (lifetime.AT_END).
+    at_end: str = SHELVE
+    at_end_actions: tuple[str, ...] = AT_END
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,23 @@ class LaunchSpec:
     volume: str | None = None
     #: --data: names or ids of existing volumes, mounted read-only.
     data: tuple[str, ...] = ()
+    #: --lifetime: when the server's lifetime ends (lifetime.expires_at), and
+    #: --at-end: what then happens to it; None: it lives until deleted.
+    expires: str | None = None
+    at_end: str | None = None
+    #: --idle: seconds without Jupyter activity after which the guest puts itself
+    #: away, and --idle-action: how (shelve or stop); None: never for idleness.
+    idle_s: int | None = None
+    idle_action: str | None = None
+
+    @property
+    def care(self) -> dict | None:
+        """What the guest watches for and does (the launch document's care), None
+        when it watches for nothing."""
+        if not (self.expires or self.idle_s):
+            return None
+        return {"expires": self.expires, "at_end": self.at_end, "idle_s": self.idle_s,
+                "idle_action": self.idle_action}
 
     @property
     def volume_size(self) -> int | None:
@@ -298,6 +320,36 @@ def validate_acme(acme: AcmeChoice, tls: str) -> AcmeChoice:
         ca_root=validate_ca_cert(acme.ca_root, "--acme-ca-root") if acme.ca_root else None)
 
 
+def validate_at_end(at_end: str | None, lifetime_s: int | None,
+                    defaults: TargetDefaults) -> str | None:
+    """--at-end, checked against what the target can do; its default with a
+    --lifetime, None without one."""
+    if at_end is None:
+        return defaults.at_end if lifetime_s else None
+    if not lifetime_s:
+        raise BadRequest("--at-end is given but no --lifetime",
+                         "add --lifetime (such as --lifetime 8h), or leave --at-end out")
+    if at_end not in defaults.at_end_actions:
+        raise BadRequest(f"invalid --at-end {at_end!r} on this target",
+                         f"use {' or '.join(defaults.at_end_actions)} here")
+    return at_end
+
+
+def validate_idle_action(action: str | None, idle_s: int | None,
+                         defaults: TargetDefaults) -> str | None:
+    """--idle-action, checked as --at-end is (but never delete: idleness loses no work)."""
+    if action is None:
+        return defaults.at_end if idle_s else None
+    if not idle_s:
+        raise BadRequest("--idle-action is given but no --idle",
+                         "add --idle (such as --idle 2h), or leave --idle-action out")
+    allowed = [a for a in defaults.at_end_actions if a in IDLE_ACTIONS]
+    if action not in allowed:
+        raise BadRequest(f"invalid --idle-action {action!r} on this target",
+                         f"use {' or '.join(allowed)} here")
+    return action
+
+
 def validate_mirror(url: str, option: str) -> str:
     if not URL_RE.match(url):
         raise BadRequest(f"invalid {option} {url!r}",
@@ -326,6 +378,10 @@ def recorded(spec: LaunchSpec, limits: MetadataLimits) -> dict[str, str]:
         "acme-ca": spec.acme.ca,
         "expose": spec.cloud.expose if spec.cloud.expose != EXPOSE_HTTPS else None,
         "token": spec.token,
+        "expires": spec.expires,
+        "at-end": spec.at_end,
+        "idle": str(spec.idle_s) if spec.idle_s else None,
+        "idle-action": spec.idle_action,
         **dict(spec.labels),
     }
     return {k: v for k, v in values.items() if v}
@@ -356,6 +412,10 @@ def make_spec(
     target: Target | None = None,
     volume: str | None = None,
     data: tuple[str, ...] | list[str] = (),
+    lifetime_s: int | None = None,
+    at_end: str | None = None,
+    idle_s: int | None = None,
+    idle_action: str | None = None,
 ) -> LaunchSpec:
     """A launch request, every value checked: the one place a spec is validated.
 
@@ -396,6 +456,8 @@ def make_spec(
     )
     name = validate_name(name) if name is not None else default_name(source)
     volume, data = validate_volumes(volume, tuple(data), name)
+    at_end = validate_at_end(at_end, lifetime_s, defaults)
+    idle_action = validate_idle_action(idle_action, idle_s, defaults)
     if git_credential is not None:
         check_source(source, git_credential)
     spec = LaunchSpec(
@@ -410,6 +472,10 @@ def make_spec(
         tls=tls,
         acme=acme,
         labels=tuple(dict(labels).items()),
+        expires=expires_at(lifetime_s, now()) if lifetime_s else None,
+        at_end=at_end,
+        idle_s=idle_s,
+        idle_action=idle_action,
     )
     if target is not None:
         check_recorded(recorded(spec, target.metadata_limits), target.metadata_limits)

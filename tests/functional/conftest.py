@@ -63,6 +63,9 @@ class Testbed:
                   for k in a.compute.keypairs(user_id=self.user_id)
                   if k.name.startswith("vmbinder-")]
         found += [("image", i.id, i.name) for i in self.images()]
+        found += [("application credential", c.id, c.name)
+                  for c in a.identity.application_credentials(user=self.user_id)
+                  if c.name.startswith("vmbinder-")]
         return found
 
     def images(self, name: str | None = None) -> list:
@@ -91,6 +94,8 @@ class Testbed:
                 a.compute.delete_keypair(rid, user_id=self.user_id, ignore_missing=True)
             elif kind == "image":
                 a.image.delete_image(rid, ignore_missing=True)
+            elif kind == "application credential":
+                a.identity.delete_application_credential(self.user_id, rid, ignore_missing=True)
 
     def server(self, name: str):
         hits = [s for s in self.admin.compute.servers(all_projects=True, project_id=self.project_id,

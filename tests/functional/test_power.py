@@ -49,6 +49,11 @@ def test_stop_start_shelve_unshelve_keep_the_floating_ip_and_the_url(testbed, vm
     assert [(d["action"], d["status"], d["address"]) for d in done] == [("unshelved", "active", address)]
     assert fip_of(testbed, address).port_id == port_id
     assert ok(vmb("url", name, "--ui", "lab")).stdout.strip() == url
+    # Nova's action record: running, stopped and shelved time, cores held only while not shelved.
+    usage = json.loads(ok(vmb("status", name, "--format", "json")).stdout)["usage"]
+    assert all(usage["seconds"][k] > 0 for k in ("running", "stopped", "shelved")), usage
+    held = usage["cores"] * (usage["seconds"]["running"] + usage["seconds"]["stopped"]) / 3600
+    assert abs(usage["core_hours_held"] - held) < 0.01, usage
 
     ok(vmb("delete", name))
     left = testbed.owned()

@@ -11,8 +11,9 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.fakes import FakeProvider
-from vmbinder import errors
+from vmbinder import errors, lifetime
 from vmbinder.providers.base import ERROR, META, Removed, Snapshot
+from vmbinder.spec import MetadataLimits, TargetDefaults, recorded
 from vmbinder.workshops import seats
 from vmbinder.workshops.file import parse
 from vmbinder.workshops.up import build_key, run, up
@@ -64,7 +65,7 @@ class BatchFake(FakeProvider):
             if spec.name in self.fail_seats:
                 raise errors.CloudError(f"creating server {spec.name} failed: HTTP 500")
             server = super().create(spec, resolved, user_data, ledger)
-            labels = {META + k: v for k, v in spec.labels}
+            labels = {META + k: v for k, v in recorded(spec, MetadataLimits(255)).items()}
             server = replace(server, metadata={**server.metadata, **labels})
             self.servers[server.id] = server
             self.specs[spec.name] = spec
@@ -278,7 +279,19 @@ def test_lifetime_is_recorded_as_an_expiry_time():
     p = BatchFake()
     up(p, workshop(1, "lifetime: 8h\n"), wait=False)
     (server,) = p.servers.values()
-    assert server.meta("expires").endswith("Z") and "T" in server.meta("expires")
+    left = lifetime.parse_time(server.meta("expires")) - lifetime.now()
+    assert 8 * 3600 - 120 < left.total_seconds() <= 8 * 3600, server.meta("expires")
+    assert server.meta("at-end") == "shelve"
+
+
+def test_the_at_end_of_a_workshop_is_recorded_or_the_targets_own_where_it_cannot():
+    p = BatchFake()
+    up(p, workshop(1, "lifetime: 90m\nat_end: delete\n"), wait=False)
+    assert [s.meta("at-end") for s in p.servers.values()] == ["delete"]
+    p = BatchFake()
+    p.target_defaults = TargetDefaults(at_end="stop", at_end_actions=("stop",))
+    up(p, workshop(1, "lifetime: 90m\nat_end: shelve\n"), wait=False)
+    assert [s.meta("at-end") for s in p.servers.values()] == ["stop"]
 
 
 def test_an_interrupt_during_the_first_seat_leaves_nothing():

@@ -29,8 +29,8 @@ HELP = [
     [], ["launch"], ["list"], ["status"], ["url"], ["delete"],
     ["image"], ["image", "build"], ["image", "upload"],
     ["workshop"], ["workshop", "check"], ["workshop", "up"], ["workshop", "status"],
-    ["workshop", "roster"], ["workshop", "down"],
-    ["volumes"], ["volumes", "create"], ["volumes", "delete"],
+    ["workshop", "roster"], ["workshop", "down"], ["workshop", "stop"], ["workshop", "reset"],
+    ["reap"], ["volumes"], ["volumes", "create"], ["volumes", "delete"],
 ]
 BAD_WORKSHOP = "name: Bad Name\nsource: https://github.com/binder-examples/requirements\nseats: 0\n"
 

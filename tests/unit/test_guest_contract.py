@@ -32,8 +32,9 @@ def spec_for(**kw) -> LaunchSpec:
     return make_spec(src, name="demo", **kw)
 
 
-def rendered_document(spec: LaunchSpec, public_ip: str | None) -> dict:
-    files = {f["path"]: f for f in yaml.safe_load(cloudinit.render(spec, public_ip))["write_files"]}
+def rendered_document(spec: LaunchSpec, public_ip: str | None, credential=None) -> dict:
+    rendered = cloudinit.render(spec, public_ip, credential=credential)
+    files = {f["path"]: f for f in yaml.safe_load(rendered)["write_files"]}
     return json.loads(files[guestcontract.LAUNCH_PATH]["content"])
 
 
@@ -82,8 +83,10 @@ def test_the_guest_is_found_reading_the_document():
 def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
     # On a target the guest reaches at an address of the launching machine (the
     # local target), the document has the fence too.
-    doc = rendered_document(spec_for(tls=tls, guest_network=GuestNetwork(host_address="10.0.2.2")),
-                            public_ip)
+    # Its care too: an idle time, a lifetime and the credential to act with.
+    doc = rendered_document(spec_for(tls=tls, guest_network=GuestNetwork(host_address="10.0.2.2"),
+                                     idle_s=600, lifetime_s=3600),
+                            public_ip, credential=launchdoc.LONGEST_CREDENTIAL)
     for keys in sorted(guest_reads()):
         value = doc
         for key in keys:
@@ -94,8 +97,8 @@ def test_a_rendered_document_has_every_key_the_guest_reads(public_ip, tls):
 def test_the_request_part_is_what_a_dry_run_shows():
     spec = spec_for()
     doc = launchdoc.document(spec, "203.0.113.9")
-    assert {k: v for k, v in doc.items() if k not in ("site", "build", "guest", "fence", "volumes")} == \
-        launchdoc.request(spec, "203.0.113.9")
+    parts = ("site", "build", "guest", "fence", "volumes", "care")
+    assert {k: v for k, v in doc.items() if k not in parts} == launchdoc.request(spec, "203.0.113.9")
 
 
 @pytest.mark.parametrize("hostname, public_ip, tls", [

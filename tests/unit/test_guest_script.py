@@ -202,14 +202,14 @@ def test_a_first_run_builds_serves_and_reports(tmp_path, jupyter):
     assert state["ready"] is True and state["phase"] == "ready"
     assert state["interfaces"] == ["tree", "lab"]
     # Seconds per step, which the guest-overhead benchmark reads.
-    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "tls", "docker", "metadata",
+    assert list(state["durations"]) == ["trust", "mirrors", "proxy", "care", "tls", "docker", "metadata",
                                         "fence", "volumes", "base-images", "repo2docker", "build",
                                         "home", "service", "interfaces"]
     assert all(isinstance(v, (int, float)) and v >= 0 for v in state["durations"].values())
     console = (guest.root / "dev/console").read_text().splitlines()
     phases = [json.loads(line.split(" ", 1)[1]) for line in console if line.startswith("VMBINDER-PHASE ")]
     assert [p["phase"] for p in phases if p["status"] == "done"] == [
-        "trust", "mirrors", "proxy", "tls", "docker", "metadata", "fence", "volumes",
+        "trust", "mirrors", "proxy", "care", "tls", "docker", "metadata", "fence", "volumes",
         "base-images", "repo2docker", "build", "home", "service", "interfaces", "ready"]
     # The certificate: Let's Encrypt's, for the address itself.
     (outcome,) = outcomes(guest)

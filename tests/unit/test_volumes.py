@@ -261,11 +261,11 @@ def test_a_workshop_gives_every_seat_its_own_work_volume_and_down_keeps_them():
 
     w = file.parse(WORKSHOP + "volume: 3G\n")
     p = VolumeFake()
-    specs = [up._spec(w, seat, public_key=None, target=p) for seat in w.seats]
+    specs = [up.seat_spec(w, seat, public_key=None, target=p) for seat in w.seats]
     assert [(s.volume_size, s.work_volume_name) for s in specs] == [
         (3, "course-01-work"), (3, "course-02-work")]
     # A seat made again gets the volume its name kept.
-    again = up._spec(w, w.seats[0], public_key=None, target=p, kept=frozenset({"course-01-work"}))
+    again = up.seat_spec(w, w.seats[0], public_key=None, target=p, kept=frozenset({"course-01-work"}))
     assert (again.volume, again.volume_size) == ("course-01-work", None)
     for s in specs:  # what their launches made; the servers are gone
         p.create_volume(s.work_volume_name, 3)

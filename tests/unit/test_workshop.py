@@ -101,6 +101,8 @@ def test_a_workshop_opens_a_file_or_a_url_path():
     (HEAD + "seats: 2\ntls: maybe\n", 4, "acme, internal, off"),
     (HEAD + "seats: 2\nlifetime: forever\n", 4, "90m, 8h, 3d"),
     (HEAD + "seats: 2\nlifetime: 0h\n", 4, "not a duration"),
+    (HEAD + "seats: 2\nlifetime: 8h\nat_end: pause\n", 5, "shelve, stop, delete"),
+    (HEAD + "seats: 2\nat_end: delete\n", 4, "add a lifetime"),
     (HEAD + "seats: 2\noverrides: [1]\n", 4, "map a seat"),
     (HEAD + "seats: 2\noverrides:\n  3: {flavor: x}\n", 5, "from 1 to 2"),
     (HEAD + "seats: 2\noverrides:\n  nobody: {flavor: x}\n", 5, "not a seat"),

@@ -12,6 +12,7 @@ import click
 from vmbinder import errors
 from vmbinder.commands.output import Progress, Quiet, debug_log, emit, format_option, print_server, stderr
 from vmbinder.https import WILDCARD_DNS
+from vmbinder.lifetime import AT_END, IDLE_ACTIONS
 
 if TYPE_CHECKING:
     from vmbinder.commands.context import Context
@@ -91,6 +92,18 @@ DRY_RUN_TOKEN = "0" * 64
 @click.option("--data", "data", multiple=True, metavar="VOLUME",
               help="An existing volume mounted read-only at ~/data (shared data sets); "
                    "repeatable.")
+@click.option("--idle", metavar="DURATION",
+              help="Put the server away after this long without Jupyter activity (90m, 2h); "
+                   "a running cell, terminal or open notebook is activity [default: never].")
+@click.option("--idle-action", type=click.Choice(IDLE_ACTIONS),
+              help="How an idle server puts itself away: shelve (no cores held) or stop "
+                   "[default: shelve; stop on the local target].")
+@click.option("--lifetime", metavar="DURATION",
+              help="How long the server lives (90m, 8h, 3d); then --at-end happens to it "
+                   "[default: until deleted].")
+@click.option("--at-end", type=click.Choice(AT_END),
+              help="What happens when the lifetime ends: shelve (no cores held), stop or "
+                   "delete [default: shelve; stop on the local target].")
 @click.option("--dry-run", is_flag=True, help="Resolve and render everything; create nothing.")
 @click.option("--no-wait", is_flag=True, help="Return once the server is ACTIVE with its IP.")
 @click.option("--timeout", type=click.FloatRange(min=1), default=1800, show_default=True,
@@ -107,11 +120,14 @@ DRY_RUN_TOKEN = "0" * 64
 def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, flavor, network,
            external_network, floating_ip, config_drive, key_name, public_key, ssh_cidr, expose,
            hostname, tls, acme_ca, acme_ca_root, wildcard_dns, ca_certs, apt_mirror, pip_index_url,
-           git_token_file, git_token_env, git_user, volume, data, dry_run, no_wait, timeout,
+           git_token_file, git_token_env, git_user, volume, data, idle, idle_action, lifetime,
+           at_end, dry_run,
+           no_wait, timeout,
            keep_on_failure, verbose, delete_on_failure, fmt):
     """Launch SOURCE: a git URL, a DOI, a Zenodo/Figshare/Dataverse/Hydroshare
     record, a Software Heritage id, or a pasted mybinder.org link or badge."""
     from vmbinder import lifecycle, sources
+    from vmbinder import lifetime as lifetimes
     from vmbinder import spec as specs
 
     src = sources.resolve_source(source, ref=ref, subdir=subdir, open_path=open_path,
@@ -131,17 +147,22 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
     acme = specs.AcmeChoice(
         ca=acme_ca, ca_root=Path(acme_ca_root).read_text(errors="replace") if acme_ca_root else None,
         wildcard_dns=parse_wildcard_dns(wildcard_dns))
+    lifetime_s = lifetimes.duration(lifetime, "--lifetime") if lifetime else None
     spec = specs.make_spec(src, name=name, cloud=cloud, hostname=hostname, tls=tls, acme=acme,
                            guest_network=guest_network, git_credential=git_credential,
-                           target=obj.provider, volume=volume, data=data)
+                           target=obj.provider, volume=volume, data=data,
+                           lifetime_s=lifetime_s, at_end=at_end, idle_action=idle_action,
+                           idle_s=lifetimes.duration(idle, "--idle") if idle else None)
     if not dry_run:  # every value checked; a dry run asks nothing of the network
         spec = dataclasses.replace(spec, source=resolve_remote(src, obj.provider, obj.quiet,
                                                                git_credential))
     if dry_run:
         doc = lifecycle.dry_run(spec.with_token(DRY_RUN_TOKEN))
+        doc["holds"], cost_rows = planned_costs(obj.provider, [spec], lifetime_s,
+                                                 spec.volume_size)
         emit(fmt, doc, [("repo", doc["repo"]), ("ref", doc["ref"]), ("subdir", doc["subdir"]),
                         ("open", doc["open"]), ("urlpath", doc["urlpath"]), ("name", doc["name"]),
-                        ("user_data_b64_bytes", doc["user_data_b64_bytes"])],
+                        ("user_data_b64_bytes", doc["user_data_b64_bytes"]), *cost_rows],
              value=doc["user_data"])
         return
     log_path = debug_log(spec.name, spec.token)
@@ -176,6 +197,23 @@ def launch(obj: Context, source, ref, subdir, open_path, urlpath, name, image, f
                       "is built, and change if the server gets its certificate for another "
                       f"name: vmbinder status {result.server.name}")
     print_server(fmt, result.server, result.access)
+
+
+def planned_costs(provider, specs, lifetime_s: int | None,
+                  volume_gb: int | None) -> tuple[dict | None, list]:
+    """What the launches of a dry run would hold and their core-hours over their
+    lifetime (vmbinder.costs), with the rows to print; where the target cannot
+    say (no cloud reachable, no image), None and a row saying why."""
+    from vmbinder import costs
+
+    if not provider.supports("sizes"):
+        return None, [("holds", f"not known on the {provider.kind} target")]
+    try:
+        sizes = provider.sizes(specs)
+    except errors.VmbinderError as exc:
+        return None, [("holds", f"not known: {exc.message}")]
+    plan = costs.planned(sizes, lifetime_s, volume_gb or 0)
+    return plan, costs.describe_plan(plan)
 
 
 def resolve_remote(src, provider, quiet: bool, git_credential=None):

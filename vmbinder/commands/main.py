@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from vmbinder import __version__, errors
-from vmbinder.commands import image, launch, logs, power, remote, servers, volumes, workshop
+from vmbinder.commands import image, launch, logs, power, reap, remote, servers, volumes, workshop
 from vmbinder.commands.context import Context
 from vmbinder.commands.output import render_error, stderr
 
@@ -48,6 +48,7 @@ for command in (servers.list_, servers.status, servers.url, servers.delete):
 for command in (power.stop, power.start, power.shelve, power.unshelve):
     cli.add_command(command)
 cli.add_command(logs.logs)
+cli.add_command(reap.reap)
 cli.add_command(remote.ssh)
 cli.add_command(remote.tunnel)
 cli.add_command(volumes.volumes)

@@ -151,6 +151,7 @@ def server_doc(server, acc) -> dict:
                 "hostname", "tls"):
         doc[key] = server.meta(key)
     doc["expose"] = server.meta("expose") or "https"
+    doc["expires"], doc["at_end"] = server.meta("expires"), server.meta("at-end")
     from vmbinder import lifecycle
 
     doc["open"], doc["urlpath"] = lifecycle.opens(server)
@@ -175,9 +176,26 @@ def guest_rows(server, guest: dict | None) -> list[tuple[str, str]]:
             rows.append(("elapsed", f"{guest['elapsed']} s since the guest started"))
         if guest.get("error"):
             rows.append(("error", guest["error"]))
+        rows += care_rows(server, guest)
     if server.meta("failed"):
         rows.append(("failed", f"the {server.meta('failed')} failed; the server is kept: "
                                f"vmbinder logs {server.name}"))
+    return rows
+
+
+def care_rows(server, guest: dict) -> list[tuple[str, str]]:
+    """What the guest's care saw (launch --idle) and the error it met, if any."""
+    from vmbinder import lifetime, reap
+
+    rows = []
+    idle = reap.idle_seconds(guest)
+    if idle is not None and server.meta("idle"):
+        busy = (guest.get("care_seen") or {}).get("busy")
+        said = "in use now" if idle < 60 else f"idle for {lifetime.span(idle)}"
+        rows.append(("activity", f"{said}{f' ({busy} cells running)' if busy else ''}; put away "
+                                 f"after {lifetime.span(int(server.meta('idle')))} idle"))
+    if guest.get("care_error"):
+        rows.append(("care error", guest["care_error"]))
     return rows
 
 
@@ -188,11 +206,11 @@ HOLDS = {
 }
 
 
-def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
+def print_server(fmt: str, server, acc, guest: dict | None = None, usage: dict | None = None) -> None:
     """One server for launch and status: aligned lines, JSON, or its URL (else its
     address); with the certificate it got and why earlier tries failed, and what
     the guest reports (status)."""
-    from vmbinder import https
+    from vmbinder import https, lifetime
 
     doc = server_doc(server, acc)
     if guest is not None or server.meta("failed"):
@@ -203,6 +221,14 @@ def print_server(fmt: str, server, acc, guest: dict | None = None) -> None:
             if doc[k]]
     if server.state in HOLDS:
         rows.insert(3, ("holds", HOLDS[server.state].format(name=server.name)))
+    ends = lifetime.countdown(doc["expires"], doc["at_end"], lifetime.now())
+    if ends:
+        rows.insert(3, ("lifetime", ends))
+    if usage is not None:
+        from vmbinder import costs
+
+        doc["usage"] = usage
+        rows.insert(3, ("used", costs.describe_so_far(usage)))
     rows += guest_rows(server, guest)
     if server.meta("tls") and not (acc and acc.ssh_only):
         rows.append(("certificate", https.describe(found, server.meta("acme-ca"))))

@@ -89,11 +89,13 @@ def status(obj: Context, name, everyone, fmt):
                                                                everyone=everyone))
     acc = lifecycle.access(server, with_token=False)
     work, data = server.meta("volume"), [d for d in (server.meta("data") or "").split(",") if d]
+    usage = used(obj.provider, server)
     if fmt == "json":
         click.echo(json.dumps({**server_doc(server, acc), "volume": work, "data": data,
-                               "guest": guest, "failed": server.meta("failed")}, indent=2))
+                               "guest": guest, "failed": server.meta("failed"), "usage": usage},
+                              indent=2))
         return
-    print_server(fmt, server, acc, guest=guest)
+    print_server(fmt, server, acc, guest=guest, usage=usage)
     if fmt == "table":
         from rich.markup import escape
 
@@ -103,6 +105,18 @@ def status(obj: Context, name, everyone, fmt):
             stderr().print(escape("volumes: " + "; ".join(said)))
         if not acc.ssh_only:
             stderr().print(f"URLs without the token; with it: vmbinder url {server.name}")
+
+
+def used(provider, server) -> dict | None:
+    """The core-hours the server has held so far (vmbinder.costs), where the
+    target keeps its actions and says its cores; None elsewhere."""
+    from vmbinder import costs, lifetime
+
+    if not (server.cores and provider.supports("history")):
+        return None
+    spent = costs.held(provider.history(server), lifetime.parse_time(server.created),
+                       lifetime.now())
+    return costs.so_far(spent, server.cores)
 
 
 @click.command()

@@ -1,18 +1,19 @@
 """`vmbinder workshop check|up|status|roster|down`: the seats of a workshop file
-(see vmbinder.workshops), with a live table of their progress."""
+(see vmbinder.workshops), with a live table of their progress. Its power
+commands and reset are in vmbinder.commands.workshop_power."""
 
 from __future__ import annotations
 
 import json
-import logging
-import threading
-import time
 from dataclasses import asdict, replace
 
 import click
 
 from vmbinder.commands.launch import read_public_key, resolve_remote
 from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
+from vmbinder.commands.seat_table import LiveTable, seat_table
+from vmbinder.commands.workshop_power import POWER
+from vmbinder.commands.workshop_power import reset as reset_
 from vmbinder.workshops import file as ws
 
 
@@ -72,65 +73,9 @@ def check(file, fmt) -> None:
 
 # -- making, reading and removing the seats ---------------------------------------------
 
-class LiveTable:
-    """The batch's progress: a live table on a terminal, one line per change otherwise."""
-
-    def __init__(self, console, workshop: ws.Workshop, quiet: bool = False):
-        self.console, self.quiet = console, quiet
-        self.people = {s.name: s.participant.name if s.participant else "" for s in workshop.seats}
-        self.rows = {s.name: ("waiting", "") for s in workshop.seats}
-        self.started = time.monotonic()
-        self.lock = threading.Lock()
-        self.live = None
-        if console.is_terminal and not quiet:
-            from rich.live import Live
-
-            self.live = Live(self._table(), console=console, refresh_per_second=4)
-            self.live.start()
-
-    def _table(self):
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table("seat", "participant", "state", "detail", box=None)
-        for name, (state, detail) in self.rows.items():
-            style = {"failed": "red", "created": "green", "recreated": "green", "kept": "cyan",
-                     "deleted": "green", "snapshotted": "green"}.get(state, "")
-            # Text: names and details are shown as written, never read as rich markup.
-            table.add_row(Text(name), Text(self.people.get(name, "")), Text(state, style=style),
-                          Text(detail[:80]))
-        return table
-
-    def seat(self, name: str, state: str, detail: str = "") -> None:
-        logging.getLogger("vmbinder.progress").info("%s %s: %s", name, state, detail)
-        with self.lock:
-            if self.rows.get(name) == (state, detail):
-                return
-            self.rows[name] = (state, detail)
-            if self.live is not None:
-                self.live.update(self._table())
-            elif not self.quiet:
-                from rich.markup import escape
-
-                self.console.print(f"{time.monotonic() - self.started:6.1f}s {name} "
-                                   f"[bold]{state}[/] {escape(detail)}")
-
-    def stop(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-
 def _load(obj, file):
     workshop = ws.load(file)
     return workshop, obj.provider
-
-
-def _table(rows: list[dict], keys: tuple[str, ...]) -> None:
-    widths = {k: max(len(k), *(len(str(r.get(k) or "-")) for r in rows)) for k in keys} if rows else {}
-    click.echo("  ".join(k.ljust(widths.get(k, len(k))) for k in keys).rstrip())
-    for row in rows:
-        click.echo("  ".join(str(row.get(k) or "-").ljust(widths[k]) for k in keys).rstrip())
 
 
 def _certificate(server) -> dict | None:
@@ -198,7 +143,7 @@ def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> No
     else:
         from rich.markup import escape
 
-        _table(docs, ("seat", "participant", "result", "address", "seconds", "error"))
+        seat_table(docs, ("seat", "participant", "result", "address", "seconds", "error"))
         err = stderr()
         if result.snapshot is not None:
             err.print(f"snapshot {escape(result.snapshot.name)} ({result.snapshot_action})")
@@ -231,7 +176,7 @@ def status(obj, file, fmt) -> None:
         for d in docs:
             click.echo(f"{d['seat']}\t{d['state']}\t{d['address'] or ''}")
     else:
-        _table([{**d, "certificate": _certificate_cell(d["certificate"])} for d in docs],
+        seat_table([{**d, "certificate": _certificate_cell(d["certificate"])} for d in docs],
                ("seat", "participant", "state", "address", "certificate", "expires", "fault"))
 
 
@@ -314,3 +259,7 @@ def down(obj, file, snapshots, force, delete_volumes, fmt) -> None:
         stderr().print(escape(f"kept {many}: {', '.join(v.name for v in kept)} ({how})"))
     if fmt not in ("json", "value") and not removed:
         stderr().print(f"nothing of workshop {workshop.name} was left to remove")
+
+
+for command in (*POWER, reset_):
+    workshop.add_command(command)

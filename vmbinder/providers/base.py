@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vmbinder import errors
+from vmbinder.costs import Action, Size
 from vmbinder.spec import LaunchSpec, MetadataLimits, TargetDefaults, check_recorded, recorded
 
 #: Tag on every server vmbinder creates; `list` asks the cloud for it.
@@ -96,6 +97,9 @@ class Resolved:
     login_user: str | None = None
     #: The volumes the server gets: its work volume first, then its data volumes.
     volumes: tuple[VolumeUse, ...] = ()
+    #: The server's own application credential (launchdoc.care), made in create
+    #: once the server's id is known; None when its care needs none.
+    credential: dict | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Server:
     fault: str | None = None
     created: str | None = None
     flavor: str | None = None
+    #: Its flavor's vCPUs, where the target says.
+    cores: int | None = None
 
     def meta(self, key: str) -> str | None:
         return self.metadata.get(META + key)
@@ -169,7 +175,7 @@ REQUIRED = ("prepare", "create", "wait", "get", "list_owned", "console_log", "se
 #: What some targets do; each provider lists the ones it does in `capabilities`.
 OPTIONAL = ("snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
             "release_orphans", "remembering", "ssh_target", "volumes", "create_volume",
-            "delete_volume", "stop", "start", "shelve", "unshelve")
+            "delete_volume", "stop", "start", "shelve", "unshelve", "sizes", "history", "sweep")
 #: Declared for the work to come; no target does them yet.
 PLANNED = ("resize", "attach_volume", "detach_volume", "logs")
 VERBS = REQUIRED + OPTIONAL + PLANNED
@@ -327,6 +333,20 @@ class Provider(abc.ABC):
     def unshelve(self, server: Server) -> Server:
         """Bring a shelved server back."""
         raise self.unsupported("unshelve")
+
+    # Costs (vmbinder.costs): read only, nothing is made.
+
+    def sizes(self, specs: list[LaunchSpec]) -> list[Size]:
+        """What each launch would hold: its flavor's cores, memory and disk."""
+        raise self.unsupported("sizes")
+
+    def history(self, server: Server) -> list[Action]:
+        """The server's actions (create, stop, start, shelve, ...) with their times."""
+        raise self.unsupported("history")
+
+    def sweep(self) -> list[Removed]:
+        """What servers that are gone left of this user's (their credentials), removed."""
+        raise self.unsupported("sweep")
 
     # -- planned (no target does them yet) ------------------------------------------
 

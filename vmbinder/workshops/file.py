@@ -9,7 +9,8 @@
     tls: acme                     # acme | internal | off
     acme_ca: https://ca.example.org/acme/directory   # optional, as --acme-ca; also
     acme_ca_root: ca-root.pem     #   acme_ca_root (next to this file), wildcard_dns
-    lifetime: 8h                  # how long the seats are meant to live (m, h, d)
+    lifetime: 8h                  # how long the seats live (m, h, d); then at_end:
+    at_end: shelve                #   shelve | stop | delete [default: shelve; stop locally]
     volume: 10                    # optional: each seat's own work volume <seat>-work, in GB
     overrides:                    # per seat: by number, seat name or participant name
       1: {flavor: m1.xlarge}
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from vmbinder.errors import BadRequest
+from vmbinder.lifetime import AT_END, WRITTEN, parse_duration
 from vmbinder.sources import Source, has_control, resolve_source
 from vmbinder.spec import (
     ACME,
@@ -52,9 +54,7 @@ CHOICE_KEYS = ("floating_ip", "config_drive")
 OVERRIDE_KEYS = (*CLOUD_KEYS, "hostname")
 ACME_KEYS = ("acme_ca", "acme_ca_root", "wildcard_dns")
 KEYS = ("name", "source", "ref", "subdir", "open", "urlpath", "seats", "participants", *CLOUD_KEYS,
-        "tls", *ACME_KEYS, "lifetime", "volume", "overrides")
-LIFETIME_RE = re.compile(r"\A(\d{1,5})\s*(m|min|h|d)\Z")
-LIFETIME_UNITS = {"m": 60, "min": 60, "h": 3600, "d": 86400}
+        "tls", *ACME_KEYS, "lifetime", "at_end", "volume", "overrides")
 EMAIL_RE = re.compile(r"\A[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}\Z")
 
 
@@ -81,6 +81,8 @@ class Workshop:
     tls: str = ACME
     acme: AcmeChoice = field(default_factory=AcmeChoice)
     lifetime_s: int | None = None
+    #: What happens to the seats when the lifetime ends (None: the target's default).
+    at_end: str | None = None
     path: Path | None = field(default=None, compare=False)
     #: Each seat's work volume, <seat>-work, in GB (None: none).
     volume_gb: int | None = None
@@ -191,11 +193,24 @@ def _parse_lifetime(doc: _Doc) -> int | None:
     text = doc.text("lifetime")
     if text is None:
         return None
-    m = LIFETIME_RE.match(text.strip().lower())
-    if not m or int(m.group(1)) == 0:
+    seconds = parse_duration(text)
+    if seconds is None:
         raise doc.error(doc.node("lifetime"), f"lifetime {text!r} is not a duration",
-                        "write minutes, hours or days: 90m, 8h, 3d")
-    return int(m.group(1)) * LIFETIME_UNITS[m.group(2)]
+                        f"write {WRITTEN}")
+    return seconds
+
+
+def _parse_at_end(doc: _Doc, lifetime: int | None) -> str | None:
+    text = doc.text("at_end")
+    if text is None:
+        return None
+    if text not in AT_END:
+        raise doc.error(doc.node("at_end"), f"at_end {text!r} is not an action",
+                        f"use one of: {', '.join(AT_END)}")
+    if lifetime is None:
+        raise doc.error(doc.node("at_end"), "at_end is given but no lifetime",
+                        "add a lifetime (such as lifetime: 8h), or leave at_end out")
+    return text
 
 
 def _parse_participants(doc: _Doc) -> list[Participant] | None:
@@ -313,6 +328,7 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
         raise doc.error(doc.node("tls"), f"tls {tls!r} is not a mode", exc.hint) from None
     acme = _parse_acme(doc, tls)
     lifetime = _parse_lifetime(doc)
+    at_end = _parse_at_end(doc, lifetime)
     people = _parse_participants(doc)
     count = _parse_count(doc, people)
     names = [seat_name(name, i, count) for i in range(1, count + 1)]
@@ -325,7 +341,7 @@ def parse(text: str, where: str = "workshop.yaml") -> Workshop:
                           participant=people[index] if people else None,
                           hostname=overrides.get(index, {}).get("hostname")))
     return Workshop(name=name, source=source, seats=tuple(seats), tls=tls, acme=acme,
-                    lifetime_s=lifetime, volume_gb=_parse_volume(doc))
+                    lifetime_s=lifetime, at_end=at_end, volume_gb=_parse_volume(doc))
 
 
 def _parse_volume(doc: _Doc) -> int | None:

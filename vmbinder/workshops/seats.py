@@ -44,6 +44,16 @@ class NullBatchReporter:
         pass
 
 
+class SeatReporter:
+    """One server's phases (a launch's, a power verb's), reported as one seat's row."""
+
+    def __init__(self, batch: BatchReporter, name: str):
+        self.batch, self.name = batch, name
+
+    def phase(self, phase: str, detail: str = "") -> None:
+        self.batch.seat(self.name, phase, detail)
+
+
 def seats_of(provider: Provider, workshop: Workshop) -> dict[str, Server]:
     """The workshop's servers by seat name. A server with a seat's name that is
     not this workshop's seat is refused: `up` would otherwise make a second one."""
@@ -112,8 +122,6 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
     """(entries for the seats whose URL answered, the seats left out). With
     check=False every seat with an address is listed, unchecked. answers(server,
     url) says whether a URL answers (default: a GET, the certificate checked)."""
-    from vmbinder.workshops import roster
-
     answers = answers or (lambda server, url: _answers(server, url, workshop.acme.ca_root))
     seats = status(provider, workshop)
     candidates = []
@@ -131,14 +139,25 @@ def roster_entries(provider: Provider, workshop: Workshop, *, check: bool = True
     for (st, acc), good in zip(candidates, verdicts, strict=True):
         if not good:
             continue
-        person = st.seat.participant
-        entries.append(roster.Entry(
-            seat=st.seat.name, number=st.seat.number,
-            participant=person.name if person else None, email=person.email if person else None,
-            url=acc.open_url or acc.urls["lab"], lab_url=acc.urls["lab"],
-            expires=st.server.meta(EXPIRES)))
+        entries.append(roster_entry(st.seat, st.server, acc))
         listed.add(st.seat.name)
     return entries, [st for st in seats if st.seat.name not in listed]
+
+
+def roster_entry(seat: Seat, server: Server, acc=None):
+    """The seat's roster entry (its URL with the token), unchecked; None when the
+    server has no URL (no address yet)."""
+    from vmbinder.workshops import roster
+
+    acc = acc or lifecycle.access(server)
+    if acc.base is None:
+        return None
+    person = seat.participant
+    return roster.Entry(
+        seat=seat.name, number=seat.number,
+        participant=person.name if person else None, email=person.email if person else None,
+        url=acc.open_url or acc.urls["lab"], lab_url=acc.urls["lab"],
+        expires=server.meta(EXPIRES))
 
 
 def down(provider: Provider, workshop: Workshop, *, snapshots: bool = False,

@@ -18,7 +18,6 @@ are found as vmbinder.workshops.seats finds them. Nothing here prints.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import threading
@@ -34,7 +33,6 @@ from vmbinder.spec import ACME, LaunchSpec, make_spec
 from vmbinder.workshops.file import Seat, Workshop
 from vmbinder.workshops.seats import (
     CREATED,
-    EXPIRES,
     FAILED,
     FROM_SNAPSHOT,
     HEALTHY,
@@ -49,19 +47,10 @@ from vmbinder.workshops.seats import (
     WORKSHOP,
     BatchReporter,
     NullBatchReporter,
+    SeatReporter,
     release_orphans,
     seats_of,
 )
-
-
-class _SeatReporter:
-    """A launch's phases, reported as one seat's row."""
-
-    def __init__(self, batch: BatchReporter, name: str):
-        self.batch, self.name = batch, name
-
-    def phase(self, phase: str, detail: str = "") -> None:
-        self.batch.seat(self.name, phase, detail)
 
 
 @dataclass
@@ -124,11 +113,12 @@ def build_key(workshop: Workshop, image: str | None) -> str:
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
 
 
-def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Provider,
+def seat_spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Provider,
           image: str | None = None, labels: dict[str, str] | None = None,
           kept: frozenset[str] = frozenset()) -> LaunchSpec:
     """A seat's launch. A workshop file is meant for any target: its tls acme (the
-    default) becomes the target's own default where Let's Encrypt cannot reach it.
+    default) becomes the target's own default where Let's Encrypt cannot reach it,
+    and so does its at_end where the target cannot act so (no shelving locally).
     With volume, the seat gets a new work volume <seat>-work, or the one of that
     name that is there and free (kept: a seat made again gets its work back)."""
     tls = workshop.tls
@@ -138,15 +128,15 @@ def _spec(workshop: Workshop, seat: Seat, *, public_key: str | None, target: Pro
     if image:
         cloud = replace(cloud, image=image)
     values = {WORKSHOP: workshop.name, SEAT: str(seat.number), **(labels or {})}
-    if workshop.lifetime_s:
-        end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=workshop.lifetime_s)
-        values[EXPIRES] = end.isoformat(timespec="minutes").replace("+00:00", "Z")
+    at_end = workshop.at_end
+    if at_end not in target.target_defaults.at_end_actions:
+        at_end = None
     volume = None
     if workshop.volume_gb:
         volume = f"{seat.name}-work" if f"{seat.name}-work" in kept else str(workshop.volume_gb)
     return make_spec(workshop.source, name=seat.name, cloud=cloud, hostname=seat.hostname,
                      tls=tls, acme=workshop.acme if tls == ACME else None, labels=values,
-                     target=target, volume=volume)
+                     target=target, volume=volume, lifetime_s=workshop.lifetime_s, at_end=at_end)
 
 
 class _Launcher:
@@ -170,7 +160,7 @@ class _Launcher:
             return SeatResult(seat, SKIPPED)
         started = time.monotonic()
         try:
-            launched = lifecycle.launch(self.provider, spec, _SeatReporter(self.reporter, seat.name),
+            launched = lifecycle.launch(self.provider, spec, SeatReporter(self.reporter, seat.name),
                                         wait=self.wait if wait is None else wait,
                                         ready_timeout=self.ready_timeout,
                                         clock=readiness.Clock(sleep=self._sleep))
@@ -188,7 +178,7 @@ class _Launcher:
         seat, started = made.seat, time.monotonic()
         try:
             server = lifecycle.wait_ready(
-                self.provider, made.server, _SeatReporter(self.reporter, seat.name),
+                self.provider, made.server, SeatReporter(self.reporter, seat.name),
                 timeout=self.ready_timeout, clock=readiness.Clock(sleep=self._sleep),
                 extra_roots=self.extra_roots)
         except errors.VmbinderError as exc:
@@ -265,8 +255,8 @@ class UpSteps:
         can: QuotaExceeded before anything is made."""
         if self.workshop.volume_gb and self.provider.supports("volumes"):
             self.kept = frozenset(v.name for v in self.provider.volumes() if not v.attached_to)
-        self.specs = {seat.name: _spec(self.workshop, seat, public_key=self.public_key,
-                                       target=self.provider, kept=self.kept)
+        self.specs = {seat.name: seat_spec(self.workshop, seat, public_key=self.public_key,
+                                           target=self.provider, kept=self.kept)
                       for seat, _ in self.todo}
         if self.provider.supports("preflight"):
             self.result.quota = self.provider.preflight(list(self.specs.values()))
@@ -292,8 +282,8 @@ class UpSteps:
         snap = self.result.snapshot
         if snap is None:
             return self.specs[seat.name]
-        return _spec(self.workshop, seat, public_key=self.public_key, target=self.provider,
-                     image=snap.id, labels={FROM_SNAPSHOT: snap.id}, kept=self.kept)
+        return seat_spec(self.workshop, seat, public_key=self.public_key, target=self.provider,
+                         image=snap.id, labels={FROM_SNAPSHOT: snap.id}, kept=self.kept)
 
     def first_seat(self) -> SeatResult:
         """The first seat alone, so that a configuration error shows once, not once per

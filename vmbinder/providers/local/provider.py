@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from vmbinder import errors
+from vmbinder.costs import Size
 from vmbinder.images.folder import (
     ImageFileError,
     cloud_image,
@@ -44,6 +45,7 @@ from vmbinder.images.folder import (
     resolve_image,
 )
 from vmbinder.images.seed import write_seed
+from vmbinder.lifetime import STOP
 from vmbinder.providers.base import (
     META,
     Created,
@@ -101,10 +103,12 @@ class LocalProvider(Provider):
     kind = "local"
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "reboot", "stop", "start",
                               "preflight", "ssh_target", "volumes", "create_volume",
-                              "delete_volume"})
+                              "delete_volume", "sizes"})
     #: Reached on this machine's loopback: no public DNS name, so no Let's Encrypt.
     target_defaults = TargetDefaults(hostname="localhost", tls="internal", acme=False,
-                                     host_address=HOST_FROM_GUEST)
+                                     host_address=HOST_FROM_GUEST,
+                                     # No shelving here; the guest can power itself off.
+                                     at_end=STOP, at_end_actions=(STOP,))
     #: server.json has no limit of its own; a cloud's (Nova's 255) keeps a launch that
     #: works here working there.
     metadata_limits = MetadataLimits(value_max=255)
@@ -317,6 +321,12 @@ class LocalProvider(Provider):
     def reboot(self, server: Server) -> None:
         """Reset the guest (a power cycle; the disk and the forwarded ports stay)."""
         qmp(self.folder(server.name), "system_reset")
+
+    def sizes(self, specs: list[LaunchSpec]) -> list[Size]:
+        """Each launch's CPUs and memory (--flavor) and its image's disk."""
+        return [Size(f.name, f.cpus, f.memory_mb,
+                     -(-resolve_image(s.cloud.image, self.images).virtual_size // 2**30))
+                for s in specs for f in [parse_flavor(s.cloud.flavor)]]
 
     def stop(self, server: Server) -> Server:
         """The ACPI power button, and qemu's exit waited for (see snapshot.shut_down)."""

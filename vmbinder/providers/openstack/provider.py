@@ -22,6 +22,7 @@ import threading
 from dataclasses import replace
 
 from vmbinder import errors
+from vmbinder.costs import Action, Size
 from vmbinder.providers.base import (
     META,
     OWNER_TAG,
@@ -38,7 +39,8 @@ from vmbinder.providers.base import (
     redact_token,
     volume_metadata,
 )
-from vmbinder.providers.openstack import distros, network, power, quotas, resolve
+from vmbinder.providers.openstack import credential as appcred
+from vmbinder.providers.openstack import distros, network, power, quotas, resolve, usage
 from vmbinder.providers.openstack import snapshots as glance_snapshots
 from vmbinder.providers.openstack import volumes as cinder_volumes
 from vmbinder.providers.openstack.common import (
@@ -68,7 +70,7 @@ class OpenStackProvider(Provider):
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "preflight",
                               "release_orphans", "remembering", "ssh_target", "volumes",
                               "create_volume", "delete_volume", "stop", "start", "shelve",
-                              "unshelve"})
+                              "unshelve", "sizes", "history", "sweep"})
     #: A floating IP with a public name (<ip>.sslip.io unless --hostname): Let's Encrypt.
     target_defaults = TargetDefaults()
     metadata_limits = NOVA_METADATA
@@ -144,6 +146,8 @@ class OpenStackProvider(Provider):
         if spec.volume_size:
             uses = (cinder_volumes.work_volume(conn, spec, self.current_owner(), ledger), *uses)
         chosen["volumes"] = uses
+        if appcred.needed(spec):
+            chosen["credential"] = appcred.plan(conn, spec, self.current_owner())
         if place.floating:
             fip = network.allocate_floating_ip(conn, spec, external, ledger)
             return Resolved(**chosen, public_ip=fip.floating_ip_address, floating_ip_id=fip.id)
@@ -209,7 +213,13 @@ class OpenStackProvider(Provider):
             lambda: self._delete_server_and_wait(server_id),
             f"openstack server delete --wait {server_id}",
         ))
-        return self._record(server)
+        record = self._record(server)
+        if resolved.credential:
+            # Recorded on the server once it is ACTIVE (wait): Nova refuses metadata
+            # while it builds.
+            cred_id = appcred.create(self.conn, spec, server_id, resolved.credential, ledger)
+            record = replace(record, metadata={**record.metadata, f"{META}credential": cred_id})
+        return record
 
     def _boot(self, spec: LaunchSpec, attrs: dict, metadata: dict, ledger: Ledger, *,
               config_drive: bool):
@@ -275,6 +285,8 @@ class OpenStackProvider(Provider):
             else METADATA_SERVICE
         if record.meta("user-data-via") not in (None, via):
             record = self.set_metadata(record, {"user-data-via": via})
+        if server.meta("credential") and record.meta("credential") != server.meta("credential"):
+            record = self.set_metadata(record, {"credential": server.meta("credential")})
         return record
 
     # -- reading -------------------------------------------------------------------
@@ -286,11 +298,12 @@ class OpenStackProvider(Provider):
         flavor = raw.flavor
         flavor_name = (flavor.get("original_name") if isinstance(flavor, dict)
                        else getattr(flavor, "original_name", None) or getattr(flavor, "name", None))
+        cores = flavor.get("vcpus") if isinstance(flavor, dict) else getattr(flavor, "vcpus", None)
         return Server(
             id=raw.id, name=raw.name, state=state_of(raw.status, raw.task_state),
             cloud_status=raw.status or "", address=server_address(raw.addresses, raw.metadata),
             metadata=dict(raw.metadata or {}), fault=fault, created=raw.created_at,
-            flavor=flavor_name,
+            flavor=flavor_name, cores=cores,
         )
 
     def current_owner(self) -> str | None:
@@ -319,6 +332,20 @@ class OpenStackProvider(Provider):
                 f"{server.name} has no address yet (status {server.state})",
                 f"wait for it: vmbinder status {server.name}")
         return SshTarget(server.address, 22, server.meta("login-user"))
+
+    def sizes(self, specs: list[LaunchSpec]) -> list[Size]:
+        """Each launch's flavor (chosen as prepare does), read only."""
+        conn, found = self.conn, []
+        for spec in specs:
+            c = spec.cloud
+            image = self._remember(("image", c.image), lambda c=c: resolve.image(conn, c.image))
+            flavor = self._remember(("flavor", c.flavor, image.id),
+                                    lambda c=c, i=image: resolve.flavor(conn, c.flavor, i))
+            found.append(usage.size(image, flavor))
+        return found
+
+    def history(self, server: Server) -> list[Action]:
+        return usage.history(self.conn, server)
 
     def set_metadata(self, server: Server, values: dict[str, str]) -> Server:
         meta = {META + k: v for k, v in values.items()}
@@ -365,8 +392,19 @@ class OpenStackProvider(Provider):
     def release_orphans(self, names: list[str]) -> list[Removed]:
         """Floating IPs and ports made for these server names and attached to
         nothing, and the groups nothing uses then: what a server deleted by hand
-        (not with vmbinder delete) leaves behind."""
-        return network.release_orphans(self.conn, names, free_groups=True)
+        (not with vmbinder delete) leaves behind; and the credentials of servers
+        that are gone."""
+        removed = network.release_orphans(self.conn, names, free_groups=True)
+        live = {s.id for s in self.list_owned()}
+        return removed + appcred.sweep(self.conn, self.current_owner(), live)[0]
+
+    def sweep(self) -> list[Removed]:
+        """The application credentials of servers that are gone, and those servers'
+        floating IPs and ports (a server that deleted itself leaves them)."""
+        live = {s.id for s in self.list_owned()}
+        removed, names = appcred.sweep(self.conn, self.current_owner(), live)
+        return removed + (network.release_orphans(self.conn, names, free_groups=True)
+                          if names else [])
 
     def snapshot(self, server: Server, name: str, properties: dict[str, str],
                  ledger: Ledger) -> Snapshot:
@@ -419,4 +457,5 @@ class OpenStackProvider(Provider):
                 conn.network.delete_port(port, ignore_missing=True)
                 removed.append(Removed("port", port.id, network.port_address(port) or port.id))
             removed += network.delete_unused_groups(conn, groups)
+        removed += appcred.delete(conn, server, self.current_owner())
         return removed
