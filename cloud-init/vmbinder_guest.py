@@ -1406,7 +1406,9 @@ def utc(text):
 
 
 def jupyter_json(doc, path, timeout=5):
-    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode({"token": doc["token"]})
+    # no_track_activity: these looks are not activity themselves.
+    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode(
+        {"token": doc["token"], "no_track_activity": "1"})
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             return json.load(resp)
@@ -1444,7 +1446,8 @@ def due(doc, now, watching_since, seen):
     idle_s = care.get("idle_s")
     if not idle_s or not state.get("ready") or seen is None:
         return None
-    since = max(seen["last"], watching_since)
+    # Counted from the environment's readiness at the earliest (each boot's).
+    since = max(seen["last"], watching_since, state.get("ready_at") or 0)
     if now - since >= idle_s:
         return care["idle_action"], f"idle for {round((now - since) / 60)} min", False
     return None
@@ -1542,7 +1545,8 @@ def care_loop(doc):
         now = time.time()
         seen = activity(doc, now) if care.get("idle_s") else None
         write_state(doc, care_seen={**(seen or {}), "checked": now,
-                                    "watching_since": watching_since})
+                                    "watching_since": max(watching_since, current_state(doc).get(
+                                        "ready_at") or 0)})
         try:
             found = due(doc, now, watching_since, seen) if care else None
             if found and put_away(doc, *found):
@@ -1610,7 +1614,7 @@ def run_all(doc):
         phase(doc, name, "done", result=result)
     times = {**build_times(doc), image_name(doc): durations}
     write(home_store(doc) + "/steps.json", json.dumps(dict(list(times.items())[-5:])))
-    write_state(doc, ready=True)
+    write_state(doc, ready=True, ready_at=time.time())
     phase(doc, "ready", "done")
     return 0
 

@@ -76,3 +76,37 @@ def execute(base: str, token: str, code: str, timeout: float = 180.0, *,
             ws.close()
     finally:
         _api(base, token, "DELETE", f"/api/kernels/{kernel['id']}", timeout=60, context=context)
+
+
+def start_cell(base: str, token: str, code: str, *, context: ssl.SSLContext) -> str:
+    """Start `code` in a new kernel and leave it running, as a user who runs a long
+    cell and closes the tab does: the WebSocket is closed once the kernel is busy.
+    The kernel's id, for interrupt() and stop_kernel()."""
+    import websocket  # websocket-client
+
+    kernel = _api(base, token, "POST", "/api/kernels", timeout=60, context=context)
+    parts = urlsplit(base)
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    ws = websocket.create_connection(
+        f"{scheme}://{parts.netloc}/api/kernels/{kernel['id']}/channels?token={token}",
+        timeout=30, origin=f"{parts.scheme}://{parts.netloc}", sslopt={"context": context})
+    try:
+        request = _message(uuid.uuid4().hex, code)
+        ws.send(json.dumps(request))
+        while True:
+            msg = json.loads(ws.recv())
+            if (msg.get("parent_header", {}).get("msg_id") == request["header"]["msg_id"]
+                    and msg["header"]["msg_type"] == "status"
+                    and msg.get("content", {}).get("execution_state") == "busy"):
+                return kernel["id"]
+    finally:
+        ws.close()
+
+
+def kernel_state(base: str, token: str, kernel_id: str, *, context: ssl.SSLContext) -> str:
+    return _api(base, token, "GET", f"/api/kernels/{kernel_id}?no_track_activity=1", timeout=60,
+                context=context)["execution_state"]
+
+
+def interrupt(base: str, token: str, kernel_id: str, *, context: ssl.SSLContext) -> None:
+    _api(base, token, "POST", f"/api/kernels/{kernel_id}/interrupt", timeout=60, context=context)

@@ -75,5 +75,11 @@ class BatchPartlyFailed(VmbinderError):
     exit_code = 10
 
 
+class Busy(VmbinderError):
+    """Another run holds what this one needs (vmbinder reap's lock): nothing was done."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again later
+
+
 class Interrupted(VmbinderError):
     exit_code = 130

@@ -43,12 +43,6 @@ class Reaped:
     detail: str = ""
 
 
-class Busy(errors.VmbinderError):
-    """Another reap of the same cloud holds the lock."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again later
-
-
 def lock_path(target: str) -> Path:
     base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
     return base / "vmbinder" / f"reap-{target}.lock"
@@ -63,7 +57,7 @@ def lock(target: str) -> Iterator[Path]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise Busy(f"another vmbinder reap of {target} is running (it holds {path})",
+            raise errors.Busy(f"another vmbinder reap of {target} is running (it holds {path})",
                        "nothing was done; the next run acts on what is left") from None
         yield path
 

@@ -7,7 +7,10 @@ exposed: inside the guest (over SSH, its host key checked against the one
 cloud-init printed) only 22, 80 and 443 answer on its network address; the
 token is in no console line, no vmbinder log and no host `ps` line; the status
 and log pages need it; code in the guest (a notebook's kernel, a shell) reaches
-no port of this machine's loopback that the launch did not name.
+no port of this machine's loopback that the launch did not name. Launched with
+`--idle 1m --idle-action stop`: a cell left running (its browser gone) keeps the
+server up past the idle time; once it is interrupted, the server powers itself
+off after a minute without activity and `vmbinder status` says stopped.
 
 Needs root, qemu and the baked image with the container base image inside it
 (tests/e2e/conftest.py builds them when missing). Missing parts fail, never skip.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shlex
 import socket
 import ssl
@@ -126,6 +130,7 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
     proc = subprocess.Popen(
         [sys.executable, "-m", "vmbinder", "--cloud", "local", "launch", "--name", name,
          "--image", str(baked_image), "--format", "json", "--timeout", "2400",
+         "--idle", "1m", "--idle-action", "stop",
          "--acme-ca", ca.directory, "--acme-ca-root", str(ca.roots), test_repo],
         env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status_pages = []
@@ -153,17 +158,23 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
             proc.kill()
     assert proc.returncode == 0, err
     doc = json.loads(out)
+    # A long cell, started at once (the idle time counts from when the environment
+    # was ready) and left running: the server is busy, whatever else happens.
+    from tests.kernel import interrupt, kernel_state, start_cell
+
+    token = doc["urls"]["lab"].rsplit("token=", 1)[1]
+    base = doc["urls"]["lab"].split("/lab?")[0]
+    busy = start_cell(base, token, "import time; time.sleep(3600)", context=context)
+    busy_since = time.monotonic()
     assert status_pages, "the status page never answered while the environment was built"
     # The certificate is the CA's, for the address itself, at the first try.
     assert doc["certificate"] == {"site": "127.0.0.1", "issuer": "acme", "root_sha256": None,
                                   "failed": []}, err
     assert sum(relay.connections for relay in ca.relays) >= 1, "the CA never validated through the guest"
-    token = doc["urls"]["lab"].rsplit("token=", 1)[1]
     for key, url in doc["urls"].items():
         assert url.startswith("https://127.0.0.1:"), url
         code, _ = get(url, context=context)
         assert code == 200, f"{key}: {url} answered {code}"
-    base = doc["urls"]["lab"].split("/lab?")[0]
     served = ssl.get_server_certificate(("127.0.0.1", int(base.rsplit(":", 1)[1])))
     from cryptography import x509
 
@@ -232,6 +243,24 @@ def test_launch_on_the_local_target_serves_every_url_it_prints(cli_env, baked_im
 
     # `vmbinder ssh` and `vmbinder tunnel` through the CLI (see check_ssh_and_tunnel).
     check_ssh_and_tunnel(cli_env, name, state / "local" / name / "console.log", token)
+
+    # Busy past the idle time (and a look of the guest's), it runs on; interrupted,
+    # it is idle, and after a minute it powers itself off.
+    time.sleep(max(0.0, 100 - (time.monotonic() - busy_since)))
+    assert kernel_state(base, token, busy, context=context) == "busy"
+    assert json.loads(vmbinder(cli_env, "status", name, "--format", "json").stdout)[
+        "status"] == "active"
+    code, body = get(f"{base}/vmbinder/status.json?token={token}", context=context)
+    seen = json.loads(body)["care_seen"]
+    assert code == 200 and seen["busy"] == 1 and seen["checked"] - seen["last"] < 60, seen
+    interrupt(base, token, busy, context=context)
+    deadline = time.monotonic() + 400
+    while (status := json.loads(vmbinder(cli_env, "status", name, "--format", "json").stdout)
+           ["status"]) != "stopped":
+        assert time.monotonic() < deadline, f"{name} did not power itself off: {status}"
+        time.sleep(10)
+    console = (state / "local" / name / "console.log").read_text(errors="replace")
+    assert re.search(r"vmbinder care: stop: idle for [12] min", console), console[-2000:]
 
     res = subprocess.run([sys.executable, "-m", "vmbinder", "--cloud", "local", "delete", name],
                          env=cli_env, capture_output=True, text=True, timeout=120, check=False)

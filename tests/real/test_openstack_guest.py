@@ -22,6 +22,11 @@ its server is kept, with exit 6 and the commands to read its log and remove it;
 `list`, `status` and `logs` show it, the log read through the server's
 token-protected status service; `delete` removes it. `vmbinder ssh` after the
 reboot is checked last, so that a failure there leaves the rest shown.
+
+A third launch, with a lifetime of a minute and `--at-end delete`, deletes
+itself: its guest reaches Keystone and Nova through the public endpoints with
+the application credential vmbinder made for it (restricted to that server),
+and `vmbinder reap` then removes that credential and the floating IP it left.
 """
 
 from __future__ import annotations
@@ -228,6 +233,26 @@ def wait_created(testbed, name: str, proc: subprocess.Popen, timeout: float = 30
         time.sleep(2)
 
 
+def check_deleted_itself(tb, env: dict, name: str, proc: subprocess.Popen, folder: Path,
+                         timeout: float = 900) -> None:
+    """The launch of a server with a one-minute lifetime and --at-end delete
+    returned once it was ACTIVE; its guest then deleted it through Nova with its
+    own credential (nothing else here deletes it), which vmbinder recorded on it;
+    reap removes that credential and its floating IP, which the guest cannot."""
+    out, err = ended(proc, folder)
+    assert proc.returncode == 0, err
+    server_id = json.loads(out)["id"]
+    deadline = time.monotonic() + timeout
+    while any(s.id == server_id for s in tb.admin.compute.servers(
+            all_projects=True, project_id=tb.project_id)):
+        assert time.monotonic() < deadline, f"{name} did not delete itself in {timeout:.0f} s"
+        time.sleep(5)
+    res = vmbinder(env, "reap", "--format", "json", timeout=300)
+    assert res.returncode == 0, res.stderr
+    removed = sorted((d["action"], d["kind"]) for d in json.loads(res.stdout))
+    assert removed == [("forget", "application credential"), ("forget", "floating IP")], res.stdout
+
+
 def check_failed_build(env: dict, name: str, code: int, stderr: str, beside: str) -> None:
     """A launch whose build failed (its exit code and stderr): exit 6 with the
     commands to read its log and remove it; `list` (beside the other server,
@@ -300,15 +325,15 @@ def check_tunnel(env: dict, name: str, token: str, wait: float = 120) -> None:
 
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         real_testbed, uploaded_image, repo_url, failing_repo_url, acme_ca, tmp_path, phase):
-    tb, name, failed = real_testbed, "real-launch", "real-failed"
+    tb, name, failed, ending = real_testbed, "real-launch", "real-failed", "real-ends"
     (tmp_path / "home").mkdir()
     env = cli_environment(tmp_path / "home")
     key = ssh_key(tmp_path / "home")
     phase("set-up")
 
-    launch = failing = None
+    launch = failing = ends = None
     try:
-        for folder in ("launch", "failing"):
+        for folder in ("launch", "failing", "ends"):
             (tmp_path / folder).mkdir()
         launch = spawn(env, tmp_path / "launch", "launch", "--name", name, "--image", uploaded_image,
                        "--flavor", FLAVOR, "--acme-ca", acme_ca.directory, "--acme-ca-root",
@@ -320,6 +345,10 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         failing = spawn(env, tmp_path / "failing", "launch", "--name", failed, "--image",
                         uploaded_image, "--flavor", FLAVOR, "--tls", "internal", "--timeout",
                         str(TIMEOUT), failing_repo_url)
+        # Its lifetime has ended by the time its guest's care service starts.
+        ends = spawn(env, tmp_path / "ends", "launch", "--name", ending, "--image", uploaded_image,
+                     "--flavor", FLAVOR, "--tls", "internal", "--no-wait", "--lifetime", "1m",
+                     "--at-end", "delete", "--format", "json", repo_url)
         out, err = ended(launch, tmp_path / "launch")
         assert launch.returncode == 0, err
         doc = json.loads(out)
@@ -329,6 +358,8 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         phase("the failing build's launch ends")
         check_failed_build(env, failed, failing.returncode, err, beside=name)
         phase("list, status, logs and delete of the failed build's server")
+        check_deleted_itself(tb, env, ending, ends, tmp_path / "ends")
+        phase("a server whose lifetime ended deleted itself; reap removed what it left")
 
         server = tb.server(name)
         # Asked for by default: neither the image nor Nova forces one here.
@@ -410,15 +441,15 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         assert (through_cli.returncode, through_cli.stdout) == (0, after), \
             f"vmbinder ssh {name} after the hard reboot: exit {through_cli.returncode}: {through_cli.stderr}"
     finally:
-        for proc in (launch, failing):
+        for proc in (launch, failing, ends):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGINT)  # Ctrl-C: the launch removes what it made
                 proc.wait(timeout=300)
         res = vmbinder(env, "delete", name, "--format", "json", timeout=300)
-        if failing is not None:
-            if any(s.name == failed for s in tb.admin.compute.servers(
+        for other in (failed, ending):
+            if any(s.name == other for s in tb.admin.compute.servers(
                     all_projects=True, project_id=tb.project_id, tags="vmbinder")):
-                vmbinder(env, "delete", failed, "--format", "json", timeout=300)
+                vmbinder(env, "delete", other, "--format", "json", timeout=300)
     assert res.returncode == 0, res.stderr
     only_the_keypair_is_left(tb, uploaded_image)
     phase("delete")

@@ -107,6 +107,15 @@ def doc_for(stand, *, idle_s=None, lifetime_s=None, at_end=None, idle_action=Non
     return launchdoc.document(spec, "203.0.113.9", credential=cred if credential else None)
 
 
+def test_the_guests_looks_are_not_activity_themselves(stand, monkeypatch):
+    asked = []
+    real = guest.urllib.request.urlopen
+    monkeypatch.setattr(guest.urllib.request, "urlopen",
+                        lambda url, timeout: asked.append(url) or real(url, timeout=timeout))
+    guest.activity(doc_for(stand, idle_s=60), T0)
+    assert len(asked) == 3 and all("no_track_activity=1" in url for url in asked), asked
+
+
 def test_activity_is_the_newest_time_jupyter_reports_or_now_while_in_use(stand):
     doc = doc_for(stand, idle_s=3600)
     stand.kernels = [{"id": "k1", "execution_state": "idle", "connections": 0,
@@ -130,6 +139,8 @@ def test_idle_is_due_only_when_ready_and_past_the_idle_time(stand):
     guest.write_state(doc, ready=True)
     assert guest.due(doc, T0, T0 - 5000, seen) == ("shelve", "idle for 67 min", False)
     assert guest.due(doc, T0, T0 - 100, seen) is None  # watching only since the last boot
+    guest.write_state(doc, ready_at=T0 - 200)
+    assert guest.due(doc, T0, T0 - 5000, seen) is None  # and since the environment was ready
     assert guest.due(doc, T0, T0 - 5000, {**seen, "last": T0 - 60}) is None
     assert guest.due(doc, T0, T0 - 5000, None) is None  # Jupyter does not answer
 
