@@ -806,6 +806,11 @@ ExecStart=/usr/bin/python3 {os.path.abspath(__file__)} {command}
 [Install]
 WantedBy=multi-user.target
 {install_extra}""")
+    activate(doc, name, changed)
+
+
+def activate(doc, name, changed):
+    """A unit enabled and (re)started when its file changed, started when it does not run."""
     if changed:
         run(doc, ["systemctl", "daemon-reload"])
         run(doc, ["systemctl", "enable", name])
@@ -1331,10 +1336,14 @@ def refresh_env_file(doc):
     return 0
 
 
+def jupyter_url(doc, path, **query):
+    return f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode(
+        {"token": doc["token"], **query})
+
+
 def jupyter_get(doc, path, timeout=5):
-    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode({"token": doc["token"]})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(jupyter_url(doc, path), timeout=timeout) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -1374,14 +1383,8 @@ def ensure_care(doc):
         if os.path.exists(at(f"/etc/systemd/system/multi-user.target.wants/{CARE_UNIT}")):
             run(doc, ["systemctl", "disable", "--now", CARE_UNIT])  # a snapshot's
         return "none asked for"
-    changed = unit(doc, CARE_UNIT, "vmbinder care: idle and lifetime",
-                   f"/usr/bin/python3 {os.path.abspath(__file__)} care")
-    if changed:
-        run(doc, ["systemctl", "daemon-reload"])
-        run(doc, ["systemctl", "enable", CARE_UNIT])
-        run(doc, ["systemctl", "restart", CARE_UNIT])
-    elif not ok(["systemctl", "is-active", "--quiet", CARE_UNIT]):
-        run(doc, ["systemctl", "start", CARE_UNIT])
+    activate(doc, CARE_UNIT, unit(doc, CARE_UNIT, "vmbinder care: idle and lifetime",
+                                  f"/usr/bin/python3 {os.path.abspath(__file__)} care"))
     care = doc["care"]
     said = []
     if care.get("idle_s"):
@@ -1407,10 +1410,9 @@ def utc(text):
 
 def jupyter_json(doc, path, timeout=5):
     # no_track_activity: these looks are not activity themselves.
-    url = f"http://{jupyter_address(doc)}/{path}?" + urllib.parse.urlencode(
-        {"token": doc["token"], "no_track_activity": "1"})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(jupyter_url(doc, path, no_track_activity="1"),
+                                    timeout=timeout) as resp:
             return json.load(resp)
     except (OSError, ValueError):
         return None

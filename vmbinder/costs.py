@@ -85,18 +85,17 @@ def held(actions: Iterable[Action], created: datetime.datetime | None,
     """Seconds spent running, stopped and shelved, from the first action (or
     created) until now."""
     spent = dict.fromkeys(JETSTREAM2_RATE, 0.0)
-    ordered = sorted(actions, key=lambda a: a.at)
+    # since is None exactly while state is: before the first known state.
     state, since = ("running", created) if created else (None, None)
-    for act in ordered:
+    for act in sorted(actions, key=lambda a: a.at):
         after = AFTER_ACTION.get(act.action)
         if after is None:
             continue
-        if state is not None and since is not None and act.at > since:
+        if since is not None and act.at > since:
             spent[state] += (act.at - since).total_seconds()
-        if since is None or act.at > since:
-            since = act.at
+        since = act.at if since is None else max(since, act.at)
         state = after
-    if state is not None and since is not None and now > since:
+    if since is not None and now > since:
         spent[state] += (now - since).total_seconds()
     return spent
 

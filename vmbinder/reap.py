@@ -29,7 +29,7 @@ from vmbinder.providers.base import ACTIVE, SHELVED, STOPPED, Provider, Server
 #: The state each action leaves a server in (deleted: gone).
 LEAVES = {SHELVE: SHELVED, STOP: STOPPED}
 #: Results of one server.
-ACTED, ALREADY, WOULD, FAILED = "done", "already", "would", "failed"
+ACTED, WOULD, FAILED = "done", "would", "failed"
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Reaped:
     #: Why it was chosen: "expired 2026-12-07T05:42Z (12 min ago)".
     why: str
     action: str
-    #: ACTED, ALREADY (it was in that state), WOULD (a dry run) or FAILED.
+    #: ACTED, WOULD (a dry run) or FAILED.
     result: str
     detail: str = ""
 
@@ -135,8 +135,6 @@ def _one(provider: Provider, server: Server, why: str, verb: str, dry_run: bool,
          reporter, record_end: bool = False) -> Reaped:
     """One server put away; with record_end, vmbinder:ended recorded first (Nova
     takes no metadata once a server is shelved), and cleared if the action fails."""
-    if verb != DELETE and server.state == LEAVES.get(verb):
-        return Reaped(server, why, verb, ALREADY)
     if verb != DELETE and not provider.supports(verb):
         return Reaped(server, why, verb, FAILED, str(provider.unsupported(verb).message))
     if dry_run:

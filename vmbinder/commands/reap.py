@@ -16,8 +16,7 @@ if TYPE_CHECKING:
 
 SAID = {"done": {"shelve": "shelved", "stop": "stopped", "delete": "deleted",
                  "forget": "removed"},
-        "would": {"shelve": "would shelve", "stop": "would stop", "delete": "would delete"},
-        "already": {"shelve": "already shelved", "stop": "already stopped"}}
+        "would": {"shelve": "would shelve", "stop": "would stop", "delete": "would delete"}}
 
 
 @click.command()

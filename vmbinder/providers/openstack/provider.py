@@ -394,9 +394,7 @@ class OpenStackProvider(Provider):
         nothing, and the groups nothing uses then: what a server deleted by hand
         (not with vmbinder delete) leaves behind; and the credentials of servers
         that are gone."""
-        removed = network.release_orphans(self.conn, names, free_groups=True)
-        live = {s.id for s in self.list_owned()}
-        return removed + appcred.sweep(self.conn, self.current_owner(), live)[0]
+        return network.release_orphans(self.conn, names, free_groups=True) + self.sweep()
 
     def sweep(self) -> list[Removed]:
         """The application credentials of servers that are gone, and those servers'
