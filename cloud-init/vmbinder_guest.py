@@ -44,6 +44,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -372,7 +373,94 @@ CADDYFILE = """\
 
 
 def candidates(doc):
-    return doc["site"]["candidates"]
+    """The site's candidates, for the address the server has now: a floating IP
+    released and another one given (vmbinder stop --release-ip, then start) makes
+    the names of the old address those of the new one (a --hostname stays)."""
+    found = doc["site"]["candidates"]
+    old, new = doc.get("public_ip"), current_state(doc).get("address")
+    if not old or not new or new == old:
+        return found
+    return [dict(c, host=readdress(c["host"], old, new)) for c in found]
+
+
+def address_label(address):
+    """`203.0.113.5` -> `203-0-113-5`: how wildcard DNS names write an address."""
+    return str(ipaddress.ip_address(address)).replace(".", "-").replace(":", "-")
+
+
+def readdress(host, old, new):
+    """host (an address, a wildcard DNS name of one, or another name) for new instead of old."""
+    if host == old:
+        return new
+    label, dot, rest = host.partition(".")
+    if dot and label == address_label(old):
+        return address_label(new) + "." + rest
+    return host
+
+
+#: The cloud's metadata service: its EC2-style entry for the server's floating IP.
+PUBLIC_IPV4 = "http://169.254.169.254/latest/meta-data/public-ipv4"
+#: How long a metadata service that answers without a floating IP is asked again
+#: (the cloud records a newly attached one within seconds).
+PUBLIC_IPV4_WAIT = 60
+
+
+def public_ipv4():
+    """The floating IP the cloud says the server has now: its metadata service's
+    (None when it does not answer), else its config drive's (as of the drive's
+    making: a new one after an unshelve, not after a start)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.time() + PUBLIC_IPV4_WAIT
+    while True:
+        try:
+            with opener.open(PUBLIC_IPV4, timeout=5) as resp:
+                found = resp.read().decode(errors="replace").strip()
+        except urllib.error.HTTPError:
+            found = ""  # it answers, without one (yet)
+        except (OSError, ValueError):
+            break  # no metadata service: the config drive's
+        if is_ip(found):
+            return found
+        if time.time() > deadline:
+            return None
+        time.sleep(5)
+    return config_drive_public_ipv4()
+
+
+def config_drive_public_ipv4():
+    device = subprocess.run(["blkid", "-L", "config-2"], capture_output=True, text=True,
+                            check=False).stdout.strip()
+    if not device:
+        return None
+    mountpoint = tempfile.mkdtemp(prefix="vmbinder-config-drive-")
+    try:
+        if not ok(["mount", "-o", "ro", device, mountpoint]):
+            return None
+        try:
+            with open(mountpoint + "/ec2/latest/meta-data.json") as fh:
+                found = json.load(fh).get("public-ipv4")
+        except (OSError, ValueError, AttributeError):
+            found = None
+        finally:
+            ok(["umount", mountpoint])
+    finally:
+        os.rmdir(mountpoint)
+    return found if isinstance(found, str) and is_ip(found) else None
+
+
+def follow_address(doc):
+    """Record the address the server has now (see candidates), where the launch
+    asked the guest to follow its floating IP: at the first boot the launch's
+    (attached as it boots), at each later one what the cloud says (else the last
+    one known)."""
+    if not doc["site"].get("follow_address"):
+        return
+    known = current_state(doc).get("address")
+    found = (public_ipv4() or known) if known else doc.get("public_ip")
+    if found != known:
+        write_state(doc, address=found)
+        if known:
+            log(doc, f"the server's address is now {found} (it was {known})")
 
 
 def is_ip(host):
@@ -651,6 +739,7 @@ def ensure_tls(doc):
     console and the state. A run after a settled one changes nothing."""
     if ssh_only(doc):
         return "none: only SSH is exposed"
+    follow_address(doc)
     settled = (current_state(doc).get("tls") or {}).get("outcome")
     if settled and (settled["issuer"] == "off" or certificate(doc, current_candidate(doc))):
         return f"{settled['issuer']} for {settled['site'] or 'any name'} (settled)"

@@ -59,15 +59,17 @@ def guest_script() -> str:
 
 
 def render(spec: LaunchSpec, public_ip: str | None = None, volumes=(),
-           credential: dict | None = None) -> str:
+           credential: dict | None = None, follow_address: bool = False) -> str:
     """volumes: the VolumeUse records of the server's volumes (launchdoc.volumes);
-    credential: the server's own, for its care (launchdoc.care)."""
+    credential: the server's own, for its care (launchdoc.care); follow_address:
+    public_ip is a floating IP (launchdoc.site)."""
     guest = guest_script()
     text = _environment().get_template(TEMPLATE).render(
         vmbinder_version=spec.vmbinder_version,
         launch_path=guestcontract.LAUNCH_PATH,
         launch_json=json.dumps(launchdoc.document(spec, public_ip, volumes=volumes,
-                                                             credential=credential), sort_keys=True,
+                                                  credential=credential,
+                                                  follow_address=follow_address), sort_keys=True,
                                separators=(",", ":")),
         guest_script_path=guestcontract.GUEST_SCRIPT_PATH,
         guest_script_gz_b64=_gz_b64(guest),

@@ -174,16 +174,29 @@ class Outcome:
                             **({"detail": f.detail} if f.detail else {})} for f in self.failed]}
 
     def metadata(self, limit: int = 255) -> dict[str, str]:
-        """What a server records of it (vmbinder:* keys without the prefix)."""
-        values = {"issuer": self.issuer, "site": self.site or "", "tls-root": self.root or "",
-                  "tls-failed": self.failed_summary()}
+        """What a server records of it (vmbinder:* keys without the prefix, OUTCOME_KEYS)."""
+        values = dict(zip(OUTCOME_KEYS, (self.issuer, self.site or "", self.root or "",
+                                         self.failed_summary()), strict=True))
         return {k: v if len(v) <= limit else v[:limit - 3] + "..." for k, v in values.items()}
 
 
-def last_outcome(console: str) -> Outcome | None:
-    """The newest certificate report in a console tail (the guest repeats it)."""
-    found = next((d for d in console_reports(console, OUTCOME_PREFIX) if d.get("issuer")), None)
+#: The keys of the server's metadata that record an Outcome.
+OUTCOME_KEYS = ("issuer", "site", "tls-root", "tls-failed")
+
+
+def last_outcome(console: str, address: str | None = None) -> Outcome | None:
+    """The newest certificate report in a console tail (the guest repeats it); with
+    address, the newest for that address (one for another address, or a wildcard
+    DNS name of one, is from before the server's floating IP was replaced)."""
+    found = next((d for d in console_reports(console, OUTCOME_PREFIX)
+                  if d.get("issuer") and not (address and for_another(d.get("site"), address))), None)
     return Outcome.from_json(found) if found else None
+
+
+def for_another(site: str | None, address: str) -> bool:
+    """Whether site (a certificate's name) stands for an address other than address."""
+    named = str(ipaddress.ip_address(site)) if is_ip(site) else address_in_name(site)
+    return named is not None and is_ip(address) and named != str(ipaddress.ip_address(address))
 
 
 FAILURE_RE = re.compile(r"^(.+) \((\w+)\): (.+)$")

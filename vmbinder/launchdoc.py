@@ -89,12 +89,15 @@ def fence(spec: LaunchSpec) -> dict | None:
     return {"host": host, "ports": sorted(ports)}
 
 
-def site(spec: LaunchSpec, public_ip: str | None) -> dict:
+def site(spec: LaunchSpec, public_ip: str | None, follow_address: bool = False) -> dict:
     """What the guest serves: over HTTPS, the candidates (name, issuer) it tries in
     order (https.candidates), the ACME CA and how long each ACME try may take;
-    over plain HTTP, any name on port 80."""
+    over plain HTTP, any name on port 80. follow_address: public_ip is a floating
+    IP, which may be released and another one given; the guest asks the cloud for
+    its address at each boot and serves the names of that one."""
     acme = spec.acme
     return {
+        "follow_address": follow_address,
         "scheme": "http" if spec.tls == https.OFF else "https",
         "candidates": [c.as_dict() for c in https.candidates(
             spec.tls, spec.hostname, public_ip, wildcard_dns=acme.wildcard_dns, acme_ca=acme.ca)],
@@ -169,13 +172,14 @@ def care(spec: LaunchSpec, credential: dict | None = None) -> dict | None:
 
 
 def document(spec: LaunchSpec, public_ip: str | None = None, volumes=(),
-             credential: dict | None = None) -> dict:
-    """The whole launch document for a server with this public address, these
-    volumes (VolumeUse records, from the provider's prepare) and this credential
-    for the server's own care (from prepare too)."""
+             credential: dict | None = None, follow_address: bool = False) -> dict:
+    """The whole launch document for a server with this public address (a floating
+    IP the guest follows with follow_address: see site), these volumes (VolumeUse
+    records, from the provider's prepare) and this credential for the server's own
+    care (from prepare too)."""
     return {
         **request(spec, public_ip),
-        "site": site(spec, public_ip),
+        "site": site(spec, public_ip, follow_address),
         "build": build(spec),
         "guest": guest(),
         "fence": fence(spec),

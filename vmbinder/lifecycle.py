@@ -122,7 +122,7 @@ class _Watch:
 
     def console(self) -> str:
         text = self.provider.console_log(self.server, lines=200)
-        self.found = https.last_outcome(text) or self.found
+        self.found = https.last_outcome(text, self.server.address) or self.found
         return text
 
     def certificate(self) -> tuple[bool, str]:
@@ -284,7 +284,8 @@ def launch(
     reporter = reporter or NullReporter()
     # User-data Nova would refuse is refused before the cloud is asked anything:
     # rendered with the longest address there is, it is as big as it can get.
-    cloudinit.render(spec, LONGEST_ADDRESS, credential=launchdoc.LONGEST_CREDENTIAL)
+    cloudinit.render(spec, LONGEST_ADDRESS, credential=launchdoc.LONGEST_CREDENTIAL,
+                     follow_address=True)
     ledger = Ledger()
     up = None  # the server once ACTIVE: from then on a failure is the guest's
     try:
@@ -293,7 +294,8 @@ def launch(
         for warning in resolved.warnings:
             reporter.phase(RESOLVE, f"warning: {warning}")
         user_data = cloudinit.render(spec, resolved.public_ip, volumes=resolved.volumes,
-                                     credential=resolved.credential)
+                                     credential=resolved.credential,
+                                     follow_address=resolved.floating_ip_id is not None)
         reporter.phase(CREATE, f"creating server {spec.name} ({resolved.flavor_name}, {resolved.image_name})")
         server = provider.create(spec, resolved, user_data, ledger)
         reporter.phase(BOOT, f"waiting for {spec.name} to become ACTIVE")

@@ -89,7 +89,7 @@ def settle(provider: Provider, server: Server) -> Server:
     it (for `status` and `url` after `launch --no-wait`)."""
     if server.meta("issuer") or server.state != "active" or ssh_only(server):
         return server
-    found = https.last_outcome(provider.console_log(server))
+    found = https.last_outcome(provider.console_log(server), server.address)
     return record_outcome(provider, server, found) if found else server
 
 

@@ -4,11 +4,14 @@ git:// from this machine's loopback, and a CLI environment with its own state
 folder.
 
 Each image is built once and kept in VMBINDER_E2E_IMAGES (default
-~/.cache/vmbinder/e2e), keyed by the hash of everything that goes into it.
+~/.cache/vmbinder/e2e), keyed by the hash of everything that goes into it. A
+build holds a lock on its image, so a build started beforehand (scripts/test
+starts them beside the functional tests) is waited for, not repeated.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -50,11 +53,14 @@ def ensure_baked_image(distro: str = "debian-12") -> Path:
     assert os.geteuid() == 0, "the end-to-end test builds a guest image: run it as root"
     for tool in ("qemu-system-x86_64", "qemu-img"):
         assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
-    if not (output / "image.json").exists():
-        shutil.rmtree(output, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "vmbinder", "image", "build", "--distro", distro,
-                        "--baked", "--base-container", "--output", str(output)],
-                       check=True, timeout=3600)
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    with open(IMAGES / f".{output.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another build of this image: wait for it
+        if not (output / "image.json").exists():
+            shutil.rmtree(output, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "vmbinder", "image", "build", "--distro", distro,
+                            "--baked", "--base-container", "--output", str(output)],
+                           check=True, timeout=3600)
     return output
 
 
@@ -66,10 +72,6 @@ def baked_image() -> Path:
 @pytest.fixture(scope="session")
 def debian13_image() -> Path:
     return ensure_baked_image("debian-13")
-
-
-if __name__ == "__main__":  # scripts/test-real builds the image before entering the namespace
-    print(ensure_baked_image())
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +134,10 @@ def acme_ca(tmp_path):
             thing.close()
         else:
             thing.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    # scripts/test-real builds Debian 12's before entering the namespace; scripts/test
+    # builds both beside the functional tests.
+    for name in sys.argv[1:] or ["debian-12"]:
+        print(ensure_baked_image(name))

@@ -11,6 +11,7 @@ import re
 
 from .conftest import FLAVOR, IMAGE, SOURCE
 from .test_launch import launch_args, ok
+from .test_workshop import TINY, write_workshop
 
 PAST = "2026-01-01T00:00Z"
 
@@ -47,11 +48,18 @@ def test_reap_shelves_the_expired_once_and_leaves_the_rest(testbed, vmb, name, s
     testbed.admin.compute.delete_keypair(left[0][1], user_id=testbed.user_id)
 
 
-def test_a_dry_run_says_what_the_flavor_holds_over_the_lifetime(testbed, vmb, name):
+def test_a_dry_run_says_what_the_flavor_holds_over_the_lifetime(testbed, vmb, name, tmp_path):
     res = ok(vmb("launch", "--dry-run", "--format", "json", "--name", name, "--image", IMAGE,
                  "--flavor", FLAVOR, "--lifetime", "8h", "--volume", "3", SOURCE))
     flavor = testbed.admin.compute.find_flavor(FLAVOR)
     holds = json.loads(res.stdout)["holds"]
     assert (holds["cores"], holds["memory_mb"], holds["volume_gb"], holds["core_hours"]) == (
         flavor.vcpus, flavor.ram, 3, 8.0 * flavor.vcpus)
+    # A workshop's: every seat's flavor, over the workshop's lifetime.
+    path = write_workshop(tmp_path, name, 3, "lifetime: 2h\nvolume: 4\n")
+    holds = json.loads(ok(vmb("workshop", "up", str(path), "--dry-run", "--format", "json")).stdout)[
+        "holds"]
+    tiny = testbed.admin.compute.find_flavor(TINY)
+    assert (holds["servers"], holds["cores"], holds["memory_mb"], holds["volume_gb"],
+            holds["core_hours"]) == (3, 3 * tiny.vcpus, 3 * tiny.ram, 12, 6.0 * tiny.vcpus)
     assert testbed.owned() == []

@@ -1,7 +1,9 @@
 """Stop, start, shelve and unshelve against the testbed's Nova (its fake driver
 boots nothing, so the environment is not waited for: --no-wait): the states
 Nova reaches, the floating IP attached to the same port throughout, so the URL
-and the token are the same afterwards; status says what the server holds."""
+and the token are the same afterwards; status says what the server holds. With
+--release-ip the floating IP is given back, and start and unshelve attach a new
+one from the same network, printing the URLs of the new address."""
 
 from __future__ import annotations
 
@@ -54,6 +56,52 @@ def test_stop_start_shelve_unshelve_keep_the_floating_ip_and_the_url(testbed, vm
     assert all(usage["seconds"][k] > 0 for k in ("running", "stopped", "shelved")), usage
     held = usage["cores"] * (usage["seconds"]["running"] + usage["seconds"]["stopped"]) / 3600
     assert abs(usage["core_hours_held"] - held) < 0.01, usage
+
+    ok(vmb("delete", name))
+    left = testbed.owned()
+    assert [k for k, _, _ in left] == ["keypair"], left
+    testbed.admin.compute.delete_keypair(left[0][1], user_id=testbed.user_id)
+
+
+def attached(testbed, server_id):
+    ports = [p.id for p in testbed.admin.network.ports(device_id=server_id)]
+    return [ip for ip in testbed.admin.network.ips() if ip.port_id in ports]
+
+
+def test_release_ip_gives_the_address_back_and_start_and_unshelve_get_a_new_one(
+        testbed, vmb, name, ssh_key):
+    out = json.loads(ok(vmb(*launch_args(name, SOURCE))).stdout)
+    server_id = testbed.server(name).id
+    (first,) = attached(testbed, server_id)
+
+    done = json.loads(ok(vmb("stop", name, "--release-ip", "--format", "json", timeout=600)).stdout)
+    assert [(d["action"], d["status"], d["address"], d["released"]) for d in done] == [
+        ("stopped", "stopped", None, [out["address"]])]
+    assert attached(testbed, server_id) == [] and not list(testbed.admin.network.ips(id=first.id))
+    meta = testbed.admin.compute.get_server(server_id).metadata
+    assert meta["vmbinder:released"] == first.floating_network_id and meta["vmbinder:issuer"] == ""
+    status = ok(vmb("status", name))
+    assert "released: vmbinder start" in status.stdout, status.stdout
+
+    done = json.loads(ok(vmb("start", name, "--no-wait", "--format", "json", timeout=600)).stdout)
+    (second,) = attached(testbed, server_id)
+    assert second.id != first.id and second.floating_network_id == first.floating_network_id
+    assert [(d["action"], d["status"], d["address"]) for d in done] == [
+        ("started", "active", second.floating_ip_address)]
+    assert f"https://{second.floating_ip_address}/" in done[0]["urls"]["lab"], done[0]["urls"]
+    assert testbed.admin.compute.get_server(server_id).metadata["vmbinder:released"] == ""
+
+    err = vmb("shelve", name, "--release-ip", timeout=900)
+    assert err.returncode == 0, err.stderr
+    assert f"released floating IP {second.floating_ip_address}: vmbinder unshelve gives" in err.stderr
+    assert attached(testbed, server_id) == []
+    again = vmb("shelve", name, "--release-ip")
+    assert again.returncode == 2 and "released already" in again.stderr, again.stderr
+    assert f"vmbinder unshelve {name} gives it a new one" in again.stderr, again.stderr
+    done = json.loads(ok(vmb("unshelve", name, "--no-wait", "--format", "json", timeout=900)).stdout)
+    (third,) = attached(testbed, server_id)
+    assert third.id not in (first.id, second.id)
+    assert [(d["action"], d["address"]) for d in done] == [("unshelved", third.floating_ip_address)]
 
     ok(vmb("delete", name))
     left = testbed.owned()

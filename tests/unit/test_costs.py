@@ -96,3 +96,20 @@ def test_a_dry_run_says_what_the_launch_holds_and_costs(monkeypatch, tmp_path):
     res = run(Powered(), monkeypatch, tmp_path, "launch", "--dry-run", "--format", "json",
               "--key-name", "k", "https://github.com/org/repo")
     assert json.loads(res.stdout)["holds"] is None
+
+
+def test_a_workshop_dry_run_says_what_its_seats_hold_and_cost(monkeypatch, tmp_path):
+    path = tmp_path / "ws.yaml"
+    path.write_text("name: ws\nsource: https://github.com/org/repo\nseats: 3\nlifetime: 8h\n"
+                    "volume: 10\nkey_name: k\n")
+    cloud = Counted()
+    res = run(cloud, monkeypatch, tmp_path, "workshop", "up", str(path), "--dry-run")
+    assert res.exit_code == 0, res.output
+    rows = dict(line.split(": ", 1) for line in res.stdout.splitlines() if ": " in line)
+    assert rows["holds"] == "3 servers: 12 cores, 24576 MB memory, 120 GB disk, 30 GB of work volumes"
+    assert rows["costs"] == "96 core-hours over the lifetime (8 h)"
+    doc = json.loads(run(cloud, monkeypatch, tmp_path, "workshop", "up", str(path), "--dry-run",
+                         "--format", "json").stdout)
+    assert [s["seat"] for s in doc["seats"]] == ["ws-01", "ws-02", "ws-03"]
+    assert (doc["holds"]["servers"], doc["holds"]["core_hours"]) == (3, 96.0)
+    assert cloud.calls == [] and cloud.servers == {}  # nothing prepared, nothing made

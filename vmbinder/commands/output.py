@@ -219,6 +219,9 @@ def print_server(fmt: str, server, acc, guest: dict | None = None, usage: dict |
     rows = [(k, doc[k]) for k in ("name", "id", "status", "address", "repo", "ref", "commit", "record",
                                    "subdir", "open", "urlpath", "repo2docker", "user_data_via", "fault")
             if doc[k]]
+    if not server.address and server.meta("released"):
+        rows.insert(3, ("address", "released: vmbinder start (or unshelve, when shelved) gives "
+                                   "it a new one"))
     if server.state in HOLDS:
         rows.insert(3, ("holds", HOLDS[server.state].format(name=server.name)))
     ends = lifetime.countdown(doc["expires"], doc["at_end"], lifetime.now())

@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 
 import click
 
-from vmbinder.commands.launch import read_public_key, resolve_remote
+from vmbinder.commands.launch import planned_costs, read_public_key, resolve_remote
 from vmbinder.commands.output import debug_log, format_option, print_removed, stderr
 from vmbinder.commands.seat_table import LiveTable, seat_table
 from vmbinder.commands.workshop_power import POWER
@@ -50,7 +50,11 @@ def workshop() -> None:
 @format_option
 def check(file, fmt) -> None:
     """Check a workshop FILE without touching the cloud and print its seats."""
-    doc = plan(ws.load(file))
+    _print_plan(plan(ws.load(file)), fmt)
+
+
+def _print_plan(doc: dict, fmt: str, rows: list[tuple[str, str]] = ()) -> None:
+    """The plan's seats (and the rows after them, such as a dry run's costs)."""
     if fmt == "json":
         click.echo(json.dumps(doc, indent=2))
         return
@@ -69,6 +73,8 @@ def check(file, fmt) -> None:
     click.echo("  ".join(k.ljust(widths[k]) for k in keys).rstrip())
     for seat in doc["seats"]:
         click.echo("  ".join(str(seat[k] or "-").ljust(widths[k]) for k in keys).rstrip())
+    for key, value in rows:
+        click.echo(f"{key}: {value}")
 
 
 # -- making, reading and removing the seats ---------------------------------------------
@@ -113,13 +119,22 @@ def _seat_docs(results) -> list[dict]:
               help="Seconds each seat may take to answer.")
 @click.option("--public-key", type=click.Path(dir_okay=False), metavar="FILE",
               help="OpenSSH public key for every seat [default: ~/.ssh/id_ed25519.pub, ...].")
+@click.option("--dry-run", is_flag=True,
+              help="Print the seats, what they would hold and the core-hours; make nothing.")
 @format_option
 @click.pass_obj
-def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, fmt) -> None:
+def up(obj, file, parallel, no_fan_out, no_wait, timeout, public_key, dry_run, fmt) -> None:
     """Make every seat of FILE that is missing or failed; run it again to repair."""
     from vmbinder.workshops import up as workshop_up
 
     workshop, provider = _load(obj, file)
+    if dry_run:  # reads flavors and images at most: nothing is made
+        specs = [workshop_up.seat_spec(workshop, seat, public_key=None, target=provider)
+                 for seat in workshop.seats]
+        doc = plan(workshop)
+        doc["holds"], rows = planned_costs(provider, specs, workshop.lifetime_s, workshop.volume_gb)
+        _print_plan(doc, fmt, rows)
+        return
     # Every seat builds the commit the ref names now, asked of the remote once.
     workshop = replace(workshop, source=resolve_remote(workshop.source, provider,
                                                           obj.quiet or fmt == "json"))

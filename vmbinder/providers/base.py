@@ -175,7 +175,8 @@ REQUIRED = ("prepare", "create", "wait", "get", "list_owned", "console_log", "se
 #: What some targets do; each provider lists the ones it does in `capabilities`.
 OPTIONAL = ("snapshot", "snapshots", "delete_snapshot", "reboot", "preflight",
             "release_orphans", "remembering", "ssh_target", "volumes", "create_volume",
-            "delete_volume", "stop", "start", "shelve", "unshelve", "sizes", "history", "sweep")
+            "delete_volume", "stop", "start", "shelve", "unshelve", "release_ip", "sizes", "history",
+            "sweep")
 #: Declared for the work to come; no target does them yet.
 PLANNED = ("resize", "attach_volume", "detach_volume", "logs")
 VERBS = REQUIRED + OPTIONAL + PLANNED
@@ -333,6 +334,11 @@ class Provider(abc.ABC):
     def unshelve(self, server: Server) -> Server:
         """Bring a shelved server back."""
         raise self.unsupported("unshelve")
+
+    def release_ip(self, server: Server) -> tuple[Server, list[Removed]]:
+        """Give the server's public address back to the cloud before it is stopped or
+        shelved; start and unshelve then give it a new one."""
+        raise self.unsupported("release_ip")
 
     # Costs (vmbinder.costs): read only, nothing is made.
 

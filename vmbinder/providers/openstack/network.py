@@ -142,6 +142,50 @@ def attach_floating_ip(conn, server: Server, resolved: Resolved) -> None:
         conn.network.update_ip(resolved.floating_ip_id, port_id=ports[0].id)
 
 
+#: The server's metadata (vmbinder:released) naming the network a released
+#: floating IP came from: start and unshelve get a new one there.
+RELEASED = "released"
+
+
+def release_floating_ips(conn, server: Server) -> list[Removed]:
+    """Give the floating IPs attached to the server back to the cloud (the server's
+    vmbinder:released must be recorded before: see the provider's release_ip)."""
+    removed = []
+    with cloud_errors(f"releasing the floating IP of {server.name}"):
+        for ip in attached_floating_ips(conn, server):
+            conn.network.delete_ip(ip, ignore_missing=True)
+            removed.append(Removed("floating IP", ip.id, ip.floating_ip_address))
+    return removed
+
+
+def attached_floating_ips(conn, server: Server) -> list:
+    return [ip for ip in floating_ips(conn, server) if ip.port_id]
+
+
+def new_floating_ip(conn, server: Server) -> str | None:
+    """For a server whose floating IP was released: a new one from the network
+    recorded then, attached to its port (the server may be stopped or shelved);
+    its address. None when the server needs none (never released, or given one
+    by an earlier try)."""
+    network_id = server.meta(RELEASED)
+    if not network_id:
+        return None
+    with cloud_errors(f"giving {server.name} a new floating IP"):
+        there = attached_floating_ips(conn, server)
+        if there:
+            return there[0].floating_ip_address
+        ports = list(conn.network.ports(device_id=server.id, project_id=conn.current_project_id))
+        if not ports:
+            raise errors.CloudError(f"server {server.name} has no port to attach a floating IP to")
+        fip = conn.network.create_ip(floating_network_id=network_id, description=f"{META}{server.name}")
+        try:
+            conn.network.update_ip(fip, port_id=ports[0].id)
+        except Exception:
+            conn.network.delete_ip(fip, ignore_missing=True)
+            raise
+    return fip.floating_ip_address
+
+
 def floating_ips(conn, server: Server) -> list:
     """The server's floating IPs: attached to its ports, or allocated for it and
     never attached. Only this project's: an administrator's credentials list

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from vmbinder import errors
 from vmbinder.costs import Action, Size
+from vmbinder.https import OUTCOME_KEYS
 from vmbinder.providers.base import (
     META,
     OWNER_TAG,
@@ -70,7 +71,7 @@ class OpenStackProvider(Provider):
     capabilities = frozenset({"snapshot", "snapshots", "delete_snapshot", "preflight",
                               "release_orphans", "remembering", "ssh_target", "volumes",
                               "create_volume", "delete_volume", "stop", "start", "shelve",
-                              "unshelve", "sizes", "history", "sweep"})
+                              "unshelve", "release_ip", "sizes", "history", "sweep"})
     #: A floating IP with a public name (<ip>.sslip.io unless --hostname): Let's Encrypt.
     target_defaults = TargetDefaults()
     metadata_limits = NOVA_METADATA
@@ -359,13 +360,48 @@ class OpenStackProvider(Provider):
         return self._record(power.stop(self.conn, server, self.active_timeout))
 
     def start(self, server: Server) -> Server:
-        return self._record(power.start(self.conn, server, self.active_timeout))
+        address = network.new_floating_ip(self.conn, server)
+        return self._readdressed(power.start(self.conn, server, self.active_timeout), address)
 
     def shelve(self, server: Server) -> Server:
         return self._record(power.shelve(self.conn, server, self.active_timeout))
 
     def unshelve(self, server: Server) -> Server:
-        return self._record(power.unshelve(self.conn, server, self.active_timeout))
+        address = network.new_floating_ip(self.conn, server)
+        return self._readdressed(power.unshelve(self.conn, server, self.active_timeout), address)
+
+    def release_ip(self, server: Server) -> tuple[Server, list[Removed]]:
+        """The server's floating IP deleted, the network it came from recorded first
+        (vmbinder:released; Nova records nothing on a shelved server), and with it
+        the certificate's recorded outcome, which was for that address."""
+        ips = network.attached_floating_ips(self.conn, server)
+        shelved = server.cloud_status in (power.SHELVED, power.OFFLOADED)
+        if not ips and server.meta(network.RELEASED):
+            raise errors.BadRequest(
+                f"{server.name}'s floating IP is released already",
+                f"vmbinder {'unshelve' if shelved else 'start'} {server.name} gives it a new one")
+        if not ips:
+            raise errors.BadRequest(
+                f"{server.name} has no floating IP to release",
+                "its address is its own on its network: leave out --release-ip")
+        if shelved:
+            raise errors.BadRequest(
+                f"{server.name} is shelved already: its floating IP can only be released "
+                "as it is shelved", f"vmbinder unshelve {server.name}, then "
+                f"vmbinder shelve --release-ip {server.name}")
+        server = self.set_metadata(server, {network.RELEASED: ips[0].floating_network_id,
+                                            **{k: "" for k in OUTCOME_KEYS}})
+        return replace(server, address=None), network.release_floating_ips(self.conn, server)
+
+    def _readdressed(self, raw, address: str | None) -> Server:
+        """A server back up; given a new floating IP (address), that address is its
+        own now and vmbinder:released is taken back (Nova's record of the new
+        address can lag behind)."""
+        record = self._record(raw)
+        if address is None:
+            return record
+        record = self.set_metadata(record, {network.RELEASED: ""})
+        return replace(record, address=record.address or address)
 
     # -- batches -------------------------------------------------------------------
 

@@ -1,0 +1,173 @@
+"""A released floating IP: `stop|shelve --release-ip` gives the address back,
+`start|unshelve` gets a new one. The guest follows its address at each boot
+(the first: the launch's; later: what the cloud's metadata service, else its
+config drive, says) and serves the names of the new one; vmbinder reads no
+certificate report made for the old address as the new one's; commands refuse
+what cannot be released and say what was."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from tests.unit.test_guest_parts import document
+from tests.unit.test_power import Powered
+from tests.unit.test_scope import ME, server
+from vmbinder import errors, https, power
+from vmbinder.commands.main import cli
+from vmbinder.providers.base import Removed
+
+guest = importlib.import_module("vmbinder.cloud_init.vmbinder_guest")
+
+OLD, NEW = "203.0.113.9", "198.51.100.4"
+
+
+@pytest.fixture
+def booted(tmp_path, monkeypatch):
+    """The guest script in a scratch root, the cloud saying the address it says."""
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    says = {"address": None, "asked": 0}
+
+    def public_ipv4():
+        says["asked"] += 1
+        return says["address"]
+
+    monkeypatch.setattr(guest, "public_ipv4", public_ipv4)
+    return says
+
+
+def hosts(doc):
+    return [c["host"] for c in guest.candidates(doc)]
+
+
+def test_the_guest_serves_the_names_of_the_address_it_has_now(booted):
+    doc = document(OLD)
+    doc["site"]["follow_address"] = True
+    launched = hosts(doc)
+    assert launched == [OLD, "203-0-113-9.sslip.io", "203-0-113-9.nip.io", OLD]
+    # The first boot: the launch's address, the cloud not asked (it attaches it as the server boots).
+    guest.follow_address(doc)
+    assert (booted["asked"], hosts(doc)) == (0, launched)
+    # A later boot with the same address, then with a new one.
+    booted["address"] = OLD
+    guest.follow_address(doc)
+    assert hosts(doc) == launched
+    booted["address"] = NEW
+    guest.follow_address(doc)
+    assert booted["asked"] == 2
+    assert hosts(doc) == [NEW, "198-51-100-4.sslip.io", "198-51-100-4.nip.io", NEW]
+    assert [c["issuer"] for c in guest.candidates(doc)] == [c["issuer"] for c in doc["site"]["candidates"]]
+    # The cloud says nothing (no metadata service, no config drive): the last one known.
+    booted["address"] = None
+    guest.follow_address(doc)
+    assert hosts(doc)[0] == NEW
+
+
+def test_a_host_name_stays_and_a_launch_that_does_not_follow_never_asks(booted):
+    doc = document(OLD, hostname="nb.example.org")
+    doc["site"]["follow_address"] = True
+    guest.follow_address(doc)
+    booted["address"] = NEW
+    guest.follow_address(doc)
+    assert hosts(doc) == ["nb.example.org", "nb.example.org"]
+    fixed = document(OLD)  # a port's own address, or the local target's
+    assert fixed["site"]["follow_address"] is False
+    guest.follow_address(fixed)
+    assert booted["asked"] == 1 and hosts(fixed)[0] == OLD
+
+
+def test_readdress_changes_the_address_and_its_wildcard_names_only():
+    assert guest.readdress(OLD, OLD, NEW) == NEW
+    assert guest.readdress("203-0-113-9.sslip.io", OLD, NEW) == "198-51-100-4.sslip.io"
+    assert guest.readdress("203-0-113-99.sslip.io", OLD, NEW) == "203-0-113-99.sslip.io"
+    assert guest.readdress("nb.example.org", OLD, NEW) == "nb.example.org"
+    assert guest.readdress("2001-db8--1.sslip.io", "2001:db8::1", "2001:db8::2") == "2001-db8--2.sslip.io"
+
+
+def test_the_metadata_service_is_asked_again_until_it_has_the_address(monkeypatch):
+    answers = iter([guest.urllib.error.HTTPError(guest.PUBLIC_IPV4, 404, "Not Found", {}, None),
+                    NEW.encode()])
+
+    class Opener:
+        def open(self, url, timeout):
+            assert url == guest.PUBLIC_IPV4
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return Answer(answer)
+
+    class Answer:
+        def __init__(self, body):
+            self.body = body
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return self.body
+
+    monkeypatch.setattr(guest.urllib.request, "build_opener", lambda *handlers: Opener())
+    monkeypatch.setattr(guest.time, "sleep", lambda s: None)
+    assert guest.public_ipv4() == NEW
+    # No metadata service at all: the config drive's.
+    monkeypatch.setattr(Opener, "open", lambda self, url, timeout: (_ for _ in ()).throw(OSError("no route")))
+    monkeypatch.setattr(guest, "config_drive_public_ipv4", lambda: OLD)
+    assert guest.public_ipv4() == OLD
+
+
+def report(site, issuer="acme"):
+    return https.OUTCOME_PREFIX + json.dumps({"site": site, "issuer": issuer, "failed": []})
+
+
+def test_a_certificate_report_for_the_old_address_is_not_the_new_ones():
+    console = "\n".join([report(OLD), "boot again", report("203-0-113-9.sslip.io")])
+    assert https.last_outcome(console).site == "203-0-113-9.sslip.io"
+    assert https.last_outcome(console, NEW) is None
+    assert https.last_outcome(console, OLD).site == "203-0-113-9.sslip.io"
+    console += "\n" + report(NEW, "internal")
+    assert https.last_outcome(console, NEW).site == NEW
+    named = report("nb.example.org")  # a host name stands for no address
+    assert https.last_outcome(named, NEW).site == "nb.example.org"
+
+
+class Releasing(Powered):
+    capabilities = Powered.capabilities | {"release_ip"}
+
+    def release_ip(self, srv):
+        self.calls.append(f"release {srv.name}")
+        done = replace(srv, address=None, metadata={**srv.metadata, "vmbinder:released": "ext"})
+        self.servers[srv.id] = done
+        return done, [Removed("floating IP", "fip-1", srv.address)]
+
+
+def test_stop_releases_first_and_says_what_start_gives(monkeypatch, tmp_path):
+    from vmbinder.commands import main as cli_module
+
+    cloud = Releasing(replace(server("a", ME), address=OLD), replace(server("b", ME), address=NEW))
+    monkeypatch.setattr(cli_module.Context, "provider", property(lambda self: cloud))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    res = CliRunner().invoke(cli, ["--cloud", "x", "stop", "--release-ip", "a"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert cloud.calls == ["release a", "stopped a"]
+    assert f"released floating IP {OLD}: vmbinder start gives a a new one" in res.stderr
+    res = CliRunner().invoke(cli, ["--cloud", "x", "status", "a"], catch_exceptions=False)
+    assert "released: vmbinder start (or unshelve, when shelved) gives it a new one" in res.stdout
+    res = CliRunner().invoke(cli, ["--cloud", "x", "shelve", "--release-ip", "--format", "json", "b"],
+                             catch_exceptions=False)
+    (doc,) = json.loads(res.stdout)
+    assert (doc["action"], doc["address"], doc["released"]) == ("shelved", None, [NEW])
+
+
+def test_release_is_refused_where_the_target_cannot_and_for_start():
+    with pytest.raises(errors.BadRequest, match="no floating IP to give back"):
+        power.check(Powered(), "stop", release_ip=True)
+    with pytest.raises(ValueError):
+        power.check(Releasing(), "start", release_ip=True)
+    power.check(Releasing(), "shelve", release_ip=True)
