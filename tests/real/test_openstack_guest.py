@@ -338,6 +338,15 @@ def check_tunnel(env: dict, name: str, token: str, wait: float = 120) -> None:
             proc.communicate()
 
 
+def woken(env: dict, verb: str, name: str, roots) -> dict:
+    """`vmbinder start|unshelve NAME` once the environment answers: its result."""
+    res = vmbinder(env, verb, name, "--format", "json", "--acme-ca-root", str(roots),
+                   "--timeout", "900", timeout=1000)
+    assert res.returncode == 0, res.stderr
+    (doc,) = json.loads(res.stdout)
+    return doc
+
+
 def check_release_ip_and_idle_shelve(tb, env: dict, name: str, server, fip, doc: dict, roots,
                                      phase) -> None:
     """The server (launched with --idle 1m --idle-action shelve, its floating IP
@@ -351,10 +360,7 @@ def check_release_ip_and_idle_shelve(tb, env: dict, name: str, server, fip, doc:
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)[0]["status"] == "stopped"
     assert tb.admin.compute.get_server(server.id).status == "SHUTOFF"
-    res = vmbinder(env, "start", name, "--format", "json", "--acme-ca-root", str(roots),
-                   "--timeout", "900", timeout=1000)
-    assert res.returncode == 0, res.stderr
-    (started,) = json.loads(res.stdout)
+    started = woken(env, "start", name, roots)
     assert started["ready"] and started["urls"] == doc["urls"], started
     assert get(doc["urls"]["lab"], context) == 200
     work_is_there(doc["urls"]["lab"].split("/lab?")[0], token, context)
@@ -366,10 +372,7 @@ def check_release_ip_and_idle_shelve(tb, env: dict, name: str, server, fip, doc:
     (stopped,) = json.loads(res.stdout)
     assert (stopped["status"], stopped["released"]) == ("stopped", [doc["address"]]), stopped
     assert not list(tb.admin.network.ips(id=fip.id))
-    res = vmbinder(env, "start", name, "--format", "json", "--acme-ca-root", str(roots),
-                   "--timeout", "900", timeout=1000)
-    assert res.returncode == 0, res.stderr
-    (started,) = json.loads(res.stdout)
+    started = woken(env, "start", name, roots)
     (new_fip,) = tb.admin.network.ips(port_id=fip.port_id)
     address = new_fip.floating_ip_address
     assert new_fip.id != fip.id and started["ready"] and started["address"] == address, started
@@ -393,10 +396,7 @@ def check_release_ip_and_idle_shelve(tb, env: dict, name: str, server, fip, doc:
     assert listed[name]["status"] == "shelved", listed
     phase("idle for --idle 1m, the guest shelved itself with its credential")
 
-    res = vmbinder(env, "unshelve", name, "--format", "json", "--acme-ca-root", str(roots),
-                   "--timeout", "900", timeout=1000)
-    assert res.returncode == 0, res.stderr
-    (back,) = json.loads(res.stdout)
+    back = woken(env, "unshelve", name, roots)
     assert back["ready"] and back["urls"] == started["urls"], back
     assert get(back["urls"]["lab"], context) == 200
     work_is_there(base, token, context)

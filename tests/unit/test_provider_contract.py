@@ -120,3 +120,22 @@ def test_ssh_target_is_optional_and_a_target_without_it_refuses_in_words():
     assert LocalProvider().ssh_target(server) == base.SshTarget("127.0.0.1", 40022, "debian")
     assert OpenStackProvider(conn=object()).ssh_target(server) == base.SshTarget("203.0.113.9", 22,
                                                                                   "debian")
+
+
+def test_a_console_nova_has_not_made_yet_is_empty_and_a_gone_server_is_an_error():
+    """Nova answers 404 with its ConsoleNotAvailable words for a server whose guest
+    it is starting (seen after `start`), and 404 otherwise for a server that is gone."""
+    from openstack import exceptions
+
+    answers = {"starting": exceptions.NotFoundException(
+                   "Guest does not have a console available."),
+               "gone": exceptions.NotFoundException("Instance id-2 could not be found.")}
+
+    def console(server_id, length=None):
+        raise answers[server_id]
+
+    conn = SimpleNamespace(compute=SimpleNamespace(get_server_console_output=console))
+    provider = OpenStackProvider(conn=conn)
+    assert provider.console_log(base.Server("starting", "demo", base.ACTIVE, "ACTIVE", None, {})) == ""
+    with pytest.raises(errors.CloudError, match="could not be found"):
+        provider.console_log(base.Server("gone", "demo", base.ACTIVE, "ACTIVE", None, {}))

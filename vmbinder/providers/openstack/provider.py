@@ -60,6 +60,10 @@ from vmbinder.spec import AUTO, LaunchSpec, TargetDefaults
 CONFIG_DRIVE, METADATA_SERVICE = "config-drive", "metadata-service"
 
 
+#: Nova's words for a server whose console it cannot read yet (ConsoleNotAvailable).
+NO_CONSOLE = "does not have a console available"
+
+
 def refuses_config_drive(exc: errors.CloudError) -> bool:
     """Nova's 400 to a create request because of its config drive."""
     return (exc.details.get("http_status") == 400
@@ -320,8 +324,16 @@ class OpenStackProvider(Provider):
         return find_owned(self.list_owned(), name_or_id)
 
     def console_log(self, server: Server, lines: int | None = None) -> str:
+        """The console's tail ("" while the cloud has none yet: Nova answers 404
+        "Guest does not have a console available" as a server starts)."""
+        sdk = openstacksdk()
         with cloud_errors(f"reading the console of {server.name}"):
-            out = self.conn.compute.get_server_console_output(server.id, length=lines)
+            try:
+                out = self.conn.compute.get_server_console_output(server.id, length=lines)
+            except sdk.exceptions.NotFoundException as exc:
+                if NO_CONSOLE not in str(exc.details or exc.message or exc):
+                    raise
+                return ""
         text = out.get("output", "") if isinstance(out, dict) else str(out)
         return redact_token(text, server)
 
