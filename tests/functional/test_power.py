@@ -98,6 +98,9 @@ def test_release_ip_gives_the_address_back_and_start_and_unshelve_get_a_new_one(
     again = vmb("shelve", name, "--release-ip")
     assert again.returncode == 2 and "released already" in again.stderr, again.stderr
     assert f"vmbinder unshelve {name} gives it a new one" in again.stderr, again.stderr
+    wrong = vmb("start", name, "--no-wait")  # refused, naming unshelve, with no address made
+    assert wrong.returncode == 2 and f"vmbinder unshelve {name}" in wrong.stderr, wrong.stderr
+    assert attached(testbed, server_id) == []
     done = json.loads(ok(vmb("unshelve", name, "--no-wait", "--format", "json", timeout=900)).stdout)
     (third,) = attached(testbed, server_id)
     assert third.id not in (first.id, second.id)

@@ -14,20 +14,7 @@ notebook saved through Jupyter's contents API are in the server's home; after a
 hard reboot (Nova starts the guest's qemu again) the same URL answers again, the
 work is still there and `vmbinder ssh` still finds the host key it checks;
 the notebook's kernel cannot reach the cloud's metadata service, which the
-server itself can.
-
-Allocation care on that server, launched with `--idle 1m --idle-action
-shelve`: a cell left running from the launch on keeps it up through every
-check above, well past the idle time. `vmbinder stop` and `vmbinder start`
-(Nova's stop and start through libvirt) bring it back at the same URL with the
-same token and work, on a new boot. `vmbinder stop --release-ip` gives its
-floating IP back; `vmbinder start` attaches a new one, waits until the guest,
-which asked the metadata service for its new address, has a certificate for
-it from the ACME CA, and prints the new URLs, which answer with the same token
-and the same work. Left idle, the guest shelves itself through Nova with its
-restricted credential; `vmbinder unshelve` brings it back from the image Nova
-kept, at the same URL, the work still there. `delete` leaves nothing owned by
-vmbinder.
+server itself can; `delete` leaves nothing owned by vmbinder.
 
 A second launch, beside the first (both guests boot at once, which costs less
 wall time than one after the other), builds a repository whose build fails:
@@ -45,7 +32,6 @@ and `vmbinder reap` then removes that credential and the floating IP it left.
 from __future__ import annotations
 
 import json
-import re
 import selectors
 import signal
 import socket
@@ -60,9 +46,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_local_guest import ssh_key, ssh_run
-from tests.kernel import execute, kernel_state, start_cell
+from tests.kernel import execute
 from vmbinder import errors
-from vmbinder.guestcontract import LAYOUT
 
 from .conftest import (
     FAILS_ON_PURPOSE,
@@ -338,73 +323,6 @@ def check_tunnel(env: dict, name: str, token: str, wait: float = 120) -> None:
             proc.communicate()
 
 
-def woken(env: dict, verb: str, name: str, roots) -> dict:
-    """`vmbinder start|unshelve NAME` once the environment answers: its result."""
-    res = vmbinder(env, verb, name, "--format", "json", "--acme-ca-root", str(roots),
-                   "--timeout", "900", timeout=1000)
-    assert res.returncode == 0, res.stderr
-    (doc,) = json.loads(res.stdout)
-    return doc
-
-
-def check_release_ip_and_idle_shelve(tb, env: dict, name: str, server, fip, doc: dict, roots,
-                                     phase) -> None:
-    """The server (launched with --idle 1m --idle-action shelve, its floating IP
-    fip, its launch's output doc): stopped and started at the same URL; stopped
-    with its address given back, started at a new one with a certificate for it;
-    then idle, it shelves itself; unshelved, the same URL answers with the work there."""
-    context = verifying(roots)
-    token = doc["urls"]["lab"].rsplit("token=", 1)[1]
-    before = server_run(env, name, BOOT_ID)
-    res = vmbinder(env, "stop", name, "--format", "json", timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout)[0]["status"] == "stopped"
-    assert tb.admin.compute.get_server(server.id).status == "SHUTOFF"
-    started = woken(env, "start", name, roots)
-    assert started["ready"] and started["urls"] == doc["urls"], started
-    assert get(doc["urls"]["lab"], context) == 200
-    work_is_there(doc["urls"]["lab"].split("/lab?")[0], token, context)
-    assert server_run(env, name, BOOT_ID) != before
-    phase("stop and start: the same URL answers on a new boot, the work there")
-
-    res = vmbinder(env, "stop", name, "--release-ip", "--format", "json", timeout=600)
-    assert res.returncode == 0, res.stderr
-    (stopped,) = json.loads(res.stdout)
-    assert (stopped["status"], stopped["released"]) == ("stopped", [doc["address"]]), stopped
-    assert not list(tb.admin.network.ips(id=fip.id))
-    started = woken(env, "start", name, roots)
-    (new_fip,) = tb.admin.network.ips(port_id=fip.port_id)
-    address = new_fip.floating_ip_address
-    assert new_fip.id != fip.id and started["ready"] and started["address"] == address, started
-    base = f"https://{address}"
-    old_base = doc["urls"]["lab"].split("/lab?")[0]
-    assert started["urls"] == {k: v.replace(old_base, base) for k, v in doc["urls"].items()}, started
-    for key_, url in started["urls"].items():
-        assert get(url, context) == 200, f"{key_}: {url}"  # the certificate is for the new address
-    certificate = json.loads(vmbinder(env, "status", name, "--format", "json").stdout)["certificate"]
-    assert (certificate["site"], certificate["issuer"]) == (address, "acme"), certificate
-    work_is_there(base, token, context)
-    phase("stop --release-ip, then start at a new floating IP with its certificate, the work there")
-
-    # Idle now (the cell went with the stop): the guest shelves itself (its log,
-    # read after the unshelve below, says so; nothing else here shelves it).
-    deadline = time.monotonic() + 900
-    while (status := tb.admin.compute.get_server(server.id).status) != "SHELVED_OFFLOADED":
-        assert time.monotonic() < deadline and status != "ERROR", f"{name} did not shelve itself: {status}"
-        time.sleep(5)
-    listed = {d["name"]: d for d in json.loads(vmbinder(env, "list", "--format", "json").stdout)}
-    assert listed[name]["status"] == "shelved", listed
-    phase("idle for --idle 1m, the guest shelved itself with its credential")
-
-    back = woken(env, "unshelve", name, roots)
-    assert back["ready"] and back["urls"] == started["urls"], back
-    assert get(back["urls"]["lab"], context) == 200
-    work_is_there(base, token, context)
-    log = server_run(env, name, f"sudo cat {LAYOUT['log_dir']}/guest.log")
-    assert re.search(r"care: shelve: idle for [12] min", log), log[-3000:]
-    phase("unshelve: the same URL answers, the work there")
-
-
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         real_testbed, uploaded_image, repo_url, failing_repo_url, acme_ca, tmp_path, phase):
     tb, name, failed, ending = real_testbed, "real-launch", "real-failed", "real-ends"
@@ -419,8 +337,7 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
             (tmp_path / folder).mkdir()
         launch = spawn(env, tmp_path / "launch", "launch", "--name", name, "--image", uploaded_image,
                        "--flavor", FLAVOR, "--acme-ca", acme_ca.directory, "--acme-ca-root",
-                       str(acme_ca.roots), "--format", "json", "--timeout", str(TIMEOUT),
-                       "--idle", "1m", "--idle-action", "shelve", repo_url)
+                       str(acme_ca.roots), "--format", "json", "--timeout", str(TIMEOUT), repo_url)
         # The failing build boots beside it, once the group and keypair they share are
         # made; the server's own CA (--tls internal) lets `status` and `logs` check its
         # certificate against the root its console vouches for.
@@ -435,12 +352,6 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         out, err = ended(launch, tmp_path / "launch")
         assert launch.returncode == 0, err
         doc = json.loads(out)
-        # A cell left running (its browser gone): the server is busy through every check below.
-        context = verifying(acme_ca.roots)
-        token = doc["urls"]["lab"].rsplit("token=", 1)[1]
-        base = doc["urls"]["lab"].split("/lab?")[0]
-        busy = start_cell(base, token, "import time; time.sleep(3600)", context=context)
-        busy_since = time.monotonic()
         phase("launch until every URL answers (a failing build launched beside it)")
         phase.note(f"memory with two guests (RSS, PSS MiB): {stack_memory()}")
         _, err = ended(failing, tmp_path / "failing")
@@ -465,8 +376,11 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         # The CA reached the floating IP's port 80 and certified the address itself.
         assert doc["certificate"] == {"site": address, "issuer": "acme", "root_sha256": None,
                                       "failed": []}, doc["certificate"]
+        context = verifying(acme_ca.roots)
+        token = doc["urls"]["lab"].rsplit("token=", 1)[1]
         for key_, url in doc["urls"].items():
             assert get(url, context) == 200, f"{key_}: {url}"
+        base = doc["urls"]["lab"].split("/lab?")[0]
         assert base == f"https://{address}"
         assert get(f"{base}/api/status?token={token}", context) == 200
         assert get(f"{base}/api/status?token=wrong", context) in (401, 403)
@@ -509,14 +423,6 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
                              f"http://{INET_ADDRESS}:45500/v3")
         assert keystone == "200", keystone
 
-        # Busy past the idle time: the running cell kept it up, and the guest's care saw it.
-        time.sleep(max(0.0, 100 - (time.monotonic() - busy_since)))
-        assert kernel_state(base, token, busy, context=context) == "busy"
-        assert tb.admin.compute.get_server(server.id).status == "ACTIVE"
-        seen = get_json(f"{base}/vmbinder/status.json?token={token}", context)["care_seen"]
-        assert seen["busy"] == 1 and seen["checked"] - seen["last"] < 60, seen
-        phase.note(f"busy past --idle 1m: {time.monotonic() - busy_since:.0f} s after the cell started")
-
         # A hard reboot: Nova starts the guest's qemu again, and its console log
         # starts empty, while the host key `vmbinder ssh` checks must still be on it.
         before = guest_run(address, key, console, BOOT_ID)
@@ -534,8 +440,6 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         assert_no_metadata(execute(base, token, METADATA_PROBE, context=context))
         assert (through_cli.returncode, through_cli.stdout) == (0, after), \
             f"vmbinder ssh {name} after the hard reboot: exit {through_cli.returncode}: {through_cli.stderr}"
-
-        check_release_ip_and_idle_shelve(tb, env, name, server, fip, doc, acme_ca.roots, phase)
     finally:
         for proc in (launch, failing, ends):
             if proc is not None and proc.poll() is None:

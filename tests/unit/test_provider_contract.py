@@ -123,12 +123,14 @@ def test_ssh_target_is_optional_and_a_target_without_it_refuses_in_words():
 
 
 def test_a_console_nova_has_not_made_yet_is_empty_and_a_gone_server_is_an_error():
-    """Nova answers 404 with its ConsoleNotAvailable words for a server whose guest
-    it is starting (seen after `start`), and 404 otherwise for a server that is gone."""
+    """Nova answers 404 with its ConsoleNotAvailable words, or 409 with its
+    InstanceNotReady ones, for a server whose guest it is starting (both seen after
+    `start` on real compute), and 404 otherwise for a server that is gone."""
     from openstack import exceptions
 
     answers = {"starting": exceptions.NotFoundException(
                    "Guest does not have a console available."),
+               "booting": exceptions.ConflictException("Instance id-3 is not ready"),
                "gone": exceptions.NotFoundException("Instance id-2 could not be found.")}
 
     def console(server_id, length=None):
@@ -136,6 +138,7 @@ def test_a_console_nova_has_not_made_yet_is_empty_and_a_gone_server_is_an_error(
 
     conn = SimpleNamespace(compute=SimpleNamespace(get_server_console_output=console))
     provider = OpenStackProvider(conn=conn)
-    assert provider.console_log(base.Server("starting", "demo", base.ACTIVE, "ACTIVE", None, {})) == ""
+    for state in ("starting", "booting"):
+        assert provider.console_log(base.Server(state, "demo", base.ACTIVE, "ACTIVE", None, {})) == ""
     with pytest.raises(errors.CloudError, match="could not be found"):
         provider.console_log(base.Server("gone", "demo", base.ACTIVE, "ACTIVE", None, {}))

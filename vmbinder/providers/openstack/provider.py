@@ -60,8 +60,9 @@ from vmbinder.spec import AUTO, LaunchSpec, TargetDefaults
 CONFIG_DRIVE, METADATA_SERVICE = "config-drive", "metadata-service"
 
 
-#: Nova's words for a server whose console it cannot read yet (ConsoleNotAvailable).
-NO_CONSOLE = "does not have a console available"
+#: Nova's words for a server whose console it cannot read yet (ConsoleNotAvailable,
+#: InstanceNotReady).
+NO_CONSOLE = ("does not have a console available", "is not ready")
 
 
 def refuses_config_drive(exc: errors.CloudError) -> bool:
@@ -324,14 +325,15 @@ class OpenStackProvider(Provider):
         return find_owned(self.list_owned(), name_or_id)
 
     def console_log(self, server: Server, lines: int | None = None) -> str:
-        """The console's tail ("" while the cloud has none yet: Nova answers 404
-        "Guest does not have a console available" as a server starts)."""
+        """The console's tail ("" while the cloud has none yet: as a server starts,
+        Nova answers 404 "Guest does not have a console available" or 409
+        "Instance ... is not ready")."""
         sdk = openstacksdk()
         with cloud_errors(f"reading the console of {server.name}"):
             try:
                 out = self.conn.compute.get_server_console_output(server.id, length=lines)
-            except sdk.exceptions.NotFoundException as exc:
-                if NO_CONSOLE not in str(exc.details or exc.message or exc):
+            except (sdk.exceptions.NotFoundException, sdk.exceptions.ConflictException) as exc:
+                if not any(words in str(exc.details or exc.message or exc) for words in NO_CONSOLE):
                     raise
                 return ""
         text = out.get("output", "") if isinstance(out, dict) else str(out)
@@ -372,14 +374,18 @@ class OpenStackProvider(Provider):
         return self._record(power.stop(self.conn, server, self.active_timeout))
 
     def start(self, server: Server) -> Server:
-        address = network.new_floating_ip(self.conn, server)
+        # A shelved one is refused by power.start (it names unshelve), with nothing made.
+        shelved = server.cloud_status in (power.SHELVED, power.OFFLOADED)
+        address = None if shelved else network.new_floating_ip(self.conn, server)
         return self._readdressed(power.start(self.conn, server, self.active_timeout), address)
 
     def shelve(self, server: Server) -> Server:
         return self._record(power.shelve(self.conn, server, self.active_timeout))
 
     def unshelve(self, server: Server) -> Server:
-        address = network.new_floating_ip(self.conn, server)
+        # A stopped one is refused by power.unshelve (it names start), with nothing made.
+        address = None if server.cloud_status == power.SHUTOFF else network.new_floating_ip(
+            self.conn, server)
         return self._readdressed(power.unshelve(self.conn, server, self.active_timeout), address)
 
     def release_ip(self, server: Server) -> tuple[Server, list[Removed]]:
