@@ -509,7 +509,8 @@ def current_candidate(doc):
     if doc["site"]["scheme"] == "http":
         return None
     index = (current_state(doc).get("tls") or {}).get("trying", 0)
-    return candidates(doc)[min(index, len(candidates(doc)) - 1)]
+    found = candidates(doc)  # reads the state for the address: once
+    return found[min(index, len(found) - 1)]
 
 
 def caddy_config(doc):

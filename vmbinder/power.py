@@ -4,8 +4,8 @@ all before anything changes. Then each server in turn; after start and
 unshelve its environment is waited for, as after a launch, at the same URL with
 the same token (the address stays: see the providers' stop and shelve), unless
 stop or shelve released it (release_ip): then start and unshelve give the server
-a new one, and new URLs. act_on is one server's verb, for callers that find and check the servers
-themselves (a workshop's seats, many at once)."""
+a new one, and new URLs. act_on is one server's verb, for callers that find and
+check the servers themselves (a workshop's seats, many at once)."""
 
 from __future__ import annotations
 
