@@ -10,6 +10,8 @@
                                      scrubbed again (every boot, before the environment)
     vmbinder-guest.py care           an idle server, or one whose lifetime ended, puts
                                      itself away (a service, with launch --idle, --lifetime)
+    vmbinder-guest.py boot           every boot after the first: a floating IP followed (a
+                                     new one gets its certificate), readiness reported again
 
 Reads the launch document (LAUNCH, written by cloud-init, mode 0600), logs
 fully to the log folder the document names, and writes one machine-readable
@@ -400,31 +402,35 @@ def readdress(host, old, new):
 
 #: The cloud's metadata service: its EC2-style entry for the server's floating IP.
 PUBLIC_IPV4 = "http://169.254.169.254/latest/meta-data/public-ipv4"
-#: How long a metadata service that answers without a floating IP is asked again
-#: (the cloud records a newly attached one within seconds).
-PUBLIC_IPV4_WAIT = 60
+#: How long the metadata service is asked again while it does not answer (the
+#: server's network is still being wired as it boots) or answers without a
+#: floating IP (the cloud records a newly attached one within seconds).
+PUBLIC_IPV4_WAIT = 120
 
 
 def public_ipv4():
     """The floating IP the cloud says the server has now: its metadata service's
-    (None when it does not answer), else its config drive's (as of the drive's
-    making: a new one after an unshelve, not after a start)."""
+    (None when it answers without one), else, when it never answered, its config
+    drive's (as of the drive's making: a new one after an unshelve, not after a
+    start)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.time() + PUBLIC_IPV4_WAIT
+    answered = False
     while True:
         try:
             with opener.open(PUBLIC_IPV4, timeout=5) as resp:
                 found = resp.read().decode(errors="replace").strip()
+            answered = True
         except urllib.error.HTTPError:
-            found = ""  # it answers, without one (yet)
+            found, answered = "", True  # it answers, without one (yet)
         except (OSError, ValueError):
-            break  # no metadata service: the config drive's
+            found = ""  # no answer (yet)
         if is_ip(found):
             return found
         if time.time() > deadline:
-            return None
+            break
         time.sleep(5)
-    return config_drive_public_ipv4()
+    return None if answered else config_drive_public_ipv4()
 
 
 def config_drive_public_ipv4():
@@ -451,8 +457,8 @@ def config_drive_public_ipv4():
 def follow_address(doc):
     """Record the address the server has now (see candidates), where the launch
     asked the guest to follow its floating IP: at the first boot the launch's
-    (attached as it boots), at each later one what the cloud says (else the last
-    one known)."""
+    (attached as it boots), at each later one (BOOT_UNIT) what the cloud says
+    (else the last one known)."""
     if not doc["site"].get("follow_address"):
         return
     known = current_state(doc).get("address")
@@ -732,6 +738,62 @@ def journal_tail(unit_name, lines=5):
 
 def outcome_line(doc, outcome):
     return doc["guest"]["outcome_prefix"] + json.dumps(outcome, sort_keys=True)
+
+
+#: At each boot after the first: the address followed (a certificate for a new
+#: one) and the guest's readiness reported again, on a console that may start
+#: empty (Nova makes a new one for a server it unshelves).
+BOOT_UNIT = "vmbinder-boot.service"
+
+
+def boot_unit_enabled(doc):
+    """BOOT_UNIT, enabled for the boots to come, once the network, Caddy and the
+    environment are started (not started now: this is the first boot's run)."""
+    changed = write(f"{where(doc, 'unit_dir')}/{BOOT_UNIT}", f"""[Unit]
+Description=vmbinder: the address followed and readiness reported at each boot
+After=network-online.target cloud-init.service cloud-init-network.service {CADDY_UNIT} vmbinder-env.service
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/python3 {os.path.abspath(__file__)} boot
+
+[Install]
+WantedBy=multi-user.target
+""")
+    if changed:
+        run(doc, ["systemctl", "daemon-reload"])
+        run(doc, ["systemctl", "enable", BOOT_UNIT])
+
+
+def boot_again(doc):
+    """`boot` (BOOT_UNIT, at each boot): on a server whose environment was ready
+    before (a boot after the first of this launch: the first is `run`'s), the
+    address the cloud says it has now where the launch follows its floating IP;
+    a new one gets its certificate, the outcome on the console as at the first
+    boot. Then "ready" on the console again. The environment is not ready
+    meanwhile (the care service counts idle time from its readiness), and ready
+    after it, a certificate or not (a failure is the tls phase's, as in `run`)."""
+    state = current_state(doc)
+    if not state.get("ready"):
+        return 0
+    write_state(doc, ready=False)
+    status = 0
+    try:
+        if doc["site"].get("follow_address") and not ssh_only(doc):
+            known = state.get("address")
+            follow_address(doc)
+            if current_state(doc).get("address") != known:
+                phase(doc, "tls", "done", result=ensure_tls(doc))
+    except Exception as exc:  # reported like run's steps, never a silent stop
+        log(doc, f"tls failed: {exc!r}")
+        phase(doc, "tls", "failed", **failure(doc, exc))
+        status = 1
+    finally:
+        write_state(doc, ready=True, ready_at=time.time())
+    if status == 0:
+        phase(doc, "ready", "done")
+    return status
 
 
 def ensure_tls(doc):
@@ -1706,6 +1768,7 @@ def run_all(doc):
         phase(doc, name, "done", result=result)
     times = {**build_times(doc), image_name(doc): durations}
     write(home_store(doc) + "/steps.json", json.dumps(dict(list(times.items())[-5:])))
+    boot_unit_enabled(doc)
     write_state(doc, ready=True, ready_at=time.time())
     phase(doc, "ready", "done")
     return 0
@@ -1978,10 +2041,10 @@ def serve_status(doc):
 def main(argv):
     commands = {"run": run_all, "serve-status": serve_status, "env-file": refresh_env_file,
                 "caddy-config": caddy_config, "fence": apply_fence,
-                "metadata": apply_metadata, "care": care_loop}
+                "metadata": apply_metadata, "care": care_loop, "boot": boot_again}
     if len(argv) != 2 or argv[1] not in commands:
-        print("usage: vmbinder-guest.py run|serve-status|env-file|caddy-config|fence|metadata|care",
-              file=sys.stderr)
+        print("usage: vmbinder-guest.py "
+              "run|serve-status|env-file|caddy-config|fence|metadata|care|boot", file=sys.stderr)
         return 2
     return commands[argv[1]](load())
 

@@ -10,18 +10,31 @@ internet" only 22, 80 and 443 answer on the floating IP; the public APIs answer
 from inside the guest; `vmbinder ssh` runs commands through the floating IP, the
 host key checked against the console, and returns their exit status; `vmbinder
 tunnel` carries Jupyter to this machine's loopback; a file and an edited
-notebook saved through Jupyter's contents API are in the server's home; after a
-hard reboot (Nova starts the guest's qemu again) the same URL answers again, the
-work is still there and `vmbinder ssh` still finds the host key it checks;
-the notebook's kernel cannot reach the cloud's metadata service, which the
-server itself can; `delete` leaves nothing owned by vmbinder.
+notebook saved through Jupyter's contents API are in the server's home; the
+notebook's kernel cannot reach the cloud's metadata service, which the server
+itself can.
+
+Allocation care on that server, launched with `--idle 1m --idle-action
+shelve`: a cell left running from the launch on keeps it up through every
+check above, well past the idle time. `vmbinder stop --release-ip` (Nova's
+stop) gives its floating IP back; `vmbinder start` (Nova's start, a hard
+reboot under libvirt: the guest's qemu starts again) attaches a new one, waits
+until the guest, which asked the metadata service for its new address, has a
+certificate for it from the ACME CA, and prints the new URLs, which answer
+with the same token and the same work, on a new boot; `vmbinder ssh` still
+finds the host key it checks. Left idle, the guest shelves itself through Nova
+with its restricted credential; `vmbinder unshelve` brings it back from the
+image Nova kept, at the same URL with the same token, the work still there.
+Stop and start keeping the floating IP are tests/functional/test_power.py's.
+`delete` leaves nothing owned by vmbinder.
 
 A second launch, beside the first (both guests boot at once, which costs less
 wall time than one after the other), builds a repository whose build fails:
 its server is kept, with exit 6 and the commands to read its log and remove it;
 `list`, `status` and `logs` show it, the log read through the server's
 token-protected status service; `delete` removes it. `vmbinder ssh` after the
-reboot is checked last, so that a failure there leaves the rest shown.
+first start is checked last in its part, so that a failure there leaves the rest
+shown.
 
 A third launch, with a lifetime of a minute and `--at-end delete`, deletes
 itself: its guest reaches Keystone and Nova through the public endpoints with
@@ -32,6 +45,7 @@ and `vmbinder reap` then removes that credential and the floating IP it left.
 from __future__ import annotations
 
 import json
+import re
 import selectors
 import signal
 import socket
@@ -46,8 +60,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_local_guest import ssh_key, ssh_run
-from tests.kernel import execute
+from tests.kernel import execute, kernel_state, start_cell
 from vmbinder import errors
+from vmbinder.guestcontract import LAYOUT
 
 from .conftest import (
     FAILS_ON_PURPOSE,
@@ -111,35 +126,6 @@ def scan(address: str, batch: int = 4000, wait: float = 3.0) -> tuple[list[int],
             key.fileobj.close()
         sel.close()
     return sorted(opened), sorted(refused)
-
-
-def wait_answering(url: str, context: ssl.SSLContext, timeout: float = 900) -> list:
-    """Poll url until it answers 200; the codes seen (None: no answer)."""
-    codes = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            codes.append(get(url, context, timeout=10))
-        except OSError:
-            codes.append(None)
-        if codes[-1] == 200:
-            break
-        time.sleep(3)
-    return codes
-
-
-def wait_rebooted(testbed, server, timeout: float = 600) -> None:
-    """Until Nova has restarted the guest: ACTIVE with no task after REBOOT."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while time.monotonic() < deadline:
-        now = testbed.admin.compute.get_server(server.id)
-        seen.append((now.status, now.task_state))
-        if now.status == "ACTIVE" and now.task_state is None and len(seen) > 1:
-            return
-        assert now.status != "ERROR", now.fault
-        time.sleep(2)
-    raise AssertionError(f"the reboot did not finish in {timeout:.0f} s: {seen[-5:]}")
 
 
 def console_of(testbed, server) -> str:
@@ -323,6 +309,41 @@ def check_tunnel(env: dict, name: str, token: str, wait: float = 120) -> None:
             proc.communicate()
 
 
+def woken(env: dict, verb: str, name: str, roots) -> dict:
+    """`vmbinder start|unshelve NAME` once the environment answers: its result."""
+    res = vmbinder(env, verb, name, "--format", "json", "--acme-ca-root", str(roots),
+                   "--timeout", "900", timeout=1000)
+    assert res.returncode == 0, res.stderr
+    (doc,) = json.loads(res.stdout)
+    return doc
+
+
+def check_idle_shelve(tb, env: dict, name: str, server, urls: dict, roots, phase) -> None:
+    """The server, launched with --idle 1m --idle-action shelve and started again
+    with nothing running (urls: what that start printed): idle, it shelves itself;
+    unshelved, the same URL answers with the same token and the work there."""
+    context = verifying(roots)
+    token = urls["lab"].rsplit("token=", 1)[1]
+    base = urls["lab"].split("/lab?")[0]
+    # The guest shelves itself (its log, read after the unshelve below, says so;
+    # nothing else here shelves it).
+    deadline = time.monotonic() + 900
+    while (status := tb.admin.compute.get_server(server.id).status) != "SHELVED_OFFLOADED":
+        assert time.monotonic() < deadline and status != "ERROR", f"{name} did not shelve itself: {status}"
+        time.sleep(5)
+    listed = {d["name"]: d for d in json.loads(vmbinder(env, "list", "--format", "json").stdout)}
+    assert listed[name]["status"] == "shelved", listed
+    phase("idle for --idle 1m, the guest shelved itself with its credential")
+
+    back = woken(env, "unshelve", name, roots)
+    assert back["ready"] and back["urls"] == urls, back
+    assert get(back["urls"]["lab"], context) == 200
+    work_is_there(base, token, context)
+    log = server_run(env, name, f"sudo cat {LAYOUT['log_dir']}/guest.log")
+    assert re.search(r"care: shelve: idle for [12] min", log), log[-3000:]
+    phase("unshelve: the same URL answers, the work there")
+
+
 def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         real_testbed, uploaded_image, repo_url, failing_repo_url, acme_ca, tmp_path, phase):
     tb, name, failed, ending = real_testbed, "real-launch", "real-failed", "real-ends"
@@ -337,7 +358,8 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
             (tmp_path / folder).mkdir()
         launch = spawn(env, tmp_path / "launch", "launch", "--name", name, "--image", uploaded_image,
                        "--flavor", FLAVOR, "--acme-ca", acme_ca.directory, "--acme-ca-root",
-                       str(acme_ca.roots), "--format", "json", "--timeout", str(TIMEOUT), repo_url)
+                       str(acme_ca.roots), "--format", "json", "--timeout", str(TIMEOUT),
+                       "--idle", "1m", "--idle-action", "shelve", repo_url)
         # The failing build boots beside it, once the group and keypair they share are
         # made; the server's own CA (--tls internal) lets `status` and `logs` check its
         # certificate against the root its console vouches for.
@@ -352,6 +374,12 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         out, err = ended(launch, tmp_path / "launch")
         assert launch.returncode == 0, err
         doc = json.loads(out)
+        # A cell left running (its browser gone): the server is busy through every check below.
+        context = verifying(acme_ca.roots)
+        token = doc["urls"]["lab"].rsplit("token=", 1)[1]
+        base = doc["urls"]["lab"].split("/lab?")[0]
+        busy = start_cell(base, token, "import time; time.sleep(3600)", context=context)
+        busy_since = time.monotonic()
         phase("launch until every URL answers (a failing build launched beside it)")
         phase.note(f"memory with two guests (RSS, PSS MiB): {stack_memory()}")
         _, err = ended(failing, tmp_path / "failing")
@@ -376,11 +404,8 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
         # The CA reached the floating IP's port 80 and certified the address itself.
         assert doc["certificate"] == {"site": address, "issuer": "acme", "root_sha256": None,
                                       "failed": []}, doc["certificate"]
-        context = verifying(acme_ca.roots)
-        token = doc["urls"]["lab"].rsplit("token=", 1)[1]
         for key_, url in doc["urls"].items():
             assert get(url, context) == 200, f"{key_}: {url}"
-        base = doc["urls"]["lab"].split("/lab?")[0]
         assert base == f"https://{address}"
         assert get(f"{base}/api/status?token={token}", context) == 200
         assert get(f"{base}/api/status?token=wrong", context) in (401, 403)
@@ -423,23 +448,48 @@ def test_launch_on_openstack_boots_reads_its_config_drive_and_serves_every_url(
                              f"http://{INET_ADDRESS}:45500/v3")
         assert keystone == "200", keystone
 
-        # A hard reboot: Nova starts the guest's qemu again, and its console log
-        # starts empty, while the host key `vmbinder ssh` checks must still be on it.
+        # Busy past the idle time: the running cell kept it up, and the guest's care saw it.
+        time.sleep(max(0.0, 100 - (time.monotonic() - busy_since)))
+        assert kernel_state(base, token, busy, context=context) == "busy"
+        assert tb.admin.compute.get_server(server.id).status == "ACTIVE"
+        seen = get_json(f"{base}/vmbinder/status.json?token={token}", context)["care_seen"]
+        assert seen["busy"] == 1 and seen["checked"] - seen["last"] < 60, seen
+        phase.note(f"busy past --idle 1m: {time.monotonic() - busy_since:.0f} s after the cell started")
+
+        # Stopped with its address given back, and started: Nova's start under
+        # libvirt is a hard reboot (the guest's qemu starts again, and its console
+        # log starts empty, while the host key `vmbinder ssh` checks must still be
+        # on it). `start` attaches a new floating IP, and waits until the guest,
+        # which asked the metadata service for it, has a certificate for it.
         before = guest_run(address, key, console, BOOT_ID)
-        tb.admin.compute.reboot_server(server, "HARD")
-        wait_rebooted(tb, server)
-        codes = wait_answering(f"{base}/api/status?token={token}", context)
-        assert codes[-1] == 200, f"the URL did not answer again after a hard reboot: {codes[-5:]}"
+        res = vmbinder(env, "stop", name, "--release-ip", "--format", "json", timeout=600)
+        assert res.returncode == 0, res.stderr
+        (stopped,) = json.loads(res.stdout)
+        assert (stopped["status"], stopped["released"]) == ("stopped", [address]), stopped
+        assert tb.admin.compute.get_server(server.id).status == "SHUTOFF"
+        assert not list(tb.admin.network.ips(id=fip.id))
+        started = woken(env, "start", name, acme_ca.roots)
+        (new_fip,) = tb.admin.network.ips(port_id=fip.port_id)
+        address = new_fip.floating_ip_address
+        assert new_fip.id != fip.id and started["ready"] and started["address"] == address, started
+        old_base, base = base, f"https://{address}"
+        assert started["urls"] == {k: v.replace(old_base, base) for k, v in doc["urls"].items()}, started
+        for key_, url in started["urls"].items():
+            assert get(url, context) == 200, f"{key_}: {url}"  # the certificate is for the new address
+        status = json.loads(vmbinder(env, "status", name, "--format", "json").stdout)
+        assert (status["certificate"]["site"], status["certificate"]["issuer"]) == (address, "acme"), status
         after = guest_run(address, key, console, BOOT_ID)  # the host keys of the first boot
-        assert after != before, "the hard reboot did not restart the guest"
-        assert get(doc["urls"]["lab"], context) == 200
+        assert after != before, "the guest did not boot again"
         work_is_there(base, token, context)
         # Checked once the work is: see below.
         through_cli = vmbinder(env, "ssh", name, "--", BOOT_ID, timeout=300)
-        phase("hard reboot until the same URL answers, the work still there")
+        phase("stop --release-ip, then start at a new floating IP with its certificate, "
+              "on a new boot, the same token and the work there")
         assert_no_metadata(execute(base, token, METADATA_PROBE, context=context))
         assert (through_cli.returncode, through_cli.stdout) == (0, after), \
-            f"vmbinder ssh {name} after the hard reboot: exit {through_cli.returncode}: {through_cli.stderr}"
+            f"vmbinder ssh {name} after the start: exit {through_cli.returncode}: {through_cli.stderr}"
+
+        check_idle_shelve(tb, env, name, server, started["urls"], acme_ca.roots, phase)
     finally:
         for proc in (launch, failing, ends):
             if proc is not None and proc.poll() is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -113,13 +114,118 @@ def test_the_metadata_service_is_asked_again_until_it_has_the_address(monkeypatc
         def read(self):
             return self.body
 
+    clock = {"now": 1000.0}
     monkeypatch.setattr(guest.urllib.request, "build_opener", lambda *handlers: Opener())
-    monkeypatch.setattr(guest.time, "sleep", lambda s: None)
-    assert guest.public_ipv4() == NEW
-    # No metadata service at all: the config drive's.
-    monkeypatch.setattr(Opener, "open", lambda self, url, timeout: (_ for _ in ()).throw(OSError("no route")))
+    monkeypatch.setattr(guest.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(guest.time, "sleep", lambda s: clock.__setitem__("now", clock["now"] + s))
     monkeypatch.setattr(guest, "config_drive_public_ipv4", lambda: OLD)
+    assert guest.public_ipv4() == NEW
+    # No answer yet (the network still being wired as the server boots), then the address.
+    answers = iter([OSError("no route"), TimeoutError("timed out"), NEW.encode()])
+    assert guest.public_ipv4() == NEW
+    # An answer without one until the wait is over: none (the config drive's would be older).
+    answers = iter([guest.urllib.error.HTTPError(guest.PUBLIC_IPV4, 404, "Not Found", {}, None)] * 100)
+    start = clock["now"]
+    assert guest.public_ipv4() is None
+    assert guest.PUBLIC_IPV4_WAIT <= clock["now"] - start <= guest.PUBLIC_IPV4_WAIT + 5
+    # No metadata service at all, through the whole wait: the config drive's.
+    answers = iter([OSError("no route")] * 100)
+    start = clock["now"]
     assert guest.public_ipv4() == OLD
+    assert guest.PUBLIC_IPV4_WAIT <= clock["now"] - start <= guest.PUBLIC_IPV4_WAIT + 5
+
+
+@pytest.fixture
+def later_boot(booted, monkeypatch):
+    """A boot after the first of a launch that follows its address and was ready:
+    the certificate step recorded, not run (what it does is test_guest_script's)."""
+    doc = document(OLD)
+    doc["site"]["follow_address"] = True
+    guest.follow_address(doc)
+    guest.write_state(doc, ready=True, ready_at=1.0)
+    certified = []
+
+    def ensure_tls(doc):
+        certified.append((hosts(doc)[0], guest.current_state(doc)["ready"]))
+        return f"acme for {hosts(doc)[0]}"
+
+    monkeypatch.setattr(guest, "ensure_tls", ensure_tls)
+    return doc, certified
+
+
+def test_a_boot_at_a_new_address_gets_its_certificate_and_is_ready_again(booted, later_boot):
+    doc, certified = later_boot
+    booted["address"] = OLD  # started again with the floating IP kept: no certificate to get
+    assert guest.boot_again(doc) == 0
+    state = guest.current_state(doc)
+    # Ready again on this boot's console (Nova's is new after an unshelve), counted from now.
+    assert certified == [] and (state["phase"], state["status"], state["ready"]) == ("ready", "done", True)
+    assert state["ready_at"] > 1.0
+    booted["address"] = NEW  # given back and a new one attached
+    assert guest.boot_again(doc) == 0
+    state = guest.current_state(doc)
+    # Not ready while it got the certificate (the care service waits), ready afterwards.
+    assert certified == [(NEW, False)] and state["ready"]
+    assert (state["address"], state["phase"], state["status"]) == (NEW, "ready", "done")
+    log = (Path(guest.ROOT) / guest.where(doc, "log_dir").lstrip("/") / "guest.log").read_text()
+    assert f"the server's address is now {NEW} (it was {OLD})" in log
+    assert '"phase": "tls", "result": "acme for ' + NEW in log
+
+
+def test_a_failed_certificate_at_a_new_address_is_the_tls_phases_and_the_server_is_ready(
+        booted, later_boot, monkeypatch):
+    doc, _ = later_boot
+
+    def refused(doc):
+        raise guest.StepFailed("no certificate from any issuer: 198.51.100.4 (acme): refused by the CA")
+
+    monkeypatch.setattr(guest, "ensure_tls", refused)
+    booted["address"] = NEW
+    assert guest.boot_again(doc) == 1
+    state = guest.current_state(doc)
+    assert (state["phase"], state["status"], state["ready"]) == ("tls", "failed", True)
+    assert "refused by the CA" in state["error"]
+
+
+def test_a_later_boot_of_a_launch_that_does_not_follow_reports_ready_and_asks_nothing(booted):
+    fixed = document(OLD)  # a port's own address, or the local target's
+    guest.write_state(fixed, ready=True, ready_at=1.0)
+    booted["address"] = NEW
+    assert guest.boot_again(fixed) == 0
+    state = guest.current_state(fixed)
+    assert (state["phase"], state["ready"], booted["asked"]) == ("ready", True, 0)
+    assert state["ready_at"] > 1.0
+
+
+def test_the_first_boot_and_another_launchs_state_are_left_to_run(booted, monkeypatch):
+    ran = []
+    monkeypatch.setattr(guest, "ensure_tls", lambda doc: ran.append(doc))
+    doc = document(OLD)
+    doc["site"]["follow_address"] = True
+    booted["address"] = NEW
+    guest.write_state(doc, ready=False)  # the first boot's run is at it
+    assert guest.boot_again(doc) == 0
+    assert "phase" not in guest.current_state(doc)
+    other = document(OLD, name="seat-02")  # a server started from doc's snapshot
+    other["site"]["follow_address"] = True
+    guest.write_state(doc, ready=True)
+    assert guest.boot_again(other) == 0
+    assert ran == [] and booted["asked"] == 0 and guest.current_state(other) == {}
+
+
+def test_the_first_boots_run_enables_the_boot_unit_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(guest, "ROOT", str(tmp_path))
+    commands = []
+    monkeypatch.setattr(guest, "run", lambda doc, argv, **kw: commands.append(argv))
+    doc = document(OLD)
+    guest.boot_unit_enabled(doc)
+    guest.boot_unit_enabled(doc)
+    unit = (tmp_path / "etc/systemd/system" / guest.BOOT_UNIT).read_text()
+    assert f"ExecStart=/usr/bin/python3 {guest.__file__} boot" in unit
+    assert "After=network-online.target cloud-init.service cloud-init-network.service " \
+           f"{guest.CADDY_UNIT} vmbinder-env.service" in unit
+    # Enabled for the boots to come, not started: the first boot's run does its work.
+    assert commands == [["systemctl", "daemon-reload"], ["systemctl", "enable", guest.BOOT_UNIT]]
 
 
 def report(site, issuer="acme"):
