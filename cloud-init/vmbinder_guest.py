@@ -768,23 +768,21 @@ WantedBy=multi-user.target
 
 def boot_again(doc):
     """`boot` (BOOT_UNIT, at each boot): on a server whose environment was ready
-    before (a boot after the first of this launch: the first is `run`'s), the
+    once (a boot after the first of this launch: the first is `run`'s), the
     address the cloud says it has now where the launch follows its floating IP;
     a new one gets its certificate, the outcome on the console as at the first
     boot. Then "ready" on the console again. The environment is not ready
     meanwhile (the care service counts idle time from its readiness), and ready
-    after it, a certificate or not (a failure is the tls phase's, as in `run`)."""
+    after it, a certificate or not (a failure is the tls phase's, as in `run`).
+    A boot that was stopped halfway through this is done again at the next."""
     state = current_state(doc)
-    if not state.get("ready"):
+    if not state.get("ready_at"):
         return 0
     write_state(doc, ready=False)
     status = 0
     try:
         if doc["site"].get("follow_address") and not ssh_only(doc):
-            known = state.get("address")
-            follow_address(doc)
-            if current_state(doc).get("address") != known:
-                phase(doc, "tls", "done", result=ensure_tls(doc))
+            phase(doc, "tls", "done", result=ensure_tls(doc))  # settled, unless it moved
     except Exception as exc:  # reported like run's steps, never a silent stop
         log(doc, f"tls failed: {exc!r}")
         phase(doc, "tls", "failed", **failure(doc, exc))
@@ -804,7 +802,11 @@ def ensure_tls(doc):
         return "none: only SSH is exposed"
     follow_address(doc)
     settled = (current_state(doc).get("tls") or {}).get("outcome")
-    if settled and (settled["issuer"] == "off" or certificate(doc, current_candidate(doc))):
+    candidate = current_candidate(doc)
+    # Settled: the outcome is the current candidate's (not an address the server
+    # had before), and Caddy has its certificate.
+    if settled and (settled["issuer"] == "off" or (
+            settled["site"] == candidate["host"] and certificate(doc, candidate))):
         return f"{settled['issuer']} for {settled['site'] or 'any name'} (settled)"
     if doc["site"]["scheme"] == "http":
         run(doc, ["systemctl", "restart", CADDY_UNIT])

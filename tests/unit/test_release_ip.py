@@ -135,41 +135,63 @@ def test_the_metadata_service_is_asked_again_until_it_has_the_address(monkeypatc
     assert guest.PUBLIC_IPV4_WAIT <= clock["now"] - start <= guest.PUBLIC_IPV4_WAIT + 5
 
 
+def caddy_has(doc, host):
+    """Caddy's stored certificate for host from the ACME CA, as Caddy stores it."""
+    folder = Path(guest.at(guest.caddy_storage(doc))) / "certificates" / "acme-dir" / host
+    folder.mkdir(parents=True)
+    (folder / f"{host}.crt").write_text("a certificate")
+
+
 @pytest.fixture
 def later_boot(booted, monkeypatch):
-    """A boot after the first of a launch that follows its address and was ready:
-    the certificate step recorded, not run (what it does is test_guest_script's)."""
+    """A boot after the first of a launch that follows its address, whose first
+    boot settled on a certificate for OLD; getting one is recorded, not done (what
+    that does is test_guest_script's)."""
     doc = document(OLD)
     doc["site"]["follow_address"] = True
     guest.follow_address(doc)
-    guest.write_state(doc, ready=True, ready_at=1.0)
-    certified = []
+    guest.write_state(doc, ready=True, ready_at=1.0, tls={"trying": 0, "outcome": {
+        "site": OLD, "issuer": "acme", "failed": [], "root": None}})
+    caddy_has(doc, OLD)
+    obtained = []
 
-    def ensure_tls(doc):
-        certified.append((hosts(doc)[0], guest.current_state(doc)["ready"]))
-        return f"acme for {hosts(doc)[0]}"
+    def obtain_certificate(doc):
+        host = guest.current_candidate(doc)["host"]
+        obtained.append((host, guest.current_state(doc)["ready"]))
+        return 0, {"site": host, "issuer": "acme", "failed": [], "root": None}
 
-    monkeypatch.setattr(guest, "ensure_tls", ensure_tls)
-    return doc, certified
+    monkeypatch.setattr(guest, "obtain_certificate", obtain_certificate)
+    return doc, obtained
+
+
+def console_lines(prefix):
+    path = Path(guest.at("/dev/console"))
+    return [line for line in path.read_text().splitlines() if line.startswith(prefix)] \
+        if path.exists() else []
 
 
 def test_a_boot_at_a_new_address_gets_its_certificate_and_is_ready_again(booted, later_boot):
-    doc, certified = later_boot
-    booted["address"] = OLD  # started again with the floating IP kept: no certificate to get
+    doc, obtained = later_boot
+    (Path(guest.ROOT) / "dev").mkdir()
+    (Path(guest.ROOT) / "dev/console").write_text("")
+    booted["address"] = OLD  # started again with the floating IP kept: its certificate stays
     assert guest.boot_again(doc) == 0
     state = guest.current_state(doc)
     # Ready again on this boot's console (Nova's is new after an unshelve), counted from now.
-    assert certified == [] and (state["phase"], state["status"], state["ready"]) == ("ready", "done", True)
+    assert obtained == [] and (state["phase"], state["status"], state["ready"]) == ("ready", "done", True)
     assert state["ready_at"] > 1.0
+    assert console_lines(doc["guest"]["outcome_prefix"]) == []
     booted["address"] = NEW  # given back and a new one attached
     assert guest.boot_again(doc) == 0
     state = guest.current_state(doc)
     # Not ready while it got the certificate (the care service waits), ready afterwards.
-    assert certified == [(NEW, False)] and state["ready"]
+    assert obtained == [(NEW, False)] and state["ready"]
     assert (state["address"], state["phase"], state["status"]) == (NEW, "ready", "done")
+    assert state["tls"]["outcome"]["site"] == NEW
+    (line,) = console_lines(doc["guest"]["outcome_prefix"])
+    assert json.loads(line[len(doc["guest"]["outcome_prefix"]):])["site"] == NEW
     log = (Path(guest.ROOT) / guest.where(doc, "log_dir").lstrip("/") / "guest.log").read_text()
     assert f"the server's address is now {NEW} (it was {OLD})" in log
-    assert '"phase": "tls", "result": "acme for ' + NEW in log
 
 
 def test_a_failed_certificate_at_a_new_address_is_the_tls_phases_and_the_server_is_ready(
@@ -179,12 +201,23 @@ def test_a_failed_certificate_at_a_new_address_is_the_tls_phases_and_the_server_
     def refused(doc):
         raise guest.StepFailed("no certificate from any issuer: 198.51.100.4 (acme): refused by the CA")
 
-    monkeypatch.setattr(guest, "ensure_tls", refused)
+    monkeypatch.setattr(guest, "obtain_certificate", refused)
     booted["address"] = NEW
     assert guest.boot_again(doc) == 1
     state = guest.current_state(doc)
     assert (state["phase"], state["status"], state["ready"]) == ("tls", "failed", True)
     assert "refused by the CA" in state["error"]
+
+
+def test_a_boot_stopped_while_it_got_the_certificate_gets_it_at_the_next(booted, later_boot):
+    doc, obtained = later_boot
+    booted["address"] = NEW
+    guest.follow_address(doc)  # the new address recorded, then powered off
+    guest.write_state(doc, ready=False)
+    caddy_has(doc, NEW)  # Caddy, started at the next boot for it, got one on its own
+    assert guest.boot_again(doc) == 0
+    # The outcome on record was OLD's: this boot reports NEW's.
+    assert obtained == [(NEW, False)] and guest.current_state(doc)["ready"]
 
 
 def test_a_later_boot_of_a_launch_that_does_not_follow_reports_ready_and_asks_nothing(booted):
@@ -208,7 +241,7 @@ def test_the_first_boot_and_another_launchs_state_are_left_to_run(booted, monkey
     assert "phase" not in guest.current_state(doc)
     other = document(OLD, name="seat-02")  # a server started from doc's snapshot
     other["site"]["follow_address"] = True
-    guest.write_state(doc, ready=True)
+    guest.write_state(doc, ready=True, ready_at=1.0)
     assert guest.boot_again(other) == 0
     assert ran == [] and booted["asked"] == 0 and guest.current_state(other) == {}
 
