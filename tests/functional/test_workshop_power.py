@@ -1,6 +1,7 @@
-"""A workshop's seats stopped, started, shelved and unshelved at once, one seat
-refused by Nova while the other is done (exit 10), one seat reset, and the
-seats of a removed workshop reported missing, against the testbed's Nova.
+"""A workshop's seats stopped, started, shelved and unshelved at once (stopped
+with --release-ip, then started at new addresses too), one seat refused by
+Nova while the other is done (exit 10), one seat reset, and the seats of a
+removed workshop reported missing, against the testbed's Nova.
 
 Its fake compute driver boots nothing, so start, unshelve and reset do not wait
 for the environment (--no-wait). One workshop of two seats serves every step:
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from urllib.parse import urlsplit
 
 from .test_launch import ok
 from .test_workshop import only_the_keypair_is_left, seats_on_cloud, write_workshop
@@ -46,6 +48,26 @@ def test_bulk_power_one_seat_refusing_reset_and_missing_seats(testbed, vmb, tmp_
         assert results(res) == {seat: (result, state) for seat in SEATS}, res.stdout
         assert {s["seat"]: s["address"] for s in json.loads(res.stdout)["seats"]} == addresses
         assert nova_status(testbed) == {seat: nova for seat in SEATS}, verb
+
+    # --release-ip: each seat's floating IP given back before it stops; start
+    # attaches a new one to each, and the roster has the new URLs.
+    res = ok(vmb("workshop", "stop", path, "--release-ip", "--format", "json", timeout=900))
+    assert {s["seat"]: (s["result"], s["address"], s["released"])
+            for s in json.loads(res.stdout)["seats"]} == {
+        seat: ("stopped", None, [addresses[seat]]) for seat in SEATS}, res.stdout
+    assert not [ip for ip in testbed.admin.network.ips(project_id=testbed.project_id)
+                if ip.floating_ip_address in addresses.values()]
+    assert nova_status(testbed) == {seat: "SHUTOFF" for seat in SEATS}
+    res = ok(vmb("workshop", "start", path, "--no-wait", "--format", "json", timeout=900))
+    new = {s["seat"]: s["address"] for s in json.loads(res.stdout)["seats"]}
+    assert sorted(new) == SEATS and all(new.values()), res.stdout
+    assert not set(new.values()) & set(addresses.values())
+    roster = ok(vmb("workshop", "roster", path, "--no-check", "--format", "csv"))
+    urls = {row["seat"]: row["url"] for row in csv.DictReader(io.StringIO(roster.stdout))}
+    hosts = {seat: urlsplit(url).hostname for seat, url in urls.items()}
+    assert sorted(urls) == SEATS and all(  # the address, or a wildcard DNS name of it
+        hosts[s] == new[s] or hosts[s].startswith(new[s].replace(".", "-") + ".") for s in SEATS), urls
+    assert nova_status(testbed) == {seat: "ACTIVE" for seat in SEATS}
 
     # One seat locked by the administrator: stopping the workshop stops the other
     # seat, says why that one was refused, and exits 10.

@@ -428,3 +428,48 @@ def test_workshop_reset_prints_the_new_roster_line_and_refuses_an_unknown_seat(c
     doc = json.loads(res.stdout)
     assert [s["seat"] for s in doc["seats"]] == ["course-01"]
     assert doc["seats"][0]["url"].endswith(f"token={on_cloud(p)['course-01'].meta('token')}")
+
+
+class ReleasingSeats(Powered):
+    """Powered whose seats have floating IPs to give back."""
+
+    capabilities = Powered.capabilities | {"release_ip"}
+
+    def release_ip(self, server):
+        with self.lock:
+            self.events.append(("release", server.name))
+        done = replace(server, address=None, metadata={**server.metadata, "vmbinder:released": "ext"})
+        self.servers[server.id] = done
+        return done, [Removed("floating IP", f"fip-{server.name}", server.address)]
+
+
+def test_workshop_stop_release_ip_gives_every_seats_address_back_first_and_says_what_start_does(cli):
+    p = ReleasingSeats()
+    assert cli(p, "up", "--no-wait", "FILE").exit_code == 0
+    addresses = {s.name: s.address for s in p.servers.values()}
+    assert all(addresses.values())
+    res = cli(p, "stop", "FILE", "--release-ip", "--format", "json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert {s["seat"]: (s["result"], s["address"], s["released"]) for s in doc["seats"]} == {
+        name: ("stopped", None, [address]) for name, address in addresses.items()}
+    for name in addresses:  # each seat's address given back before it was stopped
+        assert p.events.index(("release", name)) < p.events.index(("stop", name))
+    p2 = ReleasingSeats()
+    assert cli(p2, "up", "--no-wait", "FILE").exit_code == 0
+    res = cli(p2, "shelve", "FILE", "--release-ip")
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.stderr.split())
+    assert f"addresses given back: vmbinder workshop unshelve {cli.path} gives each seat a new " \
+           f"one, and new URLs (vmbinder workshop roster {cli.path} prints them)" in said
+    assert "holds its address" not in said
+
+
+def test_workshop_release_ip_is_refused_where_seats_have_no_floating_ip_with_nothing_done(cli):
+    p = Powered()
+    assert cli(p, "up", "--no-wait", "FILE").exit_code == 0
+    before = dict(p.servers)
+    res = cli(p, "stop", "FILE", "--release-ip")
+    assert res.exit_code == 2, res.output
+    assert "no floating IP to give back" in " ".join(res.stderr.split())
+    assert p.servers == before and not [e for e in p.events if e[0] == "stop"]

@@ -47,14 +47,15 @@ def _seat_docs(result) -> list[dict]:
              "seconds": round(r.seconds, 1), "ready": r.ready,
              "error": r.error.message if r.error else None,
              "hint": r.error.hint if r.error else None,
-             "request_id": r.error.details.get("request_id") if r.error else None}
+             "request_id": r.error.details.get("request_id") if r.error else None,
+             "released": [removed.name for removed in r.released]}
             for r in result.seats]
 
 
 def _power_command(verb: str) -> click.Command:
     wakes = verb in ("start", "unshelve")
 
-    def run(obj, file, parallel, force, fmt, no_wait=False, timeout=1800):
+    def run(obj, file, parallel, force, fmt, no_wait=False, timeout=1800, release_ip=False):
         from rich.markup import escape
 
         from vmbinder.workshops import file as ws
@@ -65,7 +66,7 @@ def _power_command(verb: str) -> click.Command:
         try:
             result = seats_power.act(obj.provider, workshop, verb, reporter=progress,
                                      parallel=parallel, force=force, wait=not no_wait,
-                                     timeout=timeout)
+                                     timeout=timeout, release_ip=release_ip)
         finally:
             progress.stop()
         docs = _seat_docs(result)
@@ -83,7 +84,12 @@ def _power_command(verb: str) -> click.Command:
                                  f"{', '.join(r.seat.name for r in result.missing)}; "
                                  f"vmbinder workshop up {file} makes them"), soft_wrap=True)
             done = [r for r in result.seats if r.server is not None and r.error is None]
-            if done and not wakes:
+            if any(r.released for r in done):
+                again = "start" if verb == "stop" else "unshelve"
+                err.print(escape(f"addresses given back: vmbinder workshop {again} {file} gives "
+                                 f"each seat a new one, and new URLs (vmbinder workshop roster "
+                                 f"{file} prints them)"), soft_wrap=True)
+            elif done and not wakes:
                 err.print(escape(HOLD[verb].format(file=file)), soft_wrap=True)
             if done and wakes:
                 err.print(escape(f"the URLs with their tokens: vmbinder workshop roster {file}"))
@@ -97,6 +103,12 @@ def _power_command(verb: str) -> click.Command:
         click.Option(["--force"], is_flag=True,
                      help=f"{verb.capitalize()} seats other users of the project launched too."),
     ]
+    if not wakes:
+        params.append(click.Option(
+            ["--release-ip"], is_flag=True,
+            help="Give each seat's floating IP back to the cloud: the URLs stop working, and "
+                 f"workshop {'start' if verb == 'stop' else 'unshelve'} gives each a new address "
+                 "and new URLs."))
     if wakes:
         params += [
             click.Option(["--no-wait"], is_flag=True,

@@ -47,6 +47,8 @@ class SeatPower:
     seconds: float = 0.0
     #: Whether its environment answered (start and unshelve that waited), else None.
     ready: bool | None = None
+    #: The addresses given back (stop and shelve with release_ip).
+    released: tuple = ()
 
 
 @dataclass
@@ -96,9 +98,10 @@ class _Worker:
     the ones not started yet are skipped."""
 
     def __init__(self, provider: Provider, verb: str, reporter: BatchReporter, *, wait: bool,
-                 timeout: float, extra_roots: str | None):
+                 timeout: float, extra_roots: str | None, release_ip: bool = False):
         self.provider, self.verb, self.reporter = provider, verb, reporter
         self.wait, self.timeout, self.extra_roots = wait, timeout, extra_roots
+        self.release_ip = release_ip
         self.cancelled = threading.Event()
 
     def _sleep(self, seconds: float) -> None:
@@ -113,7 +116,7 @@ class _Worker:
         try:
             out = power.act_on(self.provider, self.verb, server, SeatReporter(self.reporter, seat.name),
                                wait=self.wait, timeout=self.timeout, extra_roots=self.extra_roots,
-                               clock=readiness.Clock(sleep=self._sleep))
+                               clock=readiness.Clock(sleep=self._sleep), release_ip=self.release_ip)
         except errors.VmbinderError as exc:
             self.reporter.seat(seat.name, FAILED, exc.message)
             return SeatPower(seat, FAILED, server, exc, time.monotonic() - started)
@@ -121,20 +124,22 @@ class _Worker:
             self.reporter.seat(seat.name, SKIPPED, "interrupted while waiting for its environment")
             return SeatPower(seat, SKIPPED, server, seconds=time.monotonic() - started)
         self.reporter.seat(seat.name, out.action, out.server.address or out.server.state)
-        return SeatPower(seat, out.action, out.server, seconds=out.seconds, ready=out.ready)
+        return SeatPower(seat, out.action, out.server, seconds=out.seconds, ready=out.ready,
+                         released=out.released)
 
 
 def act(provider: Provider, workshop: Workshop, verb: str, *,
         reporter: BatchReporter | None = None, parallel: int = PARALLEL, force: bool = False,
-        wait: bool = True, timeout: float = 1800) -> PowerResult:
+        wait: bool = True, timeout: float = 1800, release_ip: bool = False) -> PowerResult:
     """verb (stop, start, shelve or unshelve) on every seat of the workshop that has a
     server, `parallel` at a time. With wait, start and unshelve wait until each
     seat's environment answers (timeout: seconds, for each seat); the workshop's
-    private ACME CA roots, if any, check its certificate. A target that does not
-    do the verb, and (unless force) seats another user launched, are refused
-    before any seat changes. An interrupt ends it with Interrupted, naming the
-    seats done before it."""
-    power.check(provider, verb)
+    private ACME CA roots, if any, check its certificate. release_ip (stop and
+    shelve): each seat's floating IP is given back first (power.act_on). A target
+    that does not do the verb (or has no address to give back), and (unless force)
+    seats another user launched, are refused before any seat changes. An
+    interrupt ends it with Interrupted, naming the seats done before it."""
+    power.check(provider, verb, release_ip)
     reporter = reporter or NullBatchReporter()
     with provider.remembering():
         found = seats_of(provider, workshop)
@@ -148,7 +153,7 @@ def act(provider: Provider, workshop: Workshop, verb: str, *,
                 results[seat.name] = SeatPower(seat, MISSING)
                 reporter.seat(seat.name, MISSING, "no server: never made, or deleted")
         worker = _Worker(provider, verb, reporter, wait=wait, timeout=timeout,
-                         extra_roots=workshop.acme.ca_root)
+                         extra_roots=workshop.acme.ca_root, release_ip=release_ip)
         pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="seat")
         futures = [(seat, pool.submit(worker, seat, found[seat.name]))
                    for seat in workshop.seats if seat.name in found]
