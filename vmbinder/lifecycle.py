@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from vmbinder import cloudinit, errors, https, launchdoc, readiness, scope, urls
-from vmbinder.providers.base import Ledger, Provider, Removed, Resolved, Server
+from vmbinder.providers.base import ACTIVE, Ledger, Provider, Removed, Resolved, Server
 
 # How to reach a server, used by every command through this module.
 from vmbinder.reach import (  # noqa: F401
@@ -121,9 +121,30 @@ class _Watch:
             self.through.close()
 
     def console(self) -> str:
-        text = self.provider.console_log(self.server, lines=200)
+        try:
+            text = self.provider.console_log(self.server, lines=200)
+        except errors.CloudError:
+            self.still_running()
+            raise
         self.found = https.last_outcome(text, self.server.address) or self.found
         return text
+
+    def still_running(self) -> None:
+        """A console the cloud cannot give: a server that was stopped, shelved or
+        deleted during the wait is said to be so (the cloud's own error otherwise)."""
+        name = self.server.name
+        try:
+            now = self.provider.get(self.server.id)
+        except errors.BadRequest:
+            raise errors.CloudError(f"{name} was deleted while vmbinder waited for its environment",
+                                    "vmbinder list shows what is left") from None
+        except errors.VmbinderError:
+            return
+        if now.state != ACTIVE:
+            raise errors.CloudError(
+                f"{name} is {now.state} now ({now.cloud_status}): it stopped running while "
+                "vmbinder waited for its environment",
+                f"why, and how to bring it back: vmbinder status {name}")
 
     def certificate(self) -> tuple[bool, str]:
         if self.found is None:

@@ -215,3 +215,40 @@ def test_shelve_json_for_scripts_and_refusals_exit_2(run_cli):
     assert doc["urls"]["lab"] == "http://203.0.113.7/lab?token=t0k"
     res = run_cli("stop", "theirs")
     assert res.exit_code == 2 and "not stopping servers another user" in res.stderr
+
+
+class StoppedMeanwhile(Powered):
+    """A server that stops running as it starts (shelved by its idle care, or by
+    hand), after which Nova has no console for it; or that is deleted."""
+
+    def __init__(self, *servers, then=SHELVED):
+        super().__init__(*servers)
+        self.then = then
+
+    def start(self, server):
+        started = super().start(server)
+        if self.then is None:
+            del self.servers[server.id]
+        else:
+            self.servers[server.id] = replace(started, state=self.then, cloud_status="SHELVED_OFFLOADED")
+        return started
+
+    def console_log(self, server, lines=None):
+        raise errors.CloudError(f"reading the console of {server.name} failed: HTTP 404: "
+                                f"Instance {server.id} could not be found.")
+
+
+def test_a_server_that_stops_running_during_starts_wait_is_said_to_have():
+    cloud = StoppedMeanwhile(server("a", ME, state=STOPPED))
+    with pytest.raises(errors.CloudError) as info:
+        power.act(cloud, "start", ["a"], timeout=60)
+    assert info.value.message == ("a is shelved now (SHELVED_OFFLOADED): it stopped running while "
+                                  "vmbinder waited for its environment")
+    assert info.value.hint == "why, and how to bring it back: vmbinder status a"
+    gone = StoppedMeanwhile(server("b", ME, state=STOPPED), then=None)
+    with pytest.raises(errors.CloudError, match="b was deleted while vmbinder waited"):
+        power.act(gone, "start", ["b"], timeout=60)
+    # Running, the cloud's own error stands.
+    up = StoppedMeanwhile(server("c", ME, state=STOPPED), then=ACTIVE)
+    with pytest.raises(errors.CloudError, match="HTTP 404: Instance id-c could not be found"):
+        power.act(up, "start", ["c"], timeout=60)
