@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmbinder import errors, power, readiness, scope
-from vmbinder.providers.base import Provider, Server
+from vmbinder.providers.base import Provider, Removed, Server
 from vmbinder.workshops.file import Seat, Workshop
 from vmbinder.workshops.seats import (
     FAILED,
@@ -48,7 +48,7 @@ class SeatPower:
     #: Whether its environment answered (start and unshelve that waited), else None.
     ready: bool | None = None
     #: The addresses given back (stop and shelve with release_ip).
-    released: tuple = ()
+    released: tuple[Removed, ...] = ()
 
 
 @dataclass
