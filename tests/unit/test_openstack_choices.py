@@ -123,6 +123,9 @@ def test_a_servers_address_is_its_floating_ip_else_the_one_vmbinder_recorded():
     assert osp.server_address(fixed, {"vmbinder:address": "203.0.113.40"}) == "203.0.113.40"
     assert osp.server_address(floating, {"vmbinder:address": "192.0.2.5"}) == "203.0.113.20"
     assert osp.server_address(fixed, {}) is None
+    # Given back: none, though Nova's record of the addresses still lists it a while.
+    assert osp.server_address(floating, {"vmbinder:released": "net-1"}) is None
+    assert osp.server_address(floating, {"vmbinder:released": ""}) == "203.0.113.20"
 
 
 def test_a_ports_address_is_its_ipv4_one_first():

@@ -240,7 +240,11 @@ def floating_address(addresses: dict | None) -> str | None:
 
 def server_address(addresses: dict | None, metadata: dict | None) -> str | None:
     """A server's public address: its floating IP, else the address of the port
-    vmbinder made for it (recorded as vmbinder:address, see provider.create)."""
+    vmbinder made for it (recorded as vmbinder:address, see provider.create); none
+    once its floating IP was given back (vmbinder:released, recorded first: Nova's
+    record of its addresses can list the released one a while longer)."""
+    if (metadata or {}).get(f"{META}released"):
+        return None
     return floating_address(addresses) or (metadata or {}).get(f"{META}address") or None
 
 

@@ -413,13 +413,13 @@ class OpenStackProvider(Provider):
 
     def _readdressed(self, raw, address: str | None) -> Server:
         """A server back up; given a new floating IP (address), that address is its
-        own now and vmbinder:released is taken back (Nova's record of the new
-        address can lag behind)."""
+        own now and vmbinder:released is taken back (Nova's record of its addresses
+        can lag behind, listing the old one or not yet the new one)."""
         record = self._record(raw)
         if address is None:
             return record
         record = self.set_metadata(record, {network.RELEASED: ""})
-        return replace(record, address=record.address or address)
+        return replace(record, address=address)
 
     # -- batches -------------------------------------------------------------------
 
