@@ -26,13 +26,13 @@ from vmbinder.reach import (  # noqa: F401
     trust,
     url,
 )
+from vmbinder.rollback import roll_back_or_report
 from vmbinder.spec import LaunchSpec
 
 log = logging.getLogger(__name__)
 
 # Phases of a launch, in order; every progress event is tagged with one.
-RESOLVE, CREATE, BOOT, ENVIRONMENT, READY, ROLLBACK = (
-    "resolve", "create", "boot", "environment", "ready", "rollback")
+RESOLVE, CREATE, BOOT, ENVIRONMENT, READY = "resolve", "create", "boot", "environment", "ready"
 PHASES = (RESOLVE, CREATE, BOOT, ENVIRONMENT, READY)
 
 #: The longest public address a server can get (IPv6, written out in full).
@@ -79,21 +79,6 @@ def dry_run(spec: LaunchSpec) -> dict:
         "user_data": user_data,
         "user_data_b64_bytes": cloudinit.b64_size(user_data),
     }
-
-
-def rollback(ledger: Ledger, reporter: Reporter) -> list[tuple[str, str, str, str]]:
-    """Remove what this attempt created, newest first. Returns the leftovers as
-    (kind, id, error, command to remove it)."""
-    leftovers = []
-    for item in reversed(ledger.items):
-        reporter.phase(ROLLBACK, f"removing {item.kind} {item.name}")
-        try:
-            item.remove()
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below
-            log.warning("could not remove %s %s: %s", item.kind, item.id, exc)
-            leftovers.append((item.kind, item.id, str(exc), item.command))
-    ledger.items.clear()
-    return leftovers
 
 
 class _Watch:
@@ -367,33 +352,6 @@ def _user_data_via(spec: LaunchSpec, via: str) -> str:
     if spec.cloud.config_drive == "auto" and via != "config-drive":
         line = f"the cloud refused a config drive: {line}"
     return line
-
-
-def roll_back_or_report(ledger: Ledger, reporter: Reporter, exc: BaseException,
-                        what: str = "launch") -> None:
-    """After `what` failed with exc: remove what the ledger holds, then say so in
-    the error (or raise CleanupFailed naming each leftover, or Interrupted)."""
-    made = [f"{i.kind} {i.name}" for i in ledger.items]
-    leftovers = rollback(ledger, reporter)
-    if leftovers:
-        lines = [f"  {kind} {id_}: {err}\n    remove it with: {cmd}" for kind, id_, err, cmd in leftovers]
-        raise errors.CleanupFailed(
-            f"the {what} failed ({_describe(exc)}) and cleaning up left these behind:\n"
-            + "\n".join(lines),
-            "run the commands above (with the same OS_CLOUD) to remove them",
-            details={"leftovers": leftovers},
-        ) from exc
-    cleaned = f"removed what it created: {', '.join(made)}" if made else "nothing had been created"
-    if isinstance(exc, KeyboardInterrupt):
-        raise errors.Interrupted(f"{what} interrupted; {cleaned}") from exc
-    if isinstance(exc, errors.VmbinderError):
-        exc.hint = f"{exc.hint}\n{cleaned}" if exc.hint else cleaned
-    elif isinstance(exc, Exception):
-        raise errors.VmbinderError(f"{what} failed: {_describe(exc)}; {cleaned}") from exc
-
-
-def _describe(exc: BaseException) -> str:
-    return "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc) or type(exc).__name__
 
 
 def delete(provider: Provider, names: list[str], reporter: Reporter | None = None, *,

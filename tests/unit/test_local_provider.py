@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vmbinder import errors, lifecycle
+from vmbinder import errors, lifecycle, rollback
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
 from vmbinder.providers.base import (
@@ -353,7 +353,7 @@ def test_prepare_claims_a_private_folder_and_three_ports(env, fake):
     assert len(set(ports)) == 3 and all(1024 < port < 65536 for port in ports)
     assert doc["metadata"]["vmbinder:tls"] == "internal"
     assert [i.kind for i in ledger.items] == ["state folder"]
-    assert lifecycle.rollback(ledger, lifecycle.NullReporter()) == []
+    assert rollback.rollback(ledger, lifecycle.NullReporter()) == []
     assert not folder.exists()
 
 
@@ -464,7 +464,7 @@ def test_delete_stops_qemu_and_removes_the_folder(env, fake):
 
 def test_rollback_stops_qemu_and_removes_the_folder(env, fake):
     run = launched(env, fake)
-    assert lifecycle.rollback(run.ledger, lifecycle.NullReporter()) == []
+    assert rollback.rollback(run.ledger, lifecycle.NullReporter()) == []
     assert fake.children[0].wait(timeout=5) != 0
     assert not run.p.folder("demo").exists()
 

@@ -26,7 +26,7 @@ from tests.unit.test_local_provider import (  # noqa: F401
     qcow2_header,
     spec,
 )
-from vmbinder import errors, lifecycle
+from vmbinder import errors, lifecycle, rollback
 from vmbinder.images import folder as img
 from vmbinder.images import seed as seed_disk
 from vmbinder.providers.base import ACTIVE, STOPPED, Ledger, Snapshot
@@ -268,7 +268,7 @@ def test_a_failed_convert_starts_the_server_again_and_rollback_removes_the_folde
     assert not (target / "image.json").exists()  # never taken for an image
     assert run.p.snapshots({}) == []
     assert run.p.get("demo").state == ACTIVE and len(qemu_starts(fake)) == 2
-    assert lifecycle.rollback(ledger, lifecycle.NullReporter()) == []
+    assert rollback.rollback(ledger, lifecycle.NullReporter()) == []
     assert not target.exists()
 
 
@@ -298,7 +298,7 @@ def test_a_restart_that_fails_is_an_error_and_the_snapshot_is_in_the_ledger(env,
     with pytest.raises(errors.CloudError, match="starting qemu for demo again failed"):
         snap_of(run, ledger=ledger)
     assert [i.kind for i in ledger.items] == ["snapshot"]
-    lifecycle.rollback(ledger, lifecycle.NullReporter())
+    rollback.rollback(ledger, lifecycle.NullReporter())
     assert not (run.p.images / "course-snapshot-1").exists()
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from tests.unit.fakes import FakeProvider
 from tests.unit.test_local_provider import env, fake, launched, provider, spec  # noqa: F401 (fixtures)
-from vmbinder import cloudinit, errors, launchdoc, lifecycle
+from vmbinder import cloudinit, errors, launchdoc, lifecycle, rollback
 from vmbinder.commands import volumes as volume_commands
 from vmbinder.commands.main import cli
 from vmbinder.providers.base import DATA, META, WORK, Ledger, Removed, Volume, VolumeUse
@@ -237,7 +237,7 @@ def test_a_local_rollback_removes_the_volume_it_made_but_not_one_that_was_there(
                     (replace(spec(), volume="kept"), ["kept"])):
         ledger = Ledger()
         p.prepare(s, ledger)
-        assert lifecycle.rollback(ledger, lifecycle.NullReporter()) == []
+        assert rollback.rollback(ledger, lifecycle.NullReporter()) == []
         assert [v.name for v in p.volumes()] == left
 
 

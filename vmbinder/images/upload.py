@@ -236,7 +236,8 @@ def upload_image(glance: Glance, folder: Path, *, name: str | None = None, repla
                  timeout: float = ACTIVE_TIMEOUT) -> Result:
     """Upload the kernel, the initrd and the disk of an image folder, each active
     before the next; the folder is checked before any call to the cloud."""
-    from vmbinder.lifecycle import NullReporter, roll_back_or_report
+    from vmbinder.lifecycle import NullReporter
+    from vmbinder.rollback import roll_back_or_report
 
     reporter = reporter or NullReporter()
     image = read_folder(folder)

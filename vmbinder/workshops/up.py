@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-from vmbinder import errors, lifecycle, readiness, scope
+from vmbinder import errors, lifecycle, readiness, rollback, scope
 from vmbinder.guestcontract import REPO2DOCKER_VERSION
 from vmbinder.providers.base import Ledger, Provider, Server, Snapshot
 from vmbinder.spec import ACME, LaunchSpec, make_spec
@@ -315,7 +315,7 @@ class UpSteps:
             snap = self.provider.snapshot(server, f"{self.workshop.name}-snapshot-{stamp}",
                                           self.snapshot_props, ledger)
         except BaseException as exc:  # a half-made snapshot is removed, then the error is raised
-            lifecycle.roll_back_or_report(ledger, lifecycle.NullReporter(), exc, what="snapshot")
+            rollback.roll_back_or_report(ledger, lifecycle.NullReporter(), exc, what="snapshot")
             raise
         self.reporter.seat(server.name, SNAPSHOTTED, snap.name)
         self.result.snapshot, self.result.snapshot_action = snap, "made"
