@@ -343,15 +343,16 @@ CADDY_UNIT = "vmbinder-caddy.service"
 #: the page asked for by its own path, /vmbinder/page, is a 200 once ready.
 FALLBACK_PATH = "/vmbinder/unavailable"
 
+#: Caddy's configuration. Its storage holds this launch's certificates, ACME
+#: account and own CA only: a server started from another's snapshot never reads
+#: or keeps that server's. The own CA's root is checked by its fingerprint on the
+#: console, never installed into a trust store. handle_errors: only errors inside
+#: Caddy land there (Jupyter not answering yet): the status page shows progress.
 CADDYFILE = """\
 # Written by vmbinder-guest.py caddy-config before every start of {unit}.
 {{
 	admin off
-	# This launch's certificates, ACME account and own CA only: a server started
-	# from another's snapshot never reads or keeps that server's.
 	storage file_system {storage}
-	# The own CA's root is checked by its fingerprint on the console, never
-	# installed into a trust store.
 	skip_install_trust
 {sni}	log {{
 		output file {log}
@@ -365,7 +366,6 @@ CADDYFILE = """\
 	handle {{
 		reverse_proxy {jupyter}
 	}}
-	# Only errors inside Caddy land here (Jupyter not answering yet): show progress.
 	handle_errors {{
 		rewrite * {fallback}
 		reverse_proxy {status}
@@ -1392,6 +1392,32 @@ def forget_git_credential(doc):
     return scrubbed
 
 
+#: A clone that failed on the way, not because the repository said no (a
+#: refused token, a missing ref): git's and curl's words for it. Such a build is
+#: tried again after each pause; a refusal fails at once.
+CLONE_HICCUP = re.compile(r"(fatal|error):.*(Empty reply|reset|refused|timed out|resolve host|"
+                          r"early EOF|RPC failed|error: 50)")
+CLONE_PAUSES = [int(p) for p in os.environ.get("VMBINDER_GUEST_CLONE_PAUSES", "10 30").split()]
+
+
+def build(doc):
+    path = commands_log(doc)
+    for pause in CLONE_PAUSES + [None]:
+        start = os.path.getsize(path) if os.path.exists(path) else 0
+        try:
+            return run(doc, repo2docker_argv(doc), env=repo2docker_env(doc))
+        except subprocess.CalledProcessError:
+            with open(path, "r+", errors="replace") as fh:
+                fh.seek(start)
+                text = fh.read()
+                found = "Failed to clone" in text and CLONE_HICCUP.search(text)
+                if pause is None or not found:
+                    raise
+                fh.write(f"vmbinder: the clone failed on the way ({found[0]}): "
+                         f"building again in {pause} s\n")
+            time.sleep(pause)
+
+
 def ensure_image(doc):
     image = image_name(doc)
     if ok(["docker", "image", "inspect", image]):
@@ -1399,7 +1425,7 @@ def ensure_image(doc):
         return "present"
     write(where(doc, "r2d_config"), repo2docker_config(doc))
     try:
-        run(doc, repo2docker_argv(doc), env=repo2docker_env(doc))
+        build(doc)
     finally:
         forget_git_credential(doc)
     inspect = subprocess.run(["docker", "image", "inspect", "--format", "{{json .}}", image],

@@ -391,6 +391,44 @@ def test_a_failing_step_is_reported_and_stops(tmp_path, jupyter):
     assert not [c for c in guest.calls("systemctl") if "vmbinder-env.service" in c]
 
 
+CLONE_FAILS = """
+if '--no-run' in args:
+    tries = os.path.join(os.environ["RECORD"] + ".tries")
+    n = len(open(tries).read()) if os.path.exists(tries) else 0
+    open(tries, "a").write("x")
+    if n < int(os.environ["FAILS"]):
+        print("Cloning into '/tmp/repo2dockerx'...")
+        print(os.environ["GIT_SAYS"])
+        print("Error during build: Failed to clone repository from https://github.com/o/r (ref HEAD).")
+        sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize(("says", "fails", "builds"), [
+    ("fatal: unable to access 'https://github.com/o/r/': Empty reply from server", 2, 3),
+    ("error: RPC failed; curl 56 Recv failure: Connection reset by peer", 1, 2),
+    ("fatal: unable to access 'https://github.com/o/r/': Empty reply from server", 3, 3),
+    ("fatal: could not read Username for 'https://github.com': terminal prompts disabled", 1, 1),
+    ("fatal: Authentication failed for 'https://github.com/o/r/'", 1, 1),
+])
+def test_a_clone_that_fails_on_the_way_is_tried_again_and_a_refusal_is_not(tmp_path, jupyter, says,
+                                                                           fails, builds):
+    guest = Guest(tmp_path, jupyter, spec_for())
+    r2d = guest.root / "opt/vmbinder/repo2docker/bin/repo2docker"
+    r2d.write_text(r2d.read_text() + CLONE_FAILS)
+    res = guest.run(FAILS=str(fails), GIT_SAYS=says, VMBINDER_GUEST_CLONE_PAUSES="0 0")
+    assert len([c for c in guest.calls("repo2docker") if c[1:] != ["--version"]]) == builds
+    commands = (guest.root / "var/log/vmbinder/commands.log").read_text()
+    assert commands.count("building again in 0 s") == min(fails, builds - 1)
+    if fails < builds:
+        assert res.returncode == 0, res.stderr
+        assert guest.state()["ready"] is True
+    else:  # a refusal, or the last try: the step fails as any failed build does
+        assert res.returncode == 1
+        state = guest.state()
+        assert (state["phase"], state["status"]) == ("build", "failed")
+
+
 @pytest.mark.parametrize("value", HOSTILE)
 def test_cloud_init_schema_accepts_rendered_user_data(tmp_path, value):
     assert shutil.which("cloud-init"), "cloud-init is not installed: run scripts/setup"
