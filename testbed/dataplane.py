@@ -28,6 +28,21 @@ COMMANDS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "libvirtd
             "haproxy", "iptables", "ip", "unshare", "conntrack", "arping")
 NETNS_ETC = Path("/etc/netns") / NETNS
 DATAPATH_DEVICE = "ovs-netdev"
+#: libvirt's qemu hook, run at each start of a guest: its taps brought up once
+#: its qemu has started. A guest's tap is made by os-vif (testbed_plugins'
+#: ovs_netdev) and used by libvirt as it is; a server stopped, imaged and started
+#: again (Nova's hard reboot unplugs and plugs its port) was once left with its
+#: tap down: its DHCP requests were dropped and the server never answered.
+#: What it did is in libvirt's log folder (run/libvirt/var-log-libvirt/qemu-hook.log).
+QEMU_HOOK = """#!/bin/sh
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+LOG=${TESTBED_HOOK_LOG:-/var/log/libvirt/qemu-hook.log}
+[ "$2" = started ] || exit 0
+sed -n "s/.*<target dev='\\(tap[^']*\\)'.*/\\1/p" | while read -r dev; do
+  ip link set dev "$dev" up && echo "$(date -u +%FT%TZ) $1: $dev up" >>"$LOG" || true
+done
+exit 0
+"""
 #: Namespaces that Neutron's agents make, by router or network id.
 AGENT_NETNS = re.compile(r"^(qrouter|qdhcp)-([0-9a-f-]{36})$")
 
@@ -71,8 +86,8 @@ def ns_run(*argv, check=True):
 
 
 def prepare(lay):
-    """Files real mode's processes need: the sudo shim, libvirt's folders,
-    OVS's database, the namespace's hosts and resolv.conf."""
+    """Files real mode's processes need: the sudo shim, libvirt's folders (its
+    qemu hook, QEMU_HOOK, in them), OVS's database, the namespace's hosts and resolv.conf."""
     shim = lay.run / "bin" / "sudo"
     shim.parent.mkdir(parents=True, exist_ok=True)
     shim.write_text(realconf.sudo_shim())
@@ -93,6 +108,10 @@ def prepare(lay):
     shutil.copytree("/etc/libvirt", etc, symlinks=True,
                     ignore=lambda d, names: ["networks"] if d.endswith("/qemu") else [])
     (etc / "qemu.conf").write_text(realconf.qemu_conf())
+    hook = etc / "hooks" / "qemu"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(QEMU_HOOK)
+    hook.chmod(0o755)
 
     rundir = realconf.ovs_rundir(lay)
     rundir.mkdir(parents=True, exist_ok=True)

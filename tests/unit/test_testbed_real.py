@@ -1,7 +1,7 @@
-"""The testbed's real-compute mode, the parts that need no root: the services'
-configuration, the namespace's host names, the sudo shim, what `up --real`
-refuses to start without, and what `down` picks to remove. tests/real runs it
-for real."""
+"""The testbed's real-compute mode, the parts that need no running testbed: the
+services' configuration, the namespace's host names, the sudo shim, what `up
+--real` refuses to start without, what `down` picks to remove, and libvirt's
+qemu hook (in a network namespace of its own). tests/real runs it for real."""
 
 from __future__ import annotations
 
@@ -159,3 +159,30 @@ def test_the_real_compute_group_fails_outside_the_namespace_before_sending_anyth
     assert res.returncode == 1, res.stdout + res.stderr
     assert "network namespace vmbinder-inet" in res.stdout
     assert " passed" not in res.stdout and " error" in res.stdout
+
+
+DOMAIN = """<domain type='qemu'><name>instance-00000001</name><devices>
+  <interface type='ethernet'><mac address='fa:16:3e:00:00:01'/>
+    <target dev='tapvmb0' managed='no'/><model type='virtio'/></interface>
+</devices></domain>
+"""
+
+
+@pytest.mark.parametrize(("operation", "up"), [("started", True), ("prepare", False)])
+def test_the_qemu_hook_brings_a_started_guests_taps_up(tb, tmp_path, operation, up):
+    """In a network namespace of its own: a tap made down, as os-vif's was once
+    left, is up after the hook ran for the guest's start, and left alone otherwise."""
+    _, _, dataplane = tb
+    hook = tmp_path / "qemu"
+    hook.write_text(dataplane.QEMU_HOOK)
+    hook.chmod(0o755)
+    script = (f"ip tuntap add dev tapvmb0 mode tap && {hook} instance-00000001 {operation} begin - "
+              "&& ip -o link show tapvmb0")
+    log = tmp_path / "qemu-hook.log"
+    res = subprocess.run(["unshare", "--net", "sh", "-c", script], input=DOMAIN,
+                         capture_output=True, text=True, timeout=30, check=False,
+                         env={"PATH": "/usr/bin:/bin", "TESTBED_HOOK_LOG": str(log)})
+    assert res.returncode == 0, res.stderr
+    flags = res.stdout.split("<", 1)[1].split(">", 1)[0].split(",")
+    assert ("UP" in flags) is up, res.stdout
+    assert (log.read_text().endswith("instance-00000001: tapvmb0 up\n") if up else not log.exists())
