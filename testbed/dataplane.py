@@ -11,6 +11,7 @@ folders under run/libvirt, so no system file is changed.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,9 @@ COMMANDS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "libvirtd
             "virtlogd", "qemu-system-x86_64", "qemu-img", "genisoimage", "dnsmasq",
             "haproxy", "iptables", "ip", "unshare", "conntrack", "arping")
 NETNS_ETC = Path("/etc/netns") / NETNS
+#: The state folder of the testbed that made NETNS, so that another `up` can
+#: tell a namespace a killed run left behind from one a running testbed uses.
+OWNER = NETNS_ETC / "testbed"
 DATAPATH_DEVICE = "ovs-netdev"
 #: libvirt's qemu hook, run at each start of a guest: its taps brought up once
 #: its qemu has started. A guest's tap is made by os-vif (testbed_plugins'
@@ -126,6 +130,7 @@ def prepare(lay):
         (lay.run / "made-etc-netns").touch()
     NETNS_ETC.mkdir(exist_ok=True)
     (NETNS_ETC / "hosts").write_text(realconf.netns_hosts())
+    OWNER.write_text(f"{lay.state}\n")
     # Nothing answers DNS there: names come from hosts, lookups fail at once.
     (NETNS_ETC / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
 
@@ -182,14 +187,37 @@ def netns_routes():
 # Removal, by `down`
 
 
+def abandoned_by():
+    """The state folder of the real testbed that made NETNS when none of its
+    recorded processes runs any more (a run killed before its `down`), or None:
+    no such namespace, one made by another program, or a testbed still running."""
+    from testbed import group_alive, read_records
+
+    if NETNS not in netns_list():
+        return None
+    try:
+        state = Path(OWNER.read_text().strip())
+    except OSError:
+        return None
+    if not state.is_absolute() or any(group_alive(r) for r in read_records(state / "pids")):
+        return None
+    return state
+
+
 def ovs_interfaces(lay):
-    """Interface names in the testbed's OVS database, while ovsdb-server runs."""
+    """Interface names in the testbed's OVS database: asked of ovsdb-server while
+    it runs, read from the database file once it is gone (a killed run)."""
     sock = realconf.ovsdb_socket(lay)
-    if not sock.exists():
-        return []
-    with contextlib.suppress(subprocess.CalledProcessError, OSError):
-        out = vsctl(lay, "--bare", "--columns=name", "list", "interface")
-        return [name for name in out.split() if name]
+    if sock.exists():
+        with contextlib.suppress(subprocess.CalledProcessError, OSError):
+            out = vsctl(lay, "--bare", "--columns=name", "list", "interface")
+            return [name for name in out.split() if name]
+    database = realconf.ovs_rundir(lay) / "conf.db"
+    query = '["Open_vSwitch",{"op":"select","table":"Interface","where":[],"columns":["name"]}]'
+    with contextlib.suppress(subprocess.CalledProcessError, OSError, ValueError, LookupError):
+        out = subprocess.run(["ovsdb-tool", "query", str(database), query], check=True,
+                             capture_output=True, text=True).stdout
+        return [row["name"] for row in json.loads(out)[0]["rows"]]
     return []
 
 
@@ -259,6 +287,7 @@ def remove(lay, interfaces, log):
     links = []
     if (lay.run / "made-datapath-device").exists():
         interfaces = [*interfaces, DATAPATH_DEVICE]
+        (lay.run / "made-datapath-device").unlink()
     for name in interfaces:
         if subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0:
             subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)

@@ -15,7 +15,7 @@ import realconf
 from configs import COMPUTE_HOST, HOST, PORTS
 from runner import NotReady, port_free
 
-from testbed import HERE, Failure
+from testbed import HERE, Failure, down
 
 AGENTS = (
     # record name, binary, its own config file, Neutron's agent_type
@@ -33,6 +33,15 @@ OPENFLOW_PORT = 6633
 
 
 class RealMode:
+    def take_down_abandoned(self):
+        """A real testbed whose run was killed before its `down` leaves its
+        namespaces and devices: taken down here, from whichever folder it ran."""
+        state = dataplane.abandoned_by()
+        if state:
+            self.step(f"the real testbed in {state} was left up by a run that ended "
+                      "without its down: taking it down")
+            down(state, grace=5, log=self.step)
+
     def prepare_real(self):
         lay = self.lay
         problems = dataplane.missing_prerequisites(lay.venv / "bin" / "python")

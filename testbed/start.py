@@ -398,6 +398,8 @@ class Starter(RealMode, Runner):
         if state == "stale":
             self.step("found a partly running testbed: stopping it first")
             down(self.lay.state, grace=10, log=self.step)
+        if self.lay.real:
+            self.take_down_abandoned()
         previous = signal.signal(signal.SIGTERM, _sigterm)
         try:
             self._bring_up()

@@ -1,7 +1,8 @@
 """The testbed's real-compute mode, the parts that need no running testbed: the
 services' configuration, the namespace's host names, the sudo shim, what `up
---real` refuses to start without, what `down` picks to remove, and libvirt's
-qemu hook (in a network namespace of its own). tests/real runs it for real."""
+--real` refuses to start without or takes down first, what `down` picks to
+remove, and libvirt's qemu hook (in a network namespace of its own). tests/real
+runs it for real."""
 
 from __future__ import annotations
 
@@ -128,6 +129,34 @@ def test_down_removes_only_the_namespaces_of_this_testbeds_routers_and_networks(
     monkeypatch.setattr(dataplane, "netns_list", lambda: [
         f"qrouter-{router}", f"qdhcp-{network}", f"qrouter-{other}", realconf.NETNS, "mine"])
     assert sorted(dataplane.agent_namespaces(lay)) == [f"qdhcp-{network}", f"qrouter-{router}"]
+
+
+def test_a_namespace_a_killed_testbed_left_is_taken_down_one_in_use_or_not_ours_is_not(
+        tb, tmp_path, monkeypatch):
+    """`up --real` takes down the testbed that made the namespace only when none
+    of its recorded processes runs: a run killed before its `down`."""
+    _, realconf, dataplane = tb
+    import testbed
+
+    owner = tmp_path / "netns-owner"
+    monkeypatch.setattr(dataplane, "OWNER", owner)
+    namespaces = []
+    monkeypatch.setattr(dataplane, "netns_list", lambda: namespaces)
+    state = tmp_path / "other" / ".testbed"
+    owner.write_text(f"{state}\n")
+    assert dataplane.abandoned_by() is None  # no namespace: nothing to take down
+    namespaces.append(realconf.NETNS)
+    service = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                               start_new_session=True)
+    try:
+        testbed.write_record(state / "pids", 1, "rabbitmq", service.pid)
+        assert dataplane.abandoned_by() is None  # its testbed still runs
+    finally:
+        service.kill()
+        service.wait()
+    assert dataplane.abandoned_by() == state  # killed: left behind
+    owner.unlink()
+    assert dataplane.abandoned_by() is None  # made by another program
 
 
 def test_strays_are_processes_naming_the_run_folder_outside_the_recorded_groups(tb, tmp_path):
