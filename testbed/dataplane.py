@@ -3,7 +3,7 @@
 Started by start.Starter in real mode, removed by `testbed.py down`.  What it
 makes outside the state folder: network namespace realconf.NETNS (and those
 Neutron's agents make for routers and DHCP), /etc/netns/NETNS/ (that
-namespace's hosts and resolv.conf), OVS's tap devices.  libvirt runs in a
+namespace's hosts and resolv.conf), OWNER, OVS's tap devices.  libvirt runs in a
 mount namespace of its own in which /etc/libvirt, /var/lib/libvirt, ... are
 folders under run/libvirt, so no system file is changed.
 
@@ -30,7 +30,8 @@ COMMANDS = ("ovsdb-tool", "ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "libvirtd
 NETNS_ETC = Path("/etc/netns") / NETNS
 #: The state folder of the testbed that made NETNS, so that another `up` can
 #: tell a namespace a killed run left behind from one a running testbed uses.
-OWNER = NETNS_ETC / "testbed"
+#: Not in NETNS_ETC: `ip netns exec` binds each file there over /etc's own.
+OWNER = Path("/run") / f"{NETNS}.testbed"
 DATAPATH_DEVICE = "ovs-netdev"
 #: libvirt's qemu hook, run at each start of a guest: its taps brought up once
 #: its qemu has started. A guest's tap is made by os-vif (testbed_plugins'
@@ -294,6 +295,7 @@ def remove(lay, interfaces, log):
             links.append(name)
     if NETNS_ETC.exists():
         shutil.rmtree(NETNS_ETC)
+    OWNER.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         for made in (lay.run / "made-dirs").read_text().split():
             with contextlib.suppress(OSError):
