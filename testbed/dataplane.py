@@ -38,13 +38,16 @@ DATAPATH_DEVICE = "ovs-netdev"
 #: ovs_netdev) and used by libvirt as it is; a server stopped, imaged and started
 #: again (Nova's hard reboot unplugs and plugs its port) was once left with its
 #: tap down: its DHCP requests were dropped and the server never answered.
-#: What it did is in libvirt's log folder (run/libvirt/var-log-libvirt/qemu-hook.log).
+#: What it did, and whether the tap was down, is in libvirt's log folder
+#: (run/libvirt/var-log-libvirt/qemu-hook.log).
 QEMU_HOOK = """#!/bin/sh
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 LOG=${TESTBED_HOOK_LOG:-/var/log/libvirt/qemu-hook.log}
 [ "$2" = started ] || exit 0
 sed -n "s/.*<target dev='\\(tap[^']*\\)'.*/\\1/p" | while read -r dev; do
-  ip link set dev "$dev" up && echo "$(date -u +%FT%TZ) $1: $dev up" >>"$LOG" || true
+  was=down
+  ip -o link show dev "$dev" 2>/dev/null | grep -q "[<,]UP[,>]" && was=up
+  ip link set dev "$dev" up && echo "$(date -u +%FT%TZ) $1: $dev up (was $was)" >>"$LOG" || true
 done
 exit 0
 """

@@ -197,21 +197,25 @@ DOMAIN = """<domain type='qemu'><name>instance-00000001</name><devices>
 """
 
 
-@pytest.mark.parametrize(("operation", "up"), [("started", True), ("prepare", False)])
-def test_the_qemu_hook_brings_a_started_guests_taps_up(tb, tmp_path, operation, up):
+@pytest.mark.parametrize(("operation", "made", "logged"), [
+    ("started", "", "up (was down)"), ("started", "ip link set tapvmb0 up && ", "up (was up)"),
+    ("prepare", "", None)])
+def test_the_qemu_hook_brings_a_started_guests_taps_up(tb, tmp_path, operation, made, logged):
     """In a network namespace of its own: a tap made down, as os-vif's was once
-    left, is up after the hook ran for the guest's start, and left alone otherwise."""
+    left, is up after the hook ran for the guest's start, and left alone otherwise;
+    its log says whether the tap had been down."""
     _, _, dataplane = tb
     hook = tmp_path / "qemu"
     hook.write_text(dataplane.QEMU_HOOK)
     hook.chmod(0o755)
-    script = (f"ip tuntap add dev tapvmb0 mode tap && {hook} instance-00000001 {operation} begin - "
-              "&& ip -o link show tapvmb0")
+    script = (f"ip tuntap add dev tapvmb0 mode tap && {made}"
+              f"{hook} instance-00000001 {operation} begin - && ip -o link show tapvmb0")
     log = tmp_path / "qemu-hook.log"
     res = subprocess.run(["unshare", "--net", "sh", "-c", script], input=DOMAIN,
                          capture_output=True, text=True, timeout=30, check=False,
                          env={"PATH": "/usr/bin:/bin", "TESTBED_HOOK_LOG": str(log)})
     assert res.returncode == 0, res.stderr
     flags = res.stdout.split("<", 1)[1].split(">", 1)[0].split(",")
-    assert ("UP" in flags) is up, res.stdout
-    assert (log.read_text().endswith("instance-00000001: tapvmb0 up\n") if up else not log.exists())
+    assert ("UP" in flags) is bool(logged), res.stdout
+    assert (log.read_text().endswith(f"instance-00000001: tapvmb0 {logged}\n") if logged
+            else not log.exists())
